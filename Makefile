@@ -1,0 +1,37 @@
+# onenet: `make demo` runs the pipeline on the embedded demo data; `make test` runs every test.
+# Both install what they need first (`make setup`, idempotent).
+
+CARGO ?= cargo
+PYTHON ?= python3
+ONENET = target/release/onenet
+
+.PHONY: setup python-test-deps build demo test bench clean-store
+
+setup: libtorch/build-version
+
+libtorch/build-version:
+	bash scripts/setup-libtorch.sh
+
+# The interop tests open our Parquet tables with Polars and DuckDB.
+python-test-deps:
+	@$(PYTHON) -c "import polars, duckdb" 2>/dev/null || $(PYTHON) -m pip install --quiet polars duckdb
+
+build: setup
+	$(CARGO) build --release
+
+demo: build
+	$(ONENET) run
+	@echo
+	$(ONENET) status
+	@echo
+	@for stage in $$($(ONENET) dag --format json | $(PYTHON) -c 'import json,sys; print(" ".join(s["name"] for s in json.load(sys.stdin)["stages"]))'); do \
+		$(ONENET) show $$stage | sed -n '1,40p'; echo; \
+	done
+	@echo "Open the tables with Polars or DuckDB, e.g.:"
+	@echo "  python3 -c \"import polars as pl; print(pl.read_parquet('artifacts/latest/captions/captions.parquet'))\""
+
+test: setup python-test-deps
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+bench: setup
+	$(CARGO) bench --bench noop

@@ -1,0 +1,453 @@
+//! Reading `pipeline.toml`: the declared stages, their kinds, inputs and params, checked against
+//! the built-in stage kinds. Every error names the file, line and column of the offending key or
+//! value, so a typo is never silently ignored.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use onenet_stages::{ParamValue, Params, RawValue, StageKind};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The default store folder, relative to the pipeline file.
+pub const DEFAULT_STORE: &str = "artifacts";
+
+/// A problem with the pipeline file or a command-line override.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A problem at a known place in the file.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    At {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A problem in a `--set` override.
+    #[error("--set {assignment}: {message}")]
+    Override { assignment: String, message: String },
+}
+
+/// One stage as declared, checked and with every param default filled in.
+#[derive(Debug, Clone)]
+pub struct StageDecl {
+    pub name: String,
+    pub kind: &'static StageKind,
+    /// Upstream stage names, in declared order.
+    pub inputs: Vec<String>,
+    pub params: Params,
+}
+
+/// A checked pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The pipeline file.
+    pub path: PathBuf,
+    /// Its directory: relative paths in params and `store` resolve against it.
+    pub base_dir: PathBuf,
+    /// The artifact store folder.
+    pub store_dir: PathBuf,
+    /// Stages in declaration order (see `plan` for execution order).
+    pub stages: Vec<StageDecl>,
+}
+
+impl Pipeline {
+    pub fn stage(&self, name: &str) -> Option<&StageDecl> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// Applies `STAGE.PARAM=VALUE` overrides, checked exactly as values in the file are.
+    pub fn apply_overrides(&mut self, assignments: &[String]) -> Result<(), ConfigError> {
+        for assignment in assignments {
+            let err = |message: String| ConfigError::Override {
+                assignment: assignment.clone(),
+                message,
+            };
+            let (target, value) = assignment
+                .split_once('=')
+                .ok_or_else(|| err("expected STAGE.PARAM=VALUE".into()))?;
+            let (stage_name, param) = target
+                .split_once('.')
+                .ok_or_else(|| err("expected STAGE.PARAM=VALUE".into()))?;
+            let names: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
+            let stage = self
+                .stages
+                .iter_mut()
+                .find(|s| s.name == stage_name)
+                .ok_or_else(|| {
+                    err(format!(
+                        "no stage `{stage_name}` in the pipeline{}",
+                        did_you_mean(stage_name, names.iter().copied())
+                    ))
+                })?;
+            let spec = stage
+                .kind
+                .params
+                .iter()
+                .find(|p| p.name == param)
+                .ok_or_else(|| {
+                    err(format!(
+                        "stage `{stage_name}` (kind {}) has no param `{param}`{}",
+                        stage.kind.name,
+                        did_you_mean(param, stage.kind.params.iter().map(|p| p.name))
+                    ))
+                })?;
+            let checked = spec.ty.check(&spec.ty.parse_cli(value)).map_err(err)?;
+            let mut given: BTreeMap<String, ParamValue> = stage
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            given.insert(param.to_string(), checked);
+            stage.params = Params::with_defaults(stage.kind.params, given);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    #[serde(default)]
+    store: Option<RawStore>,
+    #[serde(default)]
+    stages: IndexMap<String, Spanned<RawStage>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage {
+    kind: Spanned<String>,
+    #[serde(default)]
+    inputs: Vec<Spanned<String>>,
+    #[serde(default)]
+    params: BTreeMap<String, Spanned<toml::Value>>,
+}
+
+/// Reads and checks the pipeline file at `path`.
+pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Checks pipeline text; `path` is used for messages and to resolve relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Pipeline, ConfigError> {
+    let at = |span: Range<usize>, message: String| {
+        let (line, column) = line_column(text, span.start);
+        ConfigError::At {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message,
+        }
+    };
+    let raw: RawPipeline = toml::from_str(text).map_err(|e| {
+        at(
+            e.span().unwrap_or(0..0),
+            e.message().trim_end().replace('\n', " "),
+        )
+    })?;
+    let base_dir = path
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                p.to_path_buf()
+            }
+        })
+        .unwrap_or_else(|| PathBuf::from("."));
+    let store_dir = match raw.store.and_then(|s| s.path) {
+        Some(p) => base_dir.join(p.get_ref()),
+        None => base_dir.join(DEFAULT_STORE),
+    };
+    if raw.stages.is_empty() {
+        return Err(at(0..0, "no stages declared (expected [stages.NAME] tables)".into()));
+    }
+
+    let names: HashSet<&str> = raw.stages.keys().map(String::as_str).collect();
+    let mut stages = Vec::with_capacity(raw.stages.len());
+    let mut kind_mismatches = Vec::new();
+    for (name, raw_stage) in &raw.stages {
+        let stage_span = raw_stage.span();
+        let raw_stage = raw_stage.get_ref();
+        if !valid_stage_name(name) {
+            return Err(at(
+                stage_span,
+                format!("stage name `{name}` must be letters, digits, `_` or `-`"),
+            ));
+        }
+        let kind_name = raw_stage.kind.get_ref();
+        let kind = onenet_stages::kind(kind_name).ok_or_else(|| {
+            at(
+                raw_stage.kind.span(),
+                format!(
+                    "unknown stage kind `{kind_name}`{}; the kinds are: {}",
+                    did_you_mean(kind_name, onenet_stages::kinds().iter().map(|k| k.name)),
+                    onenet_stages::kinds()
+                        .iter()
+                        .map(|k| k.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+
+        let mut inputs = Vec::new();
+        for input in &raw_stage.inputs {
+            let input_name = input.get_ref();
+            if !names.contains(input_name.as_str()) {
+                return Err(at(
+                    input.span(),
+                    format!(
+                        "stage `{name}` reads `{input_name}`, which is not a stage in this file{}",
+                        did_you_mean(input_name, names.iter().copied())
+                    ),
+                ));
+            }
+            if inputs.contains(input_name) {
+                return Err(at(input.span(), format!("input `{input_name}` is listed twice")));
+            }
+            let upstream_kind = raw.stages[input_name.as_str()].get_ref().kind.get_ref();
+            if !kind.inputs.kinds.contains(&upstream_kind.as_str()) {
+                let accepted = if kind.inputs.kinds.is_empty() {
+                    "no inputs".to_string()
+                } else {
+                    format!("inputs of kind {}", kind.inputs.kinds.join(", "))
+                };
+                // Reported after the cycle check: a cycle is the more useful message.
+                kind_mismatches.push(at(
+                    input.span(),
+                    format!(
+                        "stage `{name}` (kind {}) takes {accepted}, but `{input_name}` is of kind {upstream_kind}",
+                        kind.name
+                    ),
+                ));
+            }
+            inputs.push(input_name.clone());
+        }
+        let count = inputs.len();
+        if count < kind.inputs.min || count > kind.inputs.max {
+            let expected = if kind.inputs.min == kind.inputs.max {
+                format!("{}", kind.inputs.min)
+            } else {
+                format!("{} to {}", kind.inputs.min, kind.inputs.max)
+            };
+            return Err(at(
+                stage_span,
+                format!(
+                    "stage `{name}` (kind {}) takes {expected} input(s), {count} given",
+                    kind.name
+                ),
+            ));
+        }
+
+        let mut given = BTreeMap::new();
+        for (param, value) in &raw_stage.params {
+            let spec = kind.params.iter().find(|p| p.name == param).ok_or_else(|| {
+                let known: Vec<&str> = kind.params.iter().map(|p| p.name).collect();
+                at(
+                    value.span(),
+                    format!(
+                        "stage `{name}` (kind {}) has no param `{param}`{}; its params are: {}",
+                        kind.name,
+                        did_you_mean(param, known.iter().copied()),
+                        if known.is_empty() {
+                            "(none)".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                )
+            })?;
+            let checked = spec
+                .ty
+                .check(&raw_value(value.get_ref()))
+                .map_err(|m| at(value.span(), format!("param `{param}` of stage `{name}`: {m}")))?;
+            given.insert(param.clone(), checked);
+        }
+        stages.push(StageDecl {
+            name: name.clone(),
+            kind,
+            inputs,
+            params: Params::with_defaults(kind.params, given),
+        });
+    }
+
+    if let Some(cycle) = crate::plan::find_cycle(&stages) {
+        let first = &raw.stages[cycle[0].as_str()];
+        return Err(at(
+            first.span(),
+            format!(
+                "the stages form a cycle (each reads the next): {}",
+                cycle.join(" -> ")
+            ),
+        ));
+    }
+    if let Some(mismatch) = kind_mismatches.into_iter().next() {
+        return Err(mismatch);
+    }
+
+    Ok(Pipeline {
+        path: path.to_path_buf(),
+        base_dir,
+        store_dir,
+        stages,
+    })
+}
+
+fn raw_value(value: &toml::Value) -> RawValue {
+    match value {
+        toml::Value::Integer(v) => RawValue::Int(*v),
+        toml::Value::Float(v) => RawValue::Float(*v),
+        toml::Value::Boolean(v) => RawValue::Bool(*v),
+        toml::Value::String(v) => RawValue::Str(v.clone()),
+        toml::Value::Array(_) => RawValue::Other("array"),
+        toml::Value::Table(_) => RawValue::Other("table"),
+        toml::Value::Datetime(_) => RawValue::Other("date"),
+    }
+}
+
+fn valid_stage_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// ", did you mean `x`?" when a known name is close to `given`.
+pub fn did_you_mean<'a>(given: &str, known: impl Iterator<Item = &'a str>) -> String {
+    known
+        .map(|k| (strsim::jaro_winkler(given, k), k))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default()
+}
+
+impl fmt::Display for StageDecl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, self.kind.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(Path::new("p.toml"), text).unwrap_err().to_string()
+    }
+
+    const GOOD: &str = r#"
+[stages.demo]
+kind = "demo_data"
+params = { images = 20 }
+
+[stages.captions]
+kind = "captions"
+inputs = ["demo"]
+params = { min_count = 2 }
+"#;
+
+    #[test]
+    fn good_file_fills_defaults() {
+        let p = parse(Path::new("dir/p.toml"), GOOD).unwrap();
+        assert_eq!(p.stages.len(), 2);
+        assert_eq!(p.store_dir, Path::new("dir/artifacts"));
+        let captions = p.stage("captions").unwrap();
+        assert_eq!(captions.inputs, vec!["demo".to_string()]);
+        assert_eq!(captions.params.int("min_count").unwrap(), 2);
+        assert_eq!(captions.params.str("variant").unwrap(), "raw");
+    }
+
+    #[test]
+    fn unknown_stage_key_names_line_and_column() {
+        let e = err("[stages.demo]\nkind = \"demo_data\"\nparms = {}\n");
+        assert!(e.starts_with("p.toml:3:1: unknown field `parms`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_param_suggests_the_close_one() {
+        let e = err(&GOOD.replace("min_count = 2", "min_cont = 2"));
+        assert!(e.starts_with("p.toml:9:"), "{e}");
+        assert!(e.contains("no param `min_cont`"), "{e}");
+        assert!(e.contains("did you mean `min_count`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_kind_and_undefined_input_and_wrong_type() {
+        let e = err(&GOOD.replace("kind = \"captions\"", "kind = \"caption\""));
+        assert!(e.starts_with("p.toml:7:8: unknown stage kind `caption`"), "{e}");
+        let e = err(&GOOD.replace("inputs = [\"demo\"]", "inputs = [\"dmo\"]"));
+        assert!(e.starts_with("p.toml:8:11:"), "{e}");
+        assert!(e.contains("`dmo`, which is not a stage"), "{e}");
+        let e = err(&GOOD.replace("min_count = 2", "min_count = \"2\""));
+        assert!(e.contains("expected integer >= 1, found string"), "{e}");
+    }
+
+    #[test]
+    fn cycles_are_reported_with_their_path() {
+        let text = r#"
+[stages.a]
+kind = "captions"
+inputs = ["b"]
+[stages.b]
+kind = "captions"
+inputs = ["a"]
+"#;
+        let e = err(text);
+        assert!(e.starts_with("p.toml:2:1: the stages form a cycle (each reads the next): a -> b -> a"), "{e}");
+        let e = err(&text.replace("inputs = [\"b\"]", "inputs = [\"a\"]"));
+        assert!(e.contains("cycle: a -> a"), "{e}");
+    }
+
+    #[test]
+    fn overrides_are_checked_like_the_file() {
+        let mut p = parse(Path::new("p.toml"), GOOD).unwrap();
+        p.apply_overrides(&["captions.min_count=3".into()]).unwrap();
+        assert_eq!(p.stage("captions").unwrap().params.int("min_count").unwrap(), 3);
+        let e = p
+            .apply_overrides(&["captions.min_count=x".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected integer"), "{e}");
+        let e = p
+            .apply_overrides(&["captoins.min_count=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did you mean `captions`"), "{e}");
+    }
+
+    #[test]
+    fn line_column_counts_from_one() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    }
+}

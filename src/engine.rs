@@ -1,0 +1,447 @@
+//! The engine: computes each stage's cache key, says which stages are fresh or stale and why,
+//! and runs what is stale — independent stages in parallel — committing outputs to the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use onenet_stages::{Progress, StageContext, StageInput};
+use serde::Serialize;
+
+use crate::config::Pipeline;
+use crate::hashing::StatCache;
+use crate::key::{CacheKey, KeyInputs, KeyParam, KEY_FORMAT};
+use crate::store::{now_unix, ArtifactStore, RunRecord, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stage `{stage}`: {message}")]
+    Stage { stage: String, message: String },
+}
+
+/// A stage with its key worked out.
+#[derive(Debug, Clone)]
+pub struct PlannedStage {
+    /// Index into `Pipeline::stages`.
+    pub index: usize,
+    pub name: String,
+    pub key_inputs: KeyInputs,
+    pub key: CacheKey,
+}
+
+/// Whether a stage's output for its current key exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageState {
+    /// The output for the current key is in the store.
+    Fresh,
+    /// An earlier output exists, for a different key.
+    Stale,
+    /// The stage was never computed (or its output was removed).
+    Missing,
+}
+
+/// A stage's state and the reasons for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageStatus {
+    pub name: String,
+    pub kind: String,
+    pub state: StageState,
+    pub key: String,
+    pub reasons: Vec<String>,
+}
+
+/// What happened to a stage in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Computed,
+    Cached,
+    Failed,
+    /// Not run because an input failed.
+    Skipped,
+}
+
+/// One stage's outcome in a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageOutcome {
+    pub name: String,
+    pub action: Action,
+    pub key: String,
+    pub seconds: f64,
+    pub warnings: Vec<String>,
+    pub notes: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// How `run` behaves.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Stage names to recompute even if their output exists.
+    pub force: Vec<String>,
+    /// How long to wait for another process computing the same key.
+    pub lock_timeout: Duration,
+}
+
+/// Draws progress and reports outcomes as they happen (the CLI implements it).
+pub trait RunObserver: Sync {
+    /// A progress sink for a stage about to compute.
+    fn stage_started(&self, name: &str) -> Box<dyn Progress + '_>;
+    /// Another process holds the key's lock.
+    fn waiting_for_lock(&self, name: &str, lock: &Path);
+    fn stage_finished(&self, outcome: &StageOutcome);
+}
+
+/// A pipeline bound to its store.
+pub struct Engine {
+    pub pipeline: Pipeline,
+    pub store: ArtifactStore,
+    stat_cache: StatCache,
+    environment: BTreeMap<String, String>,
+}
+
+impl Engine {
+    pub fn open(pipeline: Pipeline) -> Result<Engine, EngineError> {
+        let store = ArtifactStore::open(&pipeline.store_dir)?;
+        let stat_cache = StatCache::open(&store.stat_cache_file());
+        Ok(Engine {
+            pipeline,
+            store,
+            stat_cache,
+            environment: onenet_stages::environment().into_iter().collect(),
+        })
+    }
+
+    /// Keys for the stages at `indices` (in execution order, upstream included).
+    pub fn plan(&self, indices: &[usize]) -> Result<Vec<PlannedStage>, EngineError> {
+        let mut keys: HashMap<&str, CacheKey> = HashMap::new();
+        let mut planned = Vec::with_capacity(indices.len());
+        for &index in indices {
+            let decl = &self.pipeline.stages[index];
+            let stage_err = |message: String| EngineError::Stage {
+                stage: decl.name.clone(),
+                message,
+            };
+            let mut upstream = Vec::new();
+            let mut inputs = Vec::new();
+            for input in &decl.inputs {
+                let key = keys.get(input.as_str()).ok_or_else(|| {
+                    stage_err(format!("input `{input}` was not planned before it"))
+                })?;
+                upstream.push((input.clone(), key.hex()));
+                inputs.push(self.stage_input(input, key));
+            }
+            let source_paths = (decl.kind.sources)(&decl.params, &inputs, &self.pipeline.base_dir)
+                .map_err(|e| stage_err(e.to_string()))?;
+            let (hashes, _) = self
+                .stat_cache
+                .hash_files(&source_paths)
+                .map_err(|e| stage_err(format!("reading its source files: {e}")))?;
+            let key_inputs = KeyInputs {
+                format: KEY_FORMAT,
+                kind: decl.kind.name.to_string(),
+                version: decl.kind.version,
+                params: decl
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), KeyParam::from(v)))
+                    .collect(),
+                upstream,
+                sources: source_paths
+                    .iter()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .zip(hashes)
+                    .collect(),
+                environment: self.environment.clone(),
+            };
+            let key = key_inputs.key();
+            keys.insert(decl.name.as_str(), key);
+            planned.push(PlannedStage {
+                index,
+                name: decl.name.clone(),
+                key_inputs,
+                key,
+            });
+        }
+        // Only a cache: failing to save it costs a re-hash next time, nothing more.
+        let _ = self.stat_cache.save();
+        Ok(planned)
+    }
+
+    fn stage_input(&self, name: &str, key: &CacheKey) -> StageInput {
+        let decl = self.pipeline.stage(name);
+        StageInput {
+            name: name.to_string(),
+            kind: decl.map(|d| d.kind.name.to_string()).unwrap_or_default(),
+            dir: self.store.object_dir(key),
+        }
+    }
+
+    /// Fresh, stale or missing, with the reasons, for each planned stage.
+    pub fn status(&self, planned: &[PlannedStage]) -> Vec<StageStatus> {
+        planned
+            .iter()
+            .map(|p| {
+                let (state, reasons) = self.state_of(p);
+                StageStatus {
+                    name: p.name.clone(),
+                    kind: p.key_inputs.kind.clone(),
+                    state,
+                    key: p.key.hex(),
+                    reasons,
+                }
+            })
+            .collect()
+    }
+
+    fn state_of(&self, p: &PlannedStage) -> (StageState, Vec<String>) {
+        if self.store.has(&p.key) {
+            let reasons = match self.store.latest_key(&p.name) {
+                Some(latest) if latest != p.key => {
+                    vec!["output for these inputs already in the store (an earlier run)".into()]
+                }
+                _ => Vec::new(),
+            };
+            return (StageState::Fresh, reasons);
+        }
+        let Some(latest) = self.store.latest_key(&p.name) else {
+            return (StageState::Missing, vec!["never computed".into()]);
+        };
+        match self.store.meta(&latest) {
+            Some(old) => {
+                let mut reasons = p.key_inputs.changes_from(&old.key_inputs);
+                if reasons.is_empty() {
+                    reasons.push("output missing from the store".into());
+                }
+                (StageState::Stale, reasons)
+            }
+            None => (
+                StageState::Missing,
+                vec!["its last output was removed (gc) or found corrupt (verify)".into()],
+            ),
+        }
+    }
+
+    /// Runs the planned stages: cached ones are reused, the rest computed, independent stages in
+    /// parallel. A failed stage skips its dependents; the others still run.
+    pub fn run(
+        &self,
+        planned: &[PlannedStage],
+        options: &RunOptions,
+        observer: &dyn RunObserver,
+    ) -> Vec<StageOutcome> {
+        let run_id = format!("{}-{}", (now_unix() * 1000.0) as u64, std::process::id());
+        #[derive(Clone, Copy, PartialEq)]
+        enum Job {
+            Waiting,
+            Running,
+            Ok,
+            Bad,
+        }
+        let mut jobs = vec![Job::Waiting; planned.len()];
+        let position: HashMap<&str, usize> = planned
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.as_str(), i))
+            .collect();
+        let mut outcomes: Vec<Option<StageOutcome>> = vec![None; planned.len()];
+        let (tx, rx) = mpsc::channel::<(usize, StageOutcome)>();
+
+        std::thread::scope(|scope| {
+            loop {
+                for i in 0..planned.len() {
+                    if jobs[i] != Job::Waiting {
+                        continue;
+                    }
+                    let inputs = &self.pipeline.stages[planned[i].index].inputs;
+                    let input_jobs: Vec<Job> = inputs
+                        .iter()
+                        .filter_map(|n| position.get(n.as_str()).map(|&j| jobs[j]))
+                        .collect();
+                    if input_jobs.contains(&Job::Bad) {
+                        jobs[i] = Job::Bad;
+                        let failed: Vec<&str> = inputs
+                            .iter()
+                            .filter(|n| position.get(n.as_str()).is_some_and(|&j| jobs[j] == Job::Bad))
+                            .map(String::as_str)
+                            .collect();
+                        let outcome = StageOutcome {
+                            name: planned[i].name.clone(),
+                            action: Action::Skipped,
+                            key: planned[i].key.hex(),
+                            seconds: 0.0,
+                            warnings: Vec::new(),
+                            notes: Vec::new(),
+                            error: Some(format!("not run: input {} failed", failed.join(", "))),
+                        };
+                        observer.stage_finished(&outcome);
+                        outcomes[i] = Some(outcome);
+                    } else if input_jobs.iter().all(|j| *j == Job::Ok) {
+                        jobs[i] = Job::Running;
+                        let tx = tx.clone();
+                        let stage = &planned[i];
+                        let run_id = run_id.as_str();
+                        scope.spawn(move || {
+                            let outcome = self.run_one(stage, options, observer, run_id);
+                            let _ = tx.send((i, outcome));
+                        });
+                    }
+                }
+                if !jobs.contains(&Job::Running) {
+                    break;
+                }
+                let Ok((i, outcome)) = rx.recv() else { break };
+                jobs[i] = if outcome.action == Action::Failed {
+                    Job::Bad
+                } else {
+                    Job::Ok
+                };
+                observer.stage_finished(&outcome);
+                outcomes[i] = Some(outcome);
+            }
+        });
+        outcomes.into_iter().flatten().collect()
+    }
+
+    fn run_one(
+        &self,
+        stage: &PlannedStage,
+        options: &RunOptions,
+        observer: &dyn RunObserver,
+        run_id: &str,
+    ) -> StageOutcome {
+        let start = Instant::now();
+        let result = self.compute_or_reuse(stage, options, observer);
+        let seconds = start.elapsed().as_secs_f64();
+        let outcome = match result {
+            Ok((action, warnings, notes)) => StageOutcome {
+                name: stage.name.clone(),
+                action,
+                key: stage.key.hex(),
+                seconds,
+                warnings,
+                notes,
+                error: None,
+            },
+            Err(e) => StageOutcome {
+                name: stage.name.clone(),
+                action: Action::Failed,
+                key: stage.key.hex(),
+                seconds,
+                warnings: Vec::new(),
+                notes: Vec::new(),
+                error: Some(e.to_string()),
+            },
+        };
+        let record = RunRecord {
+            run_id: run_id.to_string(),
+            time_unix: now_unix(),
+            stage: stage.name.clone(),
+            kind: stage.key_inputs.kind.clone(),
+            key: stage.key.hex(),
+            action: match outcome.action {
+                Action::Computed => "computed",
+                Action::Cached => "cached",
+                Action::Failed | Action::Skipped => "failed",
+            }
+            .to_string(),
+            seconds,
+            inputs: stage.key_inputs.upstream.clone(),
+            warnings: outcome.warnings.len(),
+            error: outcome.error.clone(),
+        };
+        if let Err(e) = self.store.append_record(&record) {
+            let mut outcome = outcome;
+            outcome.warnings.push(format!("could not record the run: {e}"));
+            return outcome;
+        }
+        outcome
+    }
+
+    fn compute_or_reuse(
+        &self,
+        stage: &PlannedStage,
+        options: &RunOptions,
+        observer: &dyn RunObserver,
+    ) -> Result<(Action, Vec<String>, Vec<String>), EngineError> {
+        let forced = options.force.contains(&stage.name);
+        let reuse = |meta: Option<crate::store::ObjectMeta>| {
+            self.store.set_latest(&stage.name, &stage.key)?;
+            let (warnings, notes) = meta.map(|m| (m.warnings, m.notes)).unwrap_or_default();
+            Ok::<_, EngineError>((Action::Cached, warnings, notes))
+        };
+        if !forced && self.store.has(&stage.key) {
+            return reuse(self.store.meta(&stage.key));
+        }
+        let what = format!("stage {} (key {})", stage.name, stage.key.short());
+        let _lock = self.store.lock(&stage.key, &what, options.lock_timeout, &|lock| {
+            observer.waiting_for_lock(&stage.name, lock)
+        })?;
+        // Another process may have computed it while we waited.
+        if !forced && self.store.has(&stage.key) {
+            return reuse(self.store.meta(&stage.key));
+        }
+        let decl = &self.pipeline.stages[stage.index];
+        let inputs: Vec<StageInput> = stage
+            .key_inputs
+            .upstream
+            .iter()
+            .filter_map(|(name, hex)| CacheKey::from_hex(hex).map(|k| self.stage_input(name, &k)))
+            .collect();
+        let pending = self.store.begin(&stage.key)?;
+        let progress = observer.stage_started(&stage.name);
+        let start = Instant::now();
+        let ctx = StageContext {
+            name: &stage.name,
+            params: &decl.params,
+            inputs: &inputs,
+            base_dir: &self.pipeline.base_dir,
+            out_dir: &pending.dir,
+            progress: progress.as_ref(),
+        };
+        let stage_err = |message: String| EngineError::Stage {
+            stage: stage.name.clone(),
+            message,
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (decl.kind.run)(&ctx)));
+        drop(progress);
+        let report = match outcome {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => {
+                let _ = std::fs::remove_dir_all(&pending.dir);
+                return Err(stage_err(e.to_string()));
+            }
+            Err(panic) => {
+                let _ = std::fs::remove_dir_all(&pending.dir);
+                let text = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                return Err(stage_err(format!(
+                    "internal error (a bug, please report it): {text}"
+                )));
+            }
+        };
+        let seconds = start.elapsed().as_secs_f64();
+        let meta = self.store.commit(
+            pending,
+            &stage.name,
+            &stage.key_inputs,
+            report.warnings,
+            report.notes,
+            seconds,
+        )?;
+        self.store.set_latest(&stage.name, &stage.key)?;
+        Ok((Action::Computed, meta.warnings, meta.notes))
+    }
+}
+
+/// The object directory `latest/<stage>` resolves to, for commands that read outputs.
+pub fn latest_dir(store: &ArtifactStore, stage: &str) -> Option<PathBuf> {
+    let key = store.latest_key(stage)?;
+    store.has(&key).then(|| store.object_dir(&key))
+}

@@ -1,0 +1,688 @@
+//! The artifact store: immutable stage outputs addressed by cache key, committed atomically,
+//! guarded by per-key locks, with a record of every run and stable `latest/<stage>` paths.
+//!
+//! ```text
+//! artifacts/
+//!   objects/<key>/          one stage output: its files plus `_onenet.json` (what it is)
+//!   latest/<stage>          symlink to the newest object of that stage, for people and tools
+//!   runs.jsonl              one JSON line per stage per run (readable by DuckDB and Polars)
+//!   statcache.json          file stamps → content hashes
+//!   tmp/<key>.<pid>.<n>/    outputs being written; never mistaken for a complete object
+//!   locks/<key>.lock        held while a process computes that key
+//!   corrupt/<key>/          objects `verify` found damaged, moved aside
+//! ```
+//!
+//! An object directory appears only by a rename of a fully written, flushed and validated
+//! temporary directory whose `_onenet.json` was written last, so an object that exists is
+//! complete. A killed run leaves at most a temporary directory, removed by the next process that
+//! takes the same key's lock or by `gc`.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::formats;
+use crate::hashing::hash_file;
+use crate::key::{CacheKey, KeyInputs};
+
+/// The file inside each object that says what it is; written last.
+pub const OBJECT_META: &str = "_onenet.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    InvalidOutput { path: PathBuf, message: String },
+    #[error(
+        "timed out after {waited:?} waiting for another onenet process computing {what} (lock {}); \
+         if no other process is running, this is a stale lock on a network file system: remove it",
+        lock.display()
+    )]
+    LockTimeout {
+        what: String,
+        lock: PathBuf,
+        waited: Duration,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One file of an object, as recorded at commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectFile {
+    /// Path relative to the object directory, `/`-separated.
+    pub path: String,
+    pub bytes: u64,
+    pub blake3: String,
+}
+
+/// What an object is: written as `_onenet.json` inside it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    pub stage: String,
+    pub key: String,
+    pub key_inputs: KeyInputs,
+    pub files: Vec<ObjectFile>,
+    pub warnings: Vec<String>,
+    pub notes: Vec<String>,
+    pub seconds: f64,
+    pub created_unix: u64,
+}
+
+/// One line of `runs.jsonl`: a stage's outcome in one run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub time_unix: f64,
+    pub stage: String,
+    pub kind: String,
+    pub key: String,
+    /// "computed", "cached" or "failed".
+    pub action: String,
+    pub seconds: f64,
+    /// (input stage, its key).
+    pub inputs: Vec<(String, String)>,
+    pub warnings: usize,
+    pub error: Option<String>,
+}
+
+/// The store rooted at one folder.
+#[derive(Debug, Clone)]
+pub struct ArtifactStore {
+    root: PathBuf,
+}
+
+/// A held per-key lock; released on drop.
+pub struct KeyLock {
+    _file: File,
+}
+
+/// A temporary directory a stage writes into before commit.
+pub struct PendingObject {
+    pub dir: PathBuf,
+    key: CacheKey,
+}
+
+static PENDING_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl ArtifactStore {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: &Path) -> Result<ArtifactStore, StoreError> {
+        for sub in ["objects", "latest", "tmp", "locks"] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        Ok(ArtifactStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn object_dir(&self, key: &CacheKey) -> PathBuf {
+        self.root.join("objects").join(key.hex())
+    }
+
+    pub fn stat_cache_file(&self) -> PathBuf {
+        self.root.join("statcache.json")
+    }
+
+    pub fn runs_file(&self) -> PathBuf {
+        self.root.join("runs.jsonl")
+    }
+
+    pub fn latest_link(&self, stage: &str) -> PathBuf {
+        self.root.join("latest").join(stage)
+    }
+
+    /// Whether a complete object exists for `key`.
+    pub fn has(&self, key: &CacheKey) -> bool {
+        self.object_dir(key).join(OBJECT_META).is_file()
+    }
+
+    /// The metadata of the object for `key`, if it exists and is readable.
+    pub fn meta(&self, key: &CacheKey) -> Option<ObjectMeta> {
+        let bytes = fs::read(self.object_dir(key).join(OBJECT_META)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The key `latest/<stage>` points at, whether or not that object still exists.
+    pub fn latest_key(&self, stage: &str) -> Option<CacheKey> {
+        let target = fs::read_link(self.latest_link(stage)).ok()?;
+        CacheKey::from_hex(&target.file_name()?.to_string_lossy())
+    }
+
+    /// Points `latest/<stage>` at `key`'s object (atomically: a new link renamed over the old).
+    pub fn set_latest(&self, stage: &str, key: &CacheKey) -> Result<(), StoreError> {
+        let link = self.latest_link(stage);
+        let tmp = self.root.join("latest").join(format!(
+            ".{stage}.{}.{}",
+            std::process::id(),
+            PENDING_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let target = Path::new("..").join("objects").join(key.hex());
+        std::os::unix::fs::symlink(&target, &tmp).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &link).map_err(io_err(&link))
+    }
+
+    /// Takes the lock for `key`, waiting up to `timeout`; `on_wait` is called once if another
+    /// process holds it, so the caller can say what it is waiting for.
+    pub fn lock(
+        &self,
+        key: &CacheKey,
+        what: &str,
+        timeout: Duration,
+        on_wait: &dyn Fn(&Path),
+    ) -> Result<KeyLock, StoreError> {
+        let path = self.root.join("locks").join(format!("{}.lock", key.hex()));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let start = Instant::now();
+        let mut told = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(KeyLock { _file: file }),
+                Err(fs::TryLockError::WouldBlock) => {
+                    if !told {
+                        on_wait(&path);
+                        told = true;
+                    }
+                    if start.elapsed() >= timeout {
+                        return Err(StoreError::LockTimeout {
+                            what: what.to_string(),
+                            lock: path,
+                            waited: start.elapsed(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+            }
+        }
+    }
+
+    /// A fresh, empty temporary directory for computing `key`. Call with the key's lock held:
+    /// any temporary directory already there for this key is then a dead run's and is removed.
+    pub fn begin(&self, key: &CacheKey) -> Result<PendingObject, StoreError> {
+        let tmp_root = self.root.join("tmp");
+        let prefix = format!("{}.", key.hex());
+        if let Ok(entries) = fs::read_dir(&tmp_root) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = tmp_root.join(format!(
+            "{prefix}{}.{}",
+            std::process::id(),
+            PENDING_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(PendingObject { dir, key: *key })
+    }
+
+    /// Validates, records and publishes what a stage wrote into `pending`. With `replace`, an
+    /// existing object for the key (from `--force`) is swapped out only after the new one is
+    /// complete.
+    pub fn commit(
+        &self,
+        pending: PendingObject,
+        stage: &str,
+        key_inputs: &KeyInputs,
+        warnings: Vec<String>,
+        notes: Vec<String>,
+        seconds: f64,
+    ) -> Result<ObjectMeta, StoreError> {
+        let mut files = Vec::new();
+        for path in walk_files(&pending.dir)? {
+            formats::inspect(&path).map_err(|message| StoreError::InvalidOutput {
+                path: path.clone(),
+                message,
+            })?;
+            // Flush each file before the rename makes the object visible.
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&path))?;
+            let bytes = fs::metadata(&path).map_err(io_err(&path))?.len();
+            files.push(ObjectFile {
+                path: relative(&pending.dir, &path),
+                bytes,
+                blake3: hash_file(&path).map_err(io_err(&path))?,
+            });
+        }
+        let meta = ObjectMeta {
+            stage: stage.to_string(),
+            key: pending.key.hex(),
+            key_inputs: key_inputs.clone(),
+            files,
+            warnings,
+            notes,
+            seconds,
+            created_unix: now_unix() as u64,
+        };
+        let meta_path = pending.dir.join(OBJECT_META);
+        write_synced(&meta_path, &serde_json::to_vec_pretty(&meta).unwrap_or_default())?;
+        sync_dir(&pending.dir)?;
+
+        let dest = self.object_dir(&pending.key);
+        if dest.exists() {
+            let aside = pending.dir.with_extension("replaced");
+            fs::rename(&dest, &aside).map_err(io_err(&dest))?;
+            fs::rename(&pending.dir, &dest).map_err(io_err(&dest))?;
+            let _ = fs::remove_dir_all(&aside);
+        } else {
+            fs::rename(&pending.dir, &dest).map_err(io_err(&dest))?;
+        }
+        sync_dir(&self.root.join("objects"))?;
+        Ok(meta)
+    }
+
+    /// Appends one record to `runs.jsonl` (one `write` of one line, so concurrent runs do not
+    /// interleave within a line).
+    pub fn append_record(&self, record: &RunRecord) -> Result<(), StoreError> {
+        let path = self.runs_file();
+        let mut line = serde_json::to_vec(record).unwrap_or_default();
+        line.push(b'\n');
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.write_all(&line).map_err(io_err(&path))
+    }
+
+    /// Every run record, oldest first (unreadable lines are skipped).
+    pub fn records(&self) -> Vec<RunRecord> {
+        fs::read_to_string(self.runs_file())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Keys of all complete objects.
+    pub fn object_keys(&self) -> Vec<CacheKey> {
+        let mut keys: Vec<CacheKey> = fs::read_dir(self.root.join("objects"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| CacheKey::from_hex(&e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.sort();
+        keys
+    }
+
+    /// Re-hashes every object's files against what was recorded at commit. Damaged objects are
+    /// moved to `corrupt/`, so the next run recomputes them.
+    pub fn verify(&self, progress: &dyn Fn(u64, u64)) -> Result<VerifyReport, StoreError> {
+        let keys = self.object_keys();
+        let mut report = VerifyReport::default();
+        for (i, key) in keys.iter().enumerate() {
+            progress(i as u64, keys.len() as u64);
+            let dir = self.object_dir(key);
+            let problems = match self.meta(key) {
+                None => vec![format!("{OBJECT_META} is missing or unreadable")],
+                Some(meta) => check_object(&dir, &meta),
+            };
+            report.checked += 1;
+            if !problems.is_empty() {
+                let corrupt = self.root.join("corrupt");
+                fs::create_dir_all(&corrupt).map_err(io_err(&corrupt))?;
+                let aside = corrupt.join(key.hex());
+                let _ = fs::remove_dir_all(&aside);
+                fs::rename(&dir, &aside).map_err(io_err(&dir))?;
+                report.damaged.push(DamagedObject {
+                    key: *key,
+                    stage: self.stage_of_moved(&aside),
+                    problems,
+                    moved_to: aside,
+                });
+            }
+        }
+        progress(keys.len() as u64, keys.len() as u64);
+        Ok(report)
+    }
+
+    fn stage_of_moved(&self, dir: &Path) -> String {
+        fs::read(dir.join(OBJECT_META))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ObjectMeta>(&b).ok())
+            .map(|m| m.stage)
+            .unwrap_or_else(|| "?".into())
+    }
+
+    /// Removes objects that no `latest/` link needs (directly or as an upstream), leftover
+    /// temporary directories and moved-aside corrupt objects. With `dry_run`, only reports.
+    pub fn gc(&self, dry_run: bool) -> Result<GcReport, StoreError> {
+        let mut keep: BTreeSet<CacheKey> = BTreeSet::new();
+        let mut stack: Vec<CacheKey> = fs::read_dir(self.root.join("latest"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| self.latest_key(&e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        while let Some(key) = stack.pop() {
+            if keep.insert(key) {
+                if let Some(meta) = self.meta(&key) {
+                    stack.extend(
+                        meta.key_inputs
+                            .upstream
+                            .iter()
+                            .filter_map(|(_, k)| CacheKey::from_hex(k)),
+                    );
+                }
+            }
+        }
+        let mut report = GcReport {
+            kept: keep.iter().filter(|k| self.has(k)).count(),
+            ..GcReport::default()
+        };
+        let mut doomed: Vec<PathBuf> = self
+            .object_keys()
+            .into_iter()
+            .filter(|k| !keep.contains(k))
+            .map(|k| self.object_dir(&k))
+            .collect();
+        report.objects_removed = doomed.len();
+        for sub in ["tmp", "corrupt"] {
+            if let Ok(entries) = fs::read_dir(self.root.join(sub)) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    // A temporary directory whose key is locked belongs to a live run.
+                    let live = sub == "tmp"
+                        && name
+                            .split('.')
+                            .next()
+                            .and_then(CacheKey::from_hex)
+                            .is_some_and(|k| self.is_locked(&k));
+                    if !live {
+                        doomed.push(entry.path());
+                        report.leftovers_removed += 1;
+                    }
+                }
+            }
+        }
+        for path in &doomed {
+            report.bytes += dir_bytes(path);
+            if !dry_run {
+                fs::remove_dir_all(path).map_err(io_err(path))?;
+            }
+        }
+        Ok(report)
+    }
+
+    fn is_locked(&self, key: &CacheKey) -> bool {
+        let path = self.root.join("locks").join(format!("{}.lock", key.hex()));
+        match File::open(&path) {
+            Ok(f) => matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock)),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Problems with one object's files, compared with its recorded hashes.
+fn check_object(dir: &Path, meta: &ObjectMeta) -> Vec<String> {
+    let mut problems = Vec::new();
+    for file in &meta.files {
+        let path = dir.join(&file.path);
+        match hash_file(&path) {
+            Err(e) => problems.push(format!("{}: {e}", file.path)),
+            Ok(hash) if hash != file.blake3 => {
+                problems.push(format!("{}: content differs from what was written", file.path))
+            }
+            Ok(_) => {}
+        }
+    }
+    problems
+}
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub checked: usize,
+    pub damaged: Vec<DamagedObject>,
+}
+
+#[derive(Debug)]
+pub struct DamagedObject {
+    pub key: CacheKey,
+    pub stage: String,
+    pub problems: Vec<String>,
+    pub moved_to: PathBuf,
+}
+
+/// What `gc` removed (or would remove).
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    pub kept: usize,
+    pub objects_removed: usize,
+    pub leftovers_removed: usize,
+    pub bytes: u64,
+}
+
+/// Regular files under `dir`, sorted, excluding the object's own metadata.
+pub fn walk_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).map_err(io_err(&d))? {
+            let entry = entry.map_err(io_err(&d))?;
+            let path = entry.path();
+            let ty = entry.file_type().map_err(io_err(&path))?;
+            if ty.is_dir() {
+                stack.push(path);
+            } else if ty.is_file() && path.file_name() != Some(OBJECT_META.as_ref()) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn relative(base: &Path, path: &Path) -> String {
+    path.strip_prefix(base)
+        .unwrap_or(path)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    walk_files(path)
+        .map(|files| {
+            files
+                .iter()
+                .filter_map(|f| fs::metadata(f).ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+        + fs::metadata(path.join(OBJECT_META))
+            .map(|m| m.len())
+            .unwrap_or(0)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut f = File::create(path).map_err(io_err(path))?;
+    f.write_all(bytes).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Per-file summary of an object for `show`: (relative path, bytes, summary or error).
+pub fn describe_object(
+    dir: &Path,
+    meta: &ObjectMeta,
+) -> Vec<(String, u64, Result<formats::FileSummary, String>)> {
+    meta.files
+        .iter()
+        .map(|f| (f.path.clone(), f.bytes, formats::inspect(&dir.join(&f.path))))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KEY_FORMAT;
+    use std::collections::BTreeMap;
+
+    fn key_inputs(upstream: Vec<(String, String)>) -> KeyInputs {
+        KeyInputs {
+            format: KEY_FORMAT,
+            kind: "k".into(),
+            version: 1,
+            params: BTreeMap::new(),
+            upstream,
+            sources: BTreeMap::new(),
+            environment: BTreeMap::new(),
+        }
+    }
+
+    fn commit(store: &ArtifactStore, stage: &str, inputs: &KeyInputs, body: &[u8]) -> CacheKey {
+        let key = inputs.key();
+        let pending = store.begin(&key).unwrap();
+        fs::write(pending.dir.join("out.txt"), body).unwrap();
+        store
+            .commit(pending, stage, inputs, vec![], vec![], 0.1)
+            .unwrap();
+        store.set_latest(stage, &key).unwrap();
+        key
+    }
+
+    #[test]
+    fn commit_publishes_a_complete_object_and_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let inputs = key_inputs(vec![]);
+        let key = inputs.key();
+        assert!(!store.has(&key));
+        let pending = store.begin(&key).unwrap();
+        fs::write(pending.dir.join("out.txt"), b"hello").unwrap();
+        assert!(!store.has(&key), "a pending object is not visible");
+        store
+            .commit(pending, "s", &inputs, vec!["w".into()], vec![], 0.5)
+            .unwrap();
+        store.set_latest("s", &key).unwrap();
+        assert!(store.has(&key));
+        assert_eq!(store.latest_key("s"), Some(key));
+        let text = fs::read_to_string(store.latest_link("s").join("out.txt")).unwrap();
+        assert_eq!(text, "hello");
+        assert_eq!(store.meta(&key).unwrap().warnings, ["w"]);
+    }
+
+    #[test]
+    fn invalid_parquet_is_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let inputs = key_inputs(vec![]);
+        let pending = store.begin(&inputs.key()).unwrap();
+        fs::write(pending.dir.join("t.parquet"), b"garbage").unwrap();
+        let err = store
+            .commit(pending, "s", &inputs, vec![], vec![], 0.0)
+            .unwrap_err();
+        assert!(err.to_string().contains("t.parquet"), "{err}");
+        assert!(!store.has(&inputs.key()));
+    }
+
+    #[test]
+    fn verify_moves_damaged_objects_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let key = commit(&store, "s", &key_inputs(vec![]), b"abc");
+        assert!(store.verify(&|_, _| {}).unwrap().damaged.is_empty());
+        fs::write(store.object_dir(&key).join("out.txt"), b"abd").unwrap();
+        let report = store.verify(&|_, _| {}).unwrap();
+        assert_eq!(report.damaged.len(), 1);
+        assert_eq!(report.damaged[0].stage, "s");
+        assert!(!store.has(&key));
+    }
+
+    #[test]
+    fn gc_keeps_latest_and_its_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let up = commit(&store, "up", &key_inputs(vec![]), b"1");
+        let mut other = key_inputs(vec![]);
+        other.version = 2;
+        let old_up = commit(&store, "up2", &other, b"2");
+        // `up2` then moves on, so its first object is garbage.
+        let mut newer = key_inputs(vec![]);
+        newer.version = 3;
+        commit(&store, "up2", &newer, b"3");
+        let down = commit(&store, "down", &key_inputs(vec![("up".into(), up.hex())]), b"4");
+        // Point `up` somewhere else: the old `up` object stays because `down` needs it.
+        let mut up_new = key_inputs(vec![]);
+        up_new.version = 9;
+        commit(&store, "up", &up_new, b"5");
+
+        let dry = store.gc(true).unwrap();
+        assert_eq!(dry.objects_removed, 1);
+        assert!(dry.bytes > 0);
+        assert!(store.has(&old_up), "dry run removes nothing");
+        store.gc(false).unwrap();
+        assert!(!store.has(&old_up));
+        assert!(store.has(&up) && store.has(&down));
+    }
+
+    #[test]
+    fn a_second_locker_waits_and_is_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let key = key_inputs(vec![]).key();
+        let held = store
+            .lock(&key, "s", Duration::from_secs(1), &|_| {})
+            .unwrap();
+        let told = std::sync::atomic::AtomicBool::new(false);
+        let err = store
+            .lock(&key, "stage s", Duration::from_millis(200), &|_| {
+                told.store(true, Ordering::SeqCst)
+            })
+            .err()
+            .unwrap();
+        assert!(told.load(Ordering::SeqCst));
+        assert!(err.to_string().contains("waiting for another onenet process computing stage s"));
+        drop(held);
+        assert!(store.lock(&key, "s", Duration::from_secs(1), &|_| {}).is_ok());
+    }
+}

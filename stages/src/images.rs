@@ -1,0 +1,685 @@
+//! Stage kind `images`: reads every image of a Flickr8k dataset once, hashes it, decodes it fully
+//! to learn its size and to catch corrupt or truncated files, and writes the images table that
+//! later stages use as the list of usable images, with a table of the problems it found.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, StringArray, UInt32Array, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use image::{ImageFormat, ImageReader};
+use rayon::prelude::*;
+
+use crate::flickr::{self, Splits};
+use crate::table::{batch, write_parquet};
+use crate::{
+    ParamDefault, ParamSpec, ParamType, Params, StageContext, StageError, StageInput, StageKind,
+    StageReport,
+};
+
+pub const KIND: StageKind = StageKind {
+    name: "images",
+    version: 1,
+    about: "Hash, measure and check every image of a Flickr8k dataset",
+    params: PARAMS,
+    inputs: flickr::DATASET_INPUTS,
+    sources,
+    run,
+};
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "root",
+        ty: ParamType::Str,
+        default: ParamDefault::Unset,
+        help: "Dataset folder in the Flickr8k layout (instead of an upstream demo_data stage)",
+    },
+    ParamSpec {
+        name: "strict",
+        ty: ParamType::Bool,
+        default: ParamDefault::Bool(false),
+        help: "Fail on corrupt or missing images instead of leaving them out with a warning",
+    },
+];
+
+/// Output file names.
+pub const IMAGES_TABLE: &str = "images.parquet";
+pub const PROBLEMS_TABLE: &str = "problems.parquet";
+
+/// The `problem` values of the problems table.
+pub const MISSING: &str = "missing";
+pub const CORRUPT: &str = "corrupt";
+
+/// File extensions read as images (compared case-insensitively); other files are ignored.
+const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+/// Whether `path` has an image extension.
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|ext| ext.to_str())
+        .is_some_and(|ext| {
+            IMAGE_EXTENSIONS
+                .iter()
+                .any(|known| ext.eq_ignore_ascii_case(known))
+        })
+}
+
+/// The image files directly in `dir` (not in subfolders), sorted by path so that listings and
+/// cache keys do not depend on directory order.
+pub fn list_image_files(dir: &Path) -> Result<Vec<PathBuf>, StageError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StageError::file(dir, "image folder not found"))
+        }
+        Err(e) => return Err(StageError::io(dir, e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| StageError::io(dir, e))?.path();
+        // `is_file` follows symlinks, so linked images count and linked folders do not.
+        if has_image_extension(&path) && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn sources(
+    params: &Params,
+    inputs: &[StageInput],
+    base_dir: &Path,
+) -> Result<Vec<PathBuf>, StageError> {
+    let root = flickr::dataset_root(params, inputs, base_dir)?;
+    if !inputs.is_empty() {
+        // The upstream stage's key already covers every file under its output.
+        return Ok(Vec::new());
+    }
+    let mut files = list_image_files(&flickr::image_dir(&root))?;
+    files.extend(flickr::split_paths(&root));
+    files.push(flickr::text_file(&root, flickr::TOKEN_FILE));
+    Ok(files)
+}
+
+/// What reading and decoding one image file found.
+#[derive(Debug, Clone, PartialEq)]
+struct ImageFacts {
+    hash: String,
+    bytes: u64,
+    width: u32,
+    height: u32,
+}
+
+/// Reads, hashes and fully decodes one image; the error is a message for the problems table.
+fn inspect_image(path: &Path) -> Result<ImageFacts, String> {
+    let data = std::fs::read(path).map_err(|e| format!("unreadable: {e}"))?;
+    let hash = blake3::hash(&data).to_hex().to_string();
+    // The format comes from the content, not the extension: a PNG named .jpg is still an image.
+    let reader = ImageReader::new(Cursor::new(&data))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    let format = reader.format();
+    let decoded = reader.decode().map_err(|e| e.to_string())?;
+    if format == Some(ImageFormat::Jpeg) {
+        // The JPEG decoder forgives a file cut short and fills the rest with grey, so a truncated
+        // download would pass as a valid image: check the structure ourselves.
+        check_jpeg_complete(&data)?;
+    }
+    Ok(ImageFacts {
+        hash,
+        bytes: data.len() as u64,
+        width: decoded.width(),
+        height: decoded.height(),
+    })
+}
+
+/// Checks that a JPEG's marker structure runs all the way to its end-of-image marker: segments
+/// are skipped by their lengths and entropy-coded data is scanned to the next real marker. Bytes
+/// after the end-of-image marker are allowed (some cameras append data there).
+fn check_jpeg_complete(data: &[u8]) -> Result<(), String> {
+    const TRUNCATED: &str = "truncated: the JPEG data ends before its end-of-image marker";
+    if !data.starts_with(&[0xFF, 0xD8]) {
+        return Err("not a JPEG: no start-of-image marker".to_string());
+    }
+    let mut pos = 2;
+    loop {
+        if data.get(pos) != Some(&0xFF) {
+            return match data.get(pos) {
+                None => Err(TRUNCATED.to_string()),
+                Some(_) => Err(format!("corrupt JPEG: expected a marker at byte {pos}")),
+            };
+        }
+        // A marker is 0xFF, optional 0xFF fill bytes, then its code.
+        while data.get(pos) == Some(&0xFF) {
+            pos += 1;
+        }
+        let Some(&code) = data.get(pos) else {
+            return Err(TRUNCATED.to_string());
+        };
+        pos += 1;
+        match code {
+            0xD9 => return Ok(()),
+            // Restart markers and TEM stand alone, without a length.
+            0xD0..=0xD7 | 0x01 => continue,
+            _ => {}
+        }
+        let (Some(&high), Some(&low)) = (data.get(pos), data.get(pos + 1)) else {
+            return Err(TRUNCATED.to_string());
+        };
+        let length = usize::from(u16::from_be_bytes([high, low]));
+        if length < 2 {
+            return Err(format!("corrupt JPEG: bad segment length at byte {pos}"));
+        }
+        pos += length;
+        if code == 0xDA {
+            // Start of scan: entropy-coded data follows, in which 0xFF 0x00 is an escaped 0xFF
+            // and 0xFF 0xD0..=0xD7 are restart markers; any other 0xFF pair starts a marker.
+            loop {
+                let Some(offset) = data.get(pos..).and_then(|rest| rest.iter().position(|&b| b == 0xFF))
+                else {
+                    return Err(TRUNCATED.to_string());
+                };
+                pos += offset;
+                match data.get(pos + 1) {
+                    None => return Err(TRUNCATED.to_string()),
+                    Some(0x00 | 0xD0..=0xD7) => pos += 2,
+                    // Fill byte: the marker code comes later.
+                    Some(0xFF) => pos += 1,
+                    Some(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// One image left out of the table, or named but not on disk.
+#[derive(Debug, Clone, PartialEq)]
+struct Problem {
+    image_id: String,
+    problem: &'static str,
+    detail: String,
+}
+
+/// One row of the images table.
+#[derive(Debug, Clone, PartialEq)]
+struct ImageRow {
+    image_id: String,
+    path: String,
+    facts: ImageFacts,
+    split: &'static str,
+}
+
+fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
+    let root = flickr::dataset_root(ctx.params, ctx.inputs, ctx.base_dir)?;
+    let strict = ctx.params.bool("strict")?;
+    let splits = Splits::read(&root)?;
+    let caption_file = flickr::read_caption_file(
+        &flickr::text_file(&root, flickr::TOKEN_FILE),
+        ctx.progress,
+    )?;
+    let image_dir = flickr::image_dir(&root);
+    let mut report = StageReport::default();
+
+    // Image ids are file names; a name that is not UTF-8 cannot be matched against the text
+    // files or written to the table, so it is left out with a warning.
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let mut unnamed = Vec::new();
+    for path in list_image_files(&image_dir)? {
+        match path.file_name().and_then(|name| name.to_str()) {
+            Some(name) => files.push((name.to_string(), path.clone())),
+            None => unnamed.push(path.display().to_string()),
+        }
+    }
+    if !unnamed.is_empty() {
+        report.warnings.push(format!(
+            "{}: left out {} image files whose names are not valid UTF-8: {}",
+            image_dir.display(),
+            unnamed.len(),
+            flickr::preview_names(&unnamed, unnamed.len())
+        ));
+    }
+
+    ctx.progress.start(files.len() as u64, "reading images");
+    let inspected: Vec<(String, PathBuf, Result<ImageFacts, String>)> = files
+        .into_par_iter()
+        .map(|(name, path)| {
+            let facts = inspect_image(&path);
+            ctx.progress.inc(1);
+            (name, path, facts)
+        })
+        .collect();
+
+    let on_disk: HashSet<&str> = inspected.iter().map(|(name, _, _)| name.as_str()).collect();
+    let mut rows = Vec::new();
+    let mut corrupt: Vec<(Problem, &Path)> = Vec::new();
+    for (name, path, facts) in &inspected {
+        match facts {
+            Ok(facts) => rows.push(ImageRow {
+                image_id: name.clone(),
+                path: path.display().to_string(),
+                facts: facts.clone(),
+                split: splits.split_of(name),
+            }),
+            Err(detail) => corrupt.push((
+                Problem {
+                    image_id: name.clone(),
+                    problem: CORRUPT,
+                    detail: detail.clone(),
+                },
+                path,
+            )),
+        }
+    }
+    let missing = missing_images(&caption_file, &splits, &on_disk);
+
+    if strict {
+        if let Some((problem, path)) = corrupt.first() {
+            return Err(StageError::file(
+                *path,
+                format!("corrupt image: {} ({STRICT_HINT})", problem.detail),
+            ));
+        }
+        if !missing.is_empty() {
+            let names: Vec<&str> = missing.iter().map(|p| p.image_id.as_str()).collect();
+            return Err(StageError::file(
+                &image_dir,
+                format!(
+                    "{} images named in the captions or split lists are not there: {} \
+                     ({STRICT_HINT})",
+                    missing.len(),
+                    flickr::preview_names(&names, names.len())
+                ),
+            ));
+        }
+    }
+
+    if !corrupt.is_empty() {
+        let described: Vec<String> = corrupt
+            .iter()
+            .map(|(p, _)| format!("{} ({})", p.image_id, p.detail))
+            .collect();
+        report.warnings.push(format!(
+            "{}: left out {} image files that could not be decoded: {}",
+            flickr::IMAGE_DIR,
+            corrupt.len(),
+            flickr::preview_names(&described, described.len())
+        ));
+    }
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|p| p.image_id.as_str()).collect();
+        report.warnings.push(format!(
+            "{}: {} images named in the captions or split lists are not there: {}",
+            flickr::IMAGE_DIR,
+            missing.len(),
+            flickr::preview_names(&names, names.len())
+        ));
+    }
+
+    let mut problems: Vec<Problem> = corrupt.into_iter().map(|(p, _)| p).collect();
+    problems.extend(missing);
+    problems.sort_by(|a, b| (&a.image_id, a.problem).cmp(&(&b.image_id, b.problem)));
+    // `inspected` came from a sorted listing, but sorting by id states the table's order here.
+    rows.sort_by(|a, b| a.image_id.cmp(&b.image_id));
+
+    write_images(ctx.out_dir, &rows)?;
+    write_problems(ctx.out_dir, &problems)?;
+
+    let per_split: Vec<String> = ["train", "dev", "test", flickr::NO_SPLIT]
+        .iter()
+        .map(|split| {
+            let count = rows.iter().filter(|row| row.split == *split).count();
+            format!("{count} {split}")
+        })
+        .collect();
+    report.notes.push(format!(
+        "{} images ({})",
+        rows.len(),
+        per_split.join(", ")
+    ));
+    let total_bytes: u64 = rows.iter().map(|row| row.facts.bytes).sum();
+    report.notes.push(format!(
+        "{:.1} MiB of image files",
+        total_bytes as f64 / (1024.0 * 1024.0)
+    ));
+    if !problems.is_empty() {
+        report
+            .notes
+            .push(format!("{} problems in {PROBLEMS_TABLE}", problems.len()));
+    }
+    Ok(report)
+}
+
+/// How to get past a strict failure, for its message.
+const STRICT_HINT: &str = "set strict = false to leave such images out with a warning";
+
+/// Images the caption file or the split lists name that are not among the image files, sorted by
+/// name; the detail says where each one is named.
+fn missing_images(
+    caption_file: &flickr::CaptionFile,
+    splits: &Splits,
+    on_disk: &HashSet<&str>,
+) -> Vec<Problem> {
+    let mut named_in: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for image in caption_file.image_names() {
+        named_in.entry(image).or_default().push(caption_file.label());
+    }
+    for image in splits.images() {
+        let split = splits.split_of(image);
+        named_in
+            .entry(image)
+            .or_default()
+            .push(format!("the {split} split list"));
+    }
+    named_in
+        .into_iter()
+        .filter(|(image, _)| !on_disk.contains(image))
+        .map(|(image, places)| Problem {
+            image_id: image.to_string(),
+            problem: MISSING,
+            detail: format!(
+                "named in {} but not in {}",
+                places.join(" and "),
+                flickr::IMAGE_DIR
+            ),
+        })
+        .collect()
+}
+
+fn utf8_field(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, false)
+}
+
+fn write_images(out_dir: &Path, rows: &[ImageRow]) -> Result<(), StageError> {
+    let path = out_dir.join(IMAGES_TABLE);
+    let schema = Arc::new(Schema::new(vec![
+        utf8_field("image_id"),
+        utf8_field("path"),
+        utf8_field("hash"),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("width", DataType::UInt32, false),
+        Field::new("height", DataType::UInt32, false),
+        utf8_field("split"),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.image_id.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.path.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.facts.hash.as_str()),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.facts.bytes),
+        )),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.facts.width),
+        )),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.facts.height),
+        )),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.split))),
+    ];
+    write_parquet(&path, &batch(&path, schema, columns)?)
+}
+
+fn write_problems(out_dir: &Path, problems: &[Problem]) -> Result<(), StageError> {
+    let path = out_dir.join(PROBLEMS_TABLE);
+    let schema = Arc::new(Schema::new(vec![
+        utf8_field("image_id"),
+        utf8_field("problem"),
+        utf8_field("detail"),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            problems.iter().map(|p| p.image_id.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            problems.iter().map(|p| p.problem),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            problems.iter().map(|p| p.detail.as_str()),
+        )),
+    ];
+    write_parquet(&path, &batch(&path, schema, columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use image::{Rgb, RgbImage};
+
+    use super::*;
+    use crate::flickr::testing::{column_names, read_parquet, run_on_root, strings, u32s, u64s, write_text_files};
+    use crate::ParamValue;
+
+    /// An image with busy content, so that its JPEG has plenty of entropy-coded data to cut.
+    fn busy_image(width: u32, height: u32) -> RgbImage {
+        RgbImage::from_fn(width, height, |x, y| {
+            let v = x.wrapping_mul(7919) ^ y.wrapping_mul(104_729) ^ (x * y);
+            Rgb([v as u8, (v >> 8) as u8, (v >> 3) as u8])
+        })
+    }
+
+    fn encode(image: &RgbImage, format: ImageFormat) -> Vec<u8> {
+        let mut bytes = Cursor::new(Vec::new());
+        image.write_to(&mut bytes, format).unwrap();
+        bytes.into_inner()
+    }
+
+    /// Bytes that are no image format (a fixed pseudo-random sequence).
+    fn noise_bytes(len: usize) -> Vec<u8> {
+        let mut state: u32 = 0x1234_5678;
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 24) as u8
+            })
+            .collect()
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        out: PathBuf,
+        /// The valid files: name, bytes, width, height.
+        valid: Vec<(&'static str, Vec<u8>, u32, u32)>,
+    }
+
+    /// Three valid images (two JPEG, one PNG, one with an upper-case extension), a file of noise
+    /// named x.jpg, a JPEG cut in half, a text file to ignore, and text files naming two images
+    /// that are not there.
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        let captions = "a.jpg#0\tA thing .\n\
+                        b.JPEG#0\tAnother thing .\n\
+                        x.jpg#0\tNoise .\n\
+                        gone.jpg#0\tNothing .\n";
+        write_text_files(
+            &root,
+            captions,
+            ["a.jpg\nc.png\nt.jpg\n", "b.JPEG\r\nalso-gone.jpg\r\n", ""],
+        );
+        let images = root.join(flickr::IMAGE_DIR);
+        let valid = vec![
+            ("a.jpg", encode(&busy_image(32, 24), ImageFormat::Jpeg), 32, 24),
+            ("b.JPEG", encode(&busy_image(20, 10), ImageFormat::Jpeg), 20, 10),
+            ("c.png", encode(&busy_image(7, 5), ImageFormat::Png), 7, 5),
+        ];
+        for (name, bytes, _, _) in &valid {
+            fs::write(images.join(name), bytes).unwrap();
+        }
+        fs::write(images.join("x.jpg"), noise_bytes(3000)).unwrap();
+        let whole = encode(&busy_image(64, 64), ImageFormat::Jpeg);
+        fs::write(images.join("t.jpg"), &whole[..whole.len() / 2]).unwrap();
+        fs::write(images.join("notes.txt"), "not an image").unwrap();
+        let out = dir.path().join("out");
+        Fixture {
+            _dir: dir,
+            root,
+            out,
+            valid,
+        }
+    }
+
+    #[test]
+    fn table_has_valid_images_and_problems_lists_the_rest() {
+        let f = fixture();
+        let report = run_on_root(&KIND, &f.root, &[], &f.out).unwrap();
+
+        let images = read_parquet(&f.out.join(IMAGES_TABLE));
+        assert_eq!(
+            column_names(&images),
+            ["image_id", "path", "hash", "bytes", "width", "height", "split"]
+        );
+        assert_eq!(strings(&images, "image_id"), ["a.jpg", "b.JPEG", "c.png"]);
+        let hashes: Vec<String> = f
+            .valid
+            .iter()
+            .map(|(_, bytes, _, _)| blake3::hash(bytes).to_hex().to_string())
+            .collect();
+        assert_eq!(strings(&images, "hash"), hashes);
+        let sizes: Vec<u64> = f.valid.iter().map(|v| v.1.len() as u64).collect();
+        assert_eq!(u64s(&images, "bytes"), sizes);
+        assert_eq!(u32s(&images, "width"), [32, 20, 7]);
+        assert_eq!(u32s(&images, "height"), [24, 10, 5]);
+        assert_eq!(strings(&images, "split"), ["train", "dev", "train"]);
+        for (path, (name, _, _, _)) in strings(&images, "path").iter().zip(&f.valid) {
+            let path = Path::new(path);
+            assert!(path.is_absolute());
+            assert_eq!(path, f.root.join(flickr::IMAGE_DIR).join(name));
+        }
+
+        let problems = read_parquet(&f.out.join(PROBLEMS_TABLE));
+        assert_eq!(column_names(&problems), ["image_id", "problem", "detail"]);
+        assert_eq!(
+            strings(&problems, "image_id"),
+            ["also-gone.jpg", "gone.jpg", "t.jpg", "x.jpg"]
+        );
+        assert_eq!(
+            strings(&problems, "problem"),
+            [MISSING, MISSING, CORRUPT, CORRUPT]
+        );
+        let details = strings(&problems, "detail");
+        assert_eq!(
+            details[0],
+            "named in the dev split list but not in Flicker8k_Dataset"
+        );
+        assert_eq!(
+            details[1],
+            "named in Flickr8k.token.txt but not in Flicker8k_Dataset"
+        );
+        assert!(details[2].starts_with("truncated"), "{}", details[2]);
+        assert!(!details[3].is_empty());
+
+        assert_eq!(report.warnings.len(), 2, "{:?}", report.warnings);
+        assert!(report.warnings[0].contains("left out 2 image files"));
+        assert!(report.warnings[0].contains("t.jpg (truncated"));
+        assert!(report.warnings[0].contains("x.jpg ("));
+        assert!(report.warnings[1].contains("2 images named"));
+        assert!(report.warnings[1].contains("also-gone.jpg, gone.jpg"));
+        assert_eq!(report.notes[0], "3 images (2 train, 1 dev, 0 test, 0 none)");
+    }
+
+    #[test]
+    fn strict_mode_fails_naming_the_file() {
+        let f = fixture();
+        let strict = [("strict", ParamValue::Bool(true))];
+        let err = run_on_root(&KIND, &f.root, &strict, &f.out).unwrap_err();
+        match &err {
+            StageError::File { path, message } => {
+                assert!(path.ends_with("t.jpg"), "{err}");
+                assert!(message.contains("truncated"), "{err}");
+            }
+            other => panic!("unexpected error {other}"),
+        }
+
+        // With the corrupt files gone, the missing ones fail the run by name.
+        let images = f.root.join(flickr::IMAGE_DIR);
+        fs::remove_file(images.join("t.jpg")).unwrap();
+        fs::remove_file(images.join("x.jpg")).unwrap();
+        let err = run_on_root(&KIND, &f.root, &strict, &f.out).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("also-gone.jpg, gone.jpg, t.jpg, x.jpg"), "{message}");
+    }
+
+    #[test]
+    fn missing_caption_file_is_an_error_naming_it() {
+        let f = fixture();
+        fs::remove_file(flickr::text_file(&f.root, flickr::TOKEN_FILE)).unwrap();
+        let err = run_on_root(&KIND, &f.root, &[], &f.out).unwrap_err();
+        assert!(err.to_string().contains(flickr::TOKEN_FILE), "{err}");
+    }
+
+    #[test]
+    fn missing_split_list_is_an_error_naming_it() {
+        let f = fixture();
+        fs::remove_file(flickr::text_file(&f.root, "Flickr_8k.trainImages.txt")).unwrap();
+        let err = run_on_root(&KIND, &f.root, &[], &f.out).unwrap_err();
+        assert!(err.to_string().contains("Flickr_8k.trainImages.txt"), "{err}");
+    }
+
+    #[test]
+    fn sources_are_image_files_split_lists_and_captions() {
+        let f = fixture();
+        let mut given = std::collections::BTreeMap::new();
+        given.insert("root".to_string(), ParamValue::Str("data".into()));
+        let params = Params::with_defaults(KIND.params, given);
+        let base_dir = f.root.parent().unwrap();
+        let files = (KIND.sources)(&params, &[], base_dir).unwrap();
+        let names: Vec<String> = files.iter().map(|p| flickr::file_label(p)).collect();
+        assert_eq!(
+            names,
+            [
+                "a.jpg",
+                "b.JPEG",
+                "c.png",
+                "t.jpg",
+                "x.jpg",
+                "Flickr_8k.trainImages.txt",
+                "Flickr_8k.devImages.txt",
+                "Flickr_8k.testImages.txt",
+                "Flickr8k.token.txt",
+            ]
+        );
+        assert!(files.iter().all(|p| p.is_absolute()));
+        let upstream = [StageInput {
+            name: "demo".into(),
+            kind: "demo_data".into(),
+            dir: f.root.clone(),
+        }];
+        let defaults = Params::with_defaults(KIND.params, Default::default());
+        assert!((KIND.sources)(&defaults, &upstream, base_dir)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn jpeg_completeness_check() {
+        let whole = encode(&busy_image(48, 40), ImageFormat::Jpeg);
+        assert_eq!(check_jpeg_complete(&whole), Ok(()));
+        let mut trailing = whole.clone();
+        trailing.extend_from_slice(b"camera trailer");
+        assert_eq!(check_jpeg_complete(&trailing), Ok(()));
+        for cut in [3, 100, whole.len() / 2, whole.len() - 1] {
+            let err = check_jpeg_complete(&whole[..cut]).unwrap_err();
+            assert!(err.starts_with("truncated"), "cut at {cut}: {err}");
+        }
+        assert!(check_jpeg_complete(b"GIF89a").is_err());
+        // The full inspection catches the cut file too, and reads the whole one.
+        let dir = tempfile::tempdir().unwrap();
+        let cut = dir.path().join("cut.jpg");
+        fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+        assert!(inspect_image(&cut).unwrap_err().starts_with("truncated"));
+        let good = dir.path().join("good.jpg");
+        fs::write(&good, &whole).unwrap();
+        let facts = inspect_image(&good).unwrap();
+        assert_eq!((facts.width, facts.height, facts.bytes), (48, 40, whole.len() as u64));
+    }
+}

@@ -1,0 +1,130 @@
+//! The built-in stage kinds of onenet.
+//!
+//! A stage is a plain function of its upstream outputs and its params that writes files into an
+//! empty directory. Stages know nothing about caching, keys or the artifact store: the engine (the
+//! `onenet` crate) decides when a stage runs, gives it a fresh directory and commits what it wrote.
+//! Each kind carries a `version` that must be bumped whenever its logic changes what it writes, so
+//! that cached outputs of the old logic stop matching.
+
+pub mod captions;
+pub mod demo_data;
+pub mod error;
+pub mod flickr;
+pub mod images;
+pub mod params;
+pub mod table;
+
+use std::path::{Path, PathBuf};
+
+pub use error::StageError;
+pub use params::{ParamDefault, ParamSpec, ParamType, ParamValue, Params, RawValue};
+
+/// One upstream stage's committed output, as a stage sees it.
+#[derive(Debug, Clone)]
+pub struct StageInput {
+    /// The upstream stage's name in `pipeline.toml`.
+    pub name: String,
+    /// The upstream stage's kind (e.g. `demo_data`).
+    pub kind: String,
+    /// The directory holding its outputs (read-only by convention).
+    pub dir: PathBuf,
+}
+
+/// Reports progress of long work; the engine draws it as a progress bar.
+pub trait Progress: Sync {
+    /// Starts a new phase of `len` units described by `what` (e.g. "hashing images").
+    fn start(&self, len: u64, what: &str);
+    /// Advances the current phase by `n` units.
+    fn inc(&self, n: u64);
+}
+
+/// A `Progress` that draws nothing (tests, quiet runs).
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _len: u64, _what: &str) {}
+    fn inc(&self, _n: u64) {}
+}
+
+/// Everything a stage's `run` gets.
+pub struct StageContext<'a> {
+    /// The stage's name in `pipeline.toml` (for messages).
+    pub name: &'a str,
+    /// Validated params, every default filled in.
+    pub params: &'a Params,
+    /// Upstream outputs, in the order `inputs` lists them.
+    pub inputs: &'a [StageInput],
+    /// The directory of `pipeline.toml`: relative paths in params resolve against it.
+    pub base_dir: &'a Path,
+    /// An empty directory to write outputs into.
+    pub out_dir: &'a Path,
+    pub progress: &'a dyn Progress,
+}
+
+/// What a stage says about a successful run besides its files.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct StageReport {
+    /// Problems the user should see (skipped lines, missing images, ...), one line each.
+    pub warnings: Vec<String>,
+    /// Short facts about the output ("40460 captions, 8092 images, vocabulary 8918").
+    pub notes: Vec<String>,
+}
+
+/// How many upstream stages a kind reads, and of which kinds.
+#[derive(Debug, Clone, Copy)]
+pub struct InputRule {
+    /// Upstream kinds accepted; empty means none may be given.
+    pub kinds: &'static [&'static str],
+    pub min: usize,
+    pub max: usize,
+}
+
+/// A built-in stage kind.
+pub struct StageKind {
+    pub name: &'static str,
+    /// Bumped whenever the logic changes what the stage writes.
+    pub version: u32,
+    /// One line for `--help` and `dag`.
+    pub about: &'static str,
+    pub params: &'static [ParamSpec],
+    pub inputs: InputRule,
+    /// Files outside the artifact store that the stage reads, given its params and inputs: the
+    /// engine content-hashes them into the cache key. Files under an upstream output need not be
+    /// listed: the upstream key already covers them.
+    pub sources: fn(&Params, &[StageInput], &Path) -> Result<Vec<PathBuf>, StageError>,
+    pub run: fn(&StageContext) -> Result<StageReport, StageError>,
+}
+
+/// Every built-in stage kind.
+pub fn kinds() -> &'static [StageKind] {
+    static KINDS: [StageKind; 3] = [demo_data::KIND, captions::KIND, images::KIND];
+    &KINDS
+}
+
+/// The kind called `name`, if there is one.
+pub fn kind(name: &str) -> Option<&'static StageKind> {
+    kinds().iter().find(|k| k.name == name)
+}
+
+/// What changes numerical results besides code and inputs: the libtorch version and the device
+/// kind. The engine folds this into every cache key.
+pub fn environment() -> Vec<(String, String)> {
+    let device = if tch::Cuda::is_available() {
+        "cuda"
+    } else {
+        "cpu"
+    };
+    vec![
+        ("libtorch".to_string(), libtorch_version()),
+        ("device".to_string(), device.to_string()),
+    ]
+}
+
+/// The libtorch version the binary was linked against.
+pub fn libtorch_version() -> String {
+    // tch exposes no runtime version call; build.rs reads the `build-version` file of the libtorch
+    // it linked against (the same file torch-sys checks, so a mismatch fails the build anyway).
+    option_env!("ONENET_LIBTORCH_VERSION")
+        .unwrap_or("unknown")
+        .to_string()
+}

@@ -1,0 +1,517 @@
+//! End-to-end tests: the real `onenet` binary on small generated data in temporary directories.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A temporary project folder holding a pipeline file and its store.
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+const SMALL_DEMO: &str = r#"
+[stages.demo]
+kind = "demo_data"
+params = { images = 30, image_size = 48, seed = 3 }
+
+[stages.captions]
+kind = "captions"
+inputs = ["demo"]
+
+[stages.images]
+kind = "images"
+inputs = ["demo"]
+"#;
+
+impl Project {
+    fn new(pipeline: &str) -> Project {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::write(dir.path().join("pipeline.toml"), pipeline).expect("write pipeline");
+        Project { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_onenet"));
+        cmd.current_dir(self.path()).args(args);
+        cmd
+    }
+
+    fn onenet(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().expect("run onenet");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "onenet panicked: {stderr}");
+        out
+    }
+
+    /// Runs onenet expecting success and JSON on stdout.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--format", "json"]);
+        let out = self.onenet(&all);
+        assert!(
+            out.status.success(),
+            "onenet {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    fn run(&self, args: &[&str]) -> HashMap<String, String> {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        actions(&self.json(&all))
+    }
+
+    fn status(&self, args: &[&str]) -> HashMap<String, (String, Vec<String>)> {
+        let mut all = vec!["status"];
+        all.extend_from_slice(args);
+        let v = self.json(&all);
+        v["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .map(|s| {
+                let reasons = s["reasons"]
+                    .as_array()
+                    .expect("reasons")
+                    .iter()
+                    .map(|r| r.as_str().unwrap_or_default().to_string())
+                    .collect();
+                (
+                    s["name"].as_str().unwrap_or_default().to_string(),
+                    (s["state"].as_str().unwrap_or_default().to_string(), reasons),
+                )
+            })
+            .collect()
+    }
+
+    fn store(&self) -> PathBuf {
+        self.path().join("artifacts")
+    }
+
+    /// Copies the demo stage's output out of the store, as a user's own dataset folder.
+    fn export_demo_dataset(&self, to: &Path) {
+        let from = self.store().join("latest/demo");
+        copy_tree(&from, to);
+        let _ = fs::remove_file(to.join("_onenet.json"));
+    }
+}
+
+fn actions(v: &Value) -> HashMap<String, String> {
+    v["stages"]
+        .as_array()
+        .expect("stages array")
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default().to_string(),
+                s["action"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn all(actions: &HashMap<String, String>, what: &str) -> bool {
+    actions.values().all(|a| a == what)
+}
+
+#[test]
+fn second_run_computes_nothing_and_status_is_fresh() {
+    let p = Project::new(SMALL_DEMO);
+    let first = p.run(&[]);
+    assert_eq!(first.len(), 3);
+    assert!(all(&first, "computed"), "{first:?}");
+    let second = p.run(&[]);
+    assert!(all(&second, "cached"), "{second:?}");
+    for (name, (state, _)) in p.status(&[]) {
+        assert_eq!(state, "fresh", "{name}");
+    }
+    // The stable paths lead to real tables.
+    assert!(p.store().join("latest/captions/captions.parquet").is_file());
+    assert!(p.store().join("latest/images/images.parquet").is_file());
+}
+
+#[test]
+fn set_recomputes_exactly_downstream_and_reverting_reuses() {
+    let p = Project::new(SMALL_DEMO);
+    p.run(&[]);
+    let status = p.status(&["--set", "captions.min_count=3"]);
+    assert_eq!(status["captions"].0, "stale");
+    assert_eq!(status["captions"].1, ["param min_count 1 → 3"]);
+    assert_eq!(status["demo"].0, "fresh");
+    assert_eq!(status["images"].0, "fresh");
+
+    let changed = p.run(&["--set", "captions.min_count=3"]);
+    assert_eq!(changed["captions"], "computed");
+    assert_eq!(changed["demo"], "cached");
+    assert_eq!(changed["images"], "cached");
+
+    // Back to the file's value: the first output is still in the store.
+    let reverted = p.run(&[]);
+    assert!(all(&reverted, "cached"), "{reverted:?}");
+
+    // An upstream change reaches every reader.
+    let status = p.status(&["--set", "demo.seed=4"]);
+    assert_eq!(status["demo"].1, ["param seed 3 → 4"]);
+    assert_eq!(status["captions"].1, ["upstream demo changed"]);
+    assert_eq!(status["images"].1, ["upstream demo changed"]);
+}
+
+#[test]
+fn changed_added_and_deleted_images_recompute_images_only() {
+    let demo = Project::new(SMALL_DEMO);
+    demo.run(&["demo"]);
+    let p = Project::new(
+        r#"
+[stages.captions]
+kind = "captions"
+params = { root = "data" }
+
+[stages.images]
+kind = "images"
+params = { root = "data" }
+"#,
+    );
+    let data = p.path().join("data");
+    demo.export_demo_dataset(&data);
+    assert!(all(&p.run(&[]), "computed"));
+
+    let images = data.join("Flicker8k_Dataset");
+    let mut names: Vec<_> = fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    // Change one image's content, add a new one, delete another.
+    let copy = fs::read(&names[1]).unwrap();
+    fs::copy(&names[0], &names[1]).unwrap();
+    fs::write(images.join("extra_000001.jpg"), &copy).unwrap();
+    fs::remove_file(&names[2]).unwrap();
+
+    let status = p.status(&[]);
+    assert_eq!(status["captions"].0, "fresh");
+    assert_eq!(status["images"].0, "stale");
+    let reason = &status["images"].1[0];
+    assert!(
+        reason.starts_with("1 file added, 1 file changed, 1 file removed"),
+        "{reason}"
+    );
+
+    let out = p.json(&["run"]);
+    let acts = actions(&out);
+    assert_eq!(acts["images"], "computed");
+    assert_eq!(acts["captions"], "cached");
+    let images_outcome = out["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "images")
+        .unwrap();
+    let warnings = images_outcome["warnings"].to_string();
+    let deleted = names[2].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(warnings.contains(&deleted), "missing image not reported: {warnings}");
+}
+
+#[test]
+fn a_killed_run_leaves_nothing_that_looks_complete() {
+    let p = Project::new(
+        r#"
+[stages.demo]
+kind = "demo_data"
+params = { images = 4000, image_size = 256 }
+"#,
+    );
+    let mut child = p
+        .command(&["run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the stage is writing into its temporary directory, then kill it hard.
+    let tmp = p.store().join("tmp");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let writing = fs::read_dir(&tmp)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.path().join("Flicker8k_Dataset").read_dir().is_ok_and(|mut r| r.next().is_some()))
+            })
+            .unwrap_or(false);
+        if writing || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let objects: Vec<_> = fs::read_dir(p.store().join("objects"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(objects.is_empty(), "a killed stage left an object: {objects:?}");
+    assert!(fs::symlink_metadata(p.store().join("latest/demo")).is_err());
+    assert_eq!(p.status(&[])["demo"].0, "missing");
+
+    let rerun = p.run(&["--set", "demo.images=40", "--set", "demo.image_size=32"]);
+    assert_eq!(rerun["demo"], "computed");
+    let verify = p.onenet(&["verify"]);
+    assert!(verify.status.success(), "{}", text(&verify));
+}
+
+#[test]
+fn two_concurrent_runs_compute_each_stage_once() {
+    let p = Project::new(&SMALL_DEMO.replace("images = 30", "images = 300"));
+    let spawn = || {
+        p.command(&["run", "--format", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn();
+    let b = spawn();
+    let a = a.wait_with_output().unwrap();
+    let b = b.wait_with_output().unwrap();
+    assert!(a.status.success(), "{}", text(&a));
+    assert!(b.status.success(), "{}", text(&b));
+
+    let records = fs::read_to_string(p.store().join("runs.jsonl")).unwrap();
+    let mut computed: HashMap<String, usize> = HashMap::new();
+    for line in records.lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        if r["action"] == "computed" {
+            *computed.entry(r["stage"].as_str().unwrap().to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(computed.len(), 3, "{records}");
+    assert!(computed.values().all(|&n| n == 1), "{computed:?}");
+}
+
+#[test]
+fn verify_finds_a_flipped_byte_and_the_next_run_recomputes() {
+    let p = Project::new(SMALL_DEMO);
+    p.run(&[]);
+    let table = p.store().join("latest/captions/captions.parquet");
+    let mut bytes = fs::read(&table).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    fs::write(&table, bytes).unwrap();
+
+    let out = p.onenet(&["verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("damaged: stage captions"), "{said}");
+    assert!(said.contains("captions.parquet"), "{said}");
+
+    let status = p.status(&[]);
+    assert_eq!(status["captions"].0, "missing");
+    let rerun = p.run(&[]);
+    assert_eq!(rerun["captions"], "computed");
+    assert_eq!(rerun["demo"], "cached");
+    assert!(p.onenet(&["verify"]).status.success());
+}
+
+#[test]
+fn malformed_pipelines_name_file_line_and_column() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[stages.demo]\nkind = \"demo_data\"\nparms = {}\n",
+            "pipeline.toml:3:1: unknown field `parms`",
+        ),
+        (
+            "[stages.demo]\nkind = \"demo_dta\"\n",
+            "pipeline.toml:2:8: unknown stage kind `demo_dta` (did you mean `demo_data`?)",
+        ),
+        (
+            "[stages.demo]\nkind = \"demo_data\"\nparams = { imags = 3 }\n",
+            "pipeline.toml:3:20: stage `demo` (kind demo_data) has no param `imags` (did you mean `images`?)",
+        ),
+        (
+            "[stages.demo]\nkind = \"demo_data\"\nparams = { images = \"many\" }\n",
+            "pipeline.toml:3:21: param `images` of stage `demo`: expected integer",
+        ),
+        (
+            "[stages.c]\nkind = \"captions\"\ninputs = [\"demo\"]\n",
+            "pipeline.toml:3:11: stage `c` reads `demo`, which is not a stage in this file",
+        ),
+        (
+            "[stages.demo]\nkind = \"demo_data\"\nparams = { images = 3 \n",
+            "pipeline.toml:3:",
+        ),
+    ];
+    for (pipeline, expected) in cases {
+        let p = Project::new(pipeline);
+        let out = p.onenet(&["status"]);
+        assert_eq!(out.status.code(), Some(1));
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(expected), "for\n{pipeline}\nexpected {expected:?}, got {said}");
+    }
+    let p = Project::new(SMALL_DEMO);
+    let out = p.onenet(&["run", "--set", "captions.min_cont=2"]);
+    assert!(text(&out).contains("did you mean `min_count`"), "{}", text(&out));
+}
+
+#[test]
+fn bad_dataset_files_are_reported_by_file_and_line() {
+    let demo = Project::new(SMALL_DEMO);
+    demo.run(&["demo"]);
+    let pipeline = r#"
+[stages.captions]
+kind = "captions"
+params = { root = "data" }
+
+[stages.images]
+kind = "images"
+params = { root = "data" }
+"#;
+    let p = Project::new(pipeline);
+    let data = p.path().join("data");
+    demo.export_demo_dataset(&data);
+    let token = data.join("Flickr8k_text/Flickr8k.token.txt");
+    let mut lines: Vec<String> = fs::read_to_string(&token)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines[4] = lines[4].replace('\t', " ");
+    fs::write(&token, lines.join("\n") + "\n").unwrap();
+    let images = data.join("Flicker8k_Dataset");
+    let first = fs::read_dir(&images).unwrap().next().unwrap().unwrap().path();
+    let corrupt_name = first.file_name().unwrap().to_string_lossy().into_owned();
+    let bytes = fs::read(&first).unwrap();
+    fs::write(&first, &bytes[..bytes.len() / 3]).unwrap();
+
+    let out = p.onenet(&["run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("Flickr8k.token.txt"), "{said}");
+    assert!(said.contains("line 5"), "{said}");
+    assert!(said.contains(&corrupt_name), "{said}");
+
+    // An empty caption file and a missing split list are errors naming the file.
+    fs::write(&token, "").unwrap();
+    let out = p.onenet(&["run", "captions"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("Flickr8k.token.txt"), "{}", text(&out));
+    fs::remove_file(data.join("Flickr8k_text/Flickr_8k.devImages.txt")).unwrap();
+    let out = p.onenet(&["run", "images"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("Flickr_8k.devImages.txt"), "{}", text(&out));
+}
+
+#[test]
+fn tables_open_in_polars_and_duckdb() {
+    let p = Project::new(SMALL_DEMO);
+    p.run(&[]);
+    let mut expected = Vec::new();
+    for stage in ["demo", "captions", "images"] {
+        let shown = p.json(&["show", stage]);
+        for file in shown["files"].as_array().unwrap() {
+            if let Some(rows) = file["rows"].as_i64() {
+                let columns: Vec<&str> = file["columns"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["name"].as_str().unwrap())
+                    .collect();
+                expected.push(serde_json::json!({
+                    "path": file["path"], "rows": rows, "columns": columns
+                }));
+            }
+        }
+    }
+    assert!(expected.len() >= 5, "{expected:?}");
+    let script = r#"
+import json, sys
+import duckdb, polars as pl
+tables = json.load(sys.stdin)
+for t in tables:
+    df = pl.read_parquet(t["path"])
+    assert df.columns == t["columns"], (t["path"], df.columns, t["columns"])
+    assert df.height == t["rows"], (t["path"], df.height, t["rows"])
+    n = duckdb.sql(f"select count(*) from read_parquet('{t['path']}')").fetchone()[0]
+    cols = [c[0] for c in duckdb.sql(f"describe select * from read_parquet('{t['path']}')").fetchall()]
+    assert n == t["rows"] and cols == t["columns"], (t["path"], n, cols)
+print("ok", len(tables))
+"#;
+    let mut child = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (with polars and duckdb: `make python-test-deps`)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&expected).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "Polars/DuckDB check failed (needs `pip install polars duckdb`): {}",
+        text(&out)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ok {}", expected.len()));
+}
+
+#[test]
+fn gc_dry_run_reports_bytes_and_gc_keeps_what_latest_needs() {
+    let p = Project::new(SMALL_DEMO);
+    p.run(&[]);
+    p.run(&["--set", "captions.min_count=2"]);
+    let dry = text(&p.onenet(&["gc", "--dry-run"]));
+    assert!(dry.starts_with("would remove 1 object(s)"), "{dry}");
+    let done = text(&p.onenet(&["gc"]));
+    assert!(done.starts_with("removed 1 object(s)"), "{done}");
+    // The newest outputs are intact; the old min_count=1 captions are gone.
+    let acts = p.run(&["--set", "captions.min_count=2"]);
+    assert!(all(&acts, "cached"), "{acts:?}");
+    assert_eq!(p.run(&[])["captions"], "computed");
+}
+
+#[test]
+fn show_and_dag_describe_the_outputs() {
+    let p = Project::new(SMALL_DEMO);
+    let dag = text(&p.onenet(&["dag"]));
+    assert!(dag.contains("captions") && dag.contains("← demo"), "{dag}");
+    p.run(&[]);
+    let shown = text(&p.onenet(&["show", "captions"]));
+    assert!(shown.contains("captions.parquet  (150 rows"), "{shown}");
+    assert!(shown.contains("tokens: List("), "{shown}");
+    let out = p.onenet(&["show", "caption"]);
+    assert!(text(&out).contains("did you mean `captions`"));
+}
