@@ -8,7 +8,10 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("libtorch"));
     let root = root.canonicalize().unwrap_or(root);
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", root.join("lib").display());
+    println!(
+        "cargo:rustc-link-arg=-Wl,-rpath,{}",
+        root.join("lib").display()
+    );
     let version_file = root.join("build-version");
     println!("cargo:rerun-if-changed={}", version_file.display());
     if let Ok(version) = std::fs::read_to_string(&version_file) {

@@ -1,1 +1,597 @@
-fn main(){}
+//! No-op benchmark: how long `onenet run` and `onenet status` take on a Flickr8k-sized dataset
+//! when nothing has changed, compared with the cost of hashing every image from scratch.
+//!
+//! The benchmark builds (once, then reuses) a synthetic dataset with the Flickr8k layout under
+//! `target/bench-data/flickr8k-sized/`: 8,091 noisy JPEG files of about 100 KB each, five short
+//! captions per image and a 6000/1000/1091 train/dev/test split. It builds the release `onenet`
+//! binary, points a `captions` + `images` pipeline at the dataset
+//! (`target/bench-data/noop-project/`), runs it once to fill the store, and then times whole
+//! processes, each over several repetitions:
+//!
+//! * a. `onenet run` when nothing changed (warm stat cache: one `stat` per source file);
+//! * b. `onenet status` when nothing changed;
+//! * c. `onenet status` with `artifacts/statcache.json` deleted before each repetition, so every
+//!   image is read and hashed again;
+//! * d. `b3sum` over the same image files, the floor for hashing them (taken from `PATH`, or
+//!   installed once under `target/bench-tools/` with `cargo install`).
+//!
+//! It prints the minimum and median wall-clock time of each, their ratios, and whether the no-op
+//! `run` and `status` meet the 0.3 s target. The target is reported, not asserted: timings on a
+//! shared machine are noisy. All measurements run with the files in the page cache.
+//!
+//! Run it with `make bench` (or `cargo bench --bench noop`).
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use image::codecs::jpeg::JpegEncoder;
+use image::ExtendedColorType;
+use rayon::prelude::*;
+use serde_json::Value;
+
+/// Images in the dataset, as in Flickr8k.
+const IMAGES: usize = 8091;
+/// Split sizes: train, dev, test (they add up to `IMAGES`).
+const SPLITS: [(&str, usize); 3] = [
+    ("Flickr_8k.trainImages.txt", 6000),
+    ("Flickr_8k.devImages.txt", 1000),
+    ("Flickr_8k.testImages.txt", 1091),
+];
+/// Captions per image, as in Flickr8k.
+const CAPTIONS_PER_IMAGE: usize = 5;
+/// Image size in pixels (every fourth image is portrait: `HEIGHT` x `WIDTH`).
+const WIDTH: u32 = 500;
+const HEIGHT: u32 = 375;
+/// Noise amplitude (per channel, +-) and JPEG quality, tuned for files of about 100 KB.
+const NOISE: u32 = 29;
+const QUALITY: u8 = 80;
+
+/// Folder names of the Flickr8k layout (the image folder's spelling is the original's).
+const IMAGE_DIR: &str = "Flicker8k_Dataset";
+const TEXT_DIR: &str = "Flickr8k_text";
+const TOKEN_FILE: &str = "Flickr8k.token.txt";
+/// Written last, so that a dataset with this marker is complete; its content names the
+/// generator's settings, so that changing them regenerates the data.
+const MARKER: &str = ".complete";
+
+/// Repetitions per measurement.
+const REPS: usize = 7;
+/// The target for a no-op `run` and `status`, in seconds.
+const TARGET_SECS: f64 = 0.3;
+/// Bytes of file-name arguments per `b3sum` process, well below any `ARG_MAX`.
+const ARG_BYTES_PER_CALL: usize = 128 * 1024;
+
+const PIPELINE: &str = r#"# Written by the no-op benchmark (benches/noop.rs).
+[stages.captions]
+kind = "captions"
+params = { root = "../flickr8k-sized" }
+
+[stages.images]
+kind = "images"
+params = { root = "../flickr8k-sized" }
+"#;
+
+fn main() {
+    let target = target_dir();
+    let bench_data = target.join("bench-data");
+    let data = bench_data.join("flickr8k-sized");
+    println!(
+        "onenet no-op benchmark ({} CPUs available)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    // 1. The dataset.
+    println!("\n== dataset: {}", data.display());
+    let names = prepare_dataset(&data);
+    let image_dir = data.join(IMAGE_DIR);
+    let total_bytes: u64 = names
+        .iter()
+        .map(|name| {
+            let path = image_dir.join(name);
+            fs::metadata(&path)
+                .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+                .len()
+        })
+        .sum();
+    println!(
+        "{} images, {:.1} MB in all, mean file size {:.1} KB",
+        names.len(),
+        total_bytes as f64 / 1e6,
+        total_bytes as f64 / names.len() as f64 / 1e3
+    );
+
+    // 2. The binary, the project and a warm-up run.
+    println!("\n== building the release binary");
+    let onenet = build_onenet(&target);
+    let project = bench_data.join("noop-project");
+    write_if_changed(&project.join("pipeline.toml"), PIPELINE);
+    let statcache = project.join("artifacts").join("statcache.json");
+    println!("\n== warm-up: onenet run in {}", project.display());
+    let (took, stdout) = onenet_cmd(&onenet, &project, &["run", "--format", "json"]);
+    println!(
+        "took {:.2} s: {}",
+        took.as_secs_f64(),
+        describe_actions(&stdout)
+    );
+    let b3sum = find_or_install_b3sum(&target);
+    println!("b3sum: {}", b3sum.display());
+
+    // 3. The measurements.
+    println!("\n== measuring ({REPS} repetitions each)");
+    let run_noop = measure("a. onenet run, nothing changed", || {
+        let (took, stdout) = onenet_cmd(&onenet, &project, &["run", "--format", "json"]);
+        expect_all(&stdout, "action", "cached", "no-op run");
+        took
+    });
+    let status_noop = measure("b. onenet status, nothing changed", || {
+        let (took, stdout) = onenet_cmd(&onenet, &project, &["status", "--format", "json"]);
+        expect_all(&stdout, "state", "fresh", "no-op status");
+        took
+    });
+    let mut status_rewrote_cache = true;
+    let status_cold = measure("c. onenet status, statcache.json deleted", || {
+        remove_if_present(&statcache);
+        let (took, stdout) = onenet_cmd(&onenet, &project, &["status", "--format", "json"]);
+        expect_all(
+            &stdout,
+            "state",
+            "fresh",
+            "status after deleting the stat cache",
+        );
+        status_rewrote_cache &= statcache.exists();
+        took
+    });
+    let b3sum_all = measure("d. b3sum over the image files", || {
+        b3sum_files(&b3sum, &image_dir, &names)
+    });
+    // Leave the store with a warm stat cache, as a user's would be.
+    onenet_cmd(&onenet, &project, &["run", "--format", "json"]);
+
+    // 4. The report.
+    println!("\n== results (wall-clock seconds per whole process)");
+    let rows = [&run_noop, &status_noop, &status_cold, &b3sum_all];
+    let width = rows.iter().map(|m| m.label.len()).max().unwrap_or(0);
+    println!("{:width$}  {:>8}  {:>8}", "measurement", "min", "median");
+    for m in rows {
+        println!("{:width$}  {:>8.3}  {:>8.3}", m.label, m.min(), m.median());
+    }
+    println!("\nratios of medians:");
+    for (label, num, den) in [
+        (
+            "a / d  (no-op run vs hashing everything)",
+            &run_noop,
+            &b3sum_all,
+        ),
+        (
+            "b / d  (no-op status vs hashing everything)",
+            &status_noop,
+            &b3sum_all,
+        ),
+        (
+            "c / d  (cold status vs hashing everything)",
+            &status_cold,
+            &b3sum_all,
+        ),
+        (
+            "c / b  (cold status vs no-op status)",
+            &status_cold,
+            &status_noop,
+        ),
+    ] {
+        println!("  {label:48} {:>8.2}", num.median() / den.median());
+    }
+    if !status_rewrote_cache {
+        println!("\nnote: `onenet status` did not write statcache.json back after it was deleted");
+    }
+    println!("\ntarget: no-op run/status under {TARGET_SECS} s");
+    for m in [&run_noop, &status_noop] {
+        let verdict = if m.median() < TARGET_SECS {
+            "PASS"
+        } else {
+            "FAIL"
+        };
+        println!(
+            "  {:width$}  median {:.3} s  {verdict}",
+            m.label,
+            m.median()
+        );
+    }
+}
+
+/// The Cargo target directory: `CARGO_TARGET_DIR` if set, else `target/` in the workspace.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+/// The program to run for `cargo` (the one running this benchmark, when there is one).
+fn cargo() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dataset
+
+/// A small deterministic generator (SplitMix64), so the dataset depends only on the settings.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn new(seed: u64) -> SplitMix {
+        SplitMix(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+/// The file name of image `index`, shaped like Flickr8k's (`<number>_<hex>.jpg`).
+fn image_name(index: usize) -> String {
+    let tag = SplitMix::new(index as u64 ^ 0xF11C).next() >> 24;
+    format!("{}_{tag:010x}.jpg", 1_000_000_000 + index)
+}
+
+/// The settings the dataset was generated with, as stored in its marker file.
+fn dataset_signature() -> String {
+    format!(
+        "images={IMAGES} splits={SPLITS:?} captions={CAPTIONS_PER_IMAGE} size={WIDTH}x{HEIGHT} \
+         noise={NOISE} quality={QUALITY}\n"
+    )
+}
+
+/// Generates the dataset at `root` unless a complete one with the same settings is there.
+/// Returns the image file names.
+fn prepare_dataset(root: &Path) -> Vec<String> {
+    let names: Vec<String> = (0..IMAGES).map(image_name).collect();
+    let marker = root.join(MARKER);
+    if fs::read_to_string(&marker).ok().as_deref() == Some(dataset_signature().as_str()) {
+        println!("reusing the complete dataset generated earlier");
+        return names;
+    }
+    if root.exists() {
+        println!("removing an incomplete or outdated dataset");
+        fs::remove_dir_all(root).unwrap_or_else(|e| panic!("remove {}: {e}", root.display()));
+    }
+    println!(
+        "generating {IMAGES} JPEG images of {WIDTH}x{HEIGHT} (noise +-{NOISE}, quality \
+         {QUALITY}) on {} threads...",
+        rayon::current_num_threads()
+    );
+    let start = Instant::now();
+    let image_dir = root.join(IMAGE_DIR);
+    create_dir(&image_dir);
+    names.par_iter().enumerate().for_each(|(index, name)| {
+        let path = image_dir.join(name);
+        fs::write(&path, noisy_jpeg(index as u64))
+            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    });
+    write_text_files(root, &names);
+    fs::write(&marker, dataset_signature())
+        .unwrap_or_else(|e| panic!("write {}: {e}", marker.display()));
+    println!("generated in {:.1} s", start.elapsed().as_secs_f64());
+    names
+}
+
+/// A JPEG of a colour gradient under per-pixel noise; the noise keeps the files photo-sized.
+fn noisy_jpeg(index: u64) -> Vec<u8> {
+    let (width, height) = if index % 4 == 3 {
+        (HEIGHT, WIDTH)
+    } else {
+        (WIDTH, HEIGHT)
+    };
+    let rotate = (index % 3) as u32;
+    let mut rng = SplitMix::new(index);
+    let mut pixels = Vec::with_capacity((width * height * 3) as usize);
+    for y in 0..height {
+        for x in 0..width {
+            let random = rng.next();
+            for channel in 0..3u32 {
+                let c = (channel + rotate) % 3;
+                let base = ((x * 255 / width) * (c + 1) + (y * 255 / height) * (3 - c)) / 4;
+                let noise = ((random >> (16 * channel)) & 0xFFFF) as u32 % (2 * NOISE + 1);
+                pixels.push((base + noise).saturating_sub(NOISE).min(255) as u8);
+            }
+        }
+    }
+    let mut jpeg = Vec::with_capacity(128 * 1024);
+    JpegEncoder::new_with_quality(&mut jpeg, QUALITY)
+        .encode(&pixels, width, height, ExtendedColorType::Rgb8)
+        .expect("encode JPEG");
+    jpeg
+}
+
+/// The caption file (five short captions per image) and the three split lists.
+fn write_text_files(root: &Path, names: &[String]) {
+    const WHO: [&str; 8] = [
+        "A dog",
+        "Two children",
+        "A man in a red shirt",
+        "A woman",
+        "A black and white cat",
+        "Three people",
+        "A little girl",
+        "A brown horse",
+    ];
+    const DOES: [&str; 6] = [
+        "runs across",
+        "sits on",
+        "jumps over",
+        "plays near",
+        "walks along",
+        "looks at",
+    ];
+    const WHAT: [&str; 8] = [
+        "the grass",
+        "a wooden bench",
+        "the beach",
+        "a snowy hill",
+        "the street",
+        "a blue ball",
+        "the water",
+        "a rock",
+    ];
+    let text_dir = root.join(TEXT_DIR);
+    create_dir(&text_dir);
+    let mut tokens = String::with_capacity(names.len() * CAPTIONS_PER_IMAGE * 64);
+    for (index, name) in names.iter().enumerate() {
+        let mut rng = SplitMix::new(index as u64 ^ 0xCA97);
+        for n in 0..CAPTIONS_PER_IMAGE {
+            let (who, does, what) = (rng.pick(&WHO), rng.pick(&DOES), rng.pick(&WHAT));
+            tokens.push_str(&format!("{name}#{n}\t{who} {does} {what} .\n"));
+        }
+    }
+    write(&text_dir.join(TOKEN_FILE), &tokens);
+    let mut rest = names;
+    for (file, count) in SPLITS {
+        let (split, tail) = rest.split_at(count);
+        rest = tail;
+        let list: String = split.iter().map(|name| format!("{name}\n")).collect();
+        write(&text_dir.join(file), &list);
+    }
+    assert!(rest.is_empty(), "the split sizes must add up to {IMAGES}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// Builds the release `onenet` binary and returns its path.
+fn build_onenet(target: &Path) -> PathBuf {
+    let status = Command::new(cargo())
+        .args(["build", "--release", "--bin", "onenet"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("start cargo build");
+    assert!(
+        status.success(),
+        "cargo build --release --bin onenet failed: {status}"
+    );
+    let binary = target
+        .join("release")
+        .join(format!("onenet{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.is_file(),
+        "{} not found after the build",
+        binary.display()
+    );
+    binary
+}
+
+/// Runs `onenet ARGS` in `dir`, timing the whole process. Panics, with its stderr, unless it
+/// exits with status 0. Returns the time and stdout.
+fn onenet_cmd(onenet: &Path, dir: &Path, args: &[&str]) -> (Duration, String) {
+    let start = Instant::now();
+    let out = Command::new(onenet)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("start onenet");
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "`onenet {}` in {} failed ({}):\n{}",
+        args.join(" "),
+        dir.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (took, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The `stages` array of onenet's JSON output.
+fn stages(stdout: &str) -> Vec<Value> {
+    let value: Value = serde_json::from_str(stdout)
+        .unwrap_or_else(|e| panic!("onenet printed invalid JSON ({e}):\n{stdout}"));
+    match value.get("stages") {
+        Some(Value::Array(stages)) => stages.clone(),
+        _ => panic!("onenet's JSON has no `stages` array:\n{stdout}"),
+    }
+}
+
+/// `name: action` for each stage of a `run --format json` output.
+fn describe_actions(stdout: &str) -> String {
+    stages(stdout)
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} ({:.2} s)",
+                s["name"].as_str().unwrap_or("?"),
+                s["action"].as_str().unwrap_or("?"),
+                s["seconds"].as_f64().unwrap_or(f64::NAN)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Panics unless every stage in onenet's JSON output has `field` equal to `expected`: a
+/// measurement of a "no-op" that did work would be meaningless.
+fn expect_all(stdout: &str, field: &str, expected: &str, what: &str) {
+    let stages = stages(stdout);
+    assert!(!stages.is_empty(), "{what}: no stages in the output");
+    for stage in &stages {
+        assert!(
+            stage[field].as_str() == Some(expected),
+            "{what}: expected every stage's {field} to be `{expected}`, got:\n{stdout}"
+        );
+    }
+}
+
+/// `b3sum` from `PATH`, or one installed under `<target>/bench-tools` (installing it if needed).
+fn find_or_install_b3sum(target: &Path) -> PathBuf {
+    let exe = format!("b3sum{}", std::env::consts::EXE_SUFFIX);
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join(&exe))
+        .find(|candidate| candidate.is_file());
+    if let Some(found) = on_path {
+        return found;
+    }
+    let root = target.join("bench-tools");
+    let installed = root.join("bin").join(&exe);
+    if !installed.is_file() {
+        println!(
+            "b3sum is not on PATH: installing it with `cargo install b3sum --locked --root {}`",
+            root.display()
+        );
+        let status = Command::new(cargo())
+            .args(["install", "b3sum", "--locked", "--root"])
+            .arg(&root)
+            .status()
+            .expect("start cargo install");
+        assert!(status.success(), "cargo install b3sum failed: {status}");
+    }
+    installed
+}
+
+/// Hashes `names` (in `dir`) with `b3sum`, in as few processes as the argument limit allows;
+/// returns the processes' summed wall-clock time.
+fn b3sum_files(b3sum: &Path, dir: &Path, names: &[String]) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut hashed = 0;
+    for chunk in arg_chunks(names) {
+        let begin = Instant::now();
+        let out = Command::new(b3sum)
+            .args(chunk)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("start b3sum");
+        total += begin.elapsed();
+        assert!(
+            out.status.success(),
+            "b3sum failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        hashed += out.stdout.iter().filter(|&&b| b == b'\n').count();
+    }
+    assert_eq!(hashed, names.len(), "b3sum printed one line per file");
+    total
+}
+
+/// `names` cut into runs of at most `ARG_BYTES_PER_CALL` bytes of arguments each.
+fn arg_chunks(names: &[String]) -> Vec<&[String]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (index, name) in names.iter().enumerate() {
+        let len = name.len() + 1; // with its terminating NUL
+        if index > start && bytes + len > ARG_BYTES_PER_CALL {
+            chunks.push(&names[start..index]);
+            (start, bytes) = (index, 0);
+        }
+        bytes += len;
+    }
+    if start < names.len() {
+        chunks.push(&names[start..]);
+    }
+    chunks
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timing and files
+
+/// One measurement's repetitions, in seconds.
+struct Measurement {
+    label: &'static str,
+    secs: Vec<f64>,
+}
+
+impl Measurement {
+    fn min(&self) -> f64 {
+        self.secs.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+
+    fn median(&self) -> f64 {
+        let mut sorted = self.secs.clone();
+        sorted.sort_by(f64::total_cmp);
+        let mid = sorted.len() / 2;
+        if sorted.len() % 2 == 1 {
+            sorted[mid]
+        } else {
+            (sorted[mid - 1] + sorted[mid]) / 2.0
+        }
+    }
+}
+
+/// Runs `once` `REPS` times (it returns the time of the part to count) and prints each time.
+fn measure(label: &'static str, mut once: impl FnMut() -> Duration) -> Measurement {
+    print!("{label:42}");
+    flush();
+    let secs: Vec<f64> = (0..REPS)
+        .map(|_| {
+            let secs = once().as_secs_f64();
+            print!(" {secs:.3}");
+            flush();
+            secs
+        })
+        .collect();
+    println!();
+    Measurement { label, secs }
+}
+
+fn flush() {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+fn create_dir(dir: &Path) {
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+}
+
+fn write(path: &Path, text: &str) {
+    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Writes `text` to `path` unless it already holds exactly that (so its mtime stays put).
+fn write_if_changed(path: &Path, text: &str) {
+    if fs::read_to_string(path).ok().as_deref() != Some(text) {
+        if let Some(parent) = path.parent() {
+            create_dir(parent);
+        }
+        write(path, text);
+    }
+}
+
+fn remove_if_present(path: &Path) {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => panic!("remove {}: {e}", path.display()),
+    }
+}

@@ -78,7 +78,7 @@ impl Pipeline {
             let (stage_name, param) = target
                 .split_once('.')
                 .ok_or_else(|| err("expected STAGE.PARAM=VALUE".into()))?;
-            let names: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
+            let names: Vec<String> = self.stages.iter().map(|s| s.name.clone()).collect();
             let stage = self
                 .stages
                 .iter_mut()
@@ -86,7 +86,7 @@ impl Pipeline {
                 .ok_or_else(|| {
                     err(format!(
                         "no stage `{stage_name}` in the pipeline{}",
-                        did_you_mean(stage_name, names.iter().copied())
+                        did_you_mean(stage_name, names.iter().map(String::as_str))
                     ))
                 })?;
             let spec = stage
@@ -180,7 +180,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Pipeline, ConfigError> {
         None => base_dir.join(DEFAULT_STORE),
     };
     if raw.stages.is_empty() {
-        return Err(at(0..0, "no stages declared (expected [stages.NAME] tables)".into()));
+        return Err(at(
+            0..0,
+            "no stages declared (expected [stages.NAME] tables)".into(),
+        ));
     }
 
     let names: HashSet<&str> = raw.stages.keys().map(String::as_str).collect();
@@ -224,7 +227,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Pipeline, ConfigError> {
                 ));
             }
             if inputs.contains(input_name) {
-                return Err(at(input.span(), format!("input `{input_name}` is listed twice")));
+                return Err(at(
+                    input.span(),
+                    format!("input `{input_name}` is listed twice"),
+                ));
             }
             let upstream_kind = raw.stages[input_name.as_str()].get_ref().kind.get_ref();
             if !kind.inputs.kinds.contains(&upstream_kind.as_str()) {
@@ -262,26 +268,32 @@ pub fn parse(path: &Path, text: &str) -> Result<Pipeline, ConfigError> {
 
         let mut given = BTreeMap::new();
         for (param, value) in &raw_stage.params {
-            let spec = kind.params.iter().find(|p| p.name == param).ok_or_else(|| {
-                let known: Vec<&str> = kind.params.iter().map(|p| p.name).collect();
+            let spec = kind
+                .params
+                .iter()
+                .find(|p| p.name == param)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = kind.params.iter().map(|p| p.name).collect();
+                    at(
+                        value.span(),
+                        format!(
+                            "stage `{name}` (kind {}) has no param `{param}`{}; its params are: {}",
+                            kind.name,
+                            did_you_mean(param, known.iter().copied()),
+                            if known.is_empty() {
+                                "(none)".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    )
+                })?;
+            let checked = spec.ty.check(&raw_value(value.get_ref())).map_err(|m| {
                 at(
                     value.span(),
-                    format!(
-                        "stage `{name}` (kind {}) has no param `{param}`{}; its params are: {}",
-                        kind.name,
-                        did_you_mean(param, known.iter().copied()),
-                        if known.is_empty() {
-                            "(none)".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
+                    format!("param `{param}` of stage `{name}`: {m}"),
                 )
             })?;
-            let checked = spec
-                .ty
-                .check(&raw_value(value.get_ref()))
-                .map_err(|m| at(value.span(), format!("param `{param}` of stage `{name}`: {m}")))?;
             given.insert(param.clone(), checked);
         }
         stages.push(StageDecl {
@@ -404,7 +416,10 @@ params = { min_count = 2 }
     #[test]
     fn unknown_kind_and_undefined_input_and_wrong_type() {
         let e = err(&GOOD.replace("kind = \"captions\"", "kind = \"caption\""));
-        assert!(e.starts_with("p.toml:7:8: unknown stage kind `caption`"), "{e}");
+        assert!(
+            e.starts_with("p.toml:7:8: unknown stage kind `caption`"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("inputs = [\"demo\"]", "inputs = [\"dmo\"]"));
         assert!(e.starts_with("p.toml:8:11:"), "{e}");
         assert!(e.contains("`dmo`, which is not a stage"), "{e}");
@@ -423,16 +438,26 @@ kind = "captions"
 inputs = ["a"]
 "#;
         let e = err(text);
-        assert!(e.starts_with("p.toml:2:1: the stages form a cycle (each reads the next): a -> b -> a"), "{e}");
+        assert!(
+            e.starts_with("p.toml:2:1: the stages form a cycle (each reads the next): a -> b -> a"),
+            "{e}"
+        );
         let e = err(&text.replace("inputs = [\"b\"]", "inputs = [\"a\"]"));
-        assert!(e.contains("cycle: a -> a"), "{e}");
+        assert!(e.ends_with("a -> a"), "{e}");
     }
 
     #[test]
     fn overrides_are_checked_like_the_file() {
         let mut p = parse(Path::new("p.toml"), GOOD).unwrap();
         p.apply_overrides(&["captions.min_count=3".into()]).unwrap();
-        assert_eq!(p.stage("captions").unwrap().params.int("min_count").unwrap(), 3);
+        assert_eq!(
+            p.stage("captions")
+                .unwrap()
+                .params
+                .int("min_count")
+                .unwrap(),
+            3
+        );
         let e = p
             .apply_overrides(&["captions.min_count=x".into()])
             .unwrap_err()

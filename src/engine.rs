@@ -250,58 +250,60 @@ impl Engine {
         let mut outcomes: Vec<Option<StageOutcome>> = vec![None; planned.len()];
         let (tx, rx) = mpsc::channel::<(usize, StageOutcome)>();
 
-        std::thread::scope(|scope| {
-            loop {
-                for i in 0..planned.len() {
-                    if jobs[i] != Job::Waiting {
-                        continue;
-                    }
-                    let inputs = &self.pipeline.stages[planned[i].index].inputs;
-                    let input_jobs: Vec<Job> = inputs
+        std::thread::scope(|scope| loop {
+            for i in 0..planned.len() {
+                if jobs[i] != Job::Waiting {
+                    continue;
+                }
+                let inputs = &self.pipeline.stages[planned[i].index].inputs;
+                let input_jobs: Vec<Job> = inputs
+                    .iter()
+                    .filter_map(|n| position.get(n.as_str()).map(|&j| jobs[j]))
+                    .collect();
+                if input_jobs.contains(&Job::Bad) {
+                    jobs[i] = Job::Bad;
+                    let failed: Vec<&str> = inputs
                         .iter()
-                        .filter_map(|n| position.get(n.as_str()).map(|&j| jobs[j]))
+                        .filter(|n| {
+                            position
+                                .get(n.as_str())
+                                .is_some_and(|&j| jobs[j] == Job::Bad)
+                        })
+                        .map(String::as_str)
                         .collect();
-                    if input_jobs.contains(&Job::Bad) {
-                        jobs[i] = Job::Bad;
-                        let failed: Vec<&str> = inputs
-                            .iter()
-                            .filter(|n| position.get(n.as_str()).is_some_and(|&j| jobs[j] == Job::Bad))
-                            .map(String::as_str)
-                            .collect();
-                        let outcome = StageOutcome {
-                            name: planned[i].name.clone(),
-                            action: Action::Skipped,
-                            key: planned[i].key.hex(),
-                            seconds: 0.0,
-                            warnings: Vec::new(),
-                            notes: Vec::new(),
-                            error: Some(format!("not run: input {} failed", failed.join(", "))),
-                        };
-                        observer.stage_finished(&outcome);
-                        outcomes[i] = Some(outcome);
-                    } else if input_jobs.iter().all(|j| *j == Job::Ok) {
-                        jobs[i] = Job::Running;
-                        let tx = tx.clone();
-                        let stage = &planned[i];
-                        let run_id = run_id.as_str();
-                        scope.spawn(move || {
-                            let outcome = self.run_one(stage, options, observer, run_id);
-                            let _ = tx.send((i, outcome));
-                        });
-                    }
+                    let outcome = StageOutcome {
+                        name: planned[i].name.clone(),
+                        action: Action::Skipped,
+                        key: planned[i].key.hex(),
+                        seconds: 0.0,
+                        warnings: Vec::new(),
+                        notes: Vec::new(),
+                        error: Some(format!("not run: input {} failed", failed.join(", "))),
+                    };
+                    observer.stage_finished(&outcome);
+                    outcomes[i] = Some(outcome);
+                } else if input_jobs.iter().all(|j| *j == Job::Ok) {
+                    jobs[i] = Job::Running;
+                    let tx = tx.clone();
+                    let stage = &planned[i];
+                    let run_id = run_id.as_str();
+                    scope.spawn(move || {
+                        let outcome = self.run_one(stage, options, observer, run_id);
+                        let _ = tx.send((i, outcome));
+                    });
                 }
-                if !jobs.contains(&Job::Running) {
-                    break;
-                }
-                let Ok((i, outcome)) = rx.recv() else { break };
-                jobs[i] = if outcome.action == Action::Failed {
-                    Job::Bad
-                } else {
-                    Job::Ok
-                };
-                observer.stage_finished(&outcome);
-                outcomes[i] = Some(outcome);
             }
+            if !jobs.contains(&Job::Running) {
+                break;
+            }
+            let Ok((i, outcome)) = rx.recv() else { break };
+            jobs[i] = if outcome.action == Action::Failed {
+                Job::Bad
+            } else {
+                Job::Ok
+            };
+            observer.stage_finished(&outcome);
+            outcomes[i] = Some(outcome);
         });
         outcomes.into_iter().flatten().collect()
     }
@@ -355,7 +357,9 @@ impl Engine {
         };
         if let Err(e) = self.store.append_record(&record) {
             let mut outcome = outcome;
-            outcome.warnings.push(format!("could not record the run: {e}"));
+            outcome
+                .warnings
+                .push(format!("could not record the run: {e}"));
             return outcome;
         }
         outcome
@@ -377,9 +381,11 @@ impl Engine {
             return reuse(self.store.meta(&stage.key));
         }
         let what = format!("stage {} (key {})", stage.name, stage.key.short());
-        let _lock = self.store.lock(&stage.key, &what, options.lock_timeout, &|lock| {
-            observer.waiting_for_lock(&stage.name, lock)
-        })?;
+        let _lock = self
+            .store
+            .lock(&stage.key, &what, options.lock_timeout, &|lock| {
+                observer.waiting_for_lock(&stage.name, lock)
+            })?;
         // Another process may have computed it while we waited.
         if !forced && self.store.has(&stage.key) {
             return reuse(self.store.meta(&stage.key));
@@ -406,7 +412,8 @@ impl Engine {
             stage: stage.name.clone(),
             message,
         };
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (decl.kind.run)(&ctx)));
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (decl.kind.run)(&ctx)));
         drop(progress);
         let report = match outcome {
             Ok(Ok(report)) => report,

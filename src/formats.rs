@@ -36,8 +36,9 @@ fn inspect_parquet(path: &Path) -> Result<FileSummary, String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     let reader = SerializedFileReader::new(file).map_err(|e| format!("not a Parquet file: {e}"))?;
     let meta = reader.metadata().file_metadata();
-    let schema = parquet::arrow::parquet_to_arrow_schema(meta.schema_descr(), meta.key_value_metadata())
-        .map_err(|e| format!("Parquet schema: {e}"))?;
+    let schema =
+        parquet::arrow::parquet_to_arrow_schema(meta.schema_descr(), meta.key_value_metadata())
+            .map_err(|e| format!("Parquet schema: {e}"))?;
     Ok(FileSummary::Table {
         rows: meta.num_rows(),
         columns: schema
@@ -56,7 +57,9 @@ fn inspect_safetensors(path: &Path) -> Result<FileSummary, String> {
         .map_err(|_| "safetensors: file shorter than its header length".to_string())?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > 100_000_000 || 8 + header_len > size {
-        return Err(format!("safetensors: header length {header_len} does not fit in {size} bytes"));
+        return Err(format!(
+            "safetensors: header length {header_len} does not fit in {size} bytes"
+        ));
     }
     let mut header = vec![0u8; header_len as usize];
     file.seek(SeekFrom::Start(8)).map_err(|e| e.to_string())?;
@@ -97,9 +100,8 @@ mod tests {
     use super::*;
 
     fn safetensors_bytes(data_len: usize, declared_end: usize) -> Vec<u8> {
-        let header = format!(
-            r#"{{"w":{{"dtype":"F32","shape":[2],"data_offsets":[0,{declared_end}]}}}}"#
-        );
+        let header =
+            format!(r#"{{"w":{{"dtype":"F32","shape":[2],"data_offsets":[0,{declared_end}]}}}}"#);
         let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
         bytes.extend_from_slice(header.as_bytes());
         bytes.extend(std::iter::repeat_n(0u8, data_len));

@@ -130,7 +130,10 @@ impl KeyInputs {
             field("path", path.as_bytes());
             field("hash", hash.as_bytes());
         }
-        field("environment", &(self.environment.len() as u64).to_le_bytes());
+        field(
+            "environment",
+            &(self.environment.len() as u64).to_le_bytes(),
+        );
         for (name, value) in &self.environment {
             field("name", name.as_bytes());
             field("value", value.as_bytes());
@@ -219,7 +222,11 @@ fn describe_file_changes(
         return None;
     }
     let mut parts = Vec::new();
-    for (list, word) in [(&added, "added"), (&changed, "changed"), (&removed, "removed")] {
+    for (list, word) in [
+        (&added, "added"),
+        (&changed, "changed"),
+        (&removed, "removed"),
+    ] {
         if !list.is_empty() {
             let noun = if list.len() == 1 { "file" } else { "files" };
             parts.push(format!("{} {noun} {word}", list.len()));
@@ -233,7 +240,11 @@ fn describe_file_changes(
         .map(|p| file_name(p))
         .collect();
     let more = if total > 3 { ", …" } else { "" };
-    Some(format!("{} ({}{more})", parts.join(", "), examples.join(", ")))
+    Some(format!(
+        "{} ({}{more})",
+        parts.join(", "),
+        examples.join(", ")
+    ))
 }
 
 fn file_name(path: &str) -> String {
@@ -271,7 +282,8 @@ mod tests {
         v.params.insert("min_count".into(), KeyParam::Int(3));
         variants.push(v);
         let mut v = base.clone();
-        v.params.insert("min_count".into(), KeyParam::Str("1".into()));
+        v.params
+            .insert("min_count".into(), KeyParam::Str("1".into()));
         variants.push(v);
         let mut v = base.clone();
         v.upstream[0].1 = "cd".into();
@@ -302,7 +314,7 @@ mod tests {
         // A change here invalidates every user's store: bump KEY_FORMAT instead.
         assert_eq!(
             inputs().key().short(),
-            "PLACEHOLDER",
+            "633859b024cc",
             "full key {}",
             inputs().key()
         );

@@ -126,7 +126,10 @@ fn real_main() -> Result<ExitCode> {
             let engine = open_engine(&cli.pipeline, &set)?;
             for name in &force {
                 if engine.pipeline.stage(name).is_none() {
-                    bail!("--force {name}: no such stage in {}", cli.pipeline.display());
+                    bail!(
+                        "--force {name}: no such stage in {}",
+                        cli.pipeline.display()
+                    );
                 }
             }
             let selection = plan::select(&engine.pipeline, &stages).map_err(anyhow::Error::msg)?;
@@ -150,11 +153,19 @@ fn real_main() -> Result<ExitCode> {
             match format {
                 Format::Json => println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({ "stages": outcomes, "ok": failed == 0 }))?
+                    serde_json::to_string_pretty(
+                        &json!({ "stages": outcomes, "ok": failed == 0 })
+                    )?
                 ),
                 Format::Text => {
-                    let computed = outcomes.iter().filter(|o| o.action == Action::Computed).count();
-                    let cached = outcomes.iter().filter(|o| o.action == Action::Cached).count();
+                    let computed = outcomes
+                        .iter()
+                        .filter(|o| o.action == Action::Computed)
+                        .count();
+                    let cached = outcomes
+                        .iter()
+                        .filter(|o| o.action == Action::Cached)
+                        .count();
                     println!(
                         "{} stage(s): {computed} computed, {cached} cached, {failed} failed, in {:.2}s; newest outputs in {}",
                         outcomes.len(),
@@ -196,7 +207,10 @@ fn real_main() -> Result<ExitCode> {
                                    "key": p.key.hex(), "state": s.state})
                         })
                         .collect();
-                    println!("{}", serde_json::to_string_pretty(&json!({ "stages": stages }))?);
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&json!({ "stages": stages }))?
+                    );
                 }
                 Format::Text => {
                     let width = rows.iter().map(|(d, _, _)| d.name.len()).max().unwrap_or(0);
@@ -373,10 +387,14 @@ fn show(engine: &Engine, stage: &str, format: Format) -> Result<()> {
         bail!(
             "no stage `{stage}` in {}{}",
             engine.pipeline.path.display(),
-            config::did_you_mean(stage, engine.pipeline.stages.iter().map(|s| s.name.as_str()))
+            config::did_you_mean(
+                stage,
+                engine.pipeline.stages.iter().map(|s| s.name.as_str())
+            )
         );
     };
-    let planned = engine.plan(&plan::select(&engine.pipeline, &[stage.to_string()]).map_err(anyhow::Error::msg)?)?;
+    let planned = engine
+        .plan(&plan::select(&engine.pipeline, &[stage.to_string()]).map_err(anyhow::Error::msg)?)?;
     let current = planned
         .iter()
         .find(|p| p.name == stage)
@@ -388,8 +406,14 @@ fn show(engine: &Engine, stage: &str, format: Format) -> Result<()> {
             status.reasons.join("; ")
         );
     };
-    let key = engine.store.latest_key(stage).context("latest link vanished")?;
-    let meta = engine.store.meta(&key).context("object metadata unreadable")?;
+    let key = engine
+        .store
+        .latest_key(stage)
+        .context("latest link vanished")?;
+    let meta = engine
+        .store
+        .meta(&key)
+        .context("object metadata unreadable")?;
     let files = describe_object(&dir, &meta);
     let latest = engine.store.latest_link(stage);
     match format {
@@ -431,7 +455,11 @@ fn show(engine: &Engine, stage: &str, format: Format) -> Result<()> {
         Format::Text => {
             println!("stage   {stage} ({})", decl.kind.name);
             println!("key     {}", meta.key);
-            println!("state   {} {}", state_word(status.state), status.reasons.join("; "));
+            println!(
+                "state   {} {}",
+                state_word(status.state),
+                status.reasons.join("; ")
+            );
             println!("path    {}", latest.display());
             println!("object  {}", dir.display());
             println!("took    {:.2}s", meta.seconds);
@@ -494,9 +522,11 @@ fn progress_bar(visible: bool) -> ProgressBar {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>12} {msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>12} {msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar
 }

@@ -38,8 +38,10 @@ pub fn find_cycle(stages: &[StageDecl]) -> Option<Vec<String>> {
             match marks[j] {
                 Mark::OnPath => {
                     let start = path.iter().position(|&p| p == j).unwrap_or(0);
-                    let mut cycle: Vec<String> =
-                        path[start..].iter().map(|&p| stages[p].name.clone()).collect();
+                    let mut cycle: Vec<String> = path[start..]
+                        .iter()
+                        .map(|&p| stages[p].name.clone())
+                        .collect();
                     cycle.push(cycle[0].clone());
                     return Some(cycle);
                 }
@@ -77,9 +79,10 @@ pub fn topological_order(pipeline: &Pipeline) -> Vec<usize> {
     let mut placed = vec![false; pipeline.stages.len()];
     let mut order = Vec::with_capacity(pipeline.stages.len());
     while order.len() < pipeline.stages.len() {
-        let next = pipeline.stages.iter().enumerate().position(|(i, s)| {
-            !placed[i] && s.inputs.iter().all(|n| placed[index[n.as_str()]])
-        });
+        let next =
+            pipeline.stages.iter().enumerate().position(|(i, s)| {
+                !placed[i] && s.inputs.iter().all(|n| placed[index[n.as_str()]])
+            });
         match next {
             Some(i) => {
                 placed[i] = true;

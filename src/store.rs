@@ -283,7 +283,10 @@ impl ArtifactStore {
             created_unix: now_unix() as u64,
         };
         let meta_path = pending.dir.join(OBJECT_META);
-        write_synced(&meta_path, &serde_json::to_vec_pretty(&meta).unwrap_or_default())?;
+        write_synced(
+            &meta_path,
+            &serde_json::to_vec_pretty(&meta).unwrap_or_default(),
+        )?;
         sync_dir(&pending.dir)?;
 
         let dest = self.object_dir(&pending.key);
@@ -453,9 +456,10 @@ fn check_object(dir: &Path, meta: &ObjectMeta) -> Vec<String> {
         let path = dir.join(&file.path);
         match hash_file(&path) {
             Err(e) => problems.push(format!("{}: {e}", file.path)),
-            Ok(hash) if hash != file.blake3 => {
-                problems.push(format!("{}: content differs from what was written", file.path))
-            }
+            Ok(hash) if hash != file.blake3 => problems.push(format!(
+                "{}: content differs from what was written",
+                file.path
+            )),
             Ok(_) => {}
         }
     }
@@ -557,7 +561,13 @@ pub fn describe_object(
 ) -> Vec<(String, u64, Result<formats::FileSummary, String>)> {
     meta.files
         .iter()
-        .map(|f| (f.path.clone(), f.bytes, formats::inspect(&dir.join(&f.path))))
+        .map(|f| {
+            (
+                f.path.clone(),
+                f.bytes,
+                formats::inspect(&dir.join(&f.path)),
+            )
+        })
         .collect()
 }
 
@@ -650,7 +660,12 @@ mod tests {
         let mut newer = key_inputs(vec![]);
         newer.version = 3;
         commit(&store, "up2", &newer, b"3");
-        let down = commit(&store, "down", &key_inputs(vec![("up".into(), up.hex())]), b"4");
+        let down = commit(
+            &store,
+            "down",
+            &key_inputs(vec![("up".into(), up.hex())]),
+            b"4",
+        );
         // Point `up` somewhere else: the old `up` object stays because `down` needs it.
         let mut up_new = key_inputs(vec![]);
         up_new.version = 9;
@@ -681,8 +696,12 @@ mod tests {
             .err()
             .unwrap();
         assert!(told.load(Ordering::SeqCst));
-        assert!(err.to_string().contains("waiting for another onenet process computing stage s"));
+        assert!(err
+            .to_string()
+            .contains("waiting for another onenet process computing stage s"));
         drop(held);
-        assert!(store.lock(&key, "s", Duration::from_secs(1), &|_| {}).is_ok());
+        assert!(store
+            .lock(&key, "s", Duration::from_secs(1), &|_| {})
+            .is_ok());
     }
 }

@@ -239,7 +239,10 @@ params = { root = "data" }
         .unwrap();
     let warnings = images_outcome["warnings"].to_string();
     let deleted = names[2].file_name().unwrap().to_string_lossy().into_owned();
-    assert!(warnings.contains(&deleted), "missing image not reported: {warnings}");
+    assert!(
+        warnings.contains(&deleted),
+        "missing image not reported: {warnings}"
+    );
 }
 
 #[test]
@@ -263,8 +266,12 @@ params = { images = 4000, image_size = 256 }
     loop {
         let writing = fs::read_dir(&tmp)
             .map(|d| {
-                d.flatten()
-                    .any(|e| e.path().join("Flicker8k_Dataset").read_dir().is_ok_and(|mut r| r.next().is_some()))
+                d.flatten().any(|e| {
+                    e.path()
+                        .join("Flicker8k_Dataset")
+                        .read_dir()
+                        .is_ok_and(|mut r| r.next().is_some())
+                })
             })
             .unwrap_or(false);
         if writing || Instant::now() > deadline {
@@ -279,7 +286,10 @@ params = { images = 4000, image_size = 256 }
         .unwrap()
         .flatten()
         .collect();
-    assert!(objects.is_empty(), "a killed stage left an object: {objects:?}");
+    assert!(
+        objects.is_empty(),
+        "a killed stage left an object: {objects:?}"
+    );
     assert!(fs::symlink_metadata(p.store().join("latest/demo")).is_err());
     assert_eq!(p.status(&[])["demo"].0, "missing");
 
@@ -311,7 +321,9 @@ fn two_concurrent_runs_compute_each_stage_once() {
     for line in records.lines() {
         let r: Value = serde_json::from_str(line).unwrap();
         if r["action"] == "computed" {
-            *computed.entry(r["stage"].as_str().unwrap().to_string()).or_default() += 1;
+            *computed
+                .entry(r["stage"].as_str().unwrap().to_string())
+                .or_default() += 1;
         }
     }
     assert_eq!(computed.len(), 3, "{records}");
@@ -375,11 +387,18 @@ fn malformed_pipelines_name_file_line_and_column() {
         let out = p.onenet(&["status"]);
         assert_eq!(out.status.code(), Some(1));
         let said = String::from_utf8_lossy(&out.stderr);
-        assert!(said.contains(expected), "for\n{pipeline}\nexpected {expected:?}, got {said}");
+        assert!(
+            said.contains(expected),
+            "for\n{pipeline}\nexpected {expected:?}, got {said}"
+        );
     }
     let p = Project::new(SMALL_DEMO);
     let out = p.onenet(&["run", "--set", "captions.min_cont=2"]);
-    assert!(text(&out).contains("did you mean `min_count`"), "{}", text(&out));
+    assert!(
+        text(&out).contains("did you mean `min_count`"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -407,7 +426,12 @@ params = { root = "data" }
     lines[4] = lines[4].replace('\t', " ");
     fs::write(&token, lines.join("\n") + "\n").unwrap();
     let images = data.join("Flicker8k_Dataset");
-    let first = fs::read_dir(&images).unwrap().next().unwrap().unwrap().path();
+    let first = fs::read_dir(&images)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let corrupt_name = first.file_name().unwrap().to_string_lossy().into_owned();
     let bytes = fs::read(&first).unwrap();
     fs::write(&first, &bytes[..bytes.len() / 3]).unwrap();
@@ -427,7 +451,11 @@ params = { root = "data" }
     fs::remove_file(data.join("Flickr8k_text/Flickr_8k.devImages.txt")).unwrap();
     let out = p.onenet(&["run", "images"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("Flickr_8k.devImages.txt"), "{}", text(&out));
+    assert!(
+        text(&out).contains("Flickr_8k.devImages.txt"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -485,7 +513,10 @@ print("ok", len(tables))
         "Polars/DuckDB check failed (needs `pip install polars duckdb`): {}",
         text(&out)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ok {}", expected.len()));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("ok {}", expected.len())
+    );
 }
 
 #[test]

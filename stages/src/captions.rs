@@ -140,7 +140,10 @@ impl Vocabulary {
         let tokens: Vec<(String, u64)> = SPECIAL_TOKENS
             .iter()
             .map(|special| (special.to_string(), 0))
-            .chain(kept.into_iter().map(|(word, count)| (word.to_string(), count)))
+            .chain(
+                kept.into_iter()
+                    .map(|(word, count)| (word.to_string(), count)),
+            )
             .collect();
         let ids = tokens
             .iter()
@@ -223,9 +226,9 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         "vocabulary {} tokens (4 special, min_count {min_count})",
         vocab.len()
     ));
-    report
-        .notes
-        .push(format!("longest caption {max_len} tokens with <start> and <end>"));
+    report.notes.push(format!(
+        "longest caption {max_len} tokens with <start> and <end>"
+    ));
     Ok(report)
 }
 
@@ -517,7 +520,10 @@ mod tests {
                 vec![1, 5, 3, 3, 2],
             ]
         );
-        assert_eq!(strings(&captions, "split"), ["train", "train", "train", "dev"]);
+        assert_eq!(
+            strings(&captions, "split"),
+            ["train", "train", "train", "dev"]
+        );
         assert_eq!(
             strings(&captions, "caption"),
             ["A dog runs", "a dog sits", "The dog runs", "A cat flies"]
@@ -555,9 +561,11 @@ mod tests {
         let report = run_on_root(&KIND, &root, &[], &out).unwrap();
         assert_eq!(
             report.warnings,
-            ["Flickr8k.token.txt: skipped 4 lines: 1 without a tab (line 2), \
+            [
+                "Flickr8k.token.txt: skipped 4 lines: 1 without a tab (line 2), \
               1 without a #<n> caption number (line 4), 1 with an empty caption (line 5), \
-              1 repeating an earlier image and caption number (line 6)"]
+              1 repeating an earlier image and caption number (line 6)"
+            ]
         );
         let skipped = read_parquet(&out.join(SKIPPED_TABLE));
         assert_eq!(u64s(&skipped, "line"), [2, 4, 5, 6]);
@@ -592,7 +600,10 @@ mod tests {
         let test_list = flickr::text_file(&root, "Flickr_8k.testImages.txt");
         fs::remove_file(&test_list).unwrap();
         let err = run_on_root(&KIND, &root, &[], &dir.path().join("out")).unwrap_err();
-        assert!(err.to_string().contains("Flickr_8k.testImages.txt"), "{err}");
+        assert!(
+            err.to_string().contains("Flickr_8k.testImages.txt"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -632,7 +643,9 @@ mod tests {
                 "Flickr_8k.testImages.txt"
             ]
         );
-        assert!(files.iter().all(|f| f.is_absolute() && f.starts_with(&root)));
+        assert!(files
+            .iter()
+            .all(|f| f.is_absolute() && f.starts_with(&root)));
 
         let upstream = [StageInput {
             name: "demo".into(),

@@ -143,7 +143,9 @@ pub fn read_text(path: &Path) -> Result<String, StageError> {
 
 /// The lines of `text` with 1-based line numbers, line endings (`\n` or `\r\n`) removed.
 pub fn numbered_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.lines().enumerate().map(|(index, line)| (index + 1, line))
+    text.lines()
+        .enumerate()
+        .map(|(index, line)| (index + 1, line))
 }
 
 /// The file name of `path` for messages and tables (the whole path if it has none).
@@ -442,7 +444,7 @@ pub(crate) mod testing {
     use std::fs;
     use std::path::Path;
 
-    use arrow::array::{Array, AsArray, RecordBatch};
+    use arrow::array::{Array, AsArray, RecordBatch, RecordBatchReader};
     use arrow::datatypes::{UInt32Type, UInt64Type};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -627,10 +629,17 @@ mod tests {
         write_splits(dir.path(), "a.jpg\nb.jpg\n", "c.jpg\n", "x.jpg\n\nb.jpg\n");
         let err = Splits::read(dir.path()).unwrap_err();
         match &err {
-            StageError::Parse { path, line, message } => {
+            StageError::Parse {
+                path,
+                line,
+                message,
+            } => {
                 assert!(path.ends_with("Flickr_8k.testImages.txt"));
                 assert_eq!(*line, 3);
-                assert!(message.contains("b.jpg") && message.contains("train"), "{message}");
+                assert!(
+                    message.contains("b.jpg") && message.contains("train"),
+                    "{message}"
+                );
             }
             other => panic!("unexpected error {other}"),
         }
@@ -642,7 +651,9 @@ mod tests {
         write_splits(dir.path(), "a.jpg\n", "", "");
         fs::remove_file(text_file(dir.path(), "Flickr_8k.devImages.txt")).unwrap();
         let err = Splits::read(dir.path()).unwrap_err();
-        assert!(matches!(&err, StageError::File { path, .. } if path.ends_with("Flickr_8k.devImages.txt")));
+        assert!(
+            matches!(&err, StageError::File { path, .. } if path.ends_with("Flickr_8k.devImages.txt"))
+        );
         assert!(err.to_string().contains("not found"), "{err}");
     }
 
@@ -668,7 +679,10 @@ mod tests {
             .collect();
         assert_eq!(
             kept,
-            [(1, "a.jpg", 0, "A dog ."), (9, "b.jpg.1", 4, "kept as named")]
+            [
+                (1, "a.jpg", 0, "A dog ."),
+                (9, "b.jpg.1", 4, "kept as named")
+            ]
         );
         let skipped: Vec<(usize, SkipReason)> =
             file.skipped.iter().map(|s| (s.line, s.reason)).collect();

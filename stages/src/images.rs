@@ -178,7 +178,9 @@ fn check_jpeg_complete(data: &[u8]) -> Result<(), String> {
             // Start of scan: entropy-coded data follows, in which 0xFF 0x00 is an escaped 0xFF
             // and 0xFF 0xD0..=0xD7 are restart markers; any other 0xFF pair starts a marker.
             loop {
-                let Some(offset) = data.get(pos..).and_then(|rest| rest.iter().position(|&b| b == 0xFF))
+                let Some(offset) = data
+                    .get(pos..)
+                    .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
                 else {
                     return Err(TRUNCATED.to_string());
                 };
@@ -216,10 +218,8 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let root = flickr::dataset_root(ctx.params, ctx.inputs, ctx.base_dir)?;
     let strict = ctx.params.bool("strict")?;
     let splits = Splits::read(&root)?;
-    let caption_file = flickr::read_caption_file(
-        &flickr::text_file(&root, flickr::TOKEN_FILE),
-        ctx.progress,
-    )?;
+    let caption_file =
+        flickr::read_caption_file(&flickr::text_file(&root, flickr::TOKEN_FILE), ctx.progress)?;
     let image_dir = flickr::image_dir(&root);
     let mut report = StageReport::default();
 
@@ -334,11 +334,9 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             format!("{count} {split}")
         })
         .collect();
-    report.notes.push(format!(
-        "{} images ({})",
-        rows.len(),
-        per_split.join(", ")
-    ));
+    report
+        .notes
+        .push(format!("{} images ({})", rows.len(), per_split.join(", ")));
     let total_bytes: u64 = rows.iter().map(|row| row.facts.bytes).sum();
     report.notes.push(format!(
         "{:.1} MiB of image files",
@@ -364,7 +362,10 @@ fn missing_images(
 ) -> Vec<Problem> {
     let mut named_in: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for image in caption_file.image_names() {
-        named_in.entry(image).or_default().push(caption_file.label());
+        named_in
+            .entry(image)
+            .or_default()
+            .push(caption_file.label());
     }
     for image in splits.images() {
         let split = splits.split_of(image);
@@ -455,7 +456,9 @@ mod tests {
     use image::{Rgb, RgbImage};
 
     use super::*;
-    use crate::flickr::testing::{column_names, read_parquet, run_on_root, strings, u32s, u64s, write_text_files};
+    use crate::flickr::testing::{
+        column_names, read_parquet, run_on_root, strings, u32s, u64s, write_text_files,
+    };
     use crate::ParamValue;
 
     /// An image with busy content, so that its JPEG has plenty of entropy-coded data to cut.
@@ -508,8 +511,18 @@ mod tests {
         );
         let images = root.join(flickr::IMAGE_DIR);
         let valid = vec![
-            ("a.jpg", encode(&busy_image(32, 24), ImageFormat::Jpeg), 32, 24),
-            ("b.JPEG", encode(&busy_image(20, 10), ImageFormat::Jpeg), 20, 10),
+            (
+                "a.jpg",
+                encode(&busy_image(32, 24), ImageFormat::Jpeg),
+                32,
+                24,
+            ),
+            (
+                "b.JPEG",
+                encode(&busy_image(20, 10), ImageFormat::Jpeg),
+                20,
+                10,
+            ),
             ("c.png", encode(&busy_image(7, 5), ImageFormat::Png), 7, 5),
         ];
         for (name, bytes, _, _) in &valid {
@@ -606,7 +619,10 @@ mod tests {
         fs::remove_file(images.join("x.jpg")).unwrap();
         let err = run_on_root(&KIND, &f.root, &strict, &f.out).unwrap_err();
         let message = err.to_string();
-        assert!(message.contains("also-gone.jpg, gone.jpg, t.jpg, x.jpg"), "{message}");
+        assert!(
+            message.contains("also-gone.jpg, gone.jpg, t.jpg, x.jpg"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -622,7 +638,10 @@ mod tests {
         let f = fixture();
         fs::remove_file(flickr::text_file(&f.root, "Flickr_8k.trainImages.txt")).unwrap();
         let err = run_on_root(&KIND, &f.root, &[], &f.out).unwrap_err();
-        assert!(err.to_string().contains("Flickr_8k.trainImages.txt"), "{err}");
+        assert!(
+            err.to_string().contains("Flickr_8k.trainImages.txt"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -680,6 +699,9 @@ mod tests {
         let good = dir.path().join("good.jpg");
         fs::write(&good, &whole).unwrap();
         let facts = inspect_image(&good).unwrap();
-        assert_eq!((facts.width, facts.height, facts.bytes), (48, 40, whole.len() as u64));
+        assert_eq!(
+            (facts.width, facts.height, facts.bytes),
+            (48, 40, whole.len() as u64)
+        );
     }
 }

@@ -79,6 +79,12 @@ pub struct InputRule {
     pub max: usize,
 }
 
+/// Lists the external files a stage reads: (params, inputs, base dir) → absolute paths.
+pub type SourcesFn = fn(&Params, &[StageInput], &Path) -> Result<Vec<PathBuf>, StageError>;
+
+/// Runs a stage: writes its outputs into `ctx.out_dir`.
+pub type RunFn = fn(&StageContext) -> Result<StageReport, StageError>;
+
 /// A built-in stage kind.
 pub struct StageKind {
     pub name: &'static str,
@@ -91,8 +97,17 @@ pub struct StageKind {
     /// Files outside the artifact store that the stage reads, given its params and inputs: the
     /// engine content-hashes them into the cache key. Files under an upstream output need not be
     /// listed: the upstream key already covers them.
-    pub sources: fn(&Params, &[StageInput], &Path) -> Result<Vec<PathBuf>, StageError>,
-    pub run: fn(&StageContext) -> Result<StageReport, StageError>,
+    pub sources: SourcesFn,
+    pub run: RunFn,
+}
+
+impl std::fmt::Debug for StageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageKind")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Every built-in stage kind.

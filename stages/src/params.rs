@@ -10,8 +10,14 @@ use crate::StageError;
 /// The type of a param, with its allowed range or values.
 #[derive(Debug, Clone, Copy)]
 pub enum ParamType {
-    Int { min: i64, max: i64 },
-    Float { min: f64, max: f64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Float {
+        min: f64,
+        max: f64,
+    },
     Bool,
     Str,
     /// One of a fixed set of strings.
@@ -249,15 +255,24 @@ mod tests {
 
     #[test]
     fn int_is_accepted_as_float_and_hashes_alike() {
-        let ty = ParamType::Float { min: 0.0, max: 10.0 };
+        let ty = ParamType::Float {
+            min: 0.0,
+            max: 10.0,
+        };
         assert_eq!(ty.check(&RawValue::Int(1)), Ok(ParamValue::Float(1.0)));
         assert_eq!(ty.check(&RawValue::Float(1.0)), Ok(ParamValue::Float(1.0)));
     }
 
     #[test]
     fn out_of_range_and_wrong_type_are_rejected() {
-        let ty = ParamType::Int { min: 1, max: i64::MAX };
-        assert!(ty.check(&RawValue::Int(0)).unwrap_err().contains("out of range"));
+        let ty = ParamType::Int {
+            min: 1,
+            max: i64::MAX,
+        };
+        assert!(ty
+            .check(&RawValue::Int(0))
+            .unwrap_err()
+            .contains("out of range"));
         let err = ty.check(&RawValue::Str("3".into())).unwrap_err();
         assert_eq!(err, "expected integer >= 1, found string");
         let choice = ParamType::Choice(&["raw", "lemma"]);
@@ -267,13 +282,23 @@ mod tests {
     #[test]
     fn defaults_fill_only_missing_params() {
         const SPECS: &[ParamSpec] = &[
-            ParamSpec { name: "a", ty: ParamType::Bool, default: ParamDefault::Bool(true), help: "" },
-            ParamSpec { name: "b", ty: ParamType::Str, default: ParamDefault::Unset, help: "" },
+            ParamSpec {
+                name: "a",
+                ty: ParamType::Bool,
+                default: ParamDefault::Bool(true),
+                help: "",
+            },
+            ParamSpec {
+                name: "b",
+                ty: ParamType::Str,
+                default: ParamDefault::Unset,
+                help: "",
+            },
         ];
         let mut given = BTreeMap::new();
         given.insert("a".to_string(), ParamValue::Bool(false));
         let p = Params::with_defaults(SPECS, given);
-        assert_eq!(p.bool("a").unwrap(), false);
+        assert!(!p.bool("a").unwrap());
         assert!(p.opt_str("b").is_none());
         assert!(p.str("b").is_err());
     }
