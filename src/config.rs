@@ -145,7 +145,9 @@ pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(path, &text)
+    // Absolute paths, so that paths printed or written into tables work from any directory.
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    parse(&path, &text)
 }
 
 /// Checks pipeline text; `path` is used for messages and to resolve relative paths.

@@ -488,7 +488,7 @@ for t in tables:
     df = pl.read_parquet(t["path"])
     assert df.columns == t["columns"], (t["path"], df.columns, t["columns"])
     assert df.height == t["rows"], (t["path"], df.height, t["rows"])
-    n = duckdb.sql(f"select count(*) from read_parquet('{t['path']}')").fetchone()[0]
+    n = duckdb.sql(f"select count(*) from read_parquet('{t['path']}')").fetchall()[0][0]
     cols = [c[0] for c in duckdb.sql(f"describe select * from read_parquet('{t['path']}')").fetchall()]
     assert n == t["rows"] and cols == t["columns"], (t["path"], n, cols)
 print("ok", len(tables))

@@ -86,11 +86,9 @@ fn sources(
     inputs: &[StageInput],
     base_dir: &Path,
 ) -> Result<Vec<PathBuf>, StageError> {
-    let root = flickr::dataset_root(params, inputs, base_dir)?;
-    if !inputs.is_empty() {
-        // The upstream stage's key already covers every file under its output.
+    let Some(root) = flickr::external_root(params, inputs, base_dir)? else {
         return Ok(Vec::new());
-    }
+    };
     let mut files = vec![caption_path(params, &root)?];
     files.extend(flickr::split_paths(&root));
     Ok(files)

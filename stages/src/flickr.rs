@@ -47,6 +47,34 @@ pub fn dataset_root(
     inputs: &[StageInput],
     base_dir: &Path,
 ) -> Result<PathBuf, StageError> {
+    let root = resolve_root(params, inputs, base_dir)?;
+    if !root.is_dir() {
+        return Err(StageError::file(&root, "dataset folder not found"));
+    }
+    Ok(root)
+}
+
+/// The dataset folder when it lies outside the artifact store (the `root` param), whose files
+/// must then be content-hashed into the cache key; `None` when it is an upstream stage's output,
+/// which its key already covers (and which may not exist yet while keys are being planned).
+pub fn external_root(
+    params: &Params,
+    inputs: &[StageInput],
+    base_dir: &Path,
+) -> Result<Option<PathBuf>, StageError> {
+    if inputs.is_empty() {
+        dataset_root(params, inputs, base_dir).map(Some)
+    } else {
+        resolve_root(params, inputs, base_dir).map(|_| None)
+    }
+}
+
+/// `dataset_root` without the check that the folder exists.
+fn resolve_root(
+    params: &Params,
+    inputs: &[StageInput],
+    base_dir: &Path,
+) -> Result<PathBuf, StageError> {
     let root_param = params.opt_str("root");
     let root = match (root_param, inputs) {
         (Some(_), [_, ..]) => {
@@ -92,11 +120,7 @@ pub fn dataset_root(
             )))
         }
     };
-    let root = std::path::absolute(&root).map_err(|e| StageError::io(&root, e))?;
-    if !root.is_dir() {
-        return Err(StageError::file(&root, "dataset folder not found"));
-    }
-    Ok(root)
+    std::path::absolute(&root).map_err(|e| StageError::io(&root, e))
 }
 
 /// The folder of images under a dataset root.

@@ -758,3 +758,21 @@ mod tests {
         assert_eq!((picture.width(), picture.height()), (128, 128));
     }
 }
+#[test]
+fn tmp_sheet() {
+    let mut sheet = image::RgbImage::new(128 * 6, 128 * 4);
+    for i in 0..24u32 {
+        let p = image::open(format!(
+            "/tmp/demo_sample/Flicker8k_Dataset/demo_{i:06}.jpg"
+        ))
+        .unwrap()
+        .to_rgb8();
+        image::imageops::overlay(
+            &mut sheet,
+            &p,
+            i64::from((i % 6) * 128),
+            i64::from((i / 6) * 128),
+        );
+    }
+    sheet.save("/tmp/demo_sheet.png").unwrap();
+}
