@@ -398,6 +398,8 @@ impl Engine {
             .filter_map(|(name, hex)| CacheKey::from_hex(hex).map(|k| self.stage_input(name, &k)))
             .collect();
         let pending = self.store.begin(&stage.key)?;
+        let scratch_dir = self.store.scratch_dir(&stage.key)?;
+        let previous = latest_dir(&self.store, &stage.name);
         let progress = observer.stage_started(&stage.name);
         let start = Instant::now();
         let ctx = StageContext {
@@ -406,6 +408,8 @@ impl Engine {
             inputs: &inputs,
             base_dir: &self.pipeline.base_dir,
             out_dir: &pending.dir,
+            scratch_dir: &scratch_dir,
+            previous: previous.as_deref(),
             progress: progress.as_ref(),
         };
         let stage_err = |message: String| EngineError::Stage {
@@ -443,6 +447,8 @@ impl Engine {
             seconds,
         )?;
         self.store.set_latest(&stage.name, &stage.key)?;
+        // Checkpoints are only worth keeping until the output they lead to exists.
+        let _ = std::fs::remove_dir_all(&scratch_dir);
         Ok((Action::Computed, meta.warnings, meta.notes))
     }
 }

@@ -564,6 +564,10 @@ impl Progress for StageBar {
     fn inc(&self, n: u64) {
         self.0.inc(n);
     }
+
+    fn set_message(&self, message: &str) {
+        self.0.set_message(message.to_string());
+    }
 }
 
 impl Drop for StageBar {

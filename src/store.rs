@@ -8,6 +8,7 @@
 //!   runs.jsonl              one JSON line per stage per run (readable by DuckDB and Polars)
 //!   statcache.json          file stamps → content hashes
 //!   tmp/<key>.<pid>.<n>/    outputs being written; never mistaken for a complete object
+//!   scratch/<key>/          checkpoints of a stage being computed, kept if it is killed
 //!   locks/<key>.lock        held while a process computes that key
 //!   corrupt/<key>/          objects `verify` found damaged, moved aside
 //! ```
@@ -150,6 +151,14 @@ impl ArtifactStore {
 
     pub fn latest_link(&self, stage: &str) -> PathBuf {
         self.root.join("latest").join(stage)
+    }
+
+    /// The scratch directory for `key` (created if needed): survives a killed run, so a long
+    /// stage can resume from its checkpoints; removed after the key's output is committed.
+    pub fn scratch_dir(&self, key: &CacheKey) -> Result<PathBuf, StoreError> {
+        let dir = self.root.join("scratch").join(key.hex());
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(dir)
     }
 
     /// Whether a complete object exists for `key`.
@@ -413,12 +422,12 @@ impl ArtifactStore {
             .map(|k| self.object_dir(&k))
             .collect();
         report.objects_removed = doomed.len();
-        for sub in ["tmp", "corrupt"] {
+        for sub in ["tmp", "scratch", "corrupt"] {
             if let Ok(entries) = fs::read_dir(self.root.join(sub)) {
                 for entry in entries.flatten() {
                     let name = entry.file_name().to_string_lossy().into_owned();
-                    // A temporary directory whose key is locked belongs to a live run.
-                    let live = sub == "tmp"
+                    // A temporary or scratch directory whose key is locked belongs to a live run.
+                    let live = sub != "corrupt"
                         && name
                             .split('.')
                             .next()

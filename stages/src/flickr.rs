@@ -503,14 +503,7 @@ pub(crate) mod testing {
         given.insert("root".to_string(), ParamValue::Str(relative_root));
         let params = Params::with_defaults(kind.params, given);
         fs::create_dir_all(out_dir).unwrap();
-        let ctx = crate::StageContext {
-            name: "test",
-            params: &params,
-            inputs: &[],
-            base_dir,
-            out_dir,
-            progress: &NoProgress,
-        };
+        let ctx = crate::StageContext::new("test", &params, &[], base_dir, out_dir, &NoProgress);
         (kind.run)(&ctx)
     }
 

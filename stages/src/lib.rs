@@ -11,6 +11,7 @@ pub mod demo_data;
 pub mod error;
 pub mod flickr;
 pub mod images;
+pub mod model;
 pub mod params;
 pub mod table;
 
@@ -36,6 +37,8 @@ pub trait Progress: Sync {
     fn start(&self, len: u64, what: &str);
     /// Advances the current phase by `n` units.
     fn inc(&self, n: u64);
+    /// Replaces the phase's description (e.g. to show the current loss).
+    fn set_message(&self, _message: &str) {}
 }
 
 /// A `Progress` that draws nothing (tests, quiet runs).
@@ -58,7 +61,37 @@ pub struct StageContext<'a> {
     pub base_dir: &'a Path,
     /// An empty directory to write outputs into.
     pub out_dir: &'a Path,
+    /// A directory private to this stage and key that survives a killed run (and is removed
+    /// once the output is committed): for checkpoints that let a long stage resume.
+    pub scratch_dir: &'a Path,
+    /// The newest earlier output of this stage (under any key), if any: a stage may reuse the
+    /// parts of it that it can tell are still valid (e.g. per-image features by content hash).
+    pub previous: Option<&'a Path>,
     pub progress: &'a dyn Progress,
+}
+
+impl<'a> StageContext<'a> {
+    /// A context with no earlier output, whose scratch directory is the output directory: what
+    /// tests and one-off callers need. The engine fills every field itself.
+    pub fn new(
+        name: &'a str,
+        params: &'a Params,
+        inputs: &'a [StageInput],
+        base_dir: &'a Path,
+        out_dir: &'a Path,
+        progress: &'a dyn Progress,
+    ) -> Self {
+        StageContext {
+            name,
+            params,
+            inputs,
+            base_dir,
+            out_dir,
+            scratch_dir: out_dir,
+            previous: None,
+            progress,
+        }
+    }
 }
 
 /// What a stage says about a successful run besides its files.

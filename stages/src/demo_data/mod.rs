@@ -365,14 +365,7 @@ mod tests {
         progress: &dyn Progress,
     ) -> Result<StageReport, StageError> {
         let params = params(overrides);
-        let ctx = StageContext {
-            name: "demo",
-            params: &params,
-            inputs: &[],
-            base_dir: out_dir,
-            out_dir,
-            progress,
-        };
+        let ctx = crate::StageContext::new("demo", &params, &[], out_dir, out_dir, progress);
         (KIND.run)(&ctx)
     }
 

@@ -1,0 +1,517 @@
+//! The one network: an image encoder, a word embedding and a recurrent decoder that, at every
+//! step, reads the image embedding concatenated with the previous word's embedding.
+//!
+//! `features [B, D] → Linear(D→image_dim) + ReLU`; `word → Embedding(vocab, embed_dim)`;
+//! `concat → GRU|LSTM(hidden) → Linear(hidden→hidden) → Linear(hidden→vocab)` logits. The
+//! recurrent state starts from zero for every caption (the original never reset it). Besides
+//! training, the model decodes (greedy and beam search) and is inverted: with its weights frozen,
+//! an image embedding is optimised so that the model assigns a caption high likelihood.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module, RNN};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::captions::{END_ID, PAD_ID, START_ID};
+use crate::StageError;
+
+/// Every hyper-parameter of the network's shape, saved beside its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub vocab_size: i64,
+    pub feature_dim: i64,
+    pub image_dim: i64,
+    pub embed_dim: i64,
+    pub hidden_dim: i64,
+    /// "gru" or "lstm".
+    pub rnn: String,
+}
+
+enum Recurrent {
+    Gru(nn::GRU),
+    Lstm(nn::LSTM),
+}
+
+/// A recurrent state for a batch, whichever the cell.
+pub enum RecurrentState {
+    Gru(nn::GRUState),
+    Lstm(nn::LSTMState),
+}
+
+impl RecurrentState {
+    /// The state of the batch rows `index` (for beam search), in that order.
+    fn select(&self, index: &Tensor) -> RecurrentState {
+        match self {
+            RecurrentState::Gru(s) => {
+                RecurrentState::Gru(nn::GRUState(s.0.index_select(1, index)))
+            }
+            RecurrentState::Lstm(s) => {
+                let (h, c) = &s.0;
+                RecurrentState::Lstm(nn::LSTMState((
+                    h.index_select(1, index),
+                    c.index_select(1, index),
+                )))
+            }
+        }
+    }
+
+    /// The top layer's hidden state, [B, hidden].
+    fn output(&self) -> Tensor {
+        match self {
+            RecurrentState::Gru(s) => s.0.get(-1),
+            RecurrentState::Lstm(s) => s.0 .0.get(-1),
+        }
+    }
+}
+
+/// The captioning network.
+pub struct CaptionModel {
+    pub config: ModelConfig,
+    pub vs: nn::VarStore,
+    image_encoder: nn::Linear,
+    embedding: nn::Embedding,
+    recurrent: Recurrent,
+    hidden_layer: nn::Linear,
+    output_layer: nn::Linear,
+}
+
+impl CaptionModel {
+    /// A freshly initialised network (seed the global generator first for reproducibility).
+    pub fn new(config: ModelConfig, device: Device) -> Result<CaptionModel, StageError> {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let image_encoder = nn::linear(
+            &root / "image_encoder",
+            config.feature_dim,
+            config.image_dim,
+            Default::default(),
+        );
+        let embedding = nn::embedding(
+            &root / "embedding",
+            config.vocab_size,
+            config.embed_dim,
+            Default::default(),
+        );
+        let rnn_config = nn::RNNConfig {
+            batch_first: true,
+            ..Default::default()
+        };
+        let input_dim = config.image_dim + config.embed_dim;
+        let recurrent = match config.rnn.as_str() {
+            "gru" => Recurrent::Gru(nn::gru(
+                &root / "rnn",
+                input_dim,
+                config.hidden_dim,
+                rnn_config,
+            )),
+            "lstm" => Recurrent::Lstm(nn::lstm(
+                &root / "rnn",
+                input_dim,
+                config.hidden_dim,
+                rnn_config,
+            )),
+            other => {
+                return Err(StageError::Param {
+                    name: "rnn".into(),
+                    message: format!("unknown cell {other:?}: expected gru or lstm"),
+                })
+            }
+        };
+        let hidden_layer = nn::linear(
+            &root / "hidden",
+            config.hidden_dim,
+            config.hidden_dim,
+            Default::default(),
+        );
+        let output_layer = nn::linear(
+            &root / "output",
+            config.hidden_dim,
+            config.vocab_size,
+            Default::default(),
+        );
+        Ok(CaptionModel {
+            config,
+            vs,
+            image_encoder,
+            embedding,
+            recurrent,
+            hidden_layer,
+            output_layer,
+        })
+    }
+
+    /// Loads a network saved by `save` (weights file + its config).
+    pub fn load(config: ModelConfig, weights: &Path, device: Device) -> Result<Self, StageError> {
+        let mut model = CaptionModel::new(config, device)?;
+        model
+            .vs
+            .load(weights)
+            .map_err(|e| StageError::file(weights, format!("loading model weights: {e}")))?;
+        Ok(model)
+    }
+
+    /// Saves the weights as safetensors.
+    pub fn save(&self, weights: &Path) -> Result<(), StageError> {
+        self.vs
+            .save(weights)
+            .map_err(|e| StageError::file(weights, format!("saving model weights: {e}")))
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Image embeddings [B, image_dim] of CNN features [B, D].
+    pub fn encode_images(&self, features: &Tensor) -> Tensor {
+        self.image_encoder.forward(features).relu()
+    }
+
+    /// Word embeddings [.., embed_dim] of token ids.
+    pub fn embed_words(&self, tokens: &Tensor) -> Tensor {
+        self.embedding.forward(tokens)
+    }
+
+    /// Logits [B, T, vocab] for each next word, given image embeddings [B, image_dim] and the
+    /// input tokens [B, T] (teacher forcing); the state starts at zero.
+    pub fn logits_from_embedding(&self, image_embedding: &Tensor, tokens: &Tensor) -> Tensor {
+        let steps = tokens.size()[1];
+        let words = self.embed_words(tokens);
+        let image = image_embedding
+            .unsqueeze(1)
+            .expand([-1, steps, -1], false);
+        let input = Tensor::cat(&[image, words], 2);
+        let hidden = match &self.recurrent {
+            Recurrent::Gru(g) => g.seq(&input).0,
+            Recurrent::Lstm(l) => l.seq(&input).0,
+        };
+        self.output_layer.forward(&self.hidden_layer.forward(&hidden))
+    }
+
+    /// Mean cross-entropy over the real (non-padding) next tokens of `captions` [B, L], each
+    /// `<start> … <end>` padded with 0, given image embeddings [B, image_dim].
+    pub fn caption_loss(&self, image_embedding: &Tensor, captions: &Tensor) -> Tensor {
+        self.caption_losses(image_embedding, captions, Reduction::Mean)
+    }
+
+    /// Per-caption mean cross-entropy [B] (used by inversion to pick the best restart).
+    pub fn per_caption_loss(&self, image_embedding: &Tensor, captions: &Tensor) -> Tensor {
+        let length = captions.size()[1];
+        let input = captions.narrow(1, 0, length - 1);
+        let target = captions.narrow(1, 1, length - 1);
+        let logits = self.logits_from_embedding(image_embedding, &input);
+        let vocab = self.config.vocab_size;
+        let token_losses = logits
+            .reshape([-1, vocab])
+            .cross_entropy_loss::<Tensor>(
+                &target.reshape([-1]),
+                None,
+                Reduction::None,
+                PAD_ID as i64,
+                0.0,
+            )
+            .reshape(target.size());
+        let mask = target.ne(PAD_ID as i64).to_kind(Kind::Float);
+        (token_losses * &mask).sum_dim_intlist(1, false, Kind::Float)
+            / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0)
+    }
+
+    fn caption_losses(&self, image_embedding: &Tensor, captions: &Tensor, r: Reduction) -> Tensor {
+        let length = captions.size()[1];
+        let input = captions.narrow(1, 0, length - 1);
+        let target = captions.narrow(1, 1, length - 1);
+        let logits = self.logits_from_embedding(image_embedding, &input);
+        logits
+            .reshape([-1, self.config.vocab_size])
+            .cross_entropy_loss::<Tensor>(&target.reshape([-1]), None, r, PAD_ID as i64, 0.0)
+    }
+
+    fn zero_state(&self, batch: i64) -> RecurrentState {
+        match &self.recurrent {
+            Recurrent::Gru(g) => RecurrentState::Gru(g.zero_state(batch)),
+            Recurrent::Lstm(l) => RecurrentState::Lstm(l.zero_state(batch)),
+        }
+    }
+
+    /// One decoding step: log-probabilities [B, vocab] of the next word and the new state.
+    fn step(
+        &self,
+        image_embedding: &Tensor,
+        previous: &Tensor,
+        state: &RecurrentState,
+    ) -> (Tensor, RecurrentState) {
+        let input = Tensor::cat(&[image_embedding.shallow_clone(), self.embed_words(previous)], 1);
+        let state = match (&self.recurrent, state) {
+            (Recurrent::Gru(g), RecurrentState::Gru(s)) => RecurrentState::Gru(g.step(&input, s)),
+            (Recurrent::Lstm(l), RecurrentState::Lstm(s)) => {
+                RecurrentState::Lstm(l.step(&input, s))
+            }
+            _ => unreachable!("a model's state always matches its own cell"),
+        };
+        let logits = self
+            .output_layer
+            .forward(&self.hidden_layer.forward(&state.output()));
+        (logits.log_softmax(-1, Kind::Float), state)
+    }
+
+    /// Greedy captions (token ids without `<start>`/`<end>`) for image embeddings [B, image_dim].
+    pub fn greedy(&self, image_embedding: &Tensor, max_len: usize) -> Vec<Vec<u32>> {
+        tch::no_grad(|| {
+            let batch = image_embedding.size()[0];
+            let mut state = self.zero_state(batch);
+            let mut previous = Tensor::full([batch], START_ID as i64, (Kind::Int64, self.device()));
+            let mut out: Vec<Vec<u32>> = vec![Vec::new(); batch as usize];
+            let mut done = vec![false; batch as usize];
+            for _ in 0..max_len {
+                let (log_probs, next_state) = self.step(image_embedding, &previous, &state);
+                state = next_state;
+                previous = log_probs.argmax(-1, false);
+                let ids = Vec::<i64>::try_from(&previous).unwrap_or_default();
+                for (i, &id) in ids.iter().enumerate() {
+                    if done[i] {
+                        continue;
+                    }
+                    if id == END_ID as i64 {
+                        done[i] = true;
+                    } else {
+                        out[i].push(id as u32);
+                    }
+                }
+                if done.iter().all(|d| *d) {
+                    break;
+                }
+            }
+            out
+        })
+    }
+
+    /// Beam search for one image embedding [image_dim]: the best caption by log-probability
+    /// divided by its length (counting `<end>`), so long captions are not penalised merely for
+    /// having more words.
+    pub fn beam_search(&self, image_embedding: &Tensor, width: usize, max_len: usize) -> Vec<u32> {
+        tch::no_grad(|| {
+            let width = width.max(1) as i64;
+            let device = self.device();
+            let mut beams: Vec<(Vec<u32>, f64)> = vec![(Vec::new(), 0.0)];
+            let mut state = self.zero_state(1);
+            let mut finished: Vec<(Vec<u32>, f64)> = Vec::new();
+            for step in 0..max_len {
+                let n = beams.len() as i64;
+                let image = image_embedding.unsqueeze(0).expand([n, -1], false);
+                let previous: Vec<i64> = beams
+                    .iter()
+                    .map(|(t, _)| t.last().map(|&x| x as i64).unwrap_or(START_ID as i64))
+                    .collect();
+                let previous = Tensor::from_slice(&previous).to_device(device);
+                let (log_probs, next_state) = self.step(&image, &previous, &state);
+                let scores: Vec<f64> = beams.iter().map(|(_, s)| *s).collect();
+                let total = log_probs.to_kind(Kind::Double)
+                    + Tensor::from_slice(&scores).to_device(device).unsqueeze(1);
+                let vocab = self.config.vocab_size;
+                let k = (width * 2).min(n * vocab);
+                let (top_scores, top_index) = total.reshape([-1]).topk(k, 0, true, true);
+                let top_scores = Vec::<f64>::try_from(&top_scores).unwrap_or_default();
+                let top_index = Vec::<i64>::try_from(&top_index).unwrap_or_default();
+                let mut next_beams = Vec::new();
+                let mut rows = Vec::new();
+                for (score, index) in top_scores.into_iter().zip(top_index) {
+                    let (row, token) = (index / vocab, index % vocab);
+                    let mut tokens = beams[row as usize].0.clone();
+                    if token == END_ID as i64 {
+                        let length = (tokens.len() + 1) as f64;
+                        finished.push((tokens, score / length));
+                    } else {
+                        tokens.push(token as u32);
+                        next_beams.push((tokens, score));
+                        rows.push(row);
+                    }
+                    if next_beams.len() as i64 == width {
+                        break;
+                    }
+                }
+                // Stop once no open beam can still beat the best finished one.
+                let best_finished = finished.iter().map(|f| f.1).fold(f64::MIN, f64::max);
+                let open_best = next_beams
+                    .iter()
+                    .map(|(t, s)| s / (t.len() + 1) as f64)
+                    .fold(f64::MIN, f64::max);
+                if next_beams.is_empty()
+                    || (finished.len() as i64 >= width && open_best < best_finished)
+                    || step + 1 == max_len
+                {
+                    if finished.is_empty() {
+                        finished.extend(
+                            next_beams
+                                .into_iter()
+                                .map(|(t, s)| {
+                                    let l = t.len().max(1) as f64;
+                                    (t, s / l)
+                                }),
+                        );
+                    }
+                    break;
+                }
+                state = next_state.select(&Tensor::from_slice(&rows).to_device(device));
+                beams = next_beams;
+            }
+            finished
+                .into_iter()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(t, _)| t)
+                .unwrap_or_default()
+        })
+    }
+
+    /// Freezes the weights (for inversion).
+    pub fn freeze(&mut self) {
+        self.vs.freeze();
+    }
+}
+
+/// Pads token sequences into a [B, L] int64 tensor (0 = `<pad>`).
+pub fn pad_tokens(sequences: &[&[u32]], device: Device) -> Tensor {
+    let length = sequences.iter().map(|s| s.len()).max().unwrap_or(0).max(2);
+    let mut flat = vec![PAD_ID as i64; sequences.len() * length];
+    for (i, s) in sequences.iter().enumerate() {
+        for (j, &t) in s.iter().enumerate() {
+            flat[i * length + j] = t as i64;
+        }
+    }
+    Tensor::from_slice(&flat)
+        .reshape([sequences.len() as i64, length as i64])
+        .to_device(device)
+}
+
+/// Optimises image embeddings so the frozen model assigns each caption a high likelihood: for
+/// each caption, `restarts` embeddings start from U(0, 0.5) (the original's initialisation) and
+/// all queries × restarts are optimised together with Adam for `steps` steps. Every caption token
+/// after `<start>`, including `<end>`, is a target. Returns, per caption, the embedding of the
+/// restart with the lowest final loss, [Q, image_dim], and those losses.
+pub fn invert(
+    model: &CaptionModel,
+    captions: &[&[u32]],
+    steps: usize,
+    restarts: usize,
+    learning_rate: f64,
+) -> (Tensor, Vec<f64>) {
+    let device = model.device();
+    let queries = captions.len() as i64;
+    let restarts = restarts.max(1) as i64;
+    let repeated: Vec<&[u32]> = captions
+        .iter()
+        .flat_map(|c| std::iter::repeat_n(*c, restarts as usize))
+        .collect();
+    let tokens = pad_tokens(&repeated, device);
+    let mut vs = nn::VarStore::new(device);
+    let z = vs.root().var(
+        "z",
+        &[queries * restarts, model.config.image_dim],
+        nn::Init::Uniform { lo: 0.0, up: 0.5 },
+    );
+    let mut opt = nn::Optimizer::adam(&vs, learning_rate);
+    for _ in 0..steps {
+        // The model's own embeddings pass through a ReLU; keep the search in that space.
+        let loss = model.caption_loss(&z.relu(), &tokens);
+        opt.backward_step(&loss);
+    }
+    vs.freeze();
+    let z = z.relu().detach();
+    let losses = tch::no_grad(|| model.per_caption_loss(&z, &tokens));
+    let losses = Vec::<f64>::try_from(&losses.to_kind(Kind::Double)).unwrap_or_default();
+    let mut best_rows = Vec::with_capacity(queries as usize);
+    let mut best_losses = Vec::with_capacity(queries as usize);
+    for q in 0..queries as usize {
+        let range = q * restarts as usize..(q + 1) * restarts as usize;
+        let best = range
+            .clone()
+            .min_by(|&a, &b| losses[a].total_cmp(&losses[b]))
+            .unwrap_or(range.start);
+        best_rows.push(best as i64);
+        best_losses.push(losses[best]);
+    }
+    let index = Tensor::from_slice(&best_rows).to_device(device);
+    (z.index_select(0, &index), best_losses)
+}
+
+/// A `nn::Optimizer::adam` shorthand, so callers need not build the config.
+trait AdamExt {
+    fn adam(vs: &nn::VarStore, lr: f64) -> nn::Optimizer;
+}
+
+impl AdamExt for nn::Optimizer {
+    fn adam(vs: &nn::VarStore, lr: f64) -> nn::Optimizer {
+        use tch::nn::OptimizerConfig;
+        nn::Adam::default()
+            .build(vs, lr)
+            .expect("building Adam over a fresh VarStore cannot fail")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(rnn: &str) -> CaptionModel {
+        tch::manual_seed(0);
+        CaptionModel::new(
+            ModelConfig {
+                vocab_size: 12,
+                feature_dim: 6,
+                image_dim: 8,
+                embed_dim: 8,
+                hidden_dim: 16,
+                rnn: rnn.into(),
+            },
+            Device::Cpu,
+        )
+        .unwrap()
+    }
+
+    /// Two images, each with its own caption; a few hundred steps must fit them exactly.
+    #[test]
+    fn learns_to_caption_two_images_and_inversion_finds_them() {
+        for rnn in ["gru", "lstm"] {
+            let model = tiny(rnn);
+            let features = Tensor::from_slice(&[1.0f32, 0., 0., 1., 0., 0., 0., 1., 1., 0., 0., 1.])
+                .reshape([2, 6]);
+            let a: &[u32] = &[1, 4, 5, 6, 2];
+            let b: &[u32] = &[1, 7, 8, 2];
+            let tokens = pad_tokens(&[a, b], Device::Cpu);
+            let mut opt = nn::Optimizer::adam(&model.vs, 0.01);
+            let mut last = 0.0;
+            for _ in 0..300 {
+                let loss = model.caption_loss(&model.encode_images(&features), &tokens);
+                opt.backward_step(&loss);
+                last = loss.double_value(&[]);
+            }
+            assert!(last < 0.05, "{rnn}: loss {last}");
+            let emb = tch::no_grad(|| model.encode_images(&features));
+            assert_eq!(model.greedy(&emb, 10), vec![vec![4, 5, 6], vec![7, 8]], "{rnn}");
+            assert_eq!(model.beam_search(&emb.get(0), 3, 10), vec![4, 5, 6], "{rnn}");
+            assert_eq!(model.beam_search(&emb.get(1), 3, 10), vec![7, 8], "{rnn}");
+
+            // Inverting caption b must land nearer image b than image a.
+            let (z, losses) = invert(&model, &[b], 100, 4, 0.05);
+            assert_eq!(losses.len(), 1);
+            let sims = tch::no_grad(|| {
+                let zn = &z / z.norm();
+                let en = &emb / emb.norm_scalaropt_dim(2, [1], true);
+                en.matmul(&zn.transpose(0, 1))
+            });
+            let sims = Vec::<f32>::try_from(sims.reshape([-1])).unwrap();
+            assert!(sims[1] > sims[0], "{rnn}: {sims:?}");
+        }
+    }
+
+    #[test]
+    fn padding_is_ignored_by_the_loss() {
+        let model = tiny("gru");
+        let features = Tensor::ones([1, 6], (Kind::Float, Device::Cpu));
+        let emb = model.encode_images(&features);
+        let short = pad_tokens(&[&[1, 4, 2]], Device::Cpu);
+        let padded = Tensor::cat(&[short.shallow_clone(), Tensor::zeros([1, 3], (Kind::Int64, Device::Cpu))], 1);
+        let a = model.caption_loss(&emb, &short).double_value(&[]);
+        let b = model.caption_loss(&emb, &padded).double_value(&[]);
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+}
