@@ -358,6 +358,73 @@ fn write_skipped(out_dir: &Path, file: &CaptionFile) -> Result<(), StageError> {
     write_parquet(&path, &batch(&path, schema, columns)?)
 }
 
+impl Vocabulary {
+    /// Reads the vocabulary table this stage writes.
+    pub fn read(path: &Path) -> Result<Vocabulary, StageError> {
+        let table = crate::table::read_parquet(path)?;
+        let tokens = crate::table::strings(path, &table, "token")?;
+        let counts = crate::table::column::<UInt64Array>(path, &table, "count")?;
+        let ids_column = crate::table::u32s(path, &table, "token_id")?;
+        if ids_column.iter().enumerate().any(|(i, &id)| id as usize != i)
+            || tokens.get(..SPECIAL_TOKENS.len()) != Some(&SPECIAL_TOKENS.map(String::from)[..])
+        {
+            return Err(StageError::file(
+                path,
+                "not a vocabulary table: ids must be 0..n with the special tokens first",
+            ));
+        }
+        let ids = tokens
+            .iter()
+            .enumerate()
+            .map(|(id, token)| (token.clone(), id as u32))
+            .collect();
+        Ok(Vocabulary {
+            tokens: tokens.into_iter().zip(counts.values().iter().copied()).collect(),
+            ids,
+        })
+    }
+
+    /// Whether `word` has an id of its own (is not `<unk>`).
+    pub fn contains(&self, word: &str) -> bool {
+        self.ids.contains_key(word)
+    }
+
+    /// The token of `id`, `<unk>` for ids out of range.
+    pub fn token(&self, id: u32) -> &str {
+        self.tokens
+            .get(id as usize)
+            .map(|(t, _)| t.as_str())
+            .unwrap_or(UNK)
+    }
+
+    /// `<start>` + the ids of the words of `text` + `<end>`, and the words not in the
+    /// vocabulary (which become `<unk>`).
+    pub fn encode_text(&self, text: &str) -> (Vec<u32>, Vec<String>) {
+        let words = words(text);
+        let unknown = words.iter().filter(|w| !self.contains(w)).cloned().collect();
+        (self.encode(&words), unknown)
+    }
+
+    /// The words of `ids`, specials left out, joined by spaces.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        ids.iter()
+            .filter(|&&id| id != PAD_ID && id != START_ID && id != END_ID)
+            .map(|&id| self.token(id))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// BLAKE3 of the tokens in id order: ties a trained model to the vocabulary it was trained on.
+    pub fn hash(&self) -> String {
+        let mut hasher = blake3::Hasher::new();
+        for (token, _) in &self.tokens {
+            hasher.update(&(token.len() as u64).to_le_bytes());
+            hasher.update(token.as_bytes());
+        }
+        hasher.finalize().to_hex().to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::fs;

@@ -6,14 +6,19 @@
 //! Each kind carries a `version` that must be bumped whenever its logic changes what it writes, so
 //! that cached outputs of the old logic stop matching.
 
+pub mod backbone;
 pub mod captions;
 pub mod demo_data;
 pub mod error;
+pub mod feature_table;
 pub mod flickr;
 pub mod images;
+pub mod metrics;
 pub mod model;
+pub mod order;
 pub mod params;
 pub mod table;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 
@@ -141,6 +146,13 @@ impl std::fmt::Debug for StageKind {
             .field("version", &self.version)
             .finish_non_exhaustive()
     }
+}
+
+/// The upstream input of kind `kind` (a stage's inputs are told apart by kind).
+pub fn input_of_kind<'a>(inputs: &'a [StageInput], kind: &str) -> Result<&'a StageInput, StageError> {
+    inputs.iter().find(|i| i.kind == kind).ok_or_else(|| {
+        StageError::Input(format!("needs an input of kind `{kind}`; add one to `inputs`"))
+    })
 }
 
 /// Every built-in stage kind.

@@ -41,3 +41,102 @@ pub fn batch(
         message: e.to_string(),
     })
 }
+
+/// Reads a whole Parquet file into one record batch.
+pub fn read_parquet(path: &Path) -> Result<RecordBatch, StageError> {
+    let table_err = |message: String| StageError::File {
+        path: path.to_path_buf(),
+        message: format!("reading table: {message}"),
+    };
+    let file = File::open(path).map_err(|e| StageError::io(path, e))?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| table_err(e.to_string()))?
+        .build()
+        .map_err(|e| table_err(e.to_string()))?;
+    let schema = arrow::array::RecordBatchReader::schema(&reader);
+    let batches: Vec<RecordBatch> = reader
+        .collect::<Result<_, _>>()
+        .map_err(|e| table_err(e.to_string()))?;
+    arrow::compute::concat_batches(&schema, &batches).map_err(|e| table_err(e.to_string()))
+}
+
+/// A column of a table read by `read_parquet`, as the Arrow array type `A`, or an error naming
+/// the file and column.
+pub fn column<'a, A: 'static>(
+    path: &Path,
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a A, StageError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<A>())
+        .ok_or_else(|| StageError::File {
+            path: path.to_path_buf(),
+            message: format!(
+                "column `{name}` is missing or not of type {}",
+                std::any::type_name::<A>()
+            ),
+        })
+}
+
+/// A string column as owned strings.
+pub fn strings(path: &Path, batch: &RecordBatch, name: &str) -> Result<Vec<String>, StageError> {
+    let array = column::<arrow::array::StringArray>(path, batch, name)?;
+    Ok(array.iter().map(|v| v.unwrap_or_default().to_string()).collect())
+}
+
+/// A u32 column.
+pub fn u32s(path: &Path, batch: &RecordBatch, name: &str) -> Result<Vec<u32>, StageError> {
+    Ok(column::<arrow::array::UInt32Array>(path, batch, name)?
+        .values()
+        .to_vec())
+}
+
+/// A list<u32> column.
+pub fn u32_lists(
+    path: &Path,
+    batch: &RecordBatch,
+    name: &str,
+) -> Result<Vec<Vec<u32>>, StageError> {
+    use arrow::array::Array;
+    let lists = column::<arrow::array::ListArray>(path, batch, name)?;
+    let mut out = Vec::with_capacity(lists.len());
+    for i in 0..lists.len() {
+        let values = lists.value(i);
+        let values = values
+            .as_any()
+            .downcast_ref::<arrow::array::UInt32Array>()
+            .ok_or_else(|| StageError::file(path, format!("column `{name}` is not list<u32>")))?;
+        out.push(values.values().to_vec());
+    }
+    Ok(out)
+}
+
+/// A fixed-size-list<f32> column of `dim`-wide vectors, as one flat row-major vector.
+pub fn embedding_column(dim: i32, values: Vec<f32>) -> Result<arrow::array::ArrayRef, String> {
+    let field = Arc::new(arrow::datatypes::Field::new(
+        "item",
+        arrow::datatypes::DataType::Float32,
+        false,
+    ));
+    let array = arrow::array::FixedSizeListArray::try_new(
+        field,
+        dim,
+        Arc::new(arrow::array::Float32Array::from(values)),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Arc::new(array))
+}
+
+/// The Arrow type of an embedding column of width `dim`.
+pub fn embedding_type(dim: i32) -> arrow::datatypes::DataType {
+    arrow::datatypes::DataType::FixedSizeList(
+        Arc::new(arrow::datatypes::Field::new(
+            "item",
+            arrow::datatypes::DataType::Float32,
+            false,
+        )),
+        dim,
+    )
+}

@@ -75,7 +75,7 @@ fn inside_convex(corners: &[(f64, f64)], u: f64, v: f64) -> bool {
 fn inside_star(u: f64, v: f64) -> bool {
     let corner = |i: usize| {
         let (x, y) = STAR_DIRECTIONS[i % STAR_DIRECTIONS.len()];
-        let scale = if i % 2 == 0 { 1.0 } else { STAR_INNER };
+        let scale = [1.0, STAR_INNER][i % 2];
         (x * scale, y * scale)
     };
     let mut inside = false;

@@ -1,0 +1,225 @@
+//! EfficientNet-Lite0: EfficientNet-B0's mobile variant (no squeeze-and-excitation, ReLU6 instead
+//! of swish), laid out so that its variable names are the keys of the PyTorch port of Google's
+//! TensorFlow weights (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv`, ..., `_fc`).
+//!
+//! The weights were trained in TensorFlow, whose "SAME" padding puts the odd zero of a stride-2
+//! convolution after the input rather than splitting it, so every convolution pads that way; and
+//! batch norm uses TensorFlow's epsilon of 1e-3.
+
+use tch::nn;
+use tch::Tensor;
+
+use super::layers::{BatchNorm, Conv2d, ConvSpec, Linear, Padding};
+
+/// Input side length the network was trained at.
+pub const INPUT_SIZE: u32 = 224;
+/// Width of the pooled features (the head convolution's channels).
+pub const FEATURE_DIM: i64 = 1280;
+/// ImageNet classes of `_fc`.
+pub const NUM_CLASSES: i64 = 1000;
+
+/// Batch-norm epsilon of the TensorFlow original.
+const BN_EPS: f64 = 1e-3;
+const STEM_CHANNELS: i64 = 32;
+
+/// One stage of mobile inverted bottleneck blocks: EfficientNet-B0's list, which Lite0 keeps
+/// unchanged (width and depth multipliers 1.0).
+struct StageSpec {
+    repeats: usize,
+    kernel: i64,
+    /// Stride of the stage's first block; the others use 1.
+    stride: i64,
+    expand_ratio: i64,
+    in_channels: i64,
+    out_channels: i64,
+}
+
+#[rustfmt::skip]
+const STAGES: [StageSpec; 7] = [
+    StageSpec { repeats: 1, kernel: 3, stride: 1, expand_ratio: 1, in_channels: 32, out_channels: 16 },
+    StageSpec { repeats: 2, kernel: 3, stride: 2, expand_ratio: 6, in_channels: 16, out_channels: 24 },
+    StageSpec { repeats: 2, kernel: 5, stride: 2, expand_ratio: 6, in_channels: 24, out_channels: 40 },
+    StageSpec { repeats: 3, kernel: 3, stride: 2, expand_ratio: 6, in_channels: 40, out_channels: 80 },
+    StageSpec { repeats: 3, kernel: 5, stride: 1, expand_ratio: 6, in_channels: 80, out_channels: 112 },
+    StageSpec { repeats: 4, kernel: 5, stride: 2, expand_ratio: 6, in_channels: 112, out_channels: 192 },
+    StageSpec { repeats: 1, kernel: 3, stride: 1, expand_ratio: 6, in_channels: 192, out_channels: 320 },
+];
+
+/// A mobile inverted bottleneck: 1x1 expansion, depthwise convolution, 1x1 projection, with a
+/// residual connection when the shape is unchanged.
+struct MbConvBlock {
+    /// Absent when the expansion ratio is 1 (the first stage).
+    expand: Option<(Conv2d, BatchNorm)>,
+    depthwise: Conv2d,
+    bn1: BatchNorm,
+    project: Conv2d,
+    bn2: BatchNorm,
+    residual: bool,
+}
+
+impl MbConvBlock {
+    fn new(vs: &nn::Path, stage: &StageSpec, in_channels: i64, stride: i64, padding: Padding) -> Self {
+        let hidden = in_channels * stage.expand_ratio;
+        let expand = (stage.expand_ratio != 1).then(|| {
+            (
+                Conv2d::new(
+                    &(vs / "_expand_conv"),
+                    ConvSpec::new(in_channels, hidden, 1).padding(padding),
+                ),
+                BatchNorm::new(&(vs / "_bn0"), hidden, BN_EPS),
+            )
+        });
+        let depthwise = Conv2d::new(
+            &(vs / "_depthwise_conv"),
+            ConvSpec::new(hidden, hidden, stage.kernel)
+                .stride(stride)
+                .groups(hidden)
+                .padding(padding),
+        );
+        let project = Conv2d::new(
+            &(vs / "_project_conv"),
+            ConvSpec::new(hidden, stage.out_channels, 1).padding(padding),
+        );
+        MbConvBlock {
+            expand,
+            depthwise,
+            bn1: BatchNorm::new(&(vs / "_bn1"), hidden, BN_EPS),
+            project,
+            bn2: BatchNorm::new(&(vs / "_bn2"), stage.out_channels, BN_EPS),
+            residual: stride == 1 && in_channels == stage.out_channels,
+        }
+    }
+
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let hidden = match &self.expand {
+            Some((conv, bn)) => bn.forward(&conv.forward(xs)).relu6(),
+            None => xs.shallow_clone(),
+        };
+        let hidden = self.bn1.forward(&self.depthwise.forward(&hidden)).relu6();
+        // The projection is linear: no activation, so the residual sum stays unclipped.
+        let out = self.bn2.forward(&self.project.forward(&hidden));
+        if self.residual {
+            out + xs
+        } else {
+            out
+        }
+    }
+}
+
+/// EfficientNet-Lite0 with its ImageNet classifier.
+pub struct EfficientNetLite0 {
+    stem: Conv2d,
+    bn0: BatchNorm,
+    blocks: Vec<MbConvBlock>,
+    head: Conv2d,
+    bn1: BatchNorm,
+    fc: Linear,
+}
+
+impl EfficientNetLite0 {
+    /// Registers every weight under `vs` with TensorFlow "SAME" padding (what the weights expect).
+    pub fn new(vs: &nn::Path) -> Self {
+        Self::with_padding(vs, Padding::TfSame)
+    }
+
+    /// As [`EfficientNetLite0::new`] with every convolution padded by `padding`'s rule: `TfSame`,
+    /// or PyTorch-style symmetric `kernel / 2` when given `Padding::Symmetric` (its values are
+    /// ignored, each convolution uses half its own kernel).
+    pub fn with_padding(vs: &nn::Path, padding: Padding) -> Self {
+        // Symmetric padding depends on each kernel; TfSame is computed per input.
+        let pad_for = |kernel: i64| match padding {
+            Padding::TfSame => Padding::TfSame,
+            Padding::Symmetric(_) => Padding::Symmetric([kernel / 2, kernel / 2]),
+        };
+        let stem = Conv2d::new(
+            &(vs / "_conv_stem"),
+            ConvSpec::new(3, STEM_CHANNELS, 3).stride(2).padding(pad_for(3)),
+        );
+        let bn0 = BatchNorm::new(&(vs / "_bn0"), STEM_CHANNELS, BN_EPS);
+        let blocks_vs = vs / "_blocks";
+        let mut blocks = Vec::new();
+        for stage in &STAGES {
+            for repeat in 0..stage.repeats {
+                let (in_channels, stride) = if repeat == 0 {
+                    (stage.in_channels, stage.stride)
+                } else {
+                    (stage.out_channels, 1)
+                };
+                let block_vs = &blocks_vs / blocks.len();
+                blocks.push(MbConvBlock::new(
+                    &block_vs,
+                    stage,
+                    in_channels,
+                    stride,
+                    pad_for(stage.kernel),
+                ));
+            }
+        }
+        let last_channels = STAGES[STAGES.len() - 1].out_channels;
+        let head = Conv2d::new(
+            &(vs / "_conv_head"),
+            ConvSpec::new(last_channels, FEATURE_DIM, 1).padding(pad_for(1)),
+        );
+        EfficientNetLite0 {
+            stem,
+            bn0,
+            blocks,
+            head,
+            bn1: BatchNorm::new(&(vs / "_bn1"), FEATURE_DIM, BN_EPS),
+            fc: Linear::new(&(vs / "_fc"), FEATURE_DIM, NUM_CLASSES),
+        }
+    }
+
+    /// `[N, 3, H, W]` normalised images -> `[N, 1280]` globally average-pooled features.
+    pub fn features(&self, xs: &Tensor) -> Tensor {
+        let mut xs = self.bn0.forward(&self.stem.forward(xs)).relu6();
+        for block in &self.blocks {
+            xs = block.forward(&xs);
+        }
+        let xs = self.bn1.forward(&self.head.forward(&xs)).relu6();
+        xs.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+    }
+
+    /// `[N, 1280]` features -> `[N, 1000]` ImageNet logits (dropout is a no-op at inference).
+    pub fn logits(&self, features: &Tensor) -> Tensor {
+        self.fc.forward(features)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind};
+
+    use super::*;
+
+    #[test]
+    fn random_weights_give_feature_and_logit_shapes() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = EfficientNetLite0::new(&vs.root());
+        let input = Tensor::randn([2, 3, 224, 224], (Kind::Float, Device::Cpu));
+        let features = tch::no_grad(|| net.features(&input));
+        assert_eq!(features.size(), [2, FEATURE_DIM]);
+        assert_eq!(net.logits(&features).size(), [2, NUM_CLASSES]);
+        assert_eq!(net.blocks.len(), 16);
+    }
+
+    #[test]
+    fn variable_names_follow_the_checkpoint() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _net = EfficientNetLite0::new(&vs.root());
+        let variables = vs.variables();
+        let shape = |name: &str| variables.get(name).map(|t| t.size());
+        assert_eq!(shape("_conv_stem.weight"), Some(vec![32, 3, 3, 3]));
+        assert_eq!(shape("_blocks.0._depthwise_conv.weight"), Some(vec![32, 1, 3, 3]));
+        assert_eq!(shape("_blocks.0._expand_conv.weight"), None);
+        assert_eq!(shape("_blocks.12._depthwise_conv.weight"), Some(vec![1152, 1, 5, 5]));
+        assert_eq!(shape("_blocks.15._project_conv.weight"), Some(vec![320, 1152, 1, 1]));
+        assert_eq!(shape("_bn1.running_var"), Some(vec![1280]));
+        assert_eq!(shape("_fc.weight"), Some(vec![1000, 1280]));
+        // 5 tensors per batch norm, 1 per conv, 2 for fc; the checkpoint adds a
+        // num_batches_tracked per batch norm, which is not a weight.
+        let batch_norms = 2 + 15 * 3 + 2;
+        let convs = 2 + 15 * 3 + 2;
+        assert_eq!(variables.len(), batch_norms * 4 + convs + 2);
+    }
+}

@@ -1,0 +1,240 @@
+//! The few layers the backbones are built from (convolution, batch norm, linear), as plain
+//! inference-only functions over tensors registered in a `tch` var store under the names PyTorch
+//! gives them (`<module>.weight`, `<module>.running_mean`, ...), so checkpoints load by name.
+
+use tch::nn::{self, Init};
+use tch::Tensor;
+
+/// How a convolution pads its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// The same number of zeros on both sides of each spatial axis (PyTorch's `padding=`).
+    Symmetric([i64; 2]),
+    /// TensorFlow's "SAME": the output is ceil(input / stride) and, when the total padding is
+    /// odd, the extra zero goes after (bottom/right). Computed per input size, so any size works.
+    TfSame,
+}
+
+/// A 2-D convolution.
+#[derive(Debug)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    kernel: [i64; 2],
+    stride: [i64; 2],
+    padding: Padding,
+    groups: i64,
+}
+
+/// The shape of a convolution, for [`Conv2d::new`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    pub in_channels: i64,
+    pub out_channels: i64,
+    pub kernel: [i64; 2],
+    pub stride: [i64; 2],
+    pub padding: Padding,
+    pub groups: i64,
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    /// A square `kernel` with stride 1, no padding, no groups, no bias.
+    pub fn new(in_channels: i64, out_channels: i64, kernel: i64) -> Self {
+        ConvSpec {
+            in_channels,
+            out_channels,
+            kernel: [kernel, kernel],
+            stride: [1, 1],
+            padding: Padding::Symmetric([0, 0]),
+            groups: 1,
+            bias: false,
+        }
+    }
+
+    pub fn kernel(mut self, kernel: [i64; 2]) -> Self {
+        self.kernel = kernel;
+        self
+    }
+
+    pub fn stride(mut self, stride: i64) -> Self {
+        self.stride = [stride, stride];
+        self
+    }
+
+    pub fn padding(mut self, padding: Padding) -> Self {
+        self.padding = padding;
+        self
+    }
+
+    /// Symmetric padding `[height, width]`.
+    pub fn pad(self, padding: [i64; 2]) -> Self {
+        self.padding(Padding::Symmetric(padding))
+    }
+
+    pub fn groups(mut self, groups: i64) -> Self {
+        self.groups = groups;
+        self
+    }
+}
+
+impl Conv2d {
+    /// Registers `weight` (and `bias`) under `vs`, initialised as PyTorch initialises convs (the
+    /// values only matter for random-weight tests; real weights overwrite them).
+    pub fn new(vs: &nn::Path, spec: ConvSpec) -> Conv2d {
+        let dims = [
+            spec.out_channels,
+            spec.in_channels / spec.groups,
+            spec.kernel[0],
+            spec.kernel[1],
+        ];
+        let weight = vs.var("weight", &dims, nn::init::DEFAULT_KAIMING_UNIFORM);
+        let bias = spec.bias.then(|| vs.var("bias", &[spec.out_channels], Init::Const(0.)));
+        Conv2d {
+            weight,
+            bias,
+            kernel: spec.kernel,
+            stride: spec.stride,
+            padding: spec.padding,
+            groups: spec.groups,
+        }
+    }
+
+    pub fn forward(&self, xs: &Tensor) -> Tensor {
+        let padding = match self.padding {
+            Padding::Symmetric(padding) => padding,
+            Padding::TfSame => {
+                let size = xs.size();
+                let (height, width) = (size[size.len() - 2], size[size.len() - 1]);
+                let (top, bottom) = tf_same_padding(height, self.kernel[0], self.stride[0]);
+                let (left, right) = tf_same_padding(width, self.kernel[1], self.stride[1]);
+                if top == bottom && left == right {
+                    // Let the convolution pad: no padded copy of the input.
+                    [top, left]
+                } else {
+                    let padded = xs.constant_pad_nd([left, right, top, bottom]);
+                    return self.convolve(&padded, [0, 0]);
+                }
+            }
+        };
+        self.convolve(xs, padding)
+    }
+
+    fn convolve(&self, xs: &Tensor, padding: [i64; 2]) -> Tensor {
+        xs.conv2d(
+            &self.weight,
+            self.bias.as_ref(),
+            self.stride,
+            padding,
+            [1, 1],
+            self.groups,
+        )
+    }
+}
+
+/// TensorFlow "SAME" padding of one axis: (before, after).
+pub fn tf_same_padding(input: i64, kernel: i64, stride: i64) -> (i64, i64) {
+    let output = (input + stride - 1) / stride;
+    let total = ((output - 1) * stride + kernel - input).max(0);
+    (total / 2, total - total / 2)
+}
+
+/// Batch normalisation with running statistics (inference only).
+#[derive(Debug)]
+pub struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: f64,
+}
+
+impl BatchNorm {
+    /// Registers `weight`, `bias`, `running_mean` and `running_var` under `vs`.
+    pub fn new(vs: &nn::Path, channels: i64, eps: f64) -> BatchNorm {
+        BatchNorm {
+            weight: vs.var("weight", &[channels], Init::Const(1.)),
+            bias: vs.var("bias", &[channels], Init::Const(0.)),
+            running_mean: vs.zeros_no_train("running_mean", &[channels]),
+            running_var: vs.ones_no_train("running_var", &[channels]),
+            eps,
+        }
+    }
+
+    pub fn forward(&self, xs: &Tensor) -> Tensor {
+        // Momentum only matters when training updates the running statistics; never here.
+        xs.batch_norm(
+            Some(&self.weight),
+            Some(&self.bias),
+            Some(&self.running_mean),
+            Some(&self.running_var),
+            false,
+            0.,
+            self.eps,
+            true,
+        )
+    }
+}
+
+/// A fully connected layer.
+#[derive(Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    /// Registers `weight` `[out, in]` and `bias` `[out]` under `vs`, initialised like PyTorch.
+    pub fn new(vs: &nn::Path, inputs: i64, outputs: i64) -> Linear {
+        let bound = 1.0 / (inputs as f64).sqrt();
+        Linear {
+            weight: vs.var(
+                "weight",
+                &[outputs, inputs],
+                Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            ),
+            bias: vs.var(
+                "bias",
+                &[outputs],
+                Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            ),
+        }
+    }
+
+    pub fn forward(&self, xs: &Tensor) -> Tensor {
+        xs.linear(&self.weight, Some(&self.bias))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tf_same_padding_puts_the_odd_zero_after() {
+        // 224 -> 112 with a 3x3 stride-2 kernel needs one zero, at the end.
+        assert_eq!(tf_same_padding(224, 3, 2), (0, 1));
+        assert_eq!(tf_same_padding(112, 5, 2), (1, 2));
+        assert_eq!(tf_same_padding(56, 3, 1), (1, 1));
+        assert_eq!(tf_same_padding(7, 1, 1), (0, 0));
+        // Odd sizes: 225 -> 113 needs (113 - 1) * 2 + 3 - 225 = 2 zeros.
+        assert_eq!(tf_same_padding(225, 3, 2), (1, 1));
+    }
+
+    #[test]
+    fn tf_same_convolution_keeps_ceil_size() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let spec = ConvSpec::new(3, 4, 3)
+            .stride(2)
+            .padding(Padding::TfSame);
+        let conv = Conv2d::new(&vs.root(), spec);
+        let out = conv.forward(&Tensor::ones([1, 3, 15, 16], (tch::Kind::Float, tch::Device::Cpu)));
+        assert_eq!(out.size(), [1, 4, 8, 8]);
+    }
+}

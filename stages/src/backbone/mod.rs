@@ -1,0 +1,392 @@
+//! Frozen ImageNet CNN backbones that turn images into feature vectors: InceptionV3 (torchvision's
+//! Google weights) and EfficientNet-Lite0 (a PyTorch port of Google's TensorFlow weights).
+//!
+//! Weights come from PyTorch checkpoints (read without Python by [`checkpoint`]) or safetensors
+//! files. A checkpoint is converted to safetensors once and cached beside it, named after the
+//! checkpoint's content hash, so later loads skip the pickle and pick up a replaced file.
+//! Loading is strict: every weight of the network must be in the file with its exact shape, and
+//! the file may hold nothing else (except batch-norm step counters), so a wrong or truncated file
+//! fails loudly instead of producing plausible-looking garbage features.
+
+pub mod checkpoint;
+pub mod efficientnet;
+mod error;
+pub mod inception;
+mod layers;
+pub mod pickle;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use image::imageops::{self, FilterType};
+use image::RgbImage;
+use tch::{nn, Device, Kind, Tensor};
+
+pub use checkpoint::{convert_to_safetensors, read_weights, NamedTensors};
+pub use efficientnet::EfficientNetLite0;
+pub use error::BackboneError;
+pub use inception::InceptionV3;
+
+/// The backbones there are weights for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackboneKind {
+    InceptionV3,
+    EfficientNetLite0,
+}
+
+impl BackboneKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [BackboneKind; 2] = [BackboneKind::InceptionV3, BackboneKind::EfficientNetLite0];
+
+    /// The kind called `name` (`inception_v3` or `efficientnet_lite0`).
+    pub fn from_name(name: &str) -> Result<BackboneKind, BackboneError> {
+        BackboneKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+            .ok_or_else(|| BackboneError::UnknownKind(name.to_string()))
+    }
+
+    /// The name params and file names use.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackboneKind::InceptionV3 => "inception_v3",
+            BackboneKind::EfficientNetLite0 => "efficientnet_lite0",
+        }
+    }
+
+    /// Side length of the square input images.
+    pub fn input_size(self) -> u32 {
+        match self {
+            BackboneKind::InceptionV3 => inception::INPUT_SIZE,
+            BackboneKind::EfficientNetLite0 => efficientnet::INPUT_SIZE,
+        }
+    }
+
+    /// Width of the pooled feature vectors.
+    pub fn feature_dim(self) -> i64 {
+        match self {
+            BackboneKind::InceptionV3 => inception::FEATURE_DIM,
+            BackboneKind::EfficientNetLite0 => efficientnet::FEATURE_DIM,
+        }
+    }
+
+    /// How pixel values must be scaled for this kind's weights.
+    pub fn input_scaling(self) -> InputScaling {
+        match self {
+            // torchvision's `transform_input=True` for the Google weights maps ImageNet-normalised
+            // inputs back to x / 127.5 - 1, the scaling the TensorFlow original was trained with;
+            // doing that directly skips a round trip.
+            BackboneKind::InceptionV3 => InputScaling::UnitRange,
+            // Chosen by classifying real photos with each candidate scaling (see the tests).
+            BackboneKind::EfficientNetLite0 => InputScaling::TfCentered,
+        }
+    }
+}
+
+impl FromStr for BackboneKind {
+    type Err = BackboneError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        BackboneKind::from_name(name)
+    }
+}
+
+impl fmt::Display for BackboneKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How 8-bit pixel values `x` become network inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputScaling {
+    /// `(x / 255 - mean) / std` per channel with the ImageNet statistics torchvision uses.
+    ImageNetMeanStd,
+    /// `(x - 127) / 128`: TensorFlow's EfficientNet-Lite preprocessing.
+    TfCentered,
+    /// `x / 127.5 - 1`, i.e. [-1, 1]: the Inception preprocessing.
+    UnitRange,
+}
+
+impl InputScaling {
+    /// Scales a `[3, H, W]` float tensor of 0..255 values.
+    pub fn apply(self, pixels: &Tensor) -> Tensor {
+        match self {
+            InputScaling::ImageNetMeanStd => {
+                let mean = Tensor::from_slice(&[0.485f32, 0.456, 0.406]).view([3, 1, 1]);
+                let std = Tensor::from_slice(&[0.229f32, 0.224, 0.225]).view([3, 1, 1]);
+                (pixels / 255.0 - mean) / std
+            }
+            InputScaling::TfCentered => (pixels - 127.0) / 128.0,
+            InputScaling::UnitRange => pixels / 127.5 - 1.0,
+        }
+    }
+}
+
+/// The network of a backbone.
+enum Network {
+    InceptionV3(InceptionV3),
+    EfficientNetLite0(EfficientNetLite0),
+}
+
+impl Network {
+    fn features(&self, xs: &Tensor) -> Tensor {
+        match self {
+            Network::InceptionV3(net) => net.features(xs),
+            Network::EfficientNetLite0(net) => net.features(xs),
+        }
+    }
+
+    fn logits(&self, features: &Tensor) -> Tensor {
+        match self {
+            Network::InceptionV3(net) => net.logits(features),
+            Network::EfficientNetLite0(net) => net.logits(features),
+        }
+    }
+}
+
+/// A frozen backbone in inference mode.
+pub struct Backbone {
+    kind: BackboneKind,
+    device: Device,
+    network: Network,
+    /// Owns the weights the network's tensors share.
+    _weights: nn::VarStore,
+}
+
+impl Backbone {
+    /// Builds `kind` on `device` with the weights in `weights`: a torch checkpoint (`.pth`, zip or
+    /// legacy layout) or a `.safetensors` file. `None` leaves random weights, which only tests
+    /// and explicit "random" baselines want.
+    pub fn load(
+        kind: BackboneKind,
+        weights: Option<&Path>,
+        device: Device,
+    ) -> Result<Backbone, BackboneError> {
+        let mut store = nn::VarStore::new(device);
+        let network = match kind {
+            BackboneKind::InceptionV3 => Network::InceptionV3(InceptionV3::new(&store.root())),
+            BackboneKind::EfficientNetLite0 => {
+                Network::EfficientNetLite0(EfficientNetLite0::new(&store.root()))
+            }
+        };
+        if let Some(path) = weights {
+            let (tensors, _) = load_weights_cached(path)?;
+            assign_weights(&store, &tensors, path, kind.name())?;
+        }
+        store.freeze();
+        Ok(Backbone {
+            kind,
+            device,
+            network,
+            _weights: store,
+        })
+    }
+
+    pub fn kind(&self) -> BackboneKind {
+        self.kind
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Side length of the square inputs: 224 or 299.
+    pub fn input_size(&self) -> u32 {
+        self.kind.input_size()
+    }
+
+    /// Width of the pooled features: 1280 or 2048.
+    pub fn feature_dim(&self) -> i64 {
+        self.kind.feature_dim()
+    }
+
+    /// An RGB image of any size -> the `[3, S, S]` f32 CPU tensor the network takes: the whole
+    /// image resized (bilinear, aspect ratio not kept, nothing cropped away) and scaled as the
+    /// weights expect.
+    pub fn preprocess(&self, image: &RgbImage) -> Tensor {
+        let size = self.input_size();
+        let resized;
+        let image = if image.dimensions() == (size, size) {
+            image
+        } else {
+            resized = imageops::resize(image, size, size, FilterType::Triangle);
+            &resized
+        };
+        let side = i64::from(size);
+        let pixels = Tensor::from_slice(image.as_raw())
+            .view([side, side, 3])
+            .permute([2, 0, 1])
+            .to_kind(Kind::Float);
+        self.kind.input_scaling().apply(&pixels)
+    }
+
+    /// `[N, 3, S, S]` preprocessed images -> `[N, D]` pooled features, on the backbone's device.
+    pub fn features(&self, batch: &Tensor) -> Tensor {
+        self.check_batch(batch);
+        tch::no_grad(|| self.network.features(&self.to_device(batch)))
+    }
+
+    /// `[N, 3, S, S]` preprocessed images -> `[N, 1000]` ImageNet logits, on the backbone's device.
+    pub fn classify(&self, batch: &Tensor) -> Tensor {
+        self.check_batch(batch);
+        tch::no_grad(|| {
+            let features = self.network.features(&self.to_device(batch));
+            self.network.logits(&features)
+        })
+    }
+
+    fn to_device(&self, batch: &Tensor) -> Tensor {
+        batch.to_device(self.device).to_kind(Kind::Float)
+    }
+
+    /// A wrongly shaped batch is a bug in the caller; say so plainly instead of letting libtorch
+    /// fail deep inside a convolution.
+    fn check_batch(&self, batch: &Tensor) {
+        let size = batch.size();
+        assert!(
+            size.len() == 4 && size[1] == 3,
+            "{} expects a [N, 3, {s}, {s}] batch, got {size:?}",
+            self.kind,
+            s = self.input_size()
+        );
+    }
+}
+
+/// Where [`load_weights_cached`] found the tensors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum WeightsSource {
+    /// The file given (a safetensors file, or a checkpoint that could not be cached).
+    Given,
+    /// The safetensors cache of the checkpoint, which was already there.
+    Cache(PathBuf),
+    /// The checkpoint, just converted into this new cache file.
+    Converted(PathBuf),
+}
+
+/// The cache file of checkpoint `pth` whose content hash is `hash`:
+/// `<dir>/<stem>.<16 hex digits>.safetensors`.
+fn cache_path(pth: &Path, hash: &str) -> PathBuf {
+    let stem = pth
+        .file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "weights".to_string());
+    pth.with_file_name(format!("{stem}.{hash}.safetensors"))
+}
+
+/// The first 16 hex digits of the BLAKE3 hash of the file at `path`.
+fn short_hash(path: &Path) -> Result<String, BackboneError> {
+    let file = std::fs::File::open(path).map_err(|e| BackboneError::io(path, e))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(file)
+        .map_err(|e| BackboneError::io(path, e))?;
+    Ok(hasher.finalize().to_hex()[..16].to_string())
+}
+
+/// Reads the tensors of a weights file. A torch checkpoint is converted to safetensors beside it
+/// on first use (if its folder is writable) and read from there afterwards.
+fn load_weights_cached(path: &Path) -> Result<(NamedTensors, WeightsSource), BackboneError> {
+    if checkpoint::is_safetensors(path) {
+        return Ok((checkpoint::read_safetensors(path)?, WeightsSource::Given));
+    }
+    let cache = cache_path(path, &short_hash(path)?);
+    if cache.is_file() {
+        // An unreadable cache (say, from a full disk) is rebuilt rather than trusted.
+        if let Ok(tensors) = checkpoint::read_safetensors(&cache) {
+            return Ok((tensors, WeightsSource::Cache(cache)));
+        }
+    }
+    let tensors = checkpoint::read_pth(path)?;
+    if write_cache(&tensors, &cache) {
+        Ok((tensors, WeightsSource::Converted(cache)))
+    } else {
+        Ok((tensors, WeightsSource::Given))
+    }
+}
+
+/// Writes the cache file through a temporary file and a rename, so that a concurrent reader
+/// never sees half a file. Failure (a read-only folder) only means no cache: returns false.
+fn write_cache(tensors: &[(String, Tensor)], cache: &Path) -> bool {
+    let Some(name) = cache.file_name() else {
+        return false;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let temp = cache.with_file_name(format!(
+        ".{}.{}-{nanos}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = checkpoint::write_safetensors(tensors, &temp).is_ok()
+        && std::fs::rename(&temp, cache).is_ok();
+    if !written {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
+/// Copies `tensors` into the variables of `store`, checking that the two match exactly.
+fn assign_weights(
+    store: &nn::VarStore,
+    tensors: &[(String, Tensor)],
+    path: &Path,
+    model: &'static str,
+) -> Result<(), BackboneError> {
+    let variables = store.variables();
+    let mut by_name: HashMap<&str, &Tensor> = HashMap::new();
+    for (name, tensor) in tensors {
+        if checkpoint::is_num_batches_tracked(name) {
+            continue;
+        }
+        if !variables.contains_key(name) {
+            return Err(BackboneError::UnexpectedTensor {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                found: tensor.size(),
+                model,
+            });
+        }
+        by_name.insert(name, tensor);
+    }
+    // Sorted, so that the error for a file with several problems is always the same one.
+    let mut names: Vec<&String> = variables.keys().collect();
+    names.sort();
+    for name in &names {
+        let expected = variables[*name].size();
+        match by_name.get(name.as_str()) {
+            None => {
+                return Err(BackboneError::MissingTensor {
+                    path: path.to_path_buf(),
+                    name: (*name).clone(),
+                    expected,
+                })
+            }
+            Some(tensor) if tensor.size() != expected => {
+                return Err(BackboneError::ShapeMismatch {
+                    path: path.to_path_buf(),
+                    name: (*name).clone(),
+                    expected,
+                    found: tensor.size(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    tch::no_grad(|| {
+        for name in names {
+            let mut variable = variables[name].shallow_clone();
+            variable
+                .f_copy_(by_name[name.as_str()])
+                .map_err(|e| BackboneError::torch(path, e))?;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,350 @@
+//! Tests of the backbone API: real-photo classification with the pretrained weights (the check
+//! that architecture, padding and input scaling really match the weights), strict loading,
+//! checkpoint caching, and a throughput report.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use tch::{nn, Device, Kind, Tensor};
+
+use super::layers::Padding;
+use super::*;
+
+/// ImageNet ids of the domestic cat classes: tabby, tiger cat, Persian, Siamese, Egyptian cat.
+const CAT_CLASSES: [i64; 5] = [281, 282, 283, 284, 285];
+/// ImageNet ids a cup of coffee may fairly be called: coffee mug, espresso, cup.
+const COFFEE_CLASSES: [i64; 3] = [504, 967, 968];
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the stages crate lives inside the repository")
+        .to_path_buf()
+}
+
+/// The EfficientNet-Lite0 checkpoint: `ONENET_EFFICIENTNET_WEIGHTS`, or where `make setup` puts
+/// it. Missing weights fail the test: `make test` installs them first, so absence is a setup bug.
+fn efficientnet_weights() -> PathBuf {
+    let path = std::env::var_os("ONENET_EFFICIENTNET_WEIGHTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("weights/efficientnet-lite0-57934424.pth"));
+    assert!(
+        path.is_file(),
+        "EfficientNet-Lite0 weights not found at {}: run `make setup` (or set \
+         ONENET_EFFICIENTNET_WEIGHTS to the checkpoint)",
+        path.display()
+    );
+    path
+}
+
+fn photo(name: &str) -> RgbImage {
+    let path = repo_root().join("tests/fixtures/photos").join(name);
+    image::open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8()
+}
+
+/// The five most probable classes of each row of `logits`, as (class id, probability).
+fn top5(logits: &Tensor) -> Vec<Vec<(i64, f64)>> {
+    let probabilities = logits.softmax(-1, Kind::Float);
+    let (values, indices) = probabilities.topk(5, -1, true, true);
+    (0..logits.size()[0])
+        .map(|row| {
+            (0..5)
+                .map(|k| {
+                    (
+                        indices.int64_value(&[row, k]),
+                        values.double_value(&[row, k]),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Classifies the cat and the coffee photos; returns their top-5 lists.
+fn classify_photos(backbone: &Backbone) -> (Vec<(i64, f64)>, Vec<(i64, f64)>) {
+    let batch = Tensor::stack(
+        &[
+            backbone.preprocess(&photo("chelsea.png")),
+            backbone.preprocess(&photo("coffee.png")),
+        ],
+        0,
+    );
+    let mut tops = top5(&backbone.classify(&batch).to_device(Device::Cpu));
+    let coffee = tops.pop().unwrap();
+    let cat = tops.pop().unwrap();
+    (cat, coffee)
+}
+
+fn assert_recognised(cat: &[(i64, f64)], coffee: &[(i64, f64)]) {
+    assert!(
+        cat.iter().any(|(id, _)| CAT_CLASSES.contains(id)),
+        "no cat class in the top 5 of chelsea.png: {cat:?}"
+    );
+    assert!(
+        coffee.iter().any(|(id, _)| COFFEE_CLASSES.contains(id)),
+        "no coffee class in the top 5 of coffee.png: {coffee:?}"
+    );
+}
+
+#[test]
+fn efficientnet_lite0_recognises_photos() {
+    let backbone = Backbone::load(
+        BackboneKind::EfficientNetLite0,
+        Some(&efficientnet_weights()),
+        Device::Cpu,
+    )
+    .unwrap();
+    let (cat, coffee) = classify_photos(&backbone);
+    println!("chelsea.png top 5: {cat:?}\ncoffee.png top 5: {coffee:?}");
+    assert_recognised(&cat, &coffee);
+    // A confident cat, not a lucky fifth place.
+    assert!(CAT_CLASSES.contains(&cat[0].0), "{cat:?}");
+
+    let features = backbone.features(&backbone.preprocess(&photo("coffee.png")).unsqueeze(0));
+    assert_eq!(features.size(), [1, 1280]);
+    assert!(features.min().double_value(&[]) >= 0.0, "pooled ReLU6 outputs");
+}
+
+#[test]
+fn inception_v3_recognises_photos_when_weights_given() {
+    let Some(weights) = std::env::var_os("ONENET_INCEPTION_WEIGHTS") else {
+        println!(
+            "note: ONENET_INCEPTION_WEIGHTS is not set; skipping the InceptionV3 photo check \
+             (shapes and parameter count are tested with random weights)"
+        );
+        return;
+    };
+    let backbone = Backbone::load(
+        BackboneKind::InceptionV3,
+        Some(Path::new(&weights)),
+        Device::Cpu,
+    )
+    .unwrap();
+    let (cat, coffee) = classify_photos(&backbone);
+    println!("chelsea.png top 5: {cat:?}\ncoffee.png top 5: {coffee:?}");
+    assert_recognised(&cat, &coffee);
+}
+
+/// Classifies the photos with every combination of padding rule and input scaling, to show which
+/// one the EfficientNet-Lite0 weights were trained with:
+/// `cargo test -p onenet-stages efficientnet_variants -- --ignored --nocapture`.
+#[test]
+#[ignore = "diagnostic report, run by hand"]
+fn efficientnet_variants() {
+    let (tensors, _) = load_weights_cached(&efficientnet_weights()).unwrap();
+    for (padding_name, padding) in [
+        ("tf-same", Padding::TfSame),
+        ("symmetric", Padding::Symmetric([0, 0])),
+    ] {
+        let store = nn::VarStore::new(Device::Cpu);
+        let net = EfficientNetLite0::with_padding(&store.root(), padding);
+        assign_weights(&store, &tensors, Path::new("weights"), "test").unwrap();
+        for scaling in [
+            InputScaling::TfCentered,
+            InputScaling::ImageNetMeanStd,
+            InputScaling::UnitRange,
+        ] {
+            let preprocess = |name: &str| {
+                let image = image::imageops::resize(
+                    &photo(name),
+                    224,
+                    224,
+                    image::imageops::FilterType::Triangle,
+                );
+                let pixels = Tensor::from_slice(image.as_raw())
+                    .view([224, 224, 3])
+                    .permute([2, 0, 1])
+                    .to_kind(Kind::Float);
+                scaling.apply(&pixels)
+            };
+            let batch = Tensor::stack(&[preprocess("chelsea.png"), preprocess("coffee.png")], 0);
+            let logits = tch::no_grad(|| net.logits(&net.features(&batch)));
+            let tops = top5(&logits);
+            let show = |top: &[(i64, f64)]| {
+                top.iter()
+                    .map(|(id, p)| format!("{id} {p:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            println!(
+                "{padding_name:9} {scaling:?}:\n  chelsea: {}\n  coffee:  {}",
+                show(&tops[0]),
+                show(&tops[1])
+            );
+        }
+    }
+}
+
+#[test]
+fn kinds_parse_and_describe_themselves() {
+    assert_eq!(
+        "inception_v3".parse::<BackboneKind>().unwrap(),
+        BackboneKind::InceptionV3
+    );
+    assert_eq!(
+        BackboneKind::from_name("efficientnet_lite0").unwrap(),
+        BackboneKind::EfficientNetLite0
+    );
+    let err = BackboneKind::from_name("resnet50").unwrap_err().to_string();
+    assert!(err.contains("resnet50") && err.contains("efficientnet_lite0"), "{err}");
+    for kind in BackboneKind::ALL {
+        assert_eq!(BackboneKind::from_name(kind.name()).unwrap(), kind);
+        assert_eq!(kind.to_string(), kind.name());
+    }
+    assert_eq!(BackboneKind::InceptionV3.input_size(), 299);
+    assert_eq!(BackboneKind::InceptionV3.feature_dim(), 2048);
+    assert_eq!(BackboneKind::EfficientNetLite0.input_size(), 224);
+    assert_eq!(BackboneKind::EfficientNetLite0.feature_dim(), 1280);
+}
+
+#[test]
+fn random_inception_v3_gives_features_and_logits() {
+    let backbone = Backbone::load(BackboneKind::InceptionV3, None, Device::Cpu).unwrap();
+    // A non-square image: the whole image is resized, not cropped.
+    let image = RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 6, y as u8 * 8, 200]));
+    let input = backbone.preprocess(&image);
+    assert_eq!(input.size(), [3, 299, 299]);
+    assert_eq!(input.kind(), Kind::Float);
+    // [-1, 1] scaling: blue 200 -> 200 / 127.5 - 1.
+    let blue = input.double_value(&[2, 150, 150]);
+    assert!((blue - (200.0 / 127.5 - 1.0)).abs() < 1e-5, "{blue}");
+    let batch = input.unsqueeze(0);
+    assert_eq!(backbone.features(&batch).size(), [1, 2048]);
+    assert_eq!(backbone.classify(&batch).size(), [1, 1000]);
+}
+
+#[test]
+fn efficientnet_preprocess_scales_as_tensorflow() {
+    let backbone = Backbone::load(BackboneKind::EfficientNetLite0, None, Device::Cpu).unwrap();
+    let image = RgbImage::from_pixel(224, 224, image::Rgb([0, 127, 255]));
+    let input = backbone.preprocess(&image);
+    assert_eq!(input.size(), [3, 224, 224]);
+    let scaling = BackboneKind::EfficientNetLite0.input_scaling();
+    let expected = scaling.apply(&Tensor::from_slice(&[0f32, 127., 255.]).view([3, 1, 1]));
+    for channel in 0..3 {
+        assert_eq!(
+            input.double_value(&[channel, 10, 10]),
+            expected.double_value(&[channel, 0, 0])
+        );
+    }
+}
+
+/// Writes the variables of a random EfficientNet-Lite0, edited by `edit`, as a safetensors file.
+fn edited_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> PathBuf {
+    let store = nn::VarStore::new(Device::Cpu);
+    let _net = EfficientNetLite0::new(&store.root());
+    let mut tensors: Vec<(String, Tensor)> = store.variables().into_iter().collect();
+    edit(&mut tensors);
+    let path = dir.join("edited.safetensors");
+    checkpoint::write_safetensors(&tensors, &path).unwrap();
+    path
+}
+
+fn load_error(path: &Path) -> String {
+    match Backbone::load(BackboneKind::EfficientNetLite0, Some(path), Device::Cpu) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn loading_checks_every_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let complete = edited_weights(dir.path(), |tensors| {
+        // Batch-norm counters are allowed (and ignored).
+        tensors.push(("_bn0.num_batches_tracked".into(), Tensor::from(3i64)));
+    });
+    Backbone::load(BackboneKind::EfficientNetLite0, Some(&complete), Device::Cpu).unwrap();
+
+    let missing = edited_weights(dir.path(), |tensors| {
+        tensors.retain(|(name, _)| name != "_blocks.3._bn1.running_var")
+    });
+    let err = load_error(&missing);
+    assert!(
+        err.contains("edited.safetensors")
+            && err.contains("`_blocks.3._bn1.running_var` is missing")
+            && err.contains("[144]"),
+        "{err}"
+    );
+
+    let reshaped = edited_weights(dir.path(), |tensors| {
+        for (name, tensor) in tensors.iter_mut() {
+            if name == "_fc.weight" {
+                *tensor = Tensor::zeros([10, 1280], (Kind::Float, Device::Cpu));
+            }
+        }
+    });
+    let err = load_error(&reshaped);
+    assert!(
+        err.contains("`_fc.weight` has shape [10, 1280], expected shape [1000, 1280]"),
+        "{err}"
+    );
+
+    let extra = edited_weights(dir.path(), |tensors| {
+        tensors.push(("_fc2.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu))));
+    });
+    let err = load_error(&extra);
+    assert!(err.contains("unexpected tensor `_fc2.weight`"), "{err}");
+
+    let err = load_error(&dir.path().join("absent.pth"));
+    assert!(err.contains("absent.pth"), "{err}");
+}
+
+#[test]
+fn checkpoints_are_cached_as_safetensors_by_content_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let pth = dir.path().join("small.pth");
+    std::fs::write(&pth, checkpoint::tests::sample_legacy_checkpoint()).unwrap();
+    let hash = blake3::hash(&std::fs::read(&pth).unwrap()).to_hex()[..16].to_string();
+    let cache = dir.path().join(format!("small.{hash}.safetensors"));
+
+    let (first, source) = load_weights_cached(&pth).unwrap();
+    assert_eq!(source, WeightsSource::Converted(cache.clone()));
+    assert!(cache.is_file());
+    let (second, source) = load_weights_cached(&pth).unwrap();
+    assert_eq!(source, WeightsSource::Cache(cache.clone()));
+    // The cache leaves the batch-norm counter out; everything else is identical.
+    assert_eq!(first.len(), second.len() + 1);
+    for (name, tensor) in &second {
+        let original = &first.iter().find(|(n, _)| n == name).unwrap().1;
+        assert!(original.to_kind(Kind::Float).equal(tensor), "{name}");
+    }
+    // No temporary files are left behind.
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(files, 2);
+
+    // A corrupt cache is rebuilt.
+    std::fs::write(&cache, b"garbage").unwrap();
+    let (_, source) = load_weights_cached(&pth).unwrap();
+    assert_eq!(source, WeightsSource::Converted(cache.clone()));
+    assert!(checkpoint::read_safetensors(&cache).is_ok());
+}
+
+/// Reports images per second of `features` at several batch sizes on two threads:
+/// `cargo test --release -p onenet-stages backbone_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark, run by hand"]
+fn backbone_throughput() {
+    tch::set_num_threads(2);
+    for kind in BackboneKind::ALL {
+        // Speed does not depend on the weights' values.
+        let backbone = Backbone::load(kind, None, Device::Cpu).unwrap();
+        let side = i64::from(backbone.input_size());
+        for batch_size in [1i64, 4, 8, 16] {
+            let batch = Tensor::randn([batch_size, 3, side, side], (Kind::Float, Device::Cpu));
+            let _warm_up = backbone.features(&batch);
+            let start = Instant::now();
+            let mut images = 0;
+            while start.elapsed() < Duration::from_secs(3) || images < 2 * batch_size {
+                let _ = backbone.features(&batch);
+                images += batch_size;
+            }
+            let rate = images as f64 / start.elapsed().as_secs_f64();
+            println!("{kind} batch {batch_size:2}: {rate:6.1} images/s");
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! Stage kind `train`: trains the caption model on the ordered pairs with mini-batches and Adam,
+//! measuring dev loss and dev BLEU-4 every epoch, checkpointing every epoch so a killed run
+//! resumes, and writing the model (safetensors + JSON config + its vocabulary) and a training log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Float64Array, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use tch::nn::OptimizerConfig;
+use tch::{Device, Tensor};
+
+use crate::captions::{Vocabulary, VOCAB_TABLE};
+use crate::feature_table::FeatureMatrix;
+use crate::metrics::corpus_bleu;
+use crate::model::{pad_tokens, CaptionModel, ModelConfig};
+use crate::order::{read_pairs, Pair};
+use crate::table::{batch, write_parquet};
+use crate::{
+    input_of_kind, InputRule, ParamDefault, ParamSpec, ParamType, StageContext, StageError,
+    StageKind, StageReport,
+};
+
+pub const KIND: StageKind = StageKind {
+    name: "train",
+    version: 1,
+    about: "Train the caption network (image encoder, word embedding, GRU/LSTM decoder)",
+    params: PARAMS,
+    inputs: InputRule {
+        kinds: &["order", "features", "captions"],
+        min: 3,
+        max: 3,
+    },
+    sources: |_, _, _| Ok(Vec::new()),
+    run,
+};
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "rnn",
+        ty: ParamType::Choice(&["gru", "lstm"]),
+        default: ParamDefault::Str("gru"),
+        help: "Recurrent cell of the decoder",
+    },
+    ParamSpec {
+        name: "image_dim",
+        ty: ParamType::Int { min: 1, max: 65536 },
+        default: ParamDefault::Int(300),
+        help: "Width of the image embedding",
+    },
+    ParamSpec {
+        name: "embed_dim",
+        ty: ParamType::Int { min: 1, max: 65536 },
+        default: ParamDefault::Int(300),
+        help: "Width of the word embedding",
+    },
+    ParamSpec {
+        name: "hidden_dim",
+        ty: ParamType::Int { min: 1, max: 65536 },
+        default: ParamDefault::Int(516),
+        help: "Width of the recurrent state",
+    },
+    ParamSpec {
+        name: "epochs",
+        ty: ParamType::Int { min: 1, max: 100_000 },
+        default: ParamDefault::Int(10),
+        help: "Passes over the train split",
+    },
+    ParamSpec {
+        name: "batch_size",
+        ty: ParamType::Int { min: 1, max: 1 << 20 },
+        default: ParamDefault::Int(64),
+        help: "Captions per optimisation step",
+    },
+    ParamSpec {
+        name: "learning_rate",
+        ty: ParamType::Float { min: 1e-9, max: 10.0 },
+        default: ParamDefault::Float(1e-3),
+        help: "Adam learning rate",
+    },
+    ParamSpec {
+        name: "seed",
+        ty: ParamType::Int { min: 0, max: i64::MAX },
+        default: ParamDefault::Int(7),
+        help: "Seed of the initial weights and of each epoch's shuffle",
+    },
+    ParamSpec {
+        name: "max_length",
+        ty: ParamType::Int { min: 1, max: 1000 },
+        default: ParamDefault::Int(30),
+        help: "Most words a decoded caption may have",
+    },
+    ParamSpec {
+        name: "dev_images",
+        ty: ParamType::Int { min: 0, max: i64::MAX },
+        default: ParamDefault::Int(100),
+        help: "Dev images captioned each epoch for dev BLEU-4 (0: skip)",
+    },
+    ParamSpec {
+        name: "threads",
+        ty: ParamType::Int { min: 0, max: 1024 },
+        default: ParamDefault::Int(0),
+        help: "CPU threads for libtorch (0: all cores)",
+    },
+];
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const MODEL_INFO: &str = "model.json";
+pub const TRAIN_LOG: &str = "train_log.parquet";
+const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+const CHECKPOINT_INFO: &str = "checkpoint.json";
+
+/// What `model.json` holds: the network's shape, the vocabulary it was trained on, and every
+/// training hyper-parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub config: ModelConfig,
+    pub vocab_hash: String,
+    pub max_length: usize,
+    pub hyper_parameters: BTreeMap<String, String>,
+}
+
+/// One epoch of the training log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    pub epoch: u32,
+    pub train_loss: f64,
+    pub dev_loss: f64,
+    pub dev_bleu4: f64,
+    pub seconds: f64,
+    pub samples_per_second: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    info: ModelInfo,
+    log: Vec<EpochLog>,
+}
+
+/// A trained model with its vocabulary, as the tasks load it.
+pub struct TrainedModel {
+    pub model: CaptionModel,
+    pub vocab: Vocabulary,
+    pub info: ModelInfo,
+}
+
+impl TrainedModel {
+    /// Loads what a `train` stage wrote into `dir`.
+    pub fn load(dir: &Path, device: Device) -> Result<TrainedModel, StageError> {
+        let info_path = dir.join(MODEL_INFO);
+        let info: ModelInfo = serde_json::from_slice(
+            &std::fs::read(&info_path).map_err(|e| StageError::io(&info_path, e))?,
+        )
+        .map_err(|e| StageError::file(&info_path, e.to_string()))?;
+        let vocab = Vocabulary::read(&dir.join(VOCAB_TABLE))?;
+        if vocab.hash() != info.vocab_hash {
+            return Err(StageError::file(
+                &info_path,
+                "the vocabulary beside the model is not the one it was trained on",
+            ));
+        }
+        let model = CaptionModel::load(info.config.clone(), &dir.join(MODEL_FILE), device)?;
+        Ok(TrainedModel { model, vocab, info })
+    }
+}
+
+/// libtorch's thread count from a `threads` param (0 = leave libtorch's default, all cores).
+pub fn set_threads(threads: i64) {
+    if threads > 0 {
+        tch::set_num_threads(threads as i32);
+    }
+}
+
+fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
+    let p = ctx.params;
+    set_threads(p.int("threads")?);
+    let device = Device::cuda_if_available();
+    let seed = p.int("seed")? as u64;
+    let epochs = p.int("epochs")? as u32;
+    let batch_size = p.int("batch_size")? as usize;
+    let max_length = p.int("max_length")? as usize;
+
+    let pairs = read_pairs(&input_of_kind(ctx.inputs, "order")?.dir)?;
+    let features = FeatureMatrix::read(&input_of_kind(ctx.inputs, "features")?.dir, device)?;
+    let vocab_path = input_of_kind(ctx.inputs, "captions")?.dir.join(VOCAB_TABLE);
+    let vocab = Vocabulary::read(&vocab_path)?;
+
+    let info = ModelInfo {
+        config: ModelConfig {
+            vocab_size: vocab.len() as i64,
+            feature_dim: features.features.size()[1],
+            image_dim: p.int("image_dim")?,
+            embed_dim: p.int("embed_dim")?,
+            hidden_dim: p.int("hidden_dim")?,
+            rnn: p.str("rnn")?.to_string(),
+        },
+        vocab_hash: vocab.hash(),
+        max_length,
+        hyper_parameters: p.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+    };
+
+    let train: Vec<&Pair> = pairs.iter().filter(|p| p.split == "train").collect();
+    let dev: Vec<&Pair> = pairs.iter().filter(|p| p.split == "dev").collect();
+    if train.is_empty() {
+        return Err(StageError::Input("the order stage has no train pairs".into()));
+    }
+
+    tch::manual_seed(seed as i64);
+    let mut model = CaptionModel::new(info.config.clone(), device)?;
+    let (mut log, resumed) = resume(ctx.scratch_dir, &info, &mut model)?;
+    let mut optimizer = tch::nn::Adam::default()
+        .build(&model.vs, p.float("learning_rate")?)
+        .map_err(|e| StageError::Input(format!("building the optimiser: {e}")))?;
+
+    let steps_per_epoch = train.len().div_ceil(batch_size) as u64;
+    for epoch in log.len() as u32 + 1..=epochs {
+        let start = Instant::now();
+        ctx.progress.start(steps_per_epoch, &format!("epoch {epoch}/{epochs}"));
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        // Each epoch's shuffle depends only on (seed, epoch), so a resumed run sees the same order.
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+            seed ^ (u64::from(epoch) << 32),
+        ));
+        let mut loss_sum = 0.0;
+        let mut token_batches = 0usize;
+        for (step, chunk) in order.chunks(batch_size).enumerate() {
+            let batch: Vec<&Pair> = chunk.iter().map(|&i| train[i]).collect();
+            let (images, tokens) = tensors_of(&batch, &features, device);
+            let loss = model.caption_loss(&model.encode_images(&images), &tokens);
+            optimizer.backward_step_clip_norm(&loss, 5.0);
+            loss_sum += loss.double_value(&[]);
+            token_batches += 1;
+            ctx.progress.inc(1);
+            if step % 10 == 0 {
+                let rate = ((step + 1) * batch_size) as f64 / start.elapsed().as_secs_f64();
+                ctx.progress.set_message(&format!(
+                    "epoch {epoch}/{epochs} loss {:.3} {rate:.0} samples/s",
+                    loss_sum / token_batches as f64
+                ));
+            }
+        }
+        let train_seconds = start.elapsed().as_secs_f64();
+        let dev_loss = mean_loss(&model, &dev, &features, device);
+        let dev_bleu4 = dev_bleu4(&model, &dev, &features, p.int("dev_images")? as usize, max_length)?;
+        log.push(EpochLog {
+            epoch,
+            train_loss: loss_sum / token_batches.max(1) as f64,
+            dev_loss,
+            dev_bleu4,
+            seconds: start.elapsed().as_secs_f64(),
+            samples_per_second: train.len() as f64 / train_seconds,
+        });
+        save_checkpoint(ctx.scratch_dir, &info, &log, &model)?;
+    }
+
+    model.save(&ctx.out_dir.join(MODEL_FILE))?;
+    let info_path = ctx.out_dir.join(MODEL_INFO);
+    std::fs::write(&info_path, serde_json::to_vec_pretty(&info).unwrap_or_default())
+        .map_err(|e| StageError::io(&info_path, e))?;
+    std::fs::copy(&vocab_path, ctx.out_dir.join(VOCAB_TABLE))
+        .map_err(|e| StageError::io(&vocab_path, e))?;
+    write_log(&ctx.out_dir.join(TRAIN_LOG), &log)?;
+
+    let mut report = StageReport::default();
+    if let Some(last) = log.last() {
+        report.notes.push(format!(
+            "{} epochs: train loss {:.3}, dev loss {:.3}, dev BLEU-4 {:.3}, {:.0} samples/s",
+            log.len(),
+            last.train_loss,
+            last.dev_loss,
+            last.dev_bleu4,
+            last.samples_per_second
+        ));
+    }
+    if resumed > 0 {
+        report.notes.push(format!(
+            "resumed after epoch {resumed} from a checkpoint (Adam's moment estimates restart)"
+        ));
+    }
+    Ok(report)
+}
+
+/// Image features [B, D] and padded tokens [B, L] of a batch of pairs.
+pub fn tensors_of(batch: &[&Pair], features: &FeatureMatrix, device: Device) -> (Tensor, Tensor) {
+    let rows: Vec<i64> = batch.iter().map(|p| p.image_row as i64).collect();
+    let images = features
+        .features
+        .index_select(0, &Tensor::from_slice(&rows).to_device(device));
+    let sequences: Vec<&[u32]> = batch.iter().map(|p| p.tokens.as_slice()).collect();
+    (images, pad_tokens(&sequences, device))
+}
+
+/// Mean caption loss over `pairs` (NaN when there are none).
+fn mean_loss(model: &CaptionModel, pairs: &[&Pair], features: &FeatureMatrix, device: Device) -> f64 {
+    if pairs.is_empty() {
+        return f64::NAN;
+    }
+    tch::no_grad(|| {
+        let mut total = 0.0;
+        let mut count = 0.0;
+        for chunk in pairs.chunks(256) {
+            let (images, tokens) = tensors_of(chunk, features, device);
+            let loss = model.caption_loss(&model.encode_images(&images), &tokens);
+            total += loss.double_value(&[]) * chunk.len() as f64;
+            count += chunk.len() as f64;
+        }
+        total / count
+    })
+}
+
+/// Greedy captions of `pairs`' distinct images (up to `limit`), each against all its captions.
+pub fn greedy_captions(
+    model: &CaptionModel,
+    pairs: &[&Pair],
+    features: &FeatureMatrix,
+    limit: usize,
+    max_length: usize,
+) -> (Vec<u32>, Vec<Vec<u32>>, Vec<Vec<Vec<u32>>>) {
+    let mut references: BTreeMap<u32, Vec<Vec<u32>>> = BTreeMap::new();
+    for p in pairs {
+        let words = p.tokens[1..p.tokens.len().saturating_sub(1).max(1)].to_vec();
+        references.entry(p.image_row).or_default().push(words);
+    }
+    let rows: Vec<u32> = references.keys().copied().take(limit).collect();
+    let device = model.device();
+    let mut hypotheses = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(256) {
+        let index: Vec<i64> = chunk.iter().map(|&r| r as i64).collect();
+        let images = features
+            .features
+            .index_select(0, &Tensor::from_slice(&index).to_device(device));
+        let embedding = tch::no_grad(|| model.encode_images(&images));
+        hypotheses.extend(model.greedy(&embedding, max_length));
+    }
+    let refs = rows.iter().map(|r| references[r].clone()).collect();
+    (rows, hypotheses, refs)
+}
+
+fn dev_bleu4(
+    model: &CaptionModel,
+    dev: &[&Pair],
+    features: &FeatureMatrix,
+    limit: usize,
+    max_length: usize,
+) -> Result<f64, StageError> {
+    if dev.is_empty() || limit == 0 {
+        return Ok(f64::NAN);
+    }
+    let (_, hypotheses, references) = greedy_captions(model, dev, features, limit, max_length);
+    let scores = corpus_bleu(&references, &hypotheses, 4)
+        .map_err(|e| StageError::Input(format!("dev BLEU: {e}")))?;
+    Ok(scores.get(4).unwrap_or(0.0))
+}
+
+/// Loads the scratch checkpoint if it belongs to this very configuration.
+fn resume(
+    scratch: &Path,
+    info: &ModelInfo,
+    model: &mut CaptionModel,
+) -> Result<(Vec<EpochLog>, u32), StageError> {
+    let info_path = scratch.join(CHECKPOINT_INFO);
+    let Ok(bytes) = std::fs::read(&info_path) else {
+        return Ok((Vec::new(), 0));
+    };
+    let Ok(checkpoint) = serde_json::from_slice::<Checkpoint>(&bytes) else {
+        return Ok((Vec::new(), 0));
+    };
+    if checkpoint.info != *info {
+        return Ok((Vec::new(), 0));
+    }
+    let weights = scratch.join(CHECKPOINT_FILE);
+    model
+        .vs
+        .load(&weights)
+        .map_err(|e| StageError::file(&weights, format!("loading checkpoint: {e}")))?;
+    let done = checkpoint.log.len() as u32;
+    Ok((checkpoint.log, done))
+}
+
+/// Writes weights then the info that names them, each by rename, so a kill leaves the previous
+/// checkpoint or the new one, never half of one.
+fn save_checkpoint(
+    scratch: &Path,
+    info: &ModelInfo,
+    log: &[EpochLog],
+    model: &CaptionModel,
+) -> Result<(), StageError> {
+    let weights_tmp = scratch.join("checkpoint.tmp.safetensors");
+    model.save(&weights_tmp)?;
+    let info_path = scratch.join(CHECKPOINT_INFO);
+    // The info goes away first: weights newer than their info must not be trusted.
+    let _ = std::fs::remove_file(&info_path);
+    let weights = scratch.join(CHECKPOINT_FILE);
+    std::fs::rename(&weights_tmp, &weights).map_err(|e| StageError::io(&weights, e))?;
+    let checkpoint = Checkpoint {
+        info: info.clone(),
+        log: log.to_vec(),
+    };
+    let info_tmp = scratch.join("checkpoint.tmp.json");
+    std::fs::write(&info_tmp, serde_json::to_vec(&checkpoint).unwrap_or_default())
+        .map_err(|e| StageError::io(&info_tmp, e))?;
+    std::fs::rename(&info_tmp, &info_path).map_err(|e| StageError::io(&info_path, e))
+}
+
+fn write_log(path: &Path, log: &[EpochLog]) -> Result<(), StageError> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("epoch", DataType::UInt32, false),
+        Field::new("train_loss", DataType::Float64, false),
+        Field::new("dev_loss", DataType::Float64, false),
+        Field::new("dev_bleu4", DataType::Float64, false),
+        Field::new("seconds", DataType::Float64, false),
+        Field::new("samples_per_second", DataType::Float64, false),
+    ]));
+    let f = |get: fn(&EpochLog) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(log.iter().map(get)))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from_iter_values(log.iter().map(|l| l.epoch))),
+        f(|l| l.train_loss),
+        f(|l| l.dev_loss),
+        f(|l| l.dev_bleu4),
+        f(|l| l.seconds),
+        f(|l| l.samples_per_second),
+    ];
+    write_parquet(path, &batch(path, schema, columns)?)
+}
+
+/// Distinct image rows of `pairs` with all their captions, in first-seen order.
+pub fn captions_by_image<'a>(pairs: &[&'a Pair]) -> Vec<(u32, Vec<&'a Pair>)> {
+    let mut index: HashMap<u32, usize> = HashMap::new();
+    let mut out: Vec<(u32, Vec<&Pair>)> = Vec::new();
+    for p in pairs {
+        let slot = *index.entry(p.image_row).or_insert_with(|| {
+            out.push((p.image_row, Vec::new()));
+            out.len() - 1
+        });
+        out[slot].1.push(p);
+    }
+    out
+}
