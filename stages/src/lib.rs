@@ -9,6 +9,8 @@
 pub mod backbone;
 pub mod captions;
 pub mod demo_data;
+pub mod embed;
+pub mod evaluate;
 pub mod error;
 pub mod feature_table;
 pub mod flickr;

@@ -22,6 +22,15 @@ pub const NUM_CLASSES: i64 = 1000;
 const BN_EPS: f64 = 1e-3;
 const STEM_CHANNELS: i64 = 32;
 
+/// The padding of a convolution with a square `kernel` under `rule`: TfSame is computed per
+/// input, symmetric padding is half the kernel (the PyTorch convention for "same").
+fn padding_for(rule: Padding, kernel: i64) -> Padding {
+    match rule {
+        Padding::TfSame => Padding::TfSame,
+        Padding::Symmetric(_) => Padding::Symmetric([kernel / 2, kernel / 2]),
+    }
+}
+
 /// One stage of mobile inverted bottleneck blocks: EfficientNet-B0's list, which Lite0 keeps
 /// unchanged (width and depth multipliers 1.0).
 struct StageSpec {
@@ -58,13 +67,13 @@ struct MbConvBlock {
 }
 
 impl MbConvBlock {
-    fn new(vs: &nn::Path, stage: &StageSpec, in_channels: i64, stride: i64, padding: Padding) -> Self {
+    fn new(vs: &nn::Path, stage: &StageSpec, in_channels: i64, stride: i64, rule: Padding) -> Self {
         let hidden = in_channels * stage.expand_ratio;
         let expand = (stage.expand_ratio != 1).then(|| {
             (
                 Conv2d::new(
                     &(vs / "_expand_conv"),
-                    ConvSpec::new(in_channels, hidden, 1).padding(padding),
+                    ConvSpec::new(in_channels, hidden, 1).padding(padding_for(rule, 1)),
                 ),
                 BatchNorm::new(&(vs / "_bn0"), hidden, BN_EPS),
             )
@@ -74,11 +83,11 @@ impl MbConvBlock {
             ConvSpec::new(hidden, hidden, stage.kernel)
                 .stride(stride)
                 .groups(hidden)
-                .padding(padding),
+                .padding(padding_for(rule, stage.kernel)),
         );
         let project = Conv2d::new(
             &(vs / "_project_conv"),
-            ConvSpec::new(hidden, stage.out_channels, 1).padding(padding),
+            ConvSpec::new(hidden, stage.out_channels, 1).padding(padding_for(rule, 1)),
         );
         MbConvBlock {
             expand,
@@ -126,11 +135,7 @@ impl EfficientNetLite0 {
     /// or PyTorch-style symmetric `kernel / 2` when given `Padding::Symmetric` (its values are
     /// ignored, each convolution uses half its own kernel).
     pub fn with_padding(vs: &nn::Path, padding: Padding) -> Self {
-        // Symmetric padding depends on each kernel; TfSame is computed per input.
-        let pad_for = |kernel: i64| match padding {
-            Padding::TfSame => Padding::TfSame,
-            Padding::Symmetric(_) => Padding::Symmetric([kernel / 2, kernel / 2]),
-        };
+        let pad_for = |kernel: i64| padding_for(padding, kernel);
         let stem = Conv2d::new(
             &(vs / "_conv_stem"),
             ConvSpec::new(3, STEM_CHANNELS, 3).stride(2).padding(pad_for(3)),
@@ -151,7 +156,7 @@ impl EfficientNetLite0 {
                     stage,
                     in_channels,
                     stride,
-                    pad_for(stage.kernel),
+                    padding,
                 ));
             }
         }

@@ -174,8 +174,34 @@ fn efficientnet_variants() {
                 show(&tops[0]),
                 show(&tops[1])
             );
+            if padding == Padding::TfSame {
+                let (variance_ratio, mean_shift) = stem_statistics(&tensors, &batch);
+                println!(
+                    "  stem conv vs _bn0 running stats: variance ratio {variance_ratio:.2}, \
+                     mean shift {mean_shift:.2} running std"
+                );
+            }
         }
     }
+}
+
+/// Compares the stem convolution's outputs on `batch` with the statistics its batch norm saw in
+/// training: the median over channels of (batch variance / running variance) and of
+/// |batch mean - running mean| / running std. With the training input scaling the ratio is near 1.
+fn stem_statistics(tensors: &[(String, Tensor)], batch: &Tensor) -> (f64, f64) {
+    let get = |name: &str| &tensors.iter().find(|(n, _)| n == name).unwrap().1;
+    let padded = batch.constant_pad_nd([0, 1, 0, 1]);
+    let out = padded.conv2d(get("_conv_stem.weight"), None::<Tensor>, [2, 2], [0, 0], [1, 1], 1);
+    let channels = out.transpose(0, 1).flatten(1, -1);
+    let mean = channels.mean_dim(1, false, Kind::Float);
+    let variance = channels.var_dim(1, false, false);
+    let running_mean = get("_bn0.running_mean");
+    let running_var = get("_bn0.running_var");
+    let ratio = (variance / running_var).median().double_value(&[]);
+    let shift = ((mean - running_mean).abs() / running_var.sqrt())
+        .median()
+        .double_value(&[]);
+    (ratio, shift)
 }
 
 #[test]

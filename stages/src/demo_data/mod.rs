@@ -203,7 +203,8 @@ struct Picture {
     captions: [String; 5],
 }
 
-/// The scene and captions of picture `index` (the pixels come from the same stream afterwards).
+/// Draws a scene and its captions from the start of a picture's stream; the pixels come from
+/// the same stream afterwards, so a scene can be recovered without drawing it.
 fn describe(rng: &mut ChaCha8Rng) -> Picture {
     let scene = scene::sample_scene(rng);
     let captions = scene::captions(&scene, rng);
