@@ -7,14 +7,17 @@ ONENET = target/release/onenet
 
 .PHONY: setup python-test-deps build demo test bench clean-store
 
-setup: libtorch/build-version
+setup: libtorch/build-version weights/efficientnet-lite0-57934424.pth
 
 libtorch/build-version:
 	bash scripts/setup-libtorch.sh
 
-# The interop tests open our Parquet tables with Polars and DuckDB.
+weights/efficientnet-lite0-57934424.pth:
+	bash scripts/setup-weights.sh
+
+# The interop tests open our Parquet tables with Polars and DuckDB; the BLEU test compares with NLTK.
 python-test-deps:
-	@$(PYTHON) -c "import polars, duckdb" 2>/dev/null || $(PYTHON) -m pip install --quiet polars duckdb
+	@$(PYTHON) -c "import polars, duckdb, nltk" 2>/dev/null || $(PYTHON) -m pip install --quiet polars duckdb nltk
 
 build: setup
 	$(CARGO) build --release

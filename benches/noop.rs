@@ -13,7 +13,9 @@
 //! * c. `onenet status` with `artifacts/statcache.json` deleted before each repetition, so every
 //!   image is read and hashed again;
 //! * d. `b3sum` over the same image files, the floor for hashing them (taken from `PATH`, or
-//!   installed once under `target/bench-tools/` with `cargo install`).
+//!   installed once under `target/bench-tools/` with `cargo install`);
+//! * e. `onenet --version`, for reference: the cost of starting the process at all (loading its
+//!   shared libraries), which every command pays before doing any work.
 //!
 //! It prints the minimum and median wall-clock time of each, their ratios, and whether the no-op
 //! `run` and `status` meet the 0.3 s target. The target is reported, not asserted: timings on a
@@ -148,12 +150,15 @@ fn main() {
     let b3sum_all = measure("d. b3sum over the image files", || {
         b3sum_files(&b3sum, &image_dir, &names)
     });
+    let startup = measure("e. onenet --version (process start)", || {
+        onenet_cmd(&onenet, &project, &["--version"]).0
+    });
     // Leave the store with a warm stat cache, as a user's would be.
     onenet_cmd(&onenet, &project, &["run", "--format", "json"]);
 
     // 4. The report.
     println!("\n== results (wall-clock seconds per whole process)");
-    let rows = [&run_noop, &status_noop, &status_cold, &b3sum_all];
+    let rows = [&run_noop, &status_noop, &status_cold, &b3sum_all, &startup];
     let width = rows.iter().map(|m| m.label.len()).max().unwrap_or(0);
     println!("{:width$}  {:>8}  {:>8}", "measurement", "min", "median");
     for m in rows {
@@ -183,6 +188,13 @@ fn main() {
         ),
     ] {
         println!("  {label:48} {:>8.2}", num.median() / den.median());
+    }
+    println!("beyond process start (median - median of e):");
+    for (label, m) in [
+        ("a  (no-op run)", &run_noop),
+        ("b  (no-op status)", &status_noop),
+    ] {
+        println!("  {label:48} {:>8.3} s", m.median() - startup.median());
     }
     if !status_rewrote_cache {
         println!("\nnote: `onenet status` did not write statcache.json back after it was deleted");

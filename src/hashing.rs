@@ -5,8 +5,6 @@
 //! atomically, so a no-op `status` over thousands of images costs one `stat` per file.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -136,17 +134,10 @@ impl StatCache {
 
 /// BLAKE3 hex of a file's content.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().to_hex().to_string())
+    onenet_stages::hash_file(path).map_err(|e| match e {
+        onenet_stages::StageError::Io { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
+    })
 }
 
 #[cfg(test)]

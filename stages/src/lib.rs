@@ -11,6 +11,7 @@ pub mod captions;
 pub mod demo_data;
 pub mod embed;
 pub mod evaluate;
+pub mod features;
 pub mod error;
 pub mod feature_table;
 pub mod flickr;
@@ -157,9 +158,34 @@ pub fn input_of_kind<'a>(inputs: &'a [StageInput], kind: &str) -> Result<&'a Sta
     })
 }
 
+/// BLAKE3 hex of a file's content, read in chunks (weights files can be large).
+pub fn hash_file(path: &Path) -> Result<String, StageError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| StageError::io(path, e))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| StageError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
 /// Every built-in stage kind.
 pub fn kinds() -> &'static [StageKind] {
-    static KINDS: [StageKind; 3] = [demo_data::KIND, captions::KIND, images::KIND];
+    static KINDS: [StageKind; 8] = [
+        demo_data::KIND,
+        captions::KIND,
+        images::KIND,
+        features::KIND,
+        order::KIND,
+        train::KIND,
+        embed::KIND,
+        evaluate::KIND,
+    ];
     &KINDS
 }
 

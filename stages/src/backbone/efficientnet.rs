@@ -99,20 +99,29 @@ impl MbConvBlock {
         }
     }
 
-    fn forward(&self, xs: &Tensor) -> Tensor {
+    fn forward(&self, xs: &Tensor, observe: &mut Observer) -> Tensor {
         let hidden = match &self.expand {
-            Some((conv, bn)) => bn.forward(&conv.forward(xs)).relu6(),
+            Some((conv, bn)) => normalise(bn, &conv.forward(xs), observe).relu6(),
             None => xs.shallow_clone(),
         };
-        let hidden = self.bn1.forward(&self.depthwise.forward(&hidden)).relu6();
+        let hidden = normalise(&self.bn1, &self.depthwise.forward(&hidden), observe).relu6();
         // The projection is linear: no activation, so the residual sum stays unclipped.
-        let out = self.bn2.forward(&self.project.forward(&hidden));
+        let out = normalise(&self.bn2, &self.project.forward(&hidden), observe);
         if self.residual {
             out + xs
         } else {
             out
         }
     }
+}
+
+/// Sees each batch norm with its input during a forward pass (tests compare the inputs with the
+/// statistics the weights were trained on).
+type Observer<'a> = dyn FnMut(&BatchNorm, &Tensor) + 'a;
+
+fn normalise(bn: &BatchNorm, xs: &Tensor, observe: &mut Observer) -> Tensor {
+    observe(bn, xs);
+    bn.forward(xs)
 }
 
 /// EfficientNet-Lite0 with its ImageNet classifier.
@@ -177,12 +186,28 @@ impl EfficientNetLite0 {
 
     /// `[N, 3, H, W]` normalised images -> `[N, 1280]` globally average-pooled features.
     pub fn features(&self, xs: &Tensor) -> Tensor {
-        let mut xs = self.bn0.forward(&self.stem.forward(xs)).relu6();
+        self.forward_observed(xs, &mut |_, _| {})
+    }
+
+    fn forward_observed(&self, xs: &Tensor, observe: &mut Observer) -> Tensor {
+        let mut xs = normalise(&self.bn0, &self.stem.forward(xs), observe).relu6();
         for block in &self.blocks {
-            xs = block.forward(&xs);
+            xs = block.forward(&xs, observe);
         }
-        let xs = self.bn1.forward(&self.head.forward(&xs)).relu6();
+        let xs = normalise(&self.bn1, &self.head.forward(&xs), observe).relu6();
         xs.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+    }
+
+    /// How far the activations of `xs` stray from the batch-norm statistics of training: the
+    /// mean over batch norms of |ln(batch variance / running variance)| (median over channels).
+    /// Inputs padded and scaled as in training give the smallest value.
+    #[cfg(test)]
+    pub(crate) fn batch_norm_mismatch(&self, xs: &Tensor) -> f64 {
+        let mut mismatches = Vec::new();
+        self.forward_observed(xs, &mut |bn, input| {
+            mismatches.push(bn.variance_mismatch(input))
+        });
+        mismatches.iter().sum::<f64>() / mismatches.len() as f64
     }
 
     /// `[N, 1280]` features -> `[N, 1000]` ImageNet logits (dropout is a no-op at inference).

@@ -161,6 +161,20 @@ impl BatchNorm {
         }
     }
 
+    /// |ln(variance of `xs` / running variance)|, the median over channels: how far this input
+    /// (`[N, C, H, W]`, the layer's own input) is from what the layer saw in training. A small
+    /// constant keeps dead channels (zero variance) from dominating.
+    #[cfg(test)]
+    pub fn variance_mismatch(&self, xs: &Tensor) -> f64 {
+        let per_channel = xs.transpose(0, 1).flatten(1, -1);
+        let variance = per_channel.var_dim(1, false, false);
+        ((variance + 1e-4) / (&self.running_var + 1e-4))
+            .log()
+            .median()
+            .abs()
+            .double_value(&[])
+    }
+
     pub fn forward(&self, xs: &Tensor) -> Tensor {
         // Momentum only matters when training updates the running statistics; never here.
         xs.batch_norm(

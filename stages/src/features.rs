@@ -1,0 +1,307 @@
+//! Stage kind `features`: runs a frozen CNN backbone over every usable image and writes the
+//! pooled features as a safetensors matrix with the table giving its row order.
+//!
+//! Decoding and resizing run in parallel (rayon) on a producer thread while the backbone runs on
+//! the previous batch, through a channel that holds at most two batches: memory stays flat
+//! however many images there are. Features are reused per image content hash from this stage's
+//! previous output when the backbone and weights are the same, so adding ten images to a folder
+//! computes ten.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use image::imageops::{self, FilterType};
+use image::RgbImage;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::backbone::{Backbone, BackboneKind};
+use crate::feature_table::{FeatureMatrix, FeatureRow};
+use crate::images::IMAGES_TABLE;
+use crate::table::{read_parquet, strings};
+use crate::train::set_threads;
+use crate::{
+    input_of_kind, InputRule, ParamDefault, ParamSpec, ParamType, Params, StageContext,
+    StageError, StageInput, StageKind, StageReport,
+};
+
+pub const KIND: StageKind = StageKind {
+    name: "features",
+    version: 1,
+    about: "Pooled features of every image from a frozen CNN backbone",
+    params: PARAMS,
+    inputs: InputRule {
+        kinds: &["images"],
+        min: 1,
+        max: 1,
+    },
+    sources,
+    run,
+};
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "backbone",
+        ty: ParamType::Choice(&["efficientnet_lite0", "inception_v3"]),
+        default: ParamDefault::Str("efficientnet_lite0"),
+        help: "CNN: efficientnet_lite0 (224 px, 1280-d) or inception_v3 (299 px, 2048-d)",
+    },
+    ParamSpec {
+        name: "weights",
+        ty: ParamType::Str,
+        default: ParamDefault::Unset,
+        help: "ImageNet weights: a .pth or .safetensors file, or \"random\" (tests only)",
+    },
+    ParamSpec {
+        name: "batch_size",
+        ty: ParamType::Int { min: 1, max: 4096 },
+        default: ParamDefault::Int(8),
+        help: "Images per forward pass (4-8 is fastest on two CPU cores)",
+    },
+    ParamSpec {
+        name: "threads",
+        ty: ParamType::Int { min: 0, max: 1024 },
+        default: ParamDefault::Int(0),
+        help: "CPU threads for libtorch (0: all cores)",
+    },
+];
+
+/// Says which extractor produced a features output, so a later run knows what it may reuse.
+const EXTRACTOR_FILE: &str = "extractor.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Extractor {
+    backbone: String,
+    /// BLAKE3 of the weights file, or "random".
+    weights: String,
+    version: u32,
+}
+
+/// The weights file named by the params, or None for explicit random weights.
+fn weights_path(params: &Params, base_dir: &Path) -> Result<Option<PathBuf>, StageError> {
+    match params.opt_str("weights") {
+        None => Err(StageError::Param {
+            name: "weights".into(),
+            message: "is not set: give the path of the backbone's ImageNet weights \
+                      (`make setup` installs EfficientNet-Lite0's as weights/efficientnet-lite0-57934424.pth), \
+                      or \"random\" to use untrained weights on purpose"
+                .into(),
+        }),
+        Some("random") => Ok(None),
+        Some(path) => {
+            let path = base_dir.join(path);
+            if !path.is_file() {
+                return Err(StageError::file(
+                    &path,
+                    "weights file not found (for EfficientNet-Lite0, `make setup` installs it)",
+                ));
+            }
+            Ok(Some(path))
+        }
+    }
+}
+
+fn sources(
+    params: &Params,
+    _inputs: &[StageInput],
+    base_dir: &Path,
+) -> Result<Vec<PathBuf>, StageError> {
+    Ok(weights_path(params, base_dir)?.into_iter().collect())
+}
+
+/// One image to run through the backbone.
+struct Pending {
+    /// Index in the output matrix.
+    row: usize,
+    path: PathBuf,
+}
+
+fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
+    let p = ctx.params;
+    set_threads(p.int("threads")?);
+    let device = Device::cuda_if_available();
+    let kind = BackboneKind::from_name(p.str("backbone")?).map_err(|e| StageError::Param {
+        name: "backbone".into(),
+        message: e.to_string(),
+    })?;
+    let weights = weights_path(p, ctx.base_dir)?;
+    let extractor = Extractor {
+        backbone: kind.name().to_string(),
+        weights: match &weights {
+            Some(path) => crate::hash_file(path)?,
+            None => "random".into(),
+        },
+        version: KIND.version,
+    };
+    let batch_size = p.int("batch_size")? as usize;
+
+    let images_path = input_of_kind(ctx.inputs, "images")?.dir.join(IMAGES_TABLE);
+    let table = read_parquet(&images_path)?;
+    let rows: Vec<FeatureRow> = strings(&images_path, &table, "image_id")?
+        .into_iter()
+        .zip(strings(&images_path, &table, "hash")?)
+        .zip(strings(&images_path, &table, "split")?)
+        .zip(strings(&images_path, &table, "path")?)
+        .map(|(((image_id, hash), split), path)| FeatureRow {
+            image_id,
+            hash,
+            split,
+            path,
+        })
+        .collect();
+    if rows.is_empty() {
+        return Err(StageError::Input("the images table has no usable image".into()));
+    }
+
+    let dim = kind.feature_dim();
+    let mut matrix = vec![0f32; rows.len() * dim as usize];
+    let reused = reuse_previous(ctx.previous, &extractor, &rows, &mut matrix, dim as usize);
+    let pending: Vec<Pending> = rows
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !reused[*i])
+        .map(|(row, r)| Pending {
+            row,
+            path: PathBuf::from(&r.path),
+        })
+        .collect();
+
+    let mut rate = f64::NAN;
+    if !pending.is_empty() {
+        let backbone = Backbone::load(kind, weights.as_deref(), device).map_err(|e| {
+            StageError::Param {
+                name: "weights".into(),
+                message: e.to_string(),
+            }
+        })?;
+        let start = Instant::now();
+        ctx.progress.start(pending.len() as u64, "extracting features");
+        extract(&backbone, &pending, batch_size, &mut matrix, dim as usize, |done| {
+            ctx.progress.inc(done as u64);
+        })?;
+        rate = pending.len() as f64 / start.elapsed().as_secs_f64();
+    }
+
+    let features = Tensor::from_slice(&matrix).reshape([rows.len() as i64, dim]);
+    FeatureMatrix::write(ctx.out_dir, &rows, &features)?;
+    let extractor_path = ctx.out_dir.join(EXTRACTOR_FILE);
+    std::fs::write(&extractor_path, serde_json::to_vec_pretty(&extractor).unwrap_or_default())
+        .map_err(|e| StageError::io(&extractor_path, e))?;
+
+    let reused_count = reused.iter().filter(|r| **r).count();
+    let mut notes = vec![format!(
+        "{} images × {dim} ({}): {} computed, {reused_count} reused from the previous output",
+        rows.len(),
+        kind.name(),
+        pending.len()
+    )];
+    if rate.is_finite() {
+        notes.push(format!("{rate:.1} images/s at batch size {batch_size}"));
+    }
+    Ok(StageReport {
+        warnings: Vec::new(),
+        notes,
+    })
+}
+
+/// Copies rows of the previous output whose image content is unchanged into `matrix`; returns
+/// which rows were filled.
+fn reuse_previous(
+    previous: Option<&Path>,
+    extractor: &Extractor,
+    rows: &[FeatureRow],
+    matrix: &mut [f32],
+    dim: usize,
+) -> Vec<bool> {
+    let mut filled = vec![false; rows.len()];
+    let Some(previous) = previous else {
+        return filled;
+    };
+    let same_extractor = std::fs::read(previous.join(EXTRACTOR_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Extractor>(&b).ok())
+        .is_some_and(|e| e == *extractor);
+    if !same_extractor {
+        return filled;
+    }
+    let Ok(old) = FeatureMatrix::read(previous, Device::Cpu) else {
+        return filled;
+    };
+    if old.features.size()[1] != dim as i64 {
+        return filled;
+    }
+    let old_values: Vec<f32> =
+        Vec::try_from(old.features.to_kind(Kind::Float).reshape([-1])).unwrap_or_default();
+    let by_hash: HashMap<&str, usize> = old
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.hash.as_str(), i))
+        .collect();
+    for (i, row) in rows.iter().enumerate() {
+        if let Some(&j) = by_hash.get(row.hash.as_str()) {
+            matrix[i * dim..(i + 1) * dim].copy_from_slice(&old_values[j * dim..(j + 1) * dim]);
+            filled[i] = true;
+        }
+    }
+    filled
+}
+
+/// Decodes and resizes `pending` images in parallel on a producer thread, batch by batch, while
+/// this thread runs the backbone; writes each image's features into its row of `matrix`.
+fn extract(
+    backbone: &Backbone,
+    pending: &[Pending],
+    batch_size: usize,
+    matrix: &mut [f32],
+    dim: usize,
+    mut on_batch: impl FnMut(usize),
+) -> Result<(), StageError> {
+    let size = backbone.input_size();
+    // Two batches in flight: one being decoded, one waiting; never the whole dataset.
+    let (tx, rx) = mpsc::sync_channel::<Result<(Vec<usize>, Vec<RgbImage>), StageError>>(2);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for chunk in pending.chunks(batch_size) {
+                let decoded: Result<Vec<RgbImage>, StageError> = chunk
+                    .par_iter()
+                    .map(|p| decode_resized(&p.path, size))
+                    .collect();
+                let message = decoded.map(|images| (chunk.iter().map(|p| p.row).collect(), images));
+                let failed = message.is_err();
+                if tx.send(message).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        for message in rx {
+            let (rows, images) = message?;
+            let inputs: Vec<Tensor> = images.iter().map(|im| backbone.preprocess(im)).collect();
+            let features = backbone
+                .features(&Tensor::stack(&inputs, 0))
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float);
+            let values: Vec<f32> = Vec::try_from(features.reshape([-1])).unwrap_or_default();
+            for (k, &row) in rows.iter().enumerate() {
+                matrix[row * dim..(row + 1) * dim].copy_from_slice(&values[k * dim..(k + 1) * dim]);
+            }
+            on_batch(rows.len());
+        }
+        Ok(())
+    })
+}
+
+/// An image file decoded to RGB and resized to `size`×`size` (whole image, no crop).
+pub fn decode_resized(path: &Path, size: u32) -> Result<RgbImage, StageError> {
+    let image = image::open(path)
+        .map_err(|e| StageError::file(path, format!("cannot decode image: {e}")))?
+        .to_rgb8();
+    if image.dimensions() == (size, size) {
+        Ok(image)
+    } else {
+        Ok(imageops::resize(&image, size, size, FilterType::Triangle))
+    }
+}
