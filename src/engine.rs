@@ -458,3 +458,28 @@ pub fn latest_dir(store: &ArtifactStore, stage: &str) -> Option<PathBuf> {
     let key = store.latest_key(stage)?;
     store.has(&key).then(|| store.object_dir(&key))
 }
+
+impl Engine {
+    /// The newest output of the pipeline's stage of kind `kind` (the first such stage in the
+    /// file), with the stage's name; an error saying what to run when it has none yet.
+    pub fn newest_output_of_kind(&self, kind: &str) -> Result<(String, PathBuf), String> {
+        let decl = self
+            .pipeline
+            .stages
+            .iter()
+            .find(|s| s.kind.name == kind)
+            .ok_or_else(|| {
+                format!(
+                    "{} has no stage of kind `{kind}`",
+                    self.pipeline.path.display()
+                )
+            })?;
+        let dir = latest_dir(&self.store, &decl.name).ok_or_else(|| {
+            format!(
+                "stage `{}` has not been run yet: run `onenet run {}` first",
+                decl.name, decl.name
+            )
+        })?;
+        Ok((decl.name.clone(), dir))
+    }
+}

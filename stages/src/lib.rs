@@ -21,6 +21,7 @@ pub mod model;
 pub mod order;
 pub mod params;
 pub mod table;
+pub mod tasks;
 pub mod train;
 
 use std::path::{Path, PathBuf};

@@ -392,3 +392,64 @@ fn backbone_throughput() {
         }
     }
 }
+
+#[test]
+#[ignore]
+fn scratch_crops() {
+    let (tensors, _) = load_weights_cached(&efficientnet_weights()).unwrap();
+    let names: Vec<String> = std::env::var("NAMES").unwrap().split(',').map(String::from).collect();
+    let dir = std::env::var("IMGS").unwrap();
+    let mut raws = Vec::new();
+    for name in &names {
+        let img = image::open(format!("{dir}/{name}")).unwrap().to_rgb8();
+        let (w, h) = img.dimensions();
+        let mut crops = vec![img.clone()];
+        if std::env::var("CROPS").is_ok() {
+            for frac in [0.5f64, 0.7] {
+                let (cw, ch) = ((w as f64 * frac) as u32, (h as f64 * frac) as u32);
+                for (x, y) in [(0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch), ((w - cw) / 2, (h - ch) / 2)] {
+                    crops.push(image::imageops::crop_imm(&img, x, y, cw, ch).to_image());
+                }
+            }
+        }
+        for c in crops {
+            let r = image::imageops::resize(&c, 224, 224, image::imageops::FilterType::Triangle);
+            raws.push(Tensor::from_slice(r.as_raw()).view([224, 224, 3]).permute([2, 0, 1]).to_kind(Kind::Float));
+        }
+    }
+    let raw = Tensor::stack(&raws, 0);
+    println!("{} inputs", raws.len());
+    for (name, padding) in PADDINGS {
+        for scaling in [InputScaling::TfCentered, InputScaling::ImageNetMeanStd] {
+            let store = nn::VarStore::new(Device::Cpu);
+            let net = EfficientNetLite0::with_padding(&store.root(), padding);
+            assign_weights(&store, &tensors, Path::new("weights"), "test").unwrap();
+            let x = Tensor::stack(&(0..raw.size()[0]).map(|i| scaling.apply(&raw.get(i))).collect::<Vec<_>>(), 0);
+            let m = tch::no_grad(|| net.batch_norm_mismatch(&x));
+            println!("{name} {scaling:?}: {m:.3}");
+        }
+    }
+}
+
+#[test]
+#[ignore]
+fn scratch_stem_mean() {
+    let (tensors, _) = load_weights_cached(&efficientnet_weights()).unwrap();
+    let get = |name: &str| tensors.iter().find(|(n, _)| n == name).unwrap().1.shallow_clone();
+    let w = get("_conv_stem.weight");
+    let wsum = w.sum_dim_intlist([2i64, 3].as_slice(), false, Kind::Float).to_kind(Kind::Double); // [32,3]
+    let rm = get("_bn0.running_mean").to_kind(Kind::Double).view([32, 1]);
+    // least squares offsets o: wsum o = rm
+    let o = wsum.pinverse(1e-10).matmul(&rm).view([3]);
+    let fit = wsum.matmul(&o.view([3,1]));
+    println!("offsets {:?}", Vec::<f64>::try_from(&o).unwrap());
+    println!("rel residual of best 3-offset fit {:.3}", ((&rm - &fit).norm().double_value(&[]) / rm.norm().double_value(&[])));
+    let o: Vec<f64> = Vec::<f64>::try_from(&o).unwrap();
+    println!("implied mean pixel under (x-127)/128: {:?}", o.iter().map(|v| v * 128. + 127.).collect::<Vec<_>>());
+    let mean = [0.485, 0.456, 0.406]; let std = [0.229, 0.224, 0.225];
+    println!("implied mean pixel under mean/std: {:?}", (0..3).map(|c| 255. * (o[c] * std[c] + mean[c])).collect::<Vec<_>>());
+    println!("implied mean pixel under x/127.5-1: {:?}", o.iter().map(|v| (v + 1.) * 127.5).collect::<Vec<_>>());
+    let px = Tensor::from_slice(&[(123.675-127.)/128., (116.28-127.)/128., (103.53-127.)/128.]).view([3,1]);
+    let pred = wsum.matmul(&px);
+    println!("rel residual with ImageNet mean pixel under (x-127)/128: {:.3}", (&rm - &pred).norm().double_value(&[]) / rm.norm().double_value(&[]));
+}

@@ -1,0 +1,249 @@
+//! The four tasks the trained network serves, over the outputs of the `features`, `train` and
+//! `embed` stages: caption an image, similar images, similar words and captions, and images for
+//! a caption by inverting the captioner.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tch::{Device, Tensor};
+
+use crate::backbone::{Backbone, BackboneKind};
+use crate::embed::{
+    flatten, mean_word_embedding, word_matrix, EmbeddingTable, CAPTION_EMBEDDINGS,
+    IMAGE_EMBEDDINGS, WORD_EMBEDDINGS,
+};
+use crate::features::decode_resized;
+use crate::metrics::{l2_normalize_rows, top_k_cosine};
+use crate::model::invert;
+use crate::train::TrainedModel;
+use crate::StageError;
+
+/// One retrieved item with its similarity.
+#[derive(Debug, Clone, Serialize)]
+pub struct Match {
+    pub rank: usize,
+    /// Image id, word, or "image_id#caption_no".
+    pub id: String,
+    /// Image path or caption text.
+    pub detail: String,
+    pub score: f32,
+}
+
+/// A generated caption for one image file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Captioned {
+    pub path: String,
+    pub caption: String,
+}
+
+/// The image embeddings of every image, L2-normalised, with ids and paths.
+pub struct ImageIndex {
+    pub ids: Vec<String>,
+    pub paths: Vec<String>,
+    pub vectors: Vec<f32>,
+    pub dim: usize,
+}
+
+impl ImageIndex {
+    pub fn read(embed_dir: &Path) -> Result<ImageIndex, StageError> {
+        let mut table = EmbeddingTable::read(&embed_dir.join(IMAGE_EMBEDDINGS), &["image_id", "path"])?;
+        l2_normalize_rows(&mut table.vectors, table.dim);
+        let paths = table.keys.pop().unwrap_or_default();
+        let ids = table.keys.pop().unwrap_or_default();
+        Ok(ImageIndex {
+            ids,
+            paths,
+            vectors: table.vectors,
+            dim: table.dim,
+        })
+    }
+
+    /// The `k` images nearest `query` by cosine, leaving out row `exclude`.
+    pub fn nearest(&self, query: &[f32], k: usize, exclude: Option<usize>) -> Vec<Match> {
+        top_k_cosine(query, &self.vectors, self.dim, k, exclude)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (row, score))| Match {
+                rank: i + 1,
+                id: self.ids[row].clone(),
+                detail: self.paths[row].clone(),
+                score,
+            })
+            .collect()
+    }
+
+    pub fn row_of(&self, image_id: &str) -> Option<usize> {
+        self.ids.iter().position(|i| i == image_id)
+    }
+
+    pub fn vector(&self, row: usize) -> &[f32] {
+        &self.vectors[row * self.dim..(row + 1) * self.dim]
+    }
+}
+
+/// The backbone a pipeline's features were computed with.
+pub struct FeatureExtractor {
+    pub backbone: Backbone,
+}
+
+impl FeatureExtractor {
+    /// Loads the backbone `kind` with `weights` (None: random).
+    pub fn load(kind: &str, weights: Option<&Path>) -> Result<FeatureExtractor, StageError> {
+        let param_error = |e: crate::backbone::BackboneError| StageError::Param {
+            name: "backbone".into(),
+            message: e.to_string(),
+        };
+        let kind = BackboneKind::from_name(kind).map_err(param_error)?;
+        let backbone = Backbone::load(kind, weights, Device::Cpu).map_err(param_error)?;
+        Ok(FeatureExtractor { backbone })
+    }
+
+    /// CNN features [N, D] of image files.
+    pub fn features(&self, paths: &[PathBuf]) -> Result<Tensor, StageError> {
+        let size = self.backbone.input_size();
+        let inputs = paths
+            .iter()
+            .map(|p| decode_resized(p, size).map(|im| self.backbone.preprocess(&im)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.backbone.features(&Tensor::stack(&inputs, 0)))
+    }
+}
+
+/// Captions for image files: greedy, or beam search when `beam` > 1.
+pub fn caption_files(
+    trained: &TrainedModel,
+    extractor: &FeatureExtractor,
+    paths: &[PathBuf],
+    beam: usize,
+) -> Result<Vec<Captioned>, StageError> {
+    let features = extractor.features(paths)?;
+    let embedding = tch::no_grad(|| trained.model.encode_images(&features));
+    let max_length = trained.info.max_length;
+    let tokens: Vec<Vec<u32>> = if beam > 1 {
+        (0..paths.len())
+            .map(|i| trained.model.beam_search(&embedding.get(i as i64), beam, max_length))
+            .collect()
+    } else {
+        trained.model.greedy(&embedding, max_length)
+    };
+    Ok(paths
+        .iter()
+        .zip(tokens)
+        .map(|(p, t)| Captioned {
+            path: p.display().to_string(),
+            caption: trained.vocab.decode(&t),
+        })
+        .collect())
+}
+
+/// The image embedding of an image file, as the trained model computes it.
+pub fn embed_file(
+    trained: &TrainedModel,
+    extractor: &FeatureExtractor,
+    path: &Path,
+) -> Result<Vec<f32>, StageError> {
+    let features = extractor.features(&[path.to_path_buf()])?;
+    Ok(flatten(&tch::no_grad(|| trained.model.encode_images(&features))))
+}
+
+/// The `k` words nearest `word` by cosine of their embeddings.
+pub fn similar_words(embed_dir: &Path, word: &str, k: usize) -> Result<Vec<Match>, StageError> {
+    let path = embed_dir.join(WORD_EMBEDDINGS);
+    let mut table = EmbeddingTable::read(&path, &["token"])?;
+    l2_normalize_rows(&mut table.vectors, table.dim);
+    let tokens = &table.keys[0];
+    let normalized = word.trim().to_lowercase();
+    let row = tokens
+        .iter()
+        .position(|t| *t == normalized)
+        .ok_or_else(|| StageError::Input(format!("unknown word {word:?}: not in the vocabulary")))?;
+    let dim = table.dim;
+    let query = table.vectors[row * dim..(row + 1) * dim].to_vec();
+    // Special tokens are not words anyone asks about.
+    let specials = crate::captions::SPECIAL_TOKENS.len();
+    Ok(top_k_cosine(&query, &table.vectors, dim, k + specials, Some(row))
+        .into_iter()
+        .filter(|(r, _)| *r >= specials)
+        .take(k)
+        .enumerate()
+        .map(|(i, (r, score))| Match {
+            rank: i + 1,
+            id: tokens[r].clone(),
+            detail: String::new(),
+            score,
+        })
+        .collect())
+}
+
+/// The `k` captions nearest `text` by cosine of caption embeddings (mean word embeddings), and
+/// the words of `text` not in the vocabulary. Errors if no word of `text` is known.
+pub fn similar_captions(
+    trained: &TrainedModel,
+    embed_dir: &Path,
+    text: &str,
+    k: usize,
+) -> Result<(Vec<Match>, Vec<String>), StageError> {
+    let (tokens, unknown) = trained.vocab.encode_text(text);
+    let known = tokens.len() - 2 - unknown.len();
+    if known == 0 {
+        return Err(StageError::Input(format!(
+            "no word of {text:?} is in the vocabulary (unknown: {})",
+            unknown.join(", ")
+        )));
+    }
+    // Unknown words would all share <unk>'s embedding: leave them out of the mean.
+    let tokens: Vec<u32> = tokens
+        .into_iter()
+        .filter(|&t| t != crate::captions::UNK_ID)
+        .collect();
+    let dim = trained.model.config.embed_dim as usize;
+    let query = mean_word_embedding(&word_matrix(trained), dim, &tokens);
+    let path = embed_dir.join(CAPTION_EMBEDDINGS);
+    let mut table = EmbeddingTable::read(&path, &["image_id", "caption"])?;
+    l2_normalize_rows(&mut table.vectors, table.dim);
+    let matches = top_k_cosine(&query, &table.vectors, table.dim, k, None)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (r, score))| Match {
+            rank: i + 1,
+            id: table.keys[0][r].clone(),
+            detail: table.keys[1][r].clone(),
+            score,
+        })
+        .collect();
+    Ok((matches, unknown))
+}
+
+/// For each caption, the `k` images nearest the image embedding found by inverting the
+/// captioner (all captions and restarts optimised as one batch); also each caption's unknown
+/// words. A caption with no known word is an error naming it.
+pub fn find_images(
+    trained: &TrainedModel,
+    index: &ImageIndex,
+    texts: &[String],
+    k: usize,
+    steps: usize,
+    restarts: usize,
+    learning_rate: f64,
+) -> Result<Vec<(Vec<Match>, Vec<String>)>, StageError> {
+    let mut encoded = Vec::with_capacity(texts.len());
+    let mut unknowns = Vec::with_capacity(texts.len());
+    for text in texts {
+        let (tokens, unknown) = trained.vocab.encode_text(text);
+        if tokens.len() - 2 == unknown.len() {
+            return Err(StageError::Input(format!(
+                "no word of {text:?} is in the vocabulary"
+            )));
+        }
+        encoded.push(tokens);
+        unknowns.push(unknown);
+    }
+    let slices: Vec<&[u32]> = encoded.iter().map(Vec::as_slice).collect();
+    let (z, _) = invert(&trained.model, &slices, steps, restarts, learning_rate);
+    let z = flatten(&z);
+    Ok(unknowns
+        .into_iter()
+        .enumerate()
+        .map(|(q, unknown)| (index.nearest(&z[q * index.dim..(q + 1) * index.dim], k, None), unknown))
+        .collect())
+}
