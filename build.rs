@@ -14,6 +14,11 @@ fn main() {
     );
     let version_file = root.join("build-version");
     println!("cargo:rerun-if-changed={}", version_file.display());
+    let cuda = root.join("lib").join("libtorch_cuda.so").exists();
+    println!(
+        "cargo:rustc-env=ONENET_LIBTORCH_CUDA={}",
+        if cuda { "1" } else { "0" }
+    );
     if let Ok(version) = std::fs::read_to_string(&version_file) {
         println!("cargo:rustc-env=ONENET_LIBTORCH_VERSION={}", version.trim());
     }

@@ -403,6 +403,7 @@ impl Engine {
         let progress = observer.stage_started(&stage.name);
         let start = Instant::now();
         let ctx = StageContext {
+            kind: decl.kind.name,
             name: &stage.name,
             params: &decl.params,
             inputs: &inputs,

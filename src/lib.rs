@@ -9,3 +9,4 @@ pub mod hashing;
 pub mod key;
 pub mod plan;
 pub mod store;
+pub mod task_cli;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use onenet::config::{self, Pipeline};
 use onenet::engine::{
@@ -16,8 +16,10 @@ use onenet::engine::{
 use onenet::formats::FileSummary;
 use onenet::plan;
 use onenet::store::describe_object;
+use onenet::task_cli::{Format, TaskCommand};
 use onenet_stages::Progress;
 use serde_json::json;
+use std::os::unix::process::CommandExt;
 
 /// Train one captioning network once and use it for four tasks, as a content-hashed batch
 /// pipeline.
@@ -35,12 +37,6 @@ struct Cli {
 
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -100,70 +96,8 @@ enum Command {
     Verify,
     /// List the built-in stage kinds and their params (or one kind's, in detail).
     Kinds { kind: Option<String> },
-    /// Caption image files with the trained network (features computed on the fly with the
-    /// pipeline's backbone).
-    Caption {
-        #[arg(required = true)]
-        images: Vec<PathBuf>,
-        /// Beam width (1: greedy decoding).
-        #[arg(long, default_value_t = 1)]
-        beam: usize,
-        #[arg(long, value_enum, default_value = "text")]
-        format: Format,
-    },
-    /// Images most similar to an image file or to a dataset image (cosine of image
-    /// embeddings; the query itself is left out).
-    SimilarImages {
-        /// An image file.
-        #[arg(required_unless_present = "id", conflicts_with = "id")]
-        image: Option<PathBuf>,
-        /// A dataset image id, e.g. demo_000123.jpg.
-        #[arg(long)]
-        id: Option<String>,
-        #[arg(short, default_value_t = 5)]
-        k: usize,
-        #[arg(long, value_enum, default_value = "text")]
-        format: Format,
-    },
-    /// Words most similar to a word (cosine of the learned word embeddings).
-    SimilarWords {
-        word: String,
-        #[arg(short, default_value_t = 5)]
-        k: usize,
-        #[arg(long, value_enum, default_value = "text")]
-        format: Format,
-    },
-    /// Captions most similar to a text (cosine of mean word embeddings); unknown words are
-    /// reported and left out.
-    SimilarCaptions {
-        text: String,
-        #[arg(short, default_value_t = 5)]
-        k: usize,
-        #[arg(long, value_enum, default_value = "text")]
-        format: Format,
-    },
-    /// Images for captions, by inverting the captioner: with its weights frozen, image
-    /// embeddings are optimised so the model finds each caption likely (all captions and restarts
-    /// as one batch), then the nearest real images are returned.
-    FindImages {
-        #[arg(required = true)]
-        texts: Vec<String>,
-        #[arg(short, default_value_t = 5)]
-        k: usize,
-        /// Optimisation steps.
-        #[arg(long, default_value_t = onenet_stages::evaluate::DEFAULT_INVERT_STEPS as usize)]
-        steps: usize,
-        /// Random starting embeddings per caption; the one the model likes best is kept.
-        #[arg(long, default_value_t = onenet_stages::evaluate::DEFAULT_INVERT_RESTARTS as usize)]
-        restarts: usize,
-        #[arg(long, value_enum, default_value = "text")]
-        format: Format,
-    },
-    /// The newest evaluation: BLEU of generated captions and caption→image retrieval.
-    Metrics {
-        #[arg(long, value_enum, default_value = "text")]
-        format: Format,
-    },
+    #[command(flatten)]
+    Task(TaskCommand),
 }
 
 fn main() -> ExitCode {
@@ -346,132 +280,13 @@ fn real_main() -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Caption {
-            images,
-            beam,
-            format,
-        } => {
-            let engine = open_engine(&cli.pipeline, &[])?;
-            let trained = load_trained(&engine)?;
-            let extractor = load_extractor(&engine)?;
-            let results = onenet_stages::tasks::caption_files(&trained, &extractor, &images, beam)?;
-            match format {
-                Format::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({ "results": results }))?
-                ),
-                Format::Text => {
-                    for r in results {
-                        println!("{}: {}", r.path, r.caption);
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::SimilarImages {
-            image,
-            id,
-            k,
-            format,
-        } => {
-            let engine = open_engine(&cli.pipeline, &[])?;
-            let (_, embed_dir) = engine.newest_output_of_kind("embed").map_err(anyhow::Error::msg)?;
-            let index = onenet_stages::tasks::ImageIndex::read(&embed_dir)?;
-            let (query, exclude, label) = match (image, id) {
-                (_, Some(id)) => {
-                    let row = index.row_of(&id).with_context(|| {
-                        format!("no image with id {id:?} in the pipeline's images")
-                    })?;
-                    (index.vector(row).to_vec(), Some(row), id)
-                }
-                (Some(path), None) => {
-                    let trained = load_trained(&engine)?;
-                    let extractor = load_extractor(&engine)?;
-                    let vector = onenet_stages::tasks::embed_file(&trained, &extractor, &path)?;
-                    // The query file itself, if it is one of the dataset's images.
-                    let hash = onenet_stages::hash_file(&path)?;
-                    let (_, features_dir) =
-                        engine.newest_output_of_kind("features").map_err(anyhow::Error::msg)?;
-                    let rows = onenet_stages::feature_table::FeatureMatrix::read(
-                        &features_dir,
-                        tch_cpu(),
-                    )?
-                    .rows;
-                    let exclude = rows
-                        .iter()
-                        .find(|r| r.hash == hash)
-                        .and_then(|r| index.row_of(&r.image_id));
-                    (vector, exclude, path.display().to_string())
-                }
-                (None, None) => bail!("give an image file or --id IMAGE_ID"),
-            };
-            let matches = index.nearest(&query, k, exclude);
-            print_matches(&[(label, matches, Vec::new())], format)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::SimilarWords { word, k, format } => {
-            let engine = open_engine(&cli.pipeline, &[])?;
-            let (_, embed_dir) = engine.newest_output_of_kind("embed").map_err(anyhow::Error::msg)?;
-            let matches = onenet_stages::tasks::similar_words(&embed_dir, &word, k)?;
-            print_matches(&[(word, matches, Vec::new())], format)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::SimilarCaptions { text, k, format } => {
-            let engine = open_engine(&cli.pipeline, &[])?;
-            let trained = load_trained(&engine)?;
-            let (_, embed_dir) = engine.newest_output_of_kind("embed").map_err(anyhow::Error::msg)?;
-            let (matches, unknown) =
-                onenet_stages::tasks::similar_captions(&trained, &embed_dir, &text, k)?;
-            print_matches(&[(text, matches, unknown)], format)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::FindImages {
-            texts,
-            k,
-            steps,
-            restarts,
-            format,
-        } => {
-            let engine = open_engine(&cli.pipeline, &[])?;
-            let trained = load_trained(&engine)?;
-            let (_, embed_dir) = engine.newest_output_of_kind("embed").map_err(anyhow::Error::msg)?;
-            let index = onenet_stages::tasks::ImageIndex::read(&embed_dir)?;
-            let results = onenet_stages::tasks::find_images(
-                &trained,
-                &index,
-                &texts,
-                k,
-                steps,
-                restarts,
-                onenet_stages::evaluate::DEFAULT_INVERT_LEARNING_RATE,
-            )?;
-            let labelled: Vec<_> = texts
-                .into_iter()
-                .zip(results)
-                .map(|(t, (m, u))| (t, m, u))
-                .collect();
-            print_matches(&labelled, format)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Metrics { format } => {
-            let engine = open_engine(&cli.pipeline, &[])?;
-            let (_, dir) = engine.newest_output_of_kind("evaluate").map_err(anyhow::Error::msg)?;
-            let metrics = onenet_stages::evaluate::read_metrics(&dir)?;
-            match format {
-                Format::Json => {
-                    let rows: Vec<_> = metrics
-                        .iter()
-                        .map(|m| json!({"name": m.name, "method": m.method, "split": m.split, "value": m.value}))
-                        .collect();
-                    println!("{}", serde_json::to_string_pretty(&json!({ "metrics": rows }))?);
-                }
-                Format::Text => {
-                    for m in metrics {
-                        println!("{:<24} {:<16} {:<5} {:.4}", m.name, m.method, m.split, m.value);
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+        Command::Task(_) => {
+            // The tasks need libtorch: the worker binary runs them, with these very arguments.
+            let worker = onenet_stages::worker::worker_path();
+            let error = std::process::Command::new(&worker)
+                .args(std::env::args_os().skip(1))
+                .exec();
+            bail!("cannot start {}: {error}", worker.display())
         }
         Command::Kinds { kind } => {
             let kinds: Vec<_> = match &kind {
@@ -518,69 +333,6 @@ fn open_engine(pipeline: &Path, set: &[String]) -> Result<Engine> {
     let mut pipeline: Pipeline = config::load(pipeline)?;
     pipeline.apply_overrides(set)?;
     Ok(Engine::open(pipeline)?)
-}
-
-fn tch_cpu() -> tch::Device {
-    tch::Device::Cpu
-}
-
-fn load_trained(engine: &Engine) -> Result<onenet_stages::train::TrainedModel> {
-    let (_, dir) = engine
-        .newest_output_of_kind("train")
-        .map_err(|e| anyhow::anyhow!("the model is not trained yet: {e}"))?;
-    Ok(onenet_stages::train::TrainedModel::load(&dir, tch_cpu())?)
-}
-
-/// The backbone of the pipeline's `features` stage, with the same weights.
-fn load_extractor(engine: &Engine) -> Result<onenet_stages::tasks::FeatureExtractor> {
-    let decl = engine
-        .pipeline
-        .stages
-        .iter()
-        .find(|s| s.kind.name == "features")
-        .context("the pipeline has no features stage")?;
-    let backbone = decl.params.str("backbone")?;
-    let weights = match decl.params.opt_str("weights") {
-        Some("random") => None,
-        Some(path) => Some(engine.pipeline.base_dir.join(path)),
-        None => bail!("stage `{}` sets no weights", decl.name),
-    };
-    Ok(onenet_stages::tasks::FeatureExtractor::load(
-        backbone,
-        weights.as_deref(),
-    )?)
-}
-
-/// Prints (query, matches, unknown words) triples as text or JSON.
-fn print_matches(
-    results: &[(String, Vec<onenet_stages::tasks::Match>, Vec<String>)],
-    format: Format,
-) -> Result<()> {
-    match format {
-        Format::Json => {
-            let rows: Vec<_> = results
-                .iter()
-                .map(|(q, m, u)| json!({"query": q, "matches": m, "unknown_words": u}))
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&json!({ "results": rows }))?);
-        }
-        Format::Text => {
-            for (query, matches, unknown) in results {
-                println!("{query}");
-                if !unknown.is_empty() {
-                    println!("  (unknown words left out: {})", unknown.join(", "));
-                }
-                for m in matches {
-                    if m.detail.is_empty() {
-                        println!("  {:>2}. {:.3}  {}", m.rank, m.score, m.id);
-                    } else {
-                        println!("  {:>2}. {:.3}  {}  {}", m.rank, m.score, m.id, m.detail);
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 fn state_word(state: StageState) -> &'static str {

@@ -365,7 +365,10 @@ impl Vocabulary {
         let tokens = crate::table::strings(path, &table, "token")?;
         let counts = crate::table::column::<UInt64Array>(path, &table, "count")?;
         let ids_column = crate::table::u32s(path, &table, "token_id")?;
-        if ids_column.iter().enumerate().any(|(i, &id)| id as usize != i)
+        if ids_column
+            .iter()
+            .enumerate()
+            .any(|(i, &id)| id as usize != i)
             || tokens.get(..SPECIAL_TOKENS.len()) != Some(&SPECIAL_TOKENS.map(String::from)[..])
         {
             return Err(StageError::file(
@@ -379,7 +382,10 @@ impl Vocabulary {
             .map(|(id, token)| (token.clone(), id as u32))
             .collect();
         Ok(Vocabulary {
-            tokens: tokens.into_iter().zip(counts.values().iter().copied()).collect(),
+            tokens: tokens
+                .into_iter()
+                .zip(counts.values().iter().copied())
+                .collect(),
             ids,
         })
     }
@@ -401,7 +407,11 @@ impl Vocabulary {
     /// vocabulary (which become `<unk>`).
     pub fn encode_text(&self, text: &str) -> (Vec<u32>, Vec<String>) {
         let words = words(text);
-        let unknown = words.iter().filter(|w| !self.contains(w)).cloned().collect();
+        let unknown = words
+            .iter()
+            .filter(|w| !self.contains(w))
+            .cloned()
+            .collect();
         (self.encode(&words), unknown)
     }
 

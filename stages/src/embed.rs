@@ -38,14 +38,14 @@ pub const KIND: StageKind = StageKind {
         max: 3,
     },
     sources: |_, _, _| Ok(Vec::new()),
-    run,
+    run: crate::worker::run_in_worker,
 };
 
 pub const IMAGE_EMBEDDINGS: &str = "image_embeddings.parquet";
 pub const WORD_EMBEDDINGS: &str = "word_embeddings.parquet";
 pub const CAPTION_EMBEDDINGS: &str = "caption_embeddings.parquet";
 
-fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
+pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     set_threads(ctx.params.int("threads")?);
     let device = Device::Cpu;
     let trained = TrainedModel::load(&input_of_kind(ctx.inputs, "train")?.dir, device)?;
@@ -59,7 +59,9 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let word_dim = trained.model.config.embed_dim as usize;
     write_word_embeddings(ctx.out_dir, &trained, &words, word_dim as i32)?;
 
-    let captions_path = input_of_kind(ctx.inputs, "captions")?.dir.join(CAPTIONS_TABLE);
+    let captions_path = input_of_kind(ctx.inputs, "captions")?
+        .dir
+        .join(CAPTIONS_TABLE);
     let table = read_parquet(&captions_path)?;
     let tokens = u32_lists(&captions_path, &table, "tokens")?;
     let mut caption_vectors = Vec::with_capacity(tokens.len() * word_dim);
@@ -75,10 +77,26 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         Field::new("embedding", embedding_type(word_dim as i32), false),
     ]));
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(strings(&captions_path, &table, "image_id")?)),
-        Arc::new(UInt32Array::from_iter_values(u32s(&captions_path, &table, "caption_no")?)),
-        Arc::new(StringArray::from_iter_values(strings(&captions_path, &table, "split")?)),
-        Arc::new(StringArray::from_iter_values(strings(&captions_path, &table, "caption")?)),
+        Arc::new(StringArray::from_iter_values(strings(
+            &captions_path,
+            &table,
+            "image_id",
+        )?)),
+        Arc::new(UInt32Array::from_iter_values(u32s(
+            &captions_path,
+            &table,
+            "caption_no",
+        )?)),
+        Arc::new(StringArray::from_iter_values(strings(
+            &captions_path,
+            &table,
+            "split",
+        )?)),
+        Arc::new(StringArray::from_iter_values(strings(
+            &captions_path,
+            &table,
+            "caption",
+        )?)),
         embedding_column(word_dim as i32, caption_vectors).map_err(|m| table_error(&path, m))?,
     ];
     write_parquet(&path, &batch(&path, schema, columns)?)?;
@@ -108,7 +126,10 @@ pub fn flatten(matrix: &Tensor) -> Vec<f32> {
 
 /// The whole vocabulary's word embeddings, row-major [vocab, embed_dim].
 pub fn word_matrix(trained: &TrainedModel) -> Vec<f32> {
-    let ids = Tensor::arange(trained.vocab.len() as i64, (Kind::Int64, trained.model.device()));
+    let ids = Tensor::arange(
+        trained.vocab.len() as i64,
+        (Kind::Int64, trained.model.device()),
+    );
     flatten(&tch::no_grad(|| trained.model.embed_words(&ids)))
 }
 
@@ -147,9 +168,15 @@ fn write_image_embeddings(
         Field::new("embedding", embedding_type(dim), false),
     ]));
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(features.rows.iter().map(|r| &r.image_id))),
-        Arc::new(StringArray::from_iter_values(features.rows.iter().map(|r| &r.split))),
-        Arc::new(StringArray::from_iter_values(features.rows.iter().map(|r| &r.path))),
+        Arc::new(StringArray::from_iter_values(
+            features.rows.iter().map(|r| &r.image_id),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            features.rows.iter().map(|r| &r.split),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            features.rows.iter().map(|r| &r.path),
+        )),
         embedding_column(dim, vectors.to_vec()).map_err(|m| table_error(&path, m))?,
     ];
     write_parquet(&path, &batch(&path, schema, columns)?)
@@ -172,7 +199,9 @@ fn write_word_embeddings(
     let columns: Vec<ArrayRef> = vec![
         Arc::new(UInt32Array::from_iter_values(0..tokens.len() as u32)),
         Arc::new(StringArray::from_iter_values(tokens.iter().map(|(t, _)| t))),
-        Arc::new(UInt64Array::from_iter_values(tokens.iter().map(|(_, c)| *c))),
+        Arc::new(UInt64Array::from_iter_values(
+            tokens.iter().map(|(_, c)| *c),
+        )),
         embedding_column(dim, vectors.to_vec()).map_err(|m| table_error(&path, m))?,
     ];
     write_parquet(&path, &batch(&path, schema, columns)?)

@@ -33,7 +33,7 @@ pub const KIND: StageKind = StageKind {
         max: 3,
     },
     sources: |_, _, _| Ok(Vec::new()),
-    run,
+    run: crate::worker::run_in_worker,
 };
 
 /// The inversion settings the `find-images` task also uses by default.
@@ -56,7 +56,10 @@ const PARAMS: &[ParamSpec] = &[
     },
     ParamSpec {
         name: "invert_steps",
-        ty: ParamType::Int { min: 1, max: 100_000 },
+        ty: ParamType::Int {
+            min: 1,
+            max: 100_000,
+        },
         default: ParamDefault::Int(DEFAULT_INVERT_STEPS),
         help: "Adam steps when inverting the captioner for a caption",
     },
@@ -68,19 +71,28 @@ const PARAMS: &[ParamSpec] = &[
     },
     ParamSpec {
         name: "invert_learning_rate",
-        ty: ParamType::Float { min: 1e-9, max: 100.0 },
+        ty: ParamType::Float {
+            min: 1e-9,
+            max: 100.0,
+        },
         default: ParamDefault::Float(DEFAULT_INVERT_LEARNING_RATE),
         help: "Adam learning rate of the inversion",
     },
     ParamSpec {
         name: "queries",
-        ty: ParamType::Int { min: 1, max: i64::MAX },
+        ty: ParamType::Int {
+            min: 1,
+            max: i64::MAX,
+        },
         default: ParamDefault::Int(500),
         help: "Most captions used as retrieval queries (in split order)",
     },
     ParamSpec {
         name: "seed",
-        ty: ParamType::Int { min: 0, max: i64::MAX },
+        ty: ParamType::Int {
+            min: 0,
+            max: i64::MAX,
+        },
         default: ParamDefault::Int(7),
         help: "Seed of the inversion's random starts",
     },
@@ -105,7 +117,7 @@ pub struct Metric {
     pub value: f64,
 }
 
-fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
+pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let p = ctx.params;
     set_threads(p.int("threads")?);
     let device = Device::cuda_if_available();
@@ -115,7 +127,9 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let pairs = read_pairs(&input_of_kind(ctx.inputs, "order")?.dir)?;
     let eval: Vec<&Pair> = pairs.iter().filter(|p| p.split == split).collect();
     if eval.is_empty() {
-        return Err(StageError::Input(format!("the {split} split has no captions")));
+        return Err(StageError::Input(format!(
+            "the {split} split has no captions"
+        )));
     }
     let model = &trained.model;
     let max_length = trained.info.max_length;
@@ -131,7 +145,8 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     // Captions: greedy for all images at once, beam search image by image.
     let rows: Vec<i64> = by_image.iter().map(|(r, _)| *r as i64).collect();
     let image_index = Tensor::from_slice(&rows).to_device(device);
-    let embeddings = tch::no_grad(|| model.encode_images(&features.features.index_select(0, &image_index)));
+    let embeddings =
+        tch::no_grad(|| model.encode_images(&features.features.index_select(0, &image_index)));
     let greedy = model.greedy(&embeddings, max_length);
     ctx.progress.start(by_image.len() as u64, "beam search");
     let width = p.int("beam_width")? as usize;
@@ -150,14 +165,25 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         let scores = corpus_bleu(&references, hypotheses, 4)
             .map_err(|e| StageError::Input(format!("BLEU: {e}")))?;
         for n in 1..=4 {
-            metrics.push(metric(&format!("bleu{n}"), method, scores.get(n).unwrap_or(0.0)));
+            metrics.push(metric(
+                &format!("bleu{n}"),
+                method,
+                scores.get(n).unwrap_or(0.0),
+            ));
         }
     }
 
     // Retrieval: each query caption against every image of the split.
-    let queries: Vec<&Pair> = eval.iter().copied().take(p.int("queries")? as usize).collect();
-    let target_of: std::collections::HashMap<u32, usize> =
-        by_image.iter().enumerate().map(|(i, (r, _))| (*r, i)).collect();
+    let queries: Vec<&Pair> = eval
+        .iter()
+        .copied()
+        .take(p.int("queries")? as usize)
+        .collect();
+    let target_of: std::collections::HashMap<u32, usize> = by_image
+        .iter()
+        .enumerate()
+        .map(|(i, (r, _))| (*r, i))
+        .collect();
     let image_dim = embeddings.size()[1] as usize;
     let mut image_vectors = flatten(&embeddings);
     l2_normalize_rows(&mut image_vectors, image_dim);
@@ -166,14 +192,19 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let steps = p.int("invert_steps")? as usize;
     let restarts = p.int("invert_restarts")? as usize;
     let lr = p.float("invert_learning_rate")?;
-    ctx.progress.start(queries.len() as u64, "inverting captions");
+    ctx.progress
+        .start(queries.len() as u64, "inverting captions");
     let mut invert_ranks = Vec::with_capacity(queries.len());
     for chunk in queries.chunks(64) {
         let tokens: Vec<&[u32]> = chunk.iter().map(|q| q.tokens.as_slice()).collect();
         let (z, _) = invert(model, &tokens, steps, restarts, lr);
         let z = flatten(&z);
         for (q, query) in chunk.iter().enumerate() {
-            let scores = cosine_scores(&z[q * image_dim..(q + 1) * image_dim], &image_vectors, image_dim);
+            let scores = cosine_scores(
+                &z[q * image_dim..(q + 1) * image_dim],
+                &image_vectors,
+                image_dim,
+            );
             invert_ranks.push(rank_of(&scores, target_of[&query.image_row]));
         }
         ctx.progress.inc(chunk.len() as u64);
@@ -209,11 +240,26 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     // Image→image sanity: do nearest neighbours in embedding space have similar captions?
     let neighbour_bleu = neighbour_caption_bleu(&image_vectors, image_dim, &references, false)?;
     let shifted_bleu = neighbour_caption_bleu(&image_vectors, image_dim, &references, true)?;
-    metrics.push(metric("neighbour_caption_bleu1", "image_nn", neighbour_bleu));
-    metrics.push(metric("neighbour_caption_bleu1", "unrelated_image", shifted_bleu));
+    metrics.push(metric(
+        "neighbour_caption_bleu1",
+        "image_nn",
+        neighbour_bleu,
+    ));
+    metrics.push(metric(
+        "neighbour_caption_bleu1",
+        "unrelated_image",
+        shifted_bleu,
+    ));
 
     write_metrics(&ctx.out_dir.join(METRICS_TABLE), &metrics)?;
-    write_examples(&ctx.out_dir.join(EXAMPLES_TABLE), &trained, &features, &by_image, &greedy, &beam)?;
+    write_examples(
+        &ctx.out_dir.join(EXAMPLES_TABLE),
+        &trained,
+        &features,
+        &by_image,
+        &greedy,
+        &beam,
+    )?;
     write_ranks(
         &ctx.out_dir.join(RANKS_TABLE),
         &trained,
@@ -256,7 +302,9 @@ pub fn words_of(tokens: &[u32]) -> Vec<u32> {
         .iter()
         .copied()
         .filter(|&t| {
-            t != crate::captions::START_ID && t != crate::captions::END_ID && t != crate::captions::PAD_ID
+            t != crate::captions::START_ID
+                && t != crate::captions::END_ID
+                && t != crate::captions::PAD_ID
         })
         .collect()
 }
@@ -298,10 +346,18 @@ fn write_metrics(path: &Path, metrics: &[Metric]) -> Result<(), StageError> {
         Field::new("value", DataType::Float64, false),
     ]));
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(metrics.iter().map(|m| &m.name))),
-        Arc::new(StringArray::from_iter_values(metrics.iter().map(|m| &m.method))),
-        Arc::new(StringArray::from_iter_values(metrics.iter().map(|m| &m.split))),
-        Arc::new(Float64Array::from_iter_values(metrics.iter().map(|m| m.value))),
+        Arc::new(StringArray::from_iter_values(
+            metrics.iter().map(|m| &m.name),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            metrics.iter().map(|m| &m.method),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            metrics.iter().map(|m| &m.split),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            metrics.iter().map(|m| m.value),
+        )),
     ];
     write_parquet(path, &batch(path, schema, columns)?)
 }
@@ -346,15 +402,25 @@ fn write_examples(
     ]));
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
-            by_image.iter().map(|(r, _)| &features.rows[*r as usize].image_id),
+            by_image
+                .iter()
+                .map(|(r, _)| &features.rows[*r as usize].image_id),
         )),
         Arc::new(StringArray::from_iter_values(
-            by_image.iter().map(|(r, _)| &features.rows[*r as usize].path),
+            by_image
+                .iter()
+                .map(|(r, _)| &features.rows[*r as usize].path),
         )),
-        Arc::new(StringArray::from_iter_values(greedy.iter().map(|t| vocab.decode(t)))),
-        Arc::new(StringArray::from_iter_values(beam.iter().map(|t| vocab.decode(t)))),
         Arc::new(StringArray::from_iter_values(
-            by_image.iter().map(|(_, caps)| vocab.decode(&caps[0].tokens)),
+            greedy.iter().map(|t| vocab.decode(t)),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            beam.iter().map(|t| vocab.decode(t)),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            by_image
+                .iter()
+                .map(|(_, caps)| vocab.decode(&caps[0].tokens)),
         )),
     ];
     write_parquet(path, &batch(path, schema, columns)?)
@@ -375,12 +441,18 @@ fn write_ranks(
         Field::new("embed_rank", DataType::UInt32, true),
     ]));
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(queries.iter().map(|q| &q.image_id))),
-        Arc::new(UInt32Array::from_iter_values(queries.iter().map(|q| q.caption_no))),
+        Arc::new(StringArray::from_iter_values(
+            queries.iter().map(|q| &q.image_id),
+        )),
+        Arc::new(UInt32Array::from_iter_values(
+            queries.iter().map(|q| q.caption_no),
+        )),
         Arc::new(StringArray::from_iter_values(
             queries.iter().map(|q| trained.vocab.decode(&q.tokens)),
         )),
-        Arc::new(UInt32Array::from_iter_values(invert_ranks.iter().map(|&r| r as u32))),
+        Arc::new(UInt32Array::from_iter_values(
+            invert_ranks.iter().map(|&r| r as u32),
+        )),
         Arc::new(UInt32Array::from(
             (0..queries.len())
                 .map(|i| embed_ranks.get(i).map(|&r| r as u32))

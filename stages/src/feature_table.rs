@@ -61,13 +61,19 @@ impl FeatureMatrix {
             .find(|(name, _)| name == FEATURES_TENSOR)
             .map(|(_, t)| t)
             .ok_or_else(|| {
-                StageError::file(&features_path, format!("no tensor named `{FEATURES_TENSOR}`"))
+                StageError::file(
+                    &features_path,
+                    format!("no tensor named `{FEATURES_TENSOR}`"),
+                )
             })?;
         let size = features.size();
         if size.len() != 2 || size[0] != rows.len() as i64 {
             return Err(StageError::file(
                 &features_path,
-                format!("shape {size:?} does not match the {} rows of {ROWS_TABLE}", rows.len()),
+                format!(
+                    "shape {size:?} does not match the {} rows of {ROWS_TABLE}",
+                    rows.len()
+                ),
             ));
         }
         Ok(FeatureMatrix {
@@ -80,7 +86,10 @@ impl FeatureMatrix {
     pub fn write(dir: &Path, rows: &[FeatureRow], features: &Tensor) -> Result<(), StageError> {
         let features_path = dir.join(FEATURES_FILE);
         Tensor::write_safetensors(
-            &[(FEATURES_TENSOR, &features.to_device(Device::Cpu).contiguous())],
+            &[(
+                FEATURES_TENSOR,
+                &features.to_device(Device::Cpu).contiguous(),
+            )],
             &features_path,
         )
         .map_err(|e| StageError::file(&features_path, e.to_string()))?;
@@ -94,7 +103,9 @@ impl FeatureMatrix {
         ]));
         let columns: Vec<ArrayRef> = vec![
             Arc::new(UInt32Array::from_iter_values(0..rows.len() as u32)),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.image_id))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| &r.image_id),
+            )),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.hash))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.split))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.path))),

@@ -24,8 +24,8 @@ use crate::images::IMAGES_TABLE;
 use crate::table::{read_parquet, strings};
 use crate::train::set_threads;
 use crate::{
-    input_of_kind, InputRule, ParamDefault, ParamSpec, ParamType, Params, StageContext,
-    StageError, StageInput, StageKind, StageReport,
+    input_of_kind, InputRule, ParamDefault, ParamSpec, ParamType, Params, StageContext, StageError,
+    StageInput, StageKind, StageReport,
 };
 
 pub const KIND: StageKind = StageKind {
@@ -39,7 +39,7 @@ pub const KIND: StageKind = StageKind {
         max: 1,
     },
     sources,
-    run,
+    run: crate::worker::run_in_worker,
 };
 
 const PARAMS: &[ParamSpec] = &[
@@ -119,7 +119,7 @@ struct Pending {
     path: PathBuf,
 }
 
-fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
+pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let p = ctx.params;
     set_threads(p.int("threads")?);
     let device = Device::cuda_if_available();
@@ -153,7 +153,9 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         })
         .collect();
     if rows.is_empty() {
-        return Err(StageError::Input("the images table has no usable image".into()));
+        return Err(StageError::Input(
+            "the images table has no usable image".into(),
+        ));
     }
 
     let dim = kind.feature_dim();
@@ -171,25 +173,35 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
 
     let mut rate = f64::NAN;
     if !pending.is_empty() {
-        let backbone = Backbone::load(kind, weights.as_deref(), device).map_err(|e| {
-            StageError::Param {
+        let backbone =
+            Backbone::load(kind, weights.as_deref(), device).map_err(|e| StageError::Param {
                 name: "weights".into(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         let start = Instant::now();
-        ctx.progress.start(pending.len() as u64, "extracting features");
-        extract(&backbone, &pending, batch_size, &mut matrix, dim as usize, |done| {
-            ctx.progress.inc(done as u64);
-        })?;
+        ctx.progress
+            .start(pending.len() as u64, "extracting features");
+        extract(
+            &backbone,
+            &pending,
+            batch_size,
+            &mut matrix,
+            dim as usize,
+            |done| {
+                ctx.progress.inc(done as u64);
+            },
+        )?;
         rate = pending.len() as f64 / start.elapsed().as_secs_f64();
     }
 
     let features = Tensor::from_slice(&matrix).reshape([rows.len() as i64, dim]);
     FeatureMatrix::write(ctx.out_dir, &rows, &features)?;
     let extractor_path = ctx.out_dir.join(EXTRACTOR_FILE);
-    std::fs::write(&extractor_path, serde_json::to_vec_pretty(&extractor).unwrap_or_default())
-        .map_err(|e| StageError::io(&extractor_path, e))?;
+    std::fs::write(
+        &extractor_path,
+        serde_json::to_vec_pretty(&extractor).unwrap_or_default(),
+    )
+    .map_err(|e| StageError::io(&extractor_path, e))?;
 
     let reused_count = reused.iter().filter(|r| **r).count();
     let mut notes = vec![format!(

@@ -503,7 +503,15 @@ pub(crate) mod testing {
         given.insert("root".to_string(), ParamValue::Str(relative_root));
         let params = Params::with_defaults(kind.params, given);
         fs::create_dir_all(out_dir).unwrap();
-        let ctx = crate::StageContext::new("test", &params, &[], base_dir, out_dir, &NoProgress);
+        let ctx = crate::StageContext::new(
+            kind.name,
+            "test",
+            &params,
+            &[],
+            base_dir,
+            out_dir,
+            &NoProgress,
+        );
         (kind.run)(&ctx)
     }
 

@@ -10,10 +10,10 @@ pub mod backbone;
 pub mod captions;
 pub mod demo_data;
 pub mod embed;
-pub mod evaluate;
-pub mod features;
 pub mod error;
+pub mod evaluate;
 pub mod feature_table;
+pub mod features;
 pub mod flickr;
 pub mod images;
 pub mod metrics;
@@ -23,6 +23,7 @@ pub mod params;
 pub mod table;
 pub mod tasks;
 pub mod train;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 
@@ -60,6 +61,8 @@ impl Progress for NoProgress {
 
 /// Everything a stage's `run` gets.
 pub struct StageContext<'a> {
+    /// The stage's kind.
+    pub kind: &'a str,
     /// The stage's name in `pipeline.toml` (for messages).
     pub name: &'a str,
     /// Validated params, every default filled in.
@@ -83,6 +86,7 @@ impl<'a> StageContext<'a> {
     /// A context with no earlier output, whose scratch directory is the output directory: what
     /// tests and one-off callers need. The engine fills every field itself.
     pub fn new(
+        kind: &'a str,
         name: &'a str,
         params: &'a Params,
         inputs: &'a [StageInput],
@@ -91,6 +95,7 @@ impl<'a> StageContext<'a> {
         progress: &'a dyn Progress,
     ) -> Self {
         StageContext {
+            kind,
             name,
             params,
             inputs,
@@ -153,9 +158,14 @@ impl std::fmt::Debug for StageKind {
 }
 
 /// The upstream input of kind `kind` (a stage's inputs are told apart by kind).
-pub fn input_of_kind<'a>(inputs: &'a [StageInput], kind: &str) -> Result<&'a StageInput, StageError> {
+pub fn input_of_kind<'a>(
+    inputs: &'a [StageInput],
+    kind: &str,
+) -> Result<&'a StageInput, StageError> {
     inputs.iter().find(|i| i.kind == kind).ok_or_else(|| {
-        StageError::Input(format!("needs an input of kind `{kind}`; add one to `inputs`"))
+        StageError::Input(format!(
+            "needs an input of kind `{kind}`; add one to `inputs`"
+        ))
     })
 }
 
@@ -196,9 +206,12 @@ pub fn kind(name: &str) -> Option<&'static StageKind> {
 }
 
 /// What changes numerical results besides code and inputs: the libtorch version and the device
-/// kind. The engine folds this into every cache key.
+/// kind. The engine folds this into every cache key. Worked out without loading libtorch (the
+/// engine never does): CUDA is used when the linked libtorch has CUDA support and the machine has
+/// an NVIDIA device, exactly when `tch::Device::cuda_if_available` picks it.
 pub fn environment() -> Vec<(String, String)> {
-    let device = if tch::Cuda::is_available() {
+    let libtorch_has_cuda = option_env!("ONENET_LIBTORCH_CUDA") == Some("1");
+    let device = if libtorch_has_cuda && Path::new("/dev/nvidiactl").exists() {
         "cuda"
     } else {
         "cpu"
@@ -207,6 +220,19 @@ pub fn environment() -> Vec<(String, String)> {
         ("libtorch".to_string(), libtorch_version()),
         ("device".to_string(), device.to_string()),
     ]
+}
+
+/// The `run` functions of the kinds that need libtorch, for the worker process to call. Only
+/// the worker refers to this table, so only the worker links libtorch.
+pub fn torch_run(kind: &str) -> Option<RunFn> {
+    Some(match kind {
+        "features" => features::run,
+        "order" => order::run,
+        "train" => train::run,
+        "embed" => embed::run,
+        "evaluate" => evaluate::run,
+        _ => return None,
+    })
 }
 
 /// The libtorch version the binary was linked against.

@@ -43,9 +43,7 @@ impl RecurrentState {
     /// The state of the batch rows `index` (for beam search), in that order.
     fn select(&self, index: &Tensor) -> RecurrentState {
         match self {
-            RecurrentState::Gru(s) => {
-                RecurrentState::Gru(nn::GRUState(s.0.index_select(1, index)))
-            }
+            RecurrentState::Gru(s) => RecurrentState::Gru(nn::GRUState(s.0.index_select(1, index))),
             RecurrentState::Lstm(s) => {
                 let (h, c) = &s.0;
                 RecurrentState::Lstm(nn::LSTMState((
@@ -177,15 +175,14 @@ impl CaptionModel {
     pub fn logits_from_embedding(&self, image_embedding: &Tensor, tokens: &Tensor) -> Tensor {
         let steps = tokens.size()[1];
         let words = self.embed_words(tokens);
-        let image = image_embedding
-            .unsqueeze(1)
-            .expand([-1, steps, -1], false);
+        let image = image_embedding.unsqueeze(1).expand([-1, steps, -1], false);
         let input = Tensor::cat(&[image, words], 2);
         let hidden = match &self.recurrent {
             Recurrent::Gru(g) => g.seq(&input).0,
             Recurrent::Lstm(l) => l.seq(&input).0,
         };
-        self.output_layer.forward(&self.hidden_layer.forward(&hidden))
+        self.output_layer
+            .forward(&self.hidden_layer.forward(&hidden))
     }
 
     /// Mean cross-entropy over the real (non-padding) next tokens of `captions` [B, L], each
@@ -240,7 +237,10 @@ impl CaptionModel {
         previous: &Tensor,
         state: &RecurrentState,
     ) -> (Tensor, RecurrentState) {
-        let input = Tensor::cat(&[image_embedding.shallow_clone(), self.embed_words(previous)], 1);
+        let input = Tensor::cat(
+            &[image_embedding.shallow_clone(), self.embed_words(previous)],
+            1,
+        );
         let state = match (&self.recurrent, state) {
             (Recurrent::Gru(g), RecurrentState::Gru(s)) => RecurrentState::Gru(g.step(&input, s)),
             (Recurrent::Lstm(l), RecurrentState::Lstm(s)) => {
@@ -340,14 +340,10 @@ impl CaptionModel {
                     || step + 1 == max_len
                 {
                     if finished.is_empty() {
-                        finished.extend(
-                            next_beams
-                                .into_iter()
-                                .map(|(t, s)| {
-                                    let l = t.len().max(1) as f64;
-                                    (t, s / l)
-                                }),
-                        );
+                        finished.extend(next_beams.into_iter().map(|(t, s)| {
+                            let l = t.len().max(1) as f64;
+                            (t, s / l)
+                        }));
                     }
                     break;
                 }
@@ -472,8 +468,9 @@ mod tests {
     fn learns_to_caption_two_images_and_inversion_finds_them() {
         for rnn in ["gru", "lstm"] {
             let model = tiny(rnn);
-            let features = Tensor::from_slice(&[1.0f32, 0., 0., 1., 0., 0., 0., 1., 1., 0., 0., 1.])
-                .reshape([2, 6]);
+            let features =
+                Tensor::from_slice(&[1.0f32, 0., 0., 1., 0., 0., 0., 1., 1., 0., 0., 1.])
+                    .reshape([2, 6]);
             let a: &[u32] = &[1, 4, 5, 6, 2];
             let b: &[u32] = &[1, 7, 8, 2];
             let tokens = pad_tokens(&[a, b], Device::Cpu);
@@ -486,8 +483,16 @@ mod tests {
             }
             assert!(last < 0.05, "{rnn}: loss {last}");
             let emb = tch::no_grad(|| model.encode_images(&features));
-            assert_eq!(model.greedy(&emb, 10), vec![vec![4, 5, 6], vec![7, 8]], "{rnn}");
-            assert_eq!(model.beam_search(&emb.get(0), 3, 10), vec![4, 5, 6], "{rnn}");
+            assert_eq!(
+                model.greedy(&emb, 10),
+                vec![vec![4, 5, 6], vec![7, 8]],
+                "{rnn}"
+            );
+            assert_eq!(
+                model.beam_search(&emb.get(0), 3, 10),
+                vec![4, 5, 6],
+                "{rnn}"
+            );
             assert_eq!(model.beam_search(&emb.get(1), 3, 10), vec![7, 8], "{rnn}");
 
             // Inverting caption b must land nearer image b than image a.
@@ -509,7 +514,13 @@ mod tests {
         let features = Tensor::ones([1, 6], (Kind::Float, Device::Cpu));
         let emb = model.encode_images(&features);
         let short = pad_tokens(&[&[1, 4, 2]], Device::Cpu);
-        let padded = Tensor::cat(&[short.shallow_clone(), Tensor::zeros([1, 3], (Kind::Int64, Device::Cpu))], 1);
+        let padded = Tensor::cat(
+            &[
+                short.shallow_clone(),
+                Tensor::zeros([1, 3], (Kind::Int64, Device::Cpu)),
+            ],
+            1,
+        );
         let a = model.caption_loss(&emb, &short).double_value(&[]);
         let b = model.caption_loss(&emb, &padded).double_value(&[]);
         assert!((a - b).abs() < 1e-6, "{a} vs {b}");

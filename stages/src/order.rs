@@ -24,7 +24,10 @@ pub const KIND: StageKind = StageKind {
     about: "Pair each caption with its image's feature row; shuffle the train split with a seed",
     params: &[ParamSpec {
         name: "seed",
-        ty: ParamType::Int { min: 0, max: i64::MAX },
+        ty: ParamType::Int {
+            min: 0,
+            max: i64::MAX,
+        },
         default: ParamDefault::Int(7),
         help: "Seed of the train-split shuffle",
     }],
@@ -34,7 +37,7 @@ pub const KIND: StageKind = StageKind {
         max: 2,
     },
     sources: |_, _, _| Ok(Vec::new()),
-    run,
+    run: crate::worker::run_in_worker,
 };
 
 pub const PAIRS_TABLE: &str = "pairs.parquet";
@@ -49,10 +52,15 @@ pub struct Pair {
     pub tokens: Vec<u32>,
 }
 
-fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
+pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let seed = ctx.params.int("seed")? as u64;
-    let captions_path = input_of_kind(ctx.inputs, "captions")?.dir.join(CAPTIONS_TABLE);
-    let features = FeatureMatrix::read(&input_of_kind(ctx.inputs, "features")?.dir, tch::Device::Cpu)?;
+    let captions_path = input_of_kind(ctx.inputs, "captions")?
+        .dir
+        .join(CAPTIONS_TABLE);
+    let features = FeatureMatrix::read(
+        &input_of_kind(ctx.inputs, "features")?.dir,
+        tch::Device::Cpu,
+    )?;
     let row_of = features.row_of();
 
     let table = read_parquet(&captions_path)?;
@@ -61,10 +69,15 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let tokens = u32_lists(&captions_path, &table, "tokens")?;
     let splits = strings(&captions_path, &table, "split")?;
 
-    let mut by_split: [(&str, Vec<Pair>); 3] =
-        [("train", Vec::new()), ("dev", Vec::new()), ("test", Vec::new())];
+    let mut by_split: [(&str, Vec<Pair>); 3] = [
+        ("train", Vec::new()),
+        ("dev", Vec::new()),
+        ("test", Vec::new()),
+    ];
     let mut without_features = Vec::new();
-    for (((image_id, caption_no), tokens), split) in ids.into_iter().zip(numbers).zip(tokens).zip(splits) {
+    for (((image_id, caption_no), tokens), split) in
+        ids.into_iter().zip(numbers).zip(tokens).zip(splits)
+    {
         let Some(bucket) = by_split.iter_mut().find(|(name, _)| *name == split) else {
             continue;
         };
@@ -82,7 +95,10 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     by_split[0].1.shuffle(&mut rng);
 
-    let pairs: Vec<Pair> = by_split.iter().flat_map(|(_, p)| p.iter().cloned()).collect();
+    let pairs: Vec<Pair> = by_split
+        .iter()
+        .flat_map(|(_, p)| p.iter().cloned())
+        .collect();
     write_pairs(&ctx.out_dir.join(PAIRS_TABLE), &pairs)?;
 
     let mut report = StageReport::default();
@@ -120,10 +136,18 @@ fn write_pairs(path: &Path, pairs: &[Pair]) -> Result<(), StageError> {
     let offsets = OffsetBuffer::from_lengths(pairs.iter().map(|p| p.tokens.len()));
     let values = UInt32Array::from_iter_values(pairs.iter().flat_map(|p| p.tokens.iter().copied()));
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(pairs.iter().map(|p| &p.split))),
-        Arc::new(UInt32Array::from_iter_values(pairs.iter().map(|p| p.image_row))),
-        Arc::new(StringArray::from_iter_values(pairs.iter().map(|p| &p.image_id))),
-        Arc::new(UInt32Array::from_iter_values(pairs.iter().map(|p| p.caption_no))),
+        Arc::new(StringArray::from_iter_values(
+            pairs.iter().map(|p| &p.split),
+        )),
+        Arc::new(UInt32Array::from_iter_values(
+            pairs.iter().map(|p| p.image_row),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            pairs.iter().map(|p| &p.image_id),
+        )),
+        Arc::new(UInt32Array::from_iter_values(
+            pairs.iter().map(|p| p.caption_no),
+        )),
         Arc::new(
             ListArray::try_new(item, offsets, Arc::new(values), None).map_err(|e| {
                 StageError::Table {
@@ -151,12 +175,14 @@ pub fn read_pairs(dir: &Path) -> Result<Vec<Pair>, StageError> {
         .zip(ids)
         .zip(numbers)
         .zip(tokens)
-        .map(|((((split, image_row), image_id), caption_no), tokens)| Pair {
-            split,
-            image_row,
-            image_id,
-            caption_no,
-            tokens,
-        })
+        .map(
+            |((((split, image_row), image_id), caption_no), tokens)| Pair {
+                split,
+                image_row,
+                image_id,
+                caption_no,
+                tokens,
+            },
+        )
         .collect())
 }

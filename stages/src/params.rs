@@ -45,7 +45,7 @@ pub struct ParamSpec {
 }
 
 /// A param value after type checking.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ParamValue {
     Int(i64),
     Float(f64),
@@ -175,7 +175,7 @@ impl ParamDefault {
 }
 
 /// A stage's checked params, defaults filled in, in sorted order.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Params(BTreeMap<String, ParamValue>);
 
 impl Params {

@@ -82,7 +82,10 @@ pub fn column<'a, A: 'static>(
 /// A string column as owned strings.
 pub fn strings(path: &Path, batch: &RecordBatch, name: &str) -> Result<Vec<String>, StageError> {
     let array = column::<arrow::array::StringArray>(path, batch, name)?;
-    Ok(array.iter().map(|v| v.unwrap_or_default().to_string()).collect())
+    Ok(array
+        .iter()
+        .map(|v| v.unwrap_or_default().to_string())
+        .collect())
 }
 
 /// A u32 column.

@@ -46,7 +46,8 @@ pub struct ImageIndex {
 
 impl ImageIndex {
     pub fn read(embed_dir: &Path) -> Result<ImageIndex, StageError> {
-        let mut table = EmbeddingTable::read(&embed_dir.join(IMAGE_EMBEDDINGS), &["image_id", "path"])?;
+        let mut table =
+            EmbeddingTable::read(&embed_dir.join(IMAGE_EMBEDDINGS), &["image_id", "path"])?;
         l2_normalize_rows(&mut table.vectors, table.dim);
         let paths = table.keys.pop().unwrap_or_default();
         let ids = table.keys.pop().unwrap_or_default();
@@ -121,7 +122,11 @@ pub fn caption_files(
     let max_length = trained.info.max_length;
     let tokens: Vec<Vec<u32>> = if beam > 1 {
         (0..paths.len())
-            .map(|i| trained.model.beam_search(&embedding.get(i as i64), beam, max_length))
+            .map(|i| {
+                trained
+                    .model
+                    .beam_search(&embedding.get(i as i64), beam, max_length)
+            })
             .collect()
     } else {
         trained.model.greedy(&embedding, max_length)
@@ -143,7 +148,9 @@ pub fn embed_file(
     path: &Path,
 ) -> Result<Vec<f32>, StageError> {
     let features = extractor.features(&[path.to_path_buf()])?;
-    Ok(flatten(&tch::no_grad(|| trained.model.encode_images(&features))))
+    Ok(flatten(&tch::no_grad(|| {
+        trained.model.encode_images(&features)
+    })))
 }
 
 /// The `k` words nearest `word` by cosine of their embeddings.
@@ -156,23 +163,27 @@ pub fn similar_words(embed_dir: &Path, word: &str, k: usize) -> Result<Vec<Match
     let row = tokens
         .iter()
         .position(|t| *t == normalized)
-        .ok_or_else(|| StageError::Input(format!("unknown word {word:?}: not in the vocabulary")))?;
+        .ok_or_else(|| {
+            StageError::Input(format!("unknown word {word:?}: not in the vocabulary"))
+        })?;
     let dim = table.dim;
     let query = table.vectors[row * dim..(row + 1) * dim].to_vec();
     // Special tokens are not words anyone asks about.
     let specials = crate::captions::SPECIAL_TOKENS.len();
-    Ok(top_k_cosine(&query, &table.vectors, dim, k + specials, Some(row))
-        .into_iter()
-        .filter(|(r, _)| *r >= specials)
-        .take(k)
-        .enumerate()
-        .map(|(i, (r, score))| Match {
-            rank: i + 1,
-            id: tokens[r].clone(),
-            detail: String::new(),
-            score,
-        })
-        .collect())
+    Ok(
+        top_k_cosine(&query, &table.vectors, dim, k + specials, Some(row))
+            .into_iter()
+            .filter(|(r, _)| *r >= specials)
+            .take(k)
+            .enumerate()
+            .map(|(i, (r, score))| Match {
+                rank: i + 1,
+                id: tokens[r].clone(),
+                detail: String::new(),
+                score,
+            })
+            .collect(),
+    )
 }
 
 /// The `k` captions nearest `text` by cosine of caption embeddings (mean word embeddings), and
@@ -244,6 +255,11 @@ pub fn find_images(
     Ok(unknowns
         .into_iter()
         .enumerate()
-        .map(|(q, unknown)| (index.nearest(&z[q * index.dim..(q + 1) * index.dim], k, None), unknown))
+        .map(|(q, unknown)| {
+            (
+                index.nearest(&z[q * index.dim..(q + 1) * index.dim], k, None),
+                unknown,
+            )
+        })
         .collect())
 }

@@ -37,7 +37,7 @@ pub const KIND: StageKind = StageKind {
         max: 3,
     },
     sources: |_, _, _| Ok(Vec::new()),
-    run,
+    run: crate::worker::run_in_worker,
 };
 
 const PARAMS: &[ParamSpec] = &[
@@ -67,25 +67,37 @@ const PARAMS: &[ParamSpec] = &[
     },
     ParamSpec {
         name: "epochs",
-        ty: ParamType::Int { min: 1, max: 100_000 },
+        ty: ParamType::Int {
+            min: 1,
+            max: 100_000,
+        },
         default: ParamDefault::Int(10),
         help: "Passes over the train split",
     },
     ParamSpec {
         name: "batch_size",
-        ty: ParamType::Int { min: 1, max: 1 << 20 },
+        ty: ParamType::Int {
+            min: 1,
+            max: 1 << 20,
+        },
         default: ParamDefault::Int(64),
         help: "Captions per optimisation step",
     },
     ParamSpec {
         name: "learning_rate",
-        ty: ParamType::Float { min: 1e-9, max: 10.0 },
+        ty: ParamType::Float {
+            min: 1e-9,
+            max: 10.0,
+        },
         default: ParamDefault::Float(1e-3),
         help: "Adam learning rate",
     },
     ParamSpec {
         name: "seed",
-        ty: ParamType::Int { min: 0, max: i64::MAX },
+        ty: ParamType::Int {
+            min: 0,
+            max: i64::MAX,
+        },
         default: ParamDefault::Int(7),
         help: "Seed of the initial weights and of each epoch's shuffle",
     },
@@ -97,7 +109,10 @@ const PARAMS: &[ParamSpec] = &[
     },
     ParamSpec {
         name: "dev_images",
-        ty: ParamType::Int { min: 0, max: i64::MAX },
+        ty: ParamType::Int {
+            min: 0,
+            max: i64::MAX,
+        },
         default: ParamDefault::Int(100),
         help: "Dev images captioned each epoch for dev BLEU-4 (0: skip)",
     },
@@ -176,7 +191,7 @@ pub fn set_threads(threads: i64) {
     }
 }
 
-fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
+pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let p = ctx.params;
     set_threads(p.int("threads")?);
     let device = Device::cuda_if_available();
@@ -207,7 +222,9 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let train: Vec<&Pair> = pairs.iter().filter(|p| p.split == "train").collect();
     let dev: Vec<&Pair> = pairs.iter().filter(|p| p.split == "dev").collect();
     if train.is_empty() {
-        return Err(StageError::Input("the order stage has no train pairs".into()));
+        return Err(StageError::Input(
+            "the order stage has no train pairs".into(),
+        ));
     }
 
     tch::manual_seed(seed as i64);
@@ -220,7 +237,8 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let steps_per_epoch = train.len().div_ceil(batch_size) as u64;
     for epoch in log.len() as u32 + 1..=epochs {
         let start = Instant::now();
-        ctx.progress.start(steps_per_epoch, &format!("epoch {epoch}/{epochs}"));
+        ctx.progress
+            .start(steps_per_epoch, &format!("epoch {epoch}/{epochs}"));
         let mut order: Vec<usize> = (0..train.len()).collect();
         // Each epoch's shuffle depends only on (seed, epoch), so a resumed run sees the same order.
         order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
@@ -246,7 +264,13 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         }
         let train_seconds = start.elapsed().as_secs_f64();
         let dev_loss = mean_loss(&model, &dev, &features, device);
-        let dev_bleu4 = dev_bleu4(&model, &dev, &features, p.int("dev_images")? as usize, max_length)?;
+        let dev_bleu4 = dev_bleu4(
+            &model,
+            &dev,
+            &features,
+            p.int("dev_images")? as usize,
+            max_length,
+        )?;
         log.push(EpochLog {
             epoch,
             train_loss: loss_sum / token_batches.max(1) as f64,
@@ -260,8 +284,11 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
 
     model.save(&ctx.out_dir.join(MODEL_FILE))?;
     let info_path = ctx.out_dir.join(MODEL_INFO);
-    std::fs::write(&info_path, serde_json::to_vec_pretty(&info).unwrap_or_default())
-        .map_err(|e| StageError::io(&info_path, e))?;
+    std::fs::write(
+        &info_path,
+        serde_json::to_vec_pretty(&info).unwrap_or_default(),
+    )
+    .map_err(|e| StageError::io(&info_path, e))?;
     std::fs::copy(&vocab_path, ctx.out_dir.join(VOCAB_TABLE))
         .map_err(|e| StageError::io(&vocab_path, e))?;
     write_log(&ctx.out_dir.join(TRAIN_LOG), &log)?;
@@ -296,7 +323,12 @@ pub fn tensors_of(batch: &[&Pair], features: &FeatureMatrix, device: Device) -> 
 }
 
 /// Mean caption loss over `pairs` (NaN when there are none).
-fn mean_loss(model: &CaptionModel, pairs: &[&Pair], features: &FeatureMatrix, device: Device) -> f64 {
+fn mean_loss(
+    model: &CaptionModel,
+    pairs: &[&Pair],
+    features: &FeatureMatrix,
+    device: Device,
+) -> f64 {
     if pairs.is_empty() {
         return f64::NAN;
     }
@@ -402,8 +434,11 @@ fn save_checkpoint(
         log: log.to_vec(),
     };
     let info_tmp = scratch.join("checkpoint.tmp.json");
-    std::fs::write(&info_tmp, serde_json::to_vec(&checkpoint).unwrap_or_default())
-        .map_err(|e| StageError::io(&info_tmp, e))?;
+    std::fs::write(
+        &info_tmp,
+        serde_json::to_vec(&checkpoint).unwrap_or_default(),
+    )
+    .map_err(|e| StageError::io(&info_tmp, e))?;
     std::fs::rename(&info_tmp, &info_path).map_err(|e| StageError::io(&info_path, e))
 }
 

@@ -165,9 +165,10 @@ impl StorageDtype {
     /// The kind tensors of this storage are handed out as.
     fn output_kind(self) -> Kind {
         match self {
-            StorageDtype::Float | StorageDtype::Double | StorageDtype::Half | StorageDtype::BFloat16 => {
-                Kind::Float
-            }
+            StorageDtype::Float
+            | StorageDtype::Double
+            | StorageDtype::Half
+            | StorageDtype::BFloat16 => Kind::Float,
             _ => Kind::Int64,
         }
     }
@@ -239,11 +240,11 @@ fn parse_tensor(
     storages: &mut HashMap<String, StorageInfo>,
 ) -> Result<TensorEntry, BackboneError> {
     let bad = |what: String| BackboneError::format(path, format!("tensor `{name}`: {what}"));
-    let Value::Call {
-        callable, args, ..
-    } = value
-    else {
-        return Err(bad(format!("expected a tensor, found a {}", value.kind_name())));
+    let Value::Call { callable, args, .. } = value else {
+        return Err(bad(format!(
+            "expected a tensor, found a {}",
+            value.kind_name()
+        )));
     };
     // nn.Parameter objects pickle as a wrapper around the tensor.
     if callable.is_global("torch._utils", "_rebuild_parameter")
@@ -283,7 +284,8 @@ fn parse_tensor(
     }
     let offset = as_i64(offset).ok_or_else(|| bad("storage offset is not an integer".into()))?;
     let size = int_tuple(size).ok_or_else(|| bad("size is not a tuple of integers".into()))?;
-    let stride = int_tuple(stride).ok_or_else(|| bad("stride is not a tuple of integers".into()))?;
+    let stride =
+        int_tuple(stride).ok_or_else(|| bad("stride is not a tuple of integers".into()))?;
     if size.len() != stride.len() {
         return Err(bad(format!(
             "size {size:?} and stride {stride:?} differ in length"
@@ -309,10 +311,7 @@ fn parse_storage(value: &Value) -> Result<(String, StorageInfo, i64), String> {
         ));
     };
     let Value::Tuple(fields) = id.as_ref() else {
-        return Err(format!(
-            "storage id is a {}, not a tuple",
-            id.kind_name()
-        ));
+        return Err(format!("storage id is a {}, not a tuple", id.kind_name()));
     };
     let [Value::Str(tag), class, Value::Str(key), _location, numel, rest @ ..] = fields.as_slice()
     else {
@@ -379,7 +378,8 @@ fn storage_tensor(
         ));
     }
     let numel = (bytes.len() / element) as i64;
-    Tensor::f_from_data_size(bytes, &[numel], dtype.kind()).map_err(|e| BackboneError::torch(path, e))
+    Tensor::f_from_data_size(bytes, &[numel], dtype.kind())
+        .map_err(|e| BackboneError::torch(path, e))
 }
 
 /// Cuts every tensor out of its storage (honouring offset and strides) into contiguous tensors of
@@ -391,9 +391,8 @@ fn materialize(
 ) -> Result<NamedTensors, BackboneError> {
     let mut tensors = Vec::with_capacity(state.tensors.len());
     for entry in &state.tensors {
-        let bad = |what: String| {
-            BackboneError::format(path, format!("tensor `{}`: {what}", entry.name))
-        };
+        let bad =
+            |what: String| BackboneError::format(path, format!("tensor `{}`: {what}", entry.name));
         let storage = storages
             .get(&entry.storage_key)
             .ok_or_else(|| bad(format!("storage `{}` is missing", entry.storage_key)))?;
@@ -407,13 +406,14 @@ fn materialize(
         }
         let empty = entry.size.contains(&0);
         if !empty {
-            let last = entry
-                .size
-                .iter()
-                .zip(&entry.stride)
-                .try_fold(entry.offset, |acc, (&size, &stride)| {
-                    (size - 1).checked_mul(stride).and_then(|s| acc.checked_add(s))
-                });
+            let last = entry.size.iter().zip(&entry.stride).try_fold(
+                entry.offset,
+                |acc, (&size, &stride)| {
+                    (size - 1)
+                        .checked_mul(stride)
+                        .and_then(|s| acc.checked_add(s))
+                },
+            );
             match last {
                 Some(last) if last < storage_numel => {}
                 _ => {
@@ -427,7 +427,10 @@ fn materialize(
         }
         let dtype = state.storages[&entry.storage_key].dtype;
         let tensor = if empty {
-            Tensor::zeros(entry.size.as_slice(), (dtype.output_kind(), tch::Device::Cpu))
+            Tensor::zeros(
+                entry.size.as_slice(),
+                (dtype.output_kind(), tch::Device::Cpu),
+            )
         } else {
             storage
                 .f_as_strided(entry.size.as_slice(), entry.stride.as_slice(), entry.offset)
@@ -541,9 +544,9 @@ fn read_zip(path: &Path, file: File) -> Result<NamedTensors, BackboneError> {
         })
         .ok_or_else(|| BackboneError::format(path, "zip archive without a data.pkl"))?;
     let mut read_entry = |name: &str| -> Result<Vec<u8>, BackboneError> {
-        let mut entry = archive.by_name(name).map_err(|e| {
-            BackboneError::format(path, format!("zip entry `{name}`: {e}"))
-        })?;
+        let mut entry = archive
+            .by_name(name)
+            .map_err(|e| BackboneError::format(path, format!("zip entry `{name}`: {e}")))?;
         let mut bytes = Vec::with_capacity(entry.size() as usize);
         entry
             .read_to_end(&mut bytes)
@@ -743,8 +746,11 @@ pub(crate) mod tests {
         }
         w.op(b"e.");
         for (_, class, data) in storages {
-            let element = StorageDtype::from_storage_class(class).unwrap().element_size();
-            w.op(&((data.len() / element) as u64).to_le_bytes()).op(data);
+            let element = StorageDtype::from_storage_class(class)
+                .unwrap()
+                .element_size();
+            w.op(&((data.len() / element) as u64).to_le_bytes())
+                .op(data);
         }
         w.out
     }
@@ -843,7 +849,10 @@ pub(crate) mod tests {
         let bytes = legacy_bytes(&specs, &storages);
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let err = read_pth(&path).unwrap_err().to_string();
-        assert!(err.contains("cut.pth") && err.contains("truncated"), "{err}");
+        assert!(
+            err.contains("cut.pth") && err.contains("truncated"),
+            "{err}"
+        );
         assert!(err.contains("`s3`"), "{err}");
     }
 
@@ -855,7 +864,10 @@ pub(crate) mod tests {
         specs[1].offset = 5;
         std::fs::write(&path, zip_bytes(&specs, &storages)).unwrap();
         let err = read_pth(&path).unwrap_err().to_string();
-        assert!(err.contains("`layer.bias`") && err.contains("reach past"), "{err}");
+        assert!(
+            err.contains("`layer.bias`") && err.contains("reach past"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -874,10 +886,7 @@ pub(crate) mod tests {
         assert!(err.contains("not a PyTorch checkpoint"), "{err}");
 
         let missing = dir.path().join("missing.pth");
-        assert!(matches!(
-            read_pth(&missing),
-            Err(BackboneError::Io { .. })
-        ));
+        assert!(matches!(read_pth(&missing), Err(BackboneError::Io { .. })));
     }
 
     #[test]

@@ -99,29 +99,20 @@ impl MbConvBlock {
         }
     }
 
-    fn forward(&self, xs: &Tensor, observe: &mut Observer) -> Tensor {
+    fn forward(&self, xs: &Tensor) -> Tensor {
         let hidden = match &self.expand {
-            Some((conv, bn)) => normalise(bn, &conv.forward(xs), observe).relu6(),
+            Some((conv, bn)) => bn.forward(&conv.forward(xs)).relu6(),
             None => xs.shallow_clone(),
         };
-        let hidden = normalise(&self.bn1, &self.depthwise.forward(&hidden), observe).relu6();
+        let hidden = self.bn1.forward(&self.depthwise.forward(&hidden)).relu6();
         // The projection is linear: no activation, so the residual sum stays unclipped.
-        let out = normalise(&self.bn2, &self.project.forward(&hidden), observe);
+        let out = self.bn2.forward(&self.project.forward(&hidden));
         if self.residual {
             out + xs
         } else {
             out
         }
     }
-}
-
-/// Sees each batch norm with its input during a forward pass (tests compare the inputs with the
-/// statistics the weights were trained on).
-type Observer<'a> = dyn FnMut(&BatchNorm, &Tensor) + 'a;
-
-fn normalise(bn: &BatchNorm, xs: &Tensor, observe: &mut Observer) -> Tensor {
-    observe(bn, xs);
-    bn.forward(xs)
 }
 
 /// EfficientNet-Lite0 with its ImageNet classifier.
@@ -147,7 +138,9 @@ impl EfficientNetLite0 {
         let pad_for = |kernel: i64| padding_for(padding, kernel);
         let stem = Conv2d::new(
             &(vs / "_conv_stem"),
-            ConvSpec::new(3, STEM_CHANNELS, 3).stride(2).padding(pad_for(3)),
+            ConvSpec::new(3, STEM_CHANNELS, 3)
+                .stride(2)
+                .padding(pad_for(3)),
         );
         let bn0 = BatchNorm::new(&(vs / "_bn0"), STEM_CHANNELS, BN_EPS);
         let blocks_vs = vs / "_blocks";
@@ -186,28 +179,12 @@ impl EfficientNetLite0 {
 
     /// `[N, 3, H, W]` normalised images -> `[N, 1280]` globally average-pooled features.
     pub fn features(&self, xs: &Tensor) -> Tensor {
-        self.forward_observed(xs, &mut |_, _| {})
-    }
-
-    fn forward_observed(&self, xs: &Tensor, observe: &mut Observer) -> Tensor {
-        let mut xs = normalise(&self.bn0, &self.stem.forward(xs), observe).relu6();
+        let mut xs = self.bn0.forward(&self.stem.forward(xs)).relu6();
         for block in &self.blocks {
-            xs = block.forward(&xs, observe);
+            xs = block.forward(&xs);
         }
-        let xs = normalise(&self.bn1, &self.head.forward(&xs), observe).relu6();
+        let xs = self.bn1.forward(&self.head.forward(&xs)).relu6();
         xs.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
-    }
-
-    /// How far the activations of `xs` stray from the batch-norm statistics of training: the
-    /// mean over batch norms of |ln(batch variance / running variance)| (median over channels).
-    /// Inputs padded and scaled as in training give the smallest value.
-    #[cfg(test)]
-    pub(crate) fn batch_norm_mismatch(&self, xs: &Tensor) -> f64 {
-        let mut mismatches = Vec::new();
-        self.forward_observed(xs, &mut |bn, input| {
-            mismatches.push(bn.variance_mismatch(input))
-        });
-        mismatches.iter().sum::<f64>() / mismatches.len() as f64
     }
 
     /// `[N, 1280]` features -> `[N, 1000]` ImageNet logits (dropout is a no-op at inference).
@@ -240,10 +217,19 @@ mod tests {
         let variables = vs.variables();
         let shape = |name: &str| variables.get(name).map(|t| t.size());
         assert_eq!(shape("_conv_stem.weight"), Some(vec![32, 3, 3, 3]));
-        assert_eq!(shape("_blocks.0._depthwise_conv.weight"), Some(vec![32, 1, 3, 3]));
+        assert_eq!(
+            shape("_blocks.0._depthwise_conv.weight"),
+            Some(vec![32, 1, 3, 3])
+        );
         assert_eq!(shape("_blocks.0._expand_conv.weight"), None);
-        assert_eq!(shape("_blocks.12._depthwise_conv.weight"), Some(vec![1152, 1, 5, 5]));
-        assert_eq!(shape("_blocks.15._project_conv.weight"), Some(vec![320, 1152, 1, 1]));
+        assert_eq!(
+            shape("_blocks.12._depthwise_conv.weight"),
+            Some(vec![1152, 1, 5, 5])
+        );
+        assert_eq!(
+            shape("_blocks.15._project_conv.weight"),
+            Some(vec![320, 1152, 1, 1])
+        );
         assert_eq!(shape("_bn1.running_var"), Some(vec![1280]));
         assert_eq!(shape("_fc.weight"), Some(vec![1000, 1280]));
         // 5 tensors per batch norm, 1 per conv, 2 for fc; the checkpoint adds a

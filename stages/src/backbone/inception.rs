@@ -74,7 +74,11 @@ impl InceptionA {
             branch3x3dbl_1: basic(vs, "branch3x3dbl_1", ConvSpec::new(in_channels, 64, 1)),
             branch3x3dbl_2: basic(vs, "branch3x3dbl_2", ConvSpec::new(64, 96, 3).pad([1, 1])),
             branch3x3dbl_3: basic(vs, "branch3x3dbl_3", ConvSpec::new(96, 96, 3).pad([1, 1])),
-            branch_pool: basic(vs, "branch_pool", ConvSpec::new(in_channels, pool_features, 1)),
+            branch_pool: basic(
+                vs,
+                "branch_pool",
+                ConvSpec::new(in_channels, pool_features, 1),
+            ),
         }
     }
 
@@ -102,7 +106,11 @@ struct InceptionB {
 impl InceptionB {
     fn new(vs: &nn::Path, in_channels: i64) -> Self {
         InceptionB {
-            branch3x3: basic(vs, "branch3x3", ConvSpec::new(in_channels, 384, 3).stride(2)),
+            branch3x3: basic(
+                vs,
+                "branch3x3",
+                ConvSpec::new(in_channels, 384, 3).stride(2),
+            ),
             branch3x3dbl_1: basic(vs, "branch3x3dbl_1", ConvSpec::new(in_channels, 64, 1)),
             branch3x3dbl_2: basic(vs, "branch3x3dbl_2", ConvSpec::new(64, 96, 3).pad([1, 1])),
             branch3x3dbl_3: basic(vs, "branch3x3dbl_3", ConvSpec::new(96, 96, 3).stride(2)),
@@ -358,15 +366,23 @@ mod tests {
         let _net = InceptionV3::new(&vs.root());
         // torchvision's inception_v3(aux_logits=True) has 27,161,264 parameters (running
         // statistics are buffers, not parameters).
-        let parameters: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+        let parameters: i64 = vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum();
         assert_eq!(parameters, 27_161_264);
         let variables = vs.variables();
         assert_eq!(
-            variables.get("Mixed_6e.branch7x7dbl_5.conv.weight").map(|t| t.size()),
+            variables
+                .get("Mixed_6e.branch7x7dbl_5.conv.weight")
+                .map(|t| t.size()),
             Some(vec![192, 192, 1, 7])
         );
         assert_eq!(
-            variables.get("AuxLogits.conv1.bn.running_mean").map(|t| t.size()),
+            variables
+                .get("AuxLogits.conv1.bn.running_mean")
+                .map(|t| t.size()),
             Some(vec![768])
         );
         assert_eq!(

@@ -89,7 +89,9 @@ impl Conv2d {
             spec.kernel[1],
         ];
         let weight = vs.var("weight", &dims, nn::init::DEFAULT_KAIMING_UNIFORM);
-        let bias = spec.bias.then(|| vs.var("bias", &[spec.out_channels], Init::Const(0.)));
+        let bias = spec
+            .bias
+            .then(|| vs.var("bias", &[spec.out_channels], Init::Const(0.)));
         Conv2d {
             weight,
             bias,
@@ -161,20 +163,6 @@ impl BatchNorm {
         }
     }
 
-    /// |ln(variance of `xs` / running variance)|, the median over channels: how far this input
-    /// (`[N, C, H, W]`, the layer's own input) is from what the layer saw in training. A small
-    /// constant keeps dead channels (zero variance) from dominating.
-    #[cfg(test)]
-    pub fn variance_mismatch(&self, xs: &Tensor) -> f64 {
-        let per_channel = xs.transpose(0, 1).flatten(1, -1);
-        let variance = per_channel.var_dim(1, false, false);
-        ((variance + 1e-4) / (&self.running_var + 1e-4))
-            .log()
-            .median()
-            .abs()
-            .double_value(&[])
-    }
-
     pub fn forward(&self, xs: &Tensor) -> Tensor {
         // Momentum only matters when training updates the running statistics; never here.
         xs.batch_norm(
@@ -244,11 +232,12 @@ mod tests {
     #[test]
     fn tf_same_convolution_keeps_ceil_size() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let spec = ConvSpec::new(3, 4, 3)
-            .stride(2)
-            .padding(Padding::TfSame);
+        let spec = ConvSpec::new(3, 4, 3).stride(2).padding(Padding::TfSame);
         let conv = Conv2d::new(&vs.root(), spec);
-        let out = conv.forward(&Tensor::ones([1, 3, 15, 16], (tch::Kind::Float, tch::Device::Cpu)));
+        let out = conv.forward(&Tensor::ones(
+            [1, 3, 15, 16],
+            (tch::Kind::Float, tch::Device::Cpu),
+        ));
         assert_eq!(out.size(), [1, 4, 8, 8]);
     }
 }

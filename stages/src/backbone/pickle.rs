@@ -27,7 +27,10 @@ pub enum Value {
     /// Key/value pairs in insertion order (Python dicts keep it, and state dicts rely on it).
     Dict(Vec<(Value, Value)>),
     /// A reference to `module.name` (a class or function).
-    Global { module: String, name: String },
+    Global {
+        module: String,
+        name: String,
+    },
     /// `callable(*args)`, left unevaluated, with the state a later `BUILD` gave it.
     Call {
         callable: Box<Value>,
@@ -355,16 +358,16 @@ impl<'a> Machine<'a> {
                             )))
                         }
                     };
-                    let value = if callable.is_global("collections", "OrderedDict") && args.is_empty()
-                    {
-                        Value::Dict(Vec::new())
-                    } else {
-                        Value::Call {
-                            callable: Box::new(callable),
-                            args,
-                            state: None,
-                        }
-                    };
+                    let value =
+                        if callable.is_global("collections", "OrderedDict") && args.is_empty() {
+                            Value::Dict(Vec::new())
+                        } else {
+                            Value::Call {
+                                callable: Box::new(callable),
+                                args,
+                                state: None,
+                            }
+                        };
                     self.stack.push(value);
                 }
                 BUILD => {
@@ -394,8 +397,8 @@ impl<'a> Machine<'a> {
                     self.put(index)?;
                 }
                 MEMOIZE => {
-                    let index = u32::try_from(self.memo.len())
-                        .map_err(|_| self.error("memo too large"))?;
+                    let index =
+                        u32::try_from(self.memo.len()).map_err(|_| self.error("memo too large"))?;
                     self.put(index)?;
                 }
                 BINGET => {
@@ -489,7 +492,11 @@ impl<'a> Machine<'a> {
 
     fn pop(&mut self) -> Result<Value, PickleError> {
         // A value below the innermost mark belongs to an outer frame.
-        if self.marks.last().is_some_and(|&mark| mark >= self.stack.len()) {
+        if self
+            .marks
+            .last()
+            .is_some_and(|&mark| mark >= self.stack.len())
+        {
             return Err(self.error("stack underflow (popping past a MARK)"));
         }
         self.stack
@@ -588,9 +595,20 @@ mod tests {
         // {'a': (1, -2, 300), 'b': [None, True, 1.5], 'a2': <memo of the tuple>}
         let mut data = vec![PROTO, 2, EMPTY_DICT, BINPUT, 0, MARK];
         data.extend([BINUNICODE, 1, 0, 0, 0, b'a']);
-        data.extend([BININT1, 1, BININT, 0xfe, 0xff, 0xff, 0xff, BININT2, 0x2c, 0x01]);
+        data.extend([
+            BININT1, 1, BININT, 0xfe, 0xff, 0xff, 0xff, BININT2, 0x2c, 0x01,
+        ]);
         data.extend([TUPLE3, BINPUT, 1]);
-        data.extend([SHORT_BINSTRING, 1, b'b', EMPTY_LIST, MARK, NONE, NEWTRUE, BINFLOAT]);
+        data.extend([
+            SHORT_BINSTRING,
+            1,
+            b'b',
+            EMPTY_LIST,
+            MARK,
+            NONE,
+            NEWTRUE,
+            BINFLOAT,
+        ]);
         data.extend(1.5f64.to_be_bytes());
         data.extend([APPENDS]);
         data.extend([SHORT_BINUNICODE, 2, b'a', b'2', BINGET, 1]);
@@ -622,8 +640,20 @@ mod tests {
         data.extend([SHORT_BINUNICODE, 1, b'k', GLOBAL]);
         data.extend(b"torch\nFloatStorage\n");
         data.extend([SHORT_BINUNICODE, 1, b'0', TUPLE2, BINPERSID]);
-        data.extend([BINGET, 2, EMPTY_TUPLE, REDUCE, MARK, DICT, POP, TUPLE2, SETITEM]);
-        data.extend([LONG1, 10, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19]);
+        data.extend([
+            BINGET,
+            2,
+            EMPTY_TUPLE,
+            REDUCE,
+            MARK,
+            DICT,
+            POP,
+            TUPLE2,
+            SETITEM,
+        ]);
+        data.extend([
+            LONG1, 10, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+        ]);
         data.extend([POP, EMPTY_DICT, BUILD, STOP]);
         let (value, _) = load(&data, 0).unwrap();
         let Value::Dict(entries) = value else {
@@ -643,7 +673,11 @@ mod tests {
                 Value::Str("0".into()),
             ])))
         );
-        assert_eq!(items[1], Value::Dict(Vec::new()), "memoised OrderedDict global");
+        assert_eq!(
+            items[1],
+            Value::Dict(Vec::new()),
+            "memoised OrderedDict global"
+        );
     }
 
     #[test]

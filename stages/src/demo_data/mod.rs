@@ -372,7 +372,15 @@ mod tests {
         progress: &dyn Progress,
     ) -> Result<StageReport, StageError> {
         let params = params(overrides);
-        let ctx = StageContext::new("demo", &params, &[], out_dir, out_dir, progress);
+        let ctx = StageContext::new(
+            "demo_data",
+            "demo",
+            &params,
+            &[],
+            out_dir,
+            out_dir,
+            progress,
+        );
         (KIND.run)(&ctx)
     }
 

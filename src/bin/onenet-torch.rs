@@ -1,0 +1,284 @@
+//! `onenet-torch`: the process that loads libtorch. The `onenet` engine starts it to run the
+//! stage kinds that need libtorch (`run-stage`, one stage per process) and hands it the task
+//! commands (`caption`, `find-images`, …), so that the engine itself starts without libtorch.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use onenet::config;
+use onenet::engine::Engine;
+use onenet::task_cli::{Format, TaskCommand};
+use serde_json::json;
+
+/// The libtorch worker of onenet; run `onenet` instead.
+#[derive(Parser)]
+#[command(name = "onenet", version)]
+struct Cli {
+    #[arg(long, short = 'p', global = true, default_value = "pipeline.toml")]
+    pipeline: PathBuf,
+
+    #[command(subcommand)]
+    command: WorkerCommand,
+}
+
+#[derive(Subcommand)]
+enum WorkerCommand {
+    /// Run one stage described by a JSON job (what the engine sends).
+    #[command(hide = true)]
+    RunStage { job: String },
+    #[command(flatten)]
+    Task(TaskCommand),
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    let task = match cli.command {
+        WorkerCommand::RunStage { job } => return run_stage(&job),
+        WorkerCommand::Task(task) => task,
+    };
+    match task {
+        TaskCommand::Caption {
+            images,
+            beam,
+            format,
+        } => {
+            let engine = open_engine(&cli.pipeline)?;
+            let trained = load_trained(&engine)?;
+            let extractor = load_extractor(&engine)?;
+            let results = onenet_stages::tasks::caption_files(&trained, &extractor, &images, beam)?;
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "results": results }))?
+                ),
+                Format::Text => {
+                    for r in results {
+                        println!("{}: {}", r.path, r.caption);
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TaskCommand::SimilarImages {
+            image,
+            id,
+            k,
+            format,
+        } => {
+            let engine = open_engine(&cli.pipeline)?;
+            let (_, embed_dir) = engine
+                .newest_output_of_kind("embed")
+                .map_err(anyhow::Error::msg)?;
+            let index = onenet_stages::tasks::ImageIndex::read(&embed_dir)?;
+            let (query, exclude, label) = match (image, id) {
+                (_, Some(id)) => {
+                    let row = index.row_of(&id).with_context(|| {
+                        format!("no image with id {id:?} in the pipeline's images")
+                    })?;
+                    (index.vector(row).to_vec(), Some(row), id)
+                }
+                (Some(path), None) => {
+                    let trained = load_trained(&engine)?;
+                    let extractor = load_extractor(&engine)?;
+                    let vector = onenet_stages::tasks::embed_file(&trained, &extractor, &path)?;
+                    // The query file itself, if it is one of the dataset's images.
+                    let hash = onenet_stages::hash_file(&path)?;
+                    let (_, features_dir) = engine
+                        .newest_output_of_kind("features")
+                        .map_err(anyhow::Error::msg)?;
+                    let rows = onenet_stages::feature_table::FeatureMatrix::read(
+                        &features_dir,
+                        tch_cpu(),
+                    )?
+                    .rows;
+                    let exclude = rows
+                        .iter()
+                        .find(|r| r.hash == hash)
+                        .and_then(|r| index.row_of(&r.image_id));
+                    (vector, exclude, path.display().to_string())
+                }
+                (None, None) => bail!("give an image file or --id IMAGE_ID"),
+            };
+            let matches = index.nearest(&query, k, exclude);
+            print_matches(&[(label, matches, Vec::new())], format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        TaskCommand::SimilarWords { word, k, format } => {
+            let engine = open_engine(&cli.pipeline)?;
+            let (_, embed_dir) = engine
+                .newest_output_of_kind("embed")
+                .map_err(anyhow::Error::msg)?;
+            let matches = onenet_stages::tasks::similar_words(&embed_dir, &word, k)?;
+            print_matches(&[(word, matches, Vec::new())], format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        TaskCommand::SimilarCaptions { text, k, format } => {
+            let engine = open_engine(&cli.pipeline)?;
+            let trained = load_trained(&engine)?;
+            let (_, embed_dir) = engine
+                .newest_output_of_kind("embed")
+                .map_err(anyhow::Error::msg)?;
+            let (matches, unknown) =
+                onenet_stages::tasks::similar_captions(&trained, &embed_dir, &text, k)?;
+            print_matches(&[(text, matches, unknown)], format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        TaskCommand::FindImages {
+            texts,
+            k,
+            steps,
+            restarts,
+            format,
+        } => {
+            let engine = open_engine(&cli.pipeline)?;
+            let trained = load_trained(&engine)?;
+            let (_, embed_dir) = engine
+                .newest_output_of_kind("embed")
+                .map_err(anyhow::Error::msg)?;
+            let index = onenet_stages::tasks::ImageIndex::read(&embed_dir)?;
+            let results = onenet_stages::tasks::find_images(
+                &trained,
+                &index,
+                &texts,
+                k,
+                steps,
+                restarts,
+                onenet_stages::evaluate::DEFAULT_INVERT_LEARNING_RATE,
+            )?;
+            let labelled: Vec<_> = texts
+                .into_iter()
+                .zip(results)
+                .map(|(t, (m, u))| (t, m, u))
+                .collect();
+            print_matches(&labelled, format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        TaskCommand::Metrics { format } => {
+            let engine = open_engine(&cli.pipeline)?;
+            let (_, dir) = engine
+                .newest_output_of_kind("evaluate")
+                .map_err(anyhow::Error::msg)?;
+            let metrics = onenet_stages::evaluate::read_metrics(&dir)?;
+            match format {
+                Format::Json => {
+                    let rows: Vec<_> = metrics
+                        .iter()
+                        .map(|m| json!({"name": m.name, "method": m.method, "split": m.split, "value": m.value}))
+                        .collect();
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&json!({ "metrics": rows }))?
+                    );
+                }
+                Format::Text => {
+                    for m in metrics {
+                        println!(
+                            "{:<24} {:<16} {:<5} {:.4}",
+                            m.name, m.method, m.split, m.value
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run_stage(job: &str) -> Result<ExitCode> {
+    // Die with the engine: a killed run must not leave its stage running.
+    // SAFETY: prctl with PR_SET_PDEATHSIG only sets this process's own parent-death signal.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    let job: onenet_stages::worker::StageJob =
+        serde_json::from_str(job).context("reading the stage job")?;
+    let run = onenet_stages::torch_run(&job.kind)
+        .with_context(|| format!("stage kind `{}` does not run in the worker", job.kind))?;
+    Ok(if onenet_stages::worker::serve(&job, run) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn open_engine(pipeline: &Path) -> Result<Engine> {
+    Ok(Engine::open(config::load(pipeline)?)?)
+}
+
+fn tch_cpu() -> tch::Device {
+    tch::Device::Cpu
+}
+
+fn load_trained(engine: &Engine) -> Result<onenet_stages::train::TrainedModel> {
+    let (_, dir) = engine
+        .newest_output_of_kind("train")
+        .map_err(|e| anyhow::anyhow!("the model is not trained yet: {e}"))?;
+    Ok(onenet_stages::train::TrainedModel::load(&dir, tch_cpu())?)
+}
+
+/// The backbone of the pipeline's `features` stage, with the same weights.
+fn load_extractor(engine: &Engine) -> Result<onenet_stages::tasks::FeatureExtractor> {
+    let decl = engine
+        .pipeline
+        .stages
+        .iter()
+        .find(|s| s.kind.name == "features")
+        .context("the pipeline has no features stage")?;
+    let backbone = decl.params.str("backbone")?;
+    let weights = match decl.params.opt_str("weights") {
+        Some("random") => None,
+        Some(path) => Some(engine.pipeline.base_dir.join(path)),
+        None => bail!("stage `{}` sets no weights", decl.name),
+    };
+    Ok(onenet_stages::tasks::FeatureExtractor::load(
+        backbone,
+        weights.as_deref(),
+    )?)
+}
+
+/// Prints (query, matches, unknown words) triples as text or JSON.
+fn print_matches(
+    results: &[(String, Vec<onenet_stages::tasks::Match>, Vec<String>)],
+    format: Format,
+) -> Result<()> {
+    match format {
+        Format::Json => {
+            let rows: Vec<_> = results
+                .iter()
+                .map(|(q, m, u)| json!({"query": q, "matches": m, "unknown_words": u}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({ "results": rows }))?
+            );
+        }
+        Format::Text => {
+            for (query, matches, unknown) in results {
+                println!("{query}");
+                if !unknown.is_empty() {
+                    println!("  (unknown words left out: {})", unknown.join(", "));
+                }
+                for m in matches {
+                    if m.detail.is_empty() {
+                        println!("  {:>2}. {:.3}  {}", m.rank, m.score, m.id);
+                    } else {
+                        println!("  {:>2}. {:.3}  {}  {}", m.rank, m.score, m.id, m.detail);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

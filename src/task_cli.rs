@@ -1,0 +1,81 @@
+//! The command-line arguments of the four tasks, shared by `onenet` (which lists them in its
+//! help) and the libtorch worker `onenet-torch` (which runs them).
+
+use std::path::PathBuf;
+
+use clap::{Subcommand, ValueEnum};
+
+/// Output format of a command: readable text, or JSON for scripts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TaskCommand {
+    /// Caption image files with the trained network (features computed on the fly with the
+    /// pipeline's backbone).
+    Caption {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Beam width (1: greedy decoding).
+        #[arg(long, default_value_t = 1)]
+        beam: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Images most similar to an image file or to a dataset image (cosine of image
+    /// embeddings; the query itself is left out).
+    SimilarImages {
+        /// An image file.
+        #[arg(required_unless_present = "id", conflicts_with = "id")]
+        image: Option<PathBuf>,
+        /// A dataset image id, e.g. demo_000123.jpg.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(short, default_value_t = 5)]
+        k: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Words most similar to a word (cosine of the learned word embeddings).
+    SimilarWords {
+        word: String,
+        #[arg(short, default_value_t = 5)]
+        k: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Captions most similar to a text (cosine of mean word embeddings); unknown words are
+    /// reported and left out.
+    SimilarCaptions {
+        text: String,
+        #[arg(short, default_value_t = 5)]
+        k: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Images for captions, by inverting the captioner: with its weights frozen, image
+    /// embeddings are optimised so the model finds each caption likely (all captions and restarts
+    /// as one batch), then the nearest real images are returned.
+    FindImages {
+        #[arg(required = true)]
+        texts: Vec<String>,
+        #[arg(short, default_value_t = 5)]
+        k: usize,
+        /// Optimisation steps.
+        #[arg(long, default_value_t = onenet_stages::evaluate::DEFAULT_INVERT_STEPS as usize)]
+        steps: usize,
+        /// Random starting embeddings per caption; the one the model likes best is kept.
+        #[arg(long, default_value_t = onenet_stages::evaluate::DEFAULT_INVERT_RESTARTS as usize)]
+        restarts: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// The newest evaluation: BLEU of generated captions and caption→image retrieval.
+    Metrics {
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}

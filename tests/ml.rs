@@ -1,0 +1,271 @@
+//! End-to-end tests of the network and the four tasks: the real `onenet` binary trains on a small
+//! demo dataset with the real EfficientNet-Lite0 weights (`make setup` installs them) and must
+//! reach the quality the demo promises; the task commands answer on the trained model.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+fn weights() -> PathBuf {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/efficientnet-lite0-57934424.pth");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make setup` (it installs the EfficientNet-Lite0 weights)",
+        path.display()
+    );
+    path
+}
+
+/// A small version of the demo pipeline: fewer, smaller pictures and fewer epochs.
+fn pipeline(images: u32, epochs: u32) -> String {
+    format!(
+        r#"
+[stages.demo]
+kind = "demo_data"
+params = {{ images = {images}, seed = 11, image_size = 96 }}
+
+[stages.captions]
+kind = "captions"
+inputs = ["demo"]
+
+[stages.images]
+kind = "images"
+inputs = ["demo"]
+
+[stages.features]
+kind = "features"
+inputs = ["images"]
+params = {{ weights = "{weights}", batch_size = 8 }}
+
+[stages.order]
+kind = "order"
+inputs = ["captions", "features"]
+
+[stages.train]
+kind = "train"
+inputs = ["order", "features", "captions"]
+params = {{ epochs = {epochs}, dev_images = 20 }}
+
+[stages.embed]
+kind = "embed"
+inputs = ["train", "features", "captions"]
+
+[stages.evaluate]
+kind = "evaluate"
+inputs = ["train", "features", "order"]
+params = {{ queries = 150 }}
+"#,
+        weights = weights().display()
+    )
+}
+
+struct Trained {
+    dir: tempfile::TempDir,
+}
+
+impl Trained {
+    fn onenet(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_onenet"))
+            .current_dir(self.dir.path())
+            .args(args)
+            .output()
+            .expect("run onenet");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--format", "json"]);
+        let out = self.onenet(&all);
+        assert!(
+            out.status.success(),
+            "onenet {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    }
+}
+
+/// One trained demo model shared by the tests of this file (training is the slow part).
+fn trained() -> &'static Trained {
+    static TRAINED: OnceLock<Trained> = OnceLock::new();
+    TRAINED.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("pipeline.toml"), pipeline(400, 12)).unwrap();
+        let t = Trained { dir };
+        let out = t.onenet(&["run"]);
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t
+    })
+}
+
+fn metric(metrics: &Value, name: &str, method: &str) -> f64 {
+    metrics["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name && m["method"] == method)
+        .unwrap_or_else(|| panic!("no metric {name}/{method} in {metrics}"))["value"]
+        .as_f64()
+        .unwrap()
+}
+
+#[test]
+fn the_demo_model_captions_well_and_inversion_finds_the_picture() {
+    let t = trained();
+    let metrics = t.json(&["metrics"]);
+    let bleu4 = metric(&metrics, "bleu4", "greedy");
+    let r1 = metric(&metrics, "r1", "invert");
+    let r5 = metric(&metrics, "r5", "invert");
+    let queries = metric(&metrics, "queries", "invert");
+    assert!(queries >= 100.0, "only {queries} retrieval queries");
+    assert!(bleu4 >= 0.5, "greedy BLEU-4 {bleu4} < 0.5");
+    assert!(r1 >= 0.5, "inversion R@1 {r1} < 0.5");
+    assert!(r5 >= 0.8, "inversion R@5 {r5} < 0.8");
+    for name in ["bleu1", "bleu2", "bleu3", "bleu4"] {
+        metric(&metrics, name, "beam");
+    }
+    for name in ["r1", "r5", "r10", "median_rank"] {
+        metric(&metrics, name, "embed");
+    }
+}
+
+#[test]
+fn caption_names_what_is_in_a_picture() {
+    let t = trained();
+    let demo = t.dir.path().join("artifacts/latest/demo");
+    let captions = std::fs::read_to_string(demo.join("Flickr8k_text/Flickr8k.token.txt")).unwrap();
+    let test_list =
+        std::fs::read_to_string(demo.join("Flickr8k_text/Flickr_8k.testImages.txt")).unwrap();
+    let mut right = 0;
+    let images: Vec<&str> = test_list.lines().take(10).collect();
+    let paths: Vec<String> = images
+        .iter()
+        .map(|i| demo.join("Flicker8k_Dataset").join(i).display().to_string())
+        .collect();
+    let mut args = vec!["caption", "--beam", "3"];
+    args.extend(paths.iter().map(String::as_str));
+    let out = t.json(&args);
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(results.len(), images.len());
+    for (image, result) in images.iter().zip(results) {
+        let generated = result["caption"].as_str().unwrap();
+        // Right when some reference caption contains every generated word's colour and shape.
+        let references: Vec<String> = captions
+            .lines()
+            .filter(|l| l.starts_with(&format!("{image}#")))
+            .map(|l| l.to_lowercase())
+            .collect();
+        let key_words: Vec<&str> = generated
+            .split(' ')
+            .filter(|w| {
+                [
+                    "red", "green", "blue", "yellow", "purple", "orange", "white", "black",
+                    "circle", "square", "triangle", "star", "cross",
+                ]
+                .iter()
+                .any(|k| w.starts_with(k))
+            })
+            .collect();
+        if !key_words.is_empty()
+            && references
+                .iter()
+                .any(|r| key_words.iter().all(|k| r.contains(k)))
+        {
+            right += 1;
+        }
+    }
+    assert!(
+        right >= 7,
+        "only {right} of {} captions name the right colours and shapes",
+        images.len()
+    );
+}
+
+#[test]
+fn similar_images_words_and_captions_answer_sensibly() {
+    let t = trained();
+    let out = t.json(&["similar-images", "--id", "demo_000003.jpg", "-k", "4"]);
+    let matches = out["results"][0]["matches"].as_array().unwrap();
+    assert_eq!(matches.len(), 4);
+    assert!(
+        matches.iter().all(|m| m["id"] != "demo_000003.jpg"),
+        "query not excluded"
+    );
+    let scores: Vec<f64> = matches
+        .iter()
+        .map(|m| m["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+
+    // A file query that is one of the dataset's images leaves itself out too.
+    let file = t
+        .dir
+        .path()
+        .join("artifacts/latest/demo/Flicker8k_Dataset/demo_000003.jpg");
+    let out = t.json(&["similar-images", file.to_str().unwrap(), "-k", "3"]);
+    let matches = out["results"][0]["matches"].as_array().unwrap();
+    assert!(matches.iter().all(|m| m["id"] != "demo_000003.jpg"));
+
+    let out = t.json(&["similar-words", "circle", "-k", "3"]);
+    assert_eq!(out["results"][0]["matches"].as_array().unwrap().len(), 3);
+    let unknown = t.onenet(&["similar-words", "zebra"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown word \"zebra\""));
+
+    let out = t.json(&["similar-captions", "a red circle above a zebra", "-k", "3"]);
+    assert_eq!(
+        out["results"][0]["unknown_words"],
+        serde_json::json!(["zebra"])
+    );
+    assert_eq!(out["results"][0]["matches"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn find_images_takes_several_captions_at_once() {
+    let t = trained();
+    let out = t.json(&[
+        "find-images",
+        "two red squares",
+        "a blue circle above a green star",
+        "-k",
+        "5",
+    ]);
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for r in results {
+        assert_eq!(r["matches"].as_array().unwrap().len(), 5);
+    }
+    let none_known = t.onenet(&["find-images", "zebra giraffe"]);
+    assert_eq!(none_known.status.code(), Some(1));
+}
+
+#[test]
+fn tasks_before_training_say_what_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pipeline.toml"), pipeline(20, 1)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_onenet"))
+        .current_dir(dir.path())
+        .args(["similar-words", "red"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("has not been run yet: run `onenet run embed`"),
+        "{said}"
+    );
+}
