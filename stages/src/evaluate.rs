@@ -37,9 +37,10 @@ pub const KIND: StageKind = StageKind {
 };
 
 /// The inversion settings the `find-images` task also uses by default.
-pub const DEFAULT_INVERT_STEPS: i64 = 30;
+pub const DEFAULT_INVERT_STEPS: i64 = 15;
 pub const DEFAULT_INVERT_RESTARTS: i64 = 4;
 pub const DEFAULT_INVERT_LEARNING_RATE: f64 = 0.1;
+pub const DEFAULT_INVERT_INIT: &str = "images";
 
 const PARAMS: &[ParamSpec] = &[
     ParamSpec {
@@ -68,6 +69,12 @@ const PARAMS: &[ParamSpec] = &[
         ty: ParamType::Int { min: 1, max: 1000 },
         default: ParamDefault::Int(DEFAULT_INVERT_RESTARTS),
         help: "Random starting embeddings per caption; the lowest-loss one is kept",
+    },
+    ParamSpec {
+        name: "invert_init",
+        ty: ParamType::Choice(&["images", "uniform"]),
+        default: ParamDefault::Str(DEFAULT_INVERT_INIT),
+        help: "Where inversion starts: random real image embeddings, or U(0, 0.5) as the original",
     },
     ParamSpec {
         name: "invert_learning_rate",
@@ -197,7 +204,8 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let mut invert_ranks = Vec::with_capacity(queries.len());
     for chunk in queries.chunks(64) {
         let tokens: Vec<&[u32]> = chunk.iter().map(|q| q.tokens.as_slice()).collect();
-        let (z, _) = invert(model, &tokens, steps, restarts, lr);
+        let starts = (p.str("invert_init")? == "images").then_some(&embeddings);
+        let (z, _) = invert(model, &tokens, steps, restarts, lr, starts);
         let z = flatten(&z);
         for (q, query) in chunk.iter().enumerate() {
             let scores = cosine_scores(

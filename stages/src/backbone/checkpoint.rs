@@ -368,7 +368,7 @@ fn storage_tensor(
         ));
     }
     let element = dtype.element_size();
-    if bytes.len() % element != 0 {
+    if !bytes.len().is_multiple_of(element) {
         return Err(BackboneError::format(
             path,
             format!(

@@ -3,8 +3,10 @@
 //! TensorFlow weights (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv`, ..., `_fc`).
 //!
 //! The weights were trained in TensorFlow, whose "SAME" padding puts the odd zero of a stride-2
-//! convolution after the input rather than splitting it, so every convolution pads that way; and
-//! batch norm uses TensorFlow's epsilon of 1e-3.
+//! convolution after the input rather than splitting it, so every convolution pads that way (the
+//! checkpoint's own module list names a `static_padding` per convolution, the port's TF-style
+//! padding). PyTorch-style symmetric padding still recognises the test photos but with clearly
+//! lower confidence, which the backbone tests check. Batch norm uses TensorFlow's epsilon, 1e-3.
 
 use tch::nn;
 use tch::Tensor;
