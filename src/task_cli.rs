@@ -65,10 +65,10 @@ pub enum TaskCommand {
         #[arg(short, default_value_t = 5)]
         k: usize,
         /// Optimisation steps.
-        #[arg(long, default_value_t = onenet_stages::evaluate::DEFAULT_INVERT_STEPS as usize)]
+        #[arg(long, default_value_t = onenet_stages::specs::evaluate::DEFAULT_INVERT_STEPS as usize)]
         steps: usize,
         /// Random starting embeddings per caption; the one the model likes best is kept.
-        #[arg(long, default_value_t = onenet_stages::evaluate::DEFAULT_INVERT_RESTARTS as usize)]
+        #[arg(long, default_value_t = onenet_stages::specs::evaluate::DEFAULT_INVERT_RESTARTS as usize)]
         restarts: usize,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,

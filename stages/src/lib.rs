@@ -6,23 +6,15 @@
 //! Each kind carries a `version` that must be bumped whenever its logic changes what it writes, so
 //! that cached outputs of the old logic stop matching.
 
-pub mod backbone;
 pub mod captions;
 pub mod demo_data;
-pub mod embed;
 pub mod error;
-pub mod evaluate;
-pub mod feature_table;
-pub mod features;
 pub mod flickr;
 pub mod images;
 pub mod metrics;
-pub mod model;
-pub mod order;
 pub mod params;
+pub mod specs;
 pub mod table;
-pub mod tasks;
-pub mod train;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -191,11 +183,11 @@ pub fn kinds() -> &'static [StageKind] {
         demo_data::KIND,
         captions::KIND,
         images::KIND,
-        features::KIND,
-        order::KIND,
-        train::KIND,
-        embed::KIND,
-        evaluate::KIND,
+        specs::features::KIND,
+        specs::order::KIND,
+        specs::train::KIND,
+        specs::embed::KIND,
+        specs::evaluate::KIND,
     ];
     &KINDS
 }
@@ -220,19 +212,6 @@ pub fn environment() -> Vec<(String, String)> {
         ("libtorch".to_string(), libtorch_version()),
         ("device".to_string(), device.to_string()),
     ]
-}
-
-/// The `run` functions of the kinds that need libtorch, for the worker process to call. Only
-/// the worker refers to this table, so only the worker links libtorch.
-pub fn torch_run(kind: &str) -> Option<RunFn> {
-    Some(match kind {
-        "features" => features::run,
-        "order" => order::run,
-        "train" => train::run,
-        "embed" => embed::run,
-        "evaluate" => evaluate::run,
-        _ => return None,
-    })
 }
 
 /// The libtorch version the binary was linked against.

@@ -2,6 +2,7 @@
 //! measuring dev loss and dev BLEU-4 every epoch, checkpointing every epoch so a killed run
 //! resumes, and writing the model (safetensors + JSON config + its vocabulary) and a training log.
 
+use onenet_stages::specs::train::{MODEL_FILE, MODEL_INFO, TRAIN_LOG};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -15,118 +16,14 @@ use serde::{Deserialize, Serialize};
 use tch::nn::OptimizerConfig;
 use tch::{Device, Tensor};
 
-use crate::captions::{Vocabulary, VOCAB_TABLE};
 use crate::feature_table::FeatureMatrix;
-use crate::metrics::corpus_bleu;
 use crate::model::{pad_tokens, CaptionModel, ModelConfig};
 use crate::order::{read_pairs, Pair};
-use crate::table::{batch, write_parquet};
-use crate::{
-    input_of_kind, InputRule, ParamDefault, ParamSpec, ParamType, StageContext, StageError,
-    StageKind, StageReport,
-};
+use onenet_stages::captions::{Vocabulary, VOCAB_TABLE};
+use onenet_stages::metrics::corpus_bleu;
+use onenet_stages::table::{batch, write_parquet};
+use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
 
-pub const KIND: StageKind = StageKind {
-    name: "train",
-    version: 1,
-    about: "Train the caption network (image encoder, word embedding, GRU/LSTM decoder)",
-    params: PARAMS,
-    inputs: InputRule {
-        kinds: &["order", "features", "captions"],
-        min: 3,
-        max: 3,
-    },
-    sources: |_, _, _| Ok(Vec::new()),
-    run: crate::worker::run_in_worker,
-};
-
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "rnn",
-        ty: ParamType::Choice(&["gru", "lstm"]),
-        default: ParamDefault::Str("gru"),
-        help: "Recurrent cell of the decoder",
-    },
-    ParamSpec {
-        name: "image_dim",
-        ty: ParamType::Int { min: 1, max: 65536 },
-        default: ParamDefault::Int(300),
-        help: "Width of the image embedding",
-    },
-    ParamSpec {
-        name: "embed_dim",
-        ty: ParamType::Int { min: 1, max: 65536 },
-        default: ParamDefault::Int(300),
-        help: "Width of the word embedding",
-    },
-    ParamSpec {
-        name: "hidden_dim",
-        ty: ParamType::Int { min: 1, max: 65536 },
-        default: ParamDefault::Int(516),
-        help: "Width of the recurrent state",
-    },
-    ParamSpec {
-        name: "epochs",
-        ty: ParamType::Int {
-            min: 1,
-            max: 100_000,
-        },
-        default: ParamDefault::Int(10),
-        help: "Passes over the train split",
-    },
-    ParamSpec {
-        name: "batch_size",
-        ty: ParamType::Int {
-            min: 1,
-            max: 1 << 20,
-        },
-        default: ParamDefault::Int(64),
-        help: "Captions per optimisation step",
-    },
-    ParamSpec {
-        name: "learning_rate",
-        ty: ParamType::Float {
-            min: 1e-9,
-            max: 10.0,
-        },
-        default: ParamDefault::Float(1e-3),
-        help: "Adam learning rate",
-    },
-    ParamSpec {
-        name: "seed",
-        ty: ParamType::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-        default: ParamDefault::Int(7),
-        help: "Seed of the initial weights and of each epoch's shuffle",
-    },
-    ParamSpec {
-        name: "max_length",
-        ty: ParamType::Int { min: 1, max: 1000 },
-        default: ParamDefault::Int(30),
-        help: "Most words a decoded caption may have",
-    },
-    ParamSpec {
-        name: "dev_images",
-        ty: ParamType::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-        default: ParamDefault::Int(100),
-        help: "Dev images captioned each epoch for dev BLEU-4 (0: skip)",
-    },
-    ParamSpec {
-        name: "threads",
-        ty: ParamType::Int { min: 0, max: 1024 },
-        default: ParamDefault::Int(0),
-        help: "CPU threads for libtorch (0: all cores)",
-    },
-];
-
-pub const MODEL_FILE: &str = "model.safetensors";
-pub const MODEL_INFO: &str = "model.json";
-pub const TRAIN_LOG: &str = "train_log.parquet";
 const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 const CHECKPOINT_INFO: &str = "checkpoint.json";
 

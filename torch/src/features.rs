@@ -7,6 +7,7 @@
 //! previous output when the backbone and weights are the same, so adding ten images to a folder
 //! computes ten.
 
+use onenet_stages::specs::features::weights_path;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -20,54 +21,10 @@ use tch::{Device, Kind, Tensor};
 
 use crate::backbone::{Backbone, BackboneKind};
 use crate::feature_table::{FeatureMatrix, FeatureRow};
-use crate::images::IMAGES_TABLE;
-use crate::table::{read_parquet, strings};
 use crate::train::set_threads;
-use crate::{
-    input_of_kind, InputRule, ParamDefault, ParamSpec, ParamType, Params, StageContext, StageError,
-    StageInput, StageKind, StageReport,
-};
-
-pub const KIND: StageKind = StageKind {
-    name: "features",
-    version: 1,
-    about: "Pooled features of every image from a frozen CNN backbone",
-    params: PARAMS,
-    inputs: InputRule {
-        kinds: &["images"],
-        min: 1,
-        max: 1,
-    },
-    sources,
-    run: crate::worker::run_in_worker,
-};
-
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "backbone",
-        ty: ParamType::Choice(&["efficientnet_lite0", "inception_v3"]),
-        default: ParamDefault::Str("efficientnet_lite0"),
-        help: "CNN: efficientnet_lite0 (224 px, 1280-d) or inception_v3 (299 px, 2048-d)",
-    },
-    ParamSpec {
-        name: "weights",
-        ty: ParamType::Str,
-        default: ParamDefault::Unset,
-        help: "ImageNet weights: a .pth or .safetensors file, or \"random\" (tests only)",
-    },
-    ParamSpec {
-        name: "batch_size",
-        ty: ParamType::Int { min: 1, max: 4096 },
-        default: ParamDefault::Int(8),
-        help: "Images per forward pass (4-8 is fastest on two CPU cores)",
-    },
-    ParamSpec {
-        name: "threads",
-        ty: ParamType::Int { min: 0, max: 1024 },
-        default: ParamDefault::Int(0),
-        help: "CPU threads for libtorch (0: all cores)",
-    },
-];
+use onenet_stages::images::IMAGES_TABLE;
+use onenet_stages::table::{read_parquet, strings};
+use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
 
 /// Says which extractor produced a features output, so a later run knows what it may reuse.
 const EXTRACTOR_FILE: &str = "extractor.json";
@@ -78,38 +35,6 @@ struct Extractor {
     /// BLAKE3 of the weights file, or "random".
     weights: String,
     version: u32,
-}
-
-/// The weights file named by the params, or None for explicit random weights.
-fn weights_path(params: &Params, base_dir: &Path) -> Result<Option<PathBuf>, StageError> {
-    match params.opt_str("weights") {
-        None => Err(StageError::Param {
-            name: "weights".into(),
-            message: "is not set: give the path of the backbone's ImageNet weights \
-                      (`make setup` installs EfficientNet-Lite0's as weights/efficientnet-lite0-57934424.pth), \
-                      or \"random\" to use untrained weights on purpose"
-                .into(),
-        }),
-        Some("random") => Ok(None),
-        Some(path) => {
-            let path = base_dir.join(path);
-            if !path.is_file() {
-                return Err(StageError::file(
-                    &path,
-                    "weights file not found (for EfficientNet-Lite0, `make setup` installs it)",
-                ));
-            }
-            Ok(Some(path))
-        }
-    }
-}
-
-fn sources(
-    params: &Params,
-    _inputs: &[StageInput],
-    base_dir: &Path,
-) -> Result<Vec<PathBuf>, StageError> {
-    Ok(weights_path(params, base_dir)?.into_iter().collect())
 }
 
 /// One image to run through the backbone.
@@ -131,10 +56,10 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let extractor = Extractor {
         backbone: kind.name().to_string(),
         weights: match &weights {
-            Some(path) => crate::hash_file(path)?,
+            Some(path) => onenet_stages::hash_file(path)?,
             None => "random".into(),
         },
-        version: KIND.version,
+        version: onenet_stages::specs::features::KIND.version,
     };
     let batch_size = p.int("batch_size")? as usize;
 

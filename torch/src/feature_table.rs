@@ -8,8 +8,8 @@ use arrow::array::{ArrayRef, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use tch::{Device, Tensor};
 
-use crate::table::{batch, read_parquet, strings, write_parquet};
-use crate::StageError;
+use onenet_stages::table::{batch, read_parquet, strings, write_parquet};
+use onenet_stages::StageError;
 
 pub const FEATURES_FILE: &str = "features.safetensors";
 pub const ROWS_TABLE: &str = "rows.parquet";

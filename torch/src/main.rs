@@ -57,7 +57,7 @@ fn real_main() -> Result<ExitCode> {
             let engine = open_engine(&cli.pipeline)?;
             let trained = load_trained(&engine)?;
             let extractor = load_extractor(&engine)?;
-            let results = onenet_stages::tasks::caption_files(&trained, &extractor, &images, beam)?;
+            let results = onenet_torch::tasks::caption_files(&trained, &extractor, &images, beam)?;
             match format {
                 Format::Json => println!(
                     "{}",
@@ -81,7 +81,7 @@ fn real_main() -> Result<ExitCode> {
             let (_, embed_dir) = engine
                 .newest_output_of_kind("embed")
                 .map_err(anyhow::Error::msg)?;
-            let index = onenet_stages::tasks::ImageIndex::read(&embed_dir)?;
+            let index = onenet_torch::tasks::ImageIndex::read(&embed_dir)?;
             let (query, exclude, label) = match (image, id) {
                 (_, Some(id)) => {
                     let row = index.row_of(&id).with_context(|| {
@@ -92,17 +92,15 @@ fn real_main() -> Result<ExitCode> {
                 (Some(path), None) => {
                     let trained = load_trained(&engine)?;
                     let extractor = load_extractor(&engine)?;
-                    let vector = onenet_stages::tasks::embed_file(&trained, &extractor, &path)?;
+                    let vector = onenet_torch::tasks::embed_file(&trained, &extractor, &path)?;
                     // The query file itself, if it is one of the dataset's images.
                     let hash = onenet_stages::hash_file(&path)?;
                     let (_, features_dir) = engine
                         .newest_output_of_kind("features")
                         .map_err(anyhow::Error::msg)?;
-                    let rows = onenet_stages::feature_table::FeatureMatrix::read(
-                        &features_dir,
-                        tch_cpu(),
-                    )?
-                    .rows;
+                    let rows =
+                        onenet_torch::feature_table::FeatureMatrix::read(&features_dir, tch_cpu())?
+                            .rows;
                     let exclude = rows
                         .iter()
                         .find(|r| r.hash == hash)
@@ -120,7 +118,7 @@ fn real_main() -> Result<ExitCode> {
             let (_, embed_dir) = engine
                 .newest_output_of_kind("embed")
                 .map_err(anyhow::Error::msg)?;
-            let matches = onenet_stages::tasks::similar_words(&embed_dir, &word, k)?;
+            let matches = onenet_torch::tasks::similar_words(&embed_dir, &word, k)?;
             print_matches(&[(word, matches, Vec::new())], format)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -131,7 +129,7 @@ fn real_main() -> Result<ExitCode> {
                 .newest_output_of_kind("embed")
                 .map_err(anyhow::Error::msg)?;
             let (matches, unknown) =
-                onenet_stages::tasks::similar_captions(&trained, &embed_dir, &text, k)?;
+                onenet_torch::tasks::similar_captions(&trained, &embed_dir, &text, k)?;
             print_matches(&[(text, matches, unknown)], format)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -147,15 +145,15 @@ fn real_main() -> Result<ExitCode> {
             let (_, embed_dir) = engine
                 .newest_output_of_kind("embed")
                 .map_err(anyhow::Error::msg)?;
-            let index = onenet_stages::tasks::ImageIndex::read(&embed_dir)?;
-            let results = onenet_stages::tasks::find_images(
+            let index = onenet_torch::tasks::ImageIndex::read(&embed_dir)?;
+            let results = onenet_torch::tasks::find_images(
                 &trained,
                 &index,
                 &texts,
                 k,
                 steps,
                 restarts,
-                onenet_stages::evaluate::DEFAULT_INVERT_LEARNING_RATE,
+                onenet_stages::specs::evaluate::DEFAULT_INVERT_LEARNING_RATE,
             )?;
             let labelled: Vec<_> = texts
                 .into_iter()
@@ -170,7 +168,7 @@ fn real_main() -> Result<ExitCode> {
             let (_, dir) = engine
                 .newest_output_of_kind("evaluate")
                 .map_err(anyhow::Error::msg)?;
-            let metrics = onenet_stages::evaluate::read_metrics(&dir)?;
+            let metrics = onenet_torch::evaluate::read_metrics(&dir)?;
             match format {
                 Format::Json => {
                     let rows: Vec<_> = metrics
@@ -204,7 +202,7 @@ fn run_stage(job: &str) -> Result<ExitCode> {
     }
     let job: onenet_stages::worker::StageJob =
         serde_json::from_str(job).context("reading the stage job")?;
-    let run = onenet_stages::torch_run(&job.kind)
+    let run = onenet_torch::run_of_kind(&job.kind)
         .with_context(|| format!("stage kind `{}` does not run in the worker", job.kind))?;
     Ok(if onenet_stages::worker::serve(&job, run) {
         ExitCode::SUCCESS
@@ -221,15 +219,15 @@ fn tch_cpu() -> tch::Device {
     tch::Device::Cpu
 }
 
-fn load_trained(engine: &Engine) -> Result<onenet_stages::train::TrainedModel> {
+fn load_trained(engine: &Engine) -> Result<onenet_torch::train::TrainedModel> {
     let (_, dir) = engine
         .newest_output_of_kind("train")
         .map_err(|e| anyhow::anyhow!("the model is not trained yet: {e}"))?;
-    Ok(onenet_stages::train::TrainedModel::load(&dir, tch_cpu())?)
+    Ok(onenet_torch::train::TrainedModel::load(&dir, tch_cpu())?)
 }
 
 /// The backbone of the pipeline's `features` stage, with the same weights.
-fn load_extractor(engine: &Engine) -> Result<onenet_stages::tasks::FeatureExtractor> {
+fn load_extractor(engine: &Engine) -> Result<onenet_torch::tasks::FeatureExtractor> {
     let decl = engine
         .pipeline
         .stages
@@ -242,7 +240,7 @@ fn load_extractor(engine: &Engine) -> Result<onenet_stages::tasks::FeatureExtrac
         Some(path) => Some(engine.pipeline.base_dir.join(path)),
         None => bail!("stage `{}` sets no weights", decl.name),
     };
-    Ok(onenet_stages::tasks::FeatureExtractor::load(
+    Ok(onenet_torch::tasks::FeatureExtractor::load(
         backbone,
         weights.as_deref(),
     )?)
@@ -250,7 +248,7 @@ fn load_extractor(engine: &Engine) -> Result<onenet_stages::tasks::FeatureExtrac
 
 /// Prints (query, matches, unknown words) triples as text or JSON.
 fn print_matches(
-    results: &[(String, Vec<onenet_stages::tasks::Match>, Vec<String>)],
+    results: &[(String, Vec<onenet_torch::tasks::Match>, Vec<String>)],
     format: Format,
 ) -> Result<()> {
     match format {

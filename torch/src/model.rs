@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, RNN};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use crate::captions::{END_ID, PAD_ID, START_ID};
-use crate::StageError;
+use onenet_stages::captions::{END_ID, PAD_ID, START_ID};
+use onenet_stages::StageError;
 
 /// Every hyper-parameter of the network's shape, saved beside its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -405,10 +405,14 @@ pub fn invert(
     let z = match starts {
         Some(pool) if pool.size()[0] > 0 => {
             let picks = Tensor::randint(pool.size()[0], [shape[0]], (Kind::Int64, device));
-            vs.root()
-                .var_copy("z", &pool.to_device(device).index_select(0, &picks).detach())
+            vs.root().var_copy(
+                "z",
+                &pool.to_device(device).index_select(0, &picks).detach(),
+            )
         }
-        _ => vs.root().var("z", &shape, nn::Init::Uniform { lo: 0.0, up: 0.5 }),
+        _ => vs
+            .root()
+            .var("z", &shape, nn::Init::Uniform { lo: 0.0, up: 0.5 }),
     };
     let mut opt = nn::Optimizer::adam(&vs, learning_rate);
     for _ in 0..steps {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::StageError;
+use onenet_stages::StageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackboneError {

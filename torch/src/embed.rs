@@ -3,6 +3,7 @@
 //! embeddings) as Parquet tables with fixed-size list columns, for the tasks and for users' own
 //! analysis.
 
+use onenet_stages::specs::embed::{CAPTION_EMBEDDINGS, IMAGE_EMBEDDINGS, WORD_EMBEDDINGS};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -10,40 +11,14 @@ use arrow::array::{ArrayRef, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use tch::{Device, Kind, Tensor};
 
-use crate::captions::{CAPTIONS_TABLE, END_ID, PAD_ID, START_ID};
 use crate::feature_table::FeatureMatrix;
-use crate::table::{
+use crate::train::{set_threads, TrainedModel};
+use onenet_stages::captions::{CAPTIONS_TABLE, END_ID, PAD_ID, START_ID};
+use onenet_stages::table::{
     batch, column, embedding_column, embedding_type, read_parquet, strings, u32_lists, u32s,
     write_parquet,
 };
-use crate::train::{set_threads, TrainedModel};
-use crate::{
-    input_of_kind, InputRule, ParamDefault, ParamSpec, ParamType, StageContext, StageError,
-    StageKind, StageReport,
-};
-
-pub const KIND: StageKind = StageKind {
-    name: "embed",
-    version: 1,
-    about: "Export image, word and caption embeddings of the trained network as Parquet",
-    params: &[ParamSpec {
-        name: "threads",
-        ty: ParamType::Int { min: 0, max: 1024 },
-        default: ParamDefault::Int(0),
-        help: "CPU threads for libtorch (0: all cores)",
-    }],
-    inputs: InputRule {
-        kinds: &["train", "features", "captions"],
-        min: 3,
-        max: 3,
-    },
-    sources: |_, _, _| Ok(Vec::new()),
-    run: crate::worker::run_in_worker,
-};
-
-pub const IMAGE_EMBEDDINGS: &str = "image_embeddings.parquet";
-pub const WORD_EMBEDDINGS: &str = "word_embeddings.parquet";
-pub const CAPTION_EMBEDDINGS: &str = "caption_embeddings.parquet";
+use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
 
 pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     set_threads(ctx.params.int("threads")?);

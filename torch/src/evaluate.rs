@@ -3,6 +3,7 @@
 //! embedding baseline (R@1/5/10, median rank), and an image→image sanity figure — and writes
 //! them as a metrics table, with example captions and per-query ranks.
 
+use onenet_stages::specs::evaluate::{EXAMPLES_TABLE, METRICS_TABLE, RANKS_TABLE};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -12,108 +13,14 @@ use tch::{Device, Tensor};
 
 use crate::embed::{flatten, mean_word_embedding, word_matrix};
 use crate::feature_table::FeatureMatrix;
-use crate::metrics::{corpus_bleu, cosine_scores, l2_normalize_rows, rank_of, RetrievalMetrics};
 use crate::model::invert;
 use crate::order::{read_pairs, Pair};
-use crate::table::{batch, write_parquet};
 use crate::train::{captions_by_image, set_threads, TrainedModel};
-use crate::{
-    input_of_kind, InputRule, ParamDefault, ParamSpec, ParamType, StageContext, StageError,
-    StageKind, StageReport,
+use onenet_stages::metrics::{
+    corpus_bleu, cosine_scores, l2_normalize_rows, rank_of, RetrievalMetrics,
 };
-
-pub const KIND: StageKind = StageKind {
-    name: "evaluate",
-    version: 1,
-    about: "BLEU of generated captions and caption→image retrieval on the test split",
-    params: PARAMS,
-    inputs: InputRule {
-        kinds: &["train", "features", "order"],
-        min: 3,
-        max: 3,
-    },
-    sources: |_, _, _| Ok(Vec::new()),
-    run: crate::worker::run_in_worker,
-};
-
-/// The inversion settings the `find-images` task also uses by default.
-pub const DEFAULT_INVERT_STEPS: i64 = 15;
-pub const DEFAULT_INVERT_RESTARTS: i64 = 4;
-pub const DEFAULT_INVERT_LEARNING_RATE: f64 = 0.1;
-pub const DEFAULT_INVERT_INIT: &str = "images";
-
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "split",
-        ty: ParamType::Choice(&["test", "dev"]),
-        default: ParamDefault::Str("test"),
-        help: "Split to evaluate on",
-    },
-    ParamSpec {
-        name: "beam_width",
-        ty: ParamType::Int { min: 1, max: 100 },
-        default: ParamDefault::Int(3),
-        help: "Beam width of beam-search captions",
-    },
-    ParamSpec {
-        name: "invert_steps",
-        ty: ParamType::Int {
-            min: 1,
-            max: 100_000,
-        },
-        default: ParamDefault::Int(DEFAULT_INVERT_STEPS),
-        help: "Adam steps when inverting the captioner for a caption",
-    },
-    ParamSpec {
-        name: "invert_restarts",
-        ty: ParamType::Int { min: 1, max: 1000 },
-        default: ParamDefault::Int(DEFAULT_INVERT_RESTARTS),
-        help: "Random starting embeddings per caption; the lowest-loss one is kept",
-    },
-    ParamSpec {
-        name: "invert_init",
-        ty: ParamType::Choice(&["images", "uniform"]),
-        default: ParamDefault::Str(DEFAULT_INVERT_INIT),
-        help: "Where inversion starts: random real image embeddings, or U(0, 0.5) as the original",
-    },
-    ParamSpec {
-        name: "invert_learning_rate",
-        ty: ParamType::Float {
-            min: 1e-9,
-            max: 100.0,
-        },
-        default: ParamDefault::Float(DEFAULT_INVERT_LEARNING_RATE),
-        help: "Adam learning rate of the inversion",
-    },
-    ParamSpec {
-        name: "queries",
-        ty: ParamType::Int {
-            min: 1,
-            max: i64::MAX,
-        },
-        default: ParamDefault::Int(500),
-        help: "Most captions used as retrieval queries (in split order)",
-    },
-    ParamSpec {
-        name: "seed",
-        ty: ParamType::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-        default: ParamDefault::Int(7),
-        help: "Seed of the inversion's random starts",
-    },
-    ParamSpec {
-        name: "threads",
-        ty: ParamType::Int { min: 0, max: 1024 },
-        default: ParamDefault::Int(0),
-        help: "CPU threads for libtorch (0: all cores)",
-    },
-];
-
-pub const METRICS_TABLE: &str = "metrics.parquet";
-pub const EXAMPLES_TABLE: &str = "examples.parquet";
-pub const RANKS_TABLE: &str = "ranks.parquet";
+use onenet_stages::table::{batch, write_parquet};
+use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
 
 /// One row of the metrics table.
 #[derive(Debug, Clone, PartialEq)]
@@ -310,9 +217,9 @@ pub fn words_of(tokens: &[u32]) -> Vec<u32> {
         .iter()
         .copied()
         .filter(|&t| {
-            t != crate::captions::START_ID
-                && t != crate::captions::END_ID
-                && t != crate::captions::PAD_ID
+            t != onenet_stages::captions::START_ID
+                && t != onenet_stages::captions::END_ID
+                && t != onenet_stages::captions::PAD_ID
         })
         .collect()
 }
@@ -334,10 +241,16 @@ fn neighbour_caption_bleu(
         let other = if unrelated {
             (i + 1) % n
         } else {
-            crate::metrics::top_k_cosine(&vectors[i * dim..(i + 1) * dim], vectors, dim, 1, Some(i))
-                .first()
-                .map(|(j, _)| *j)
-                .unwrap_or((i + 1) % n)
+            onenet_stages::metrics::top_k_cosine(
+                &vectors[i * dim..(i + 1) * dim],
+                vectors,
+                dim,
+                1,
+                Some(i),
+            )
+            .first()
+            .map(|(j, _)| *j)
+            .unwrap_or((i + 1) % n)
         };
         hypotheses.push(references[other][0].clone());
     }
@@ -373,11 +286,11 @@ fn write_metrics(path: &Path, metrics: &[Metric]) -> Result<(), StageError> {
 /// Reads the metrics table an `evaluate` stage wrote into `dir`.
 pub fn read_metrics(dir: &Path) -> Result<Vec<Metric>, StageError> {
     let path = dir.join(METRICS_TABLE);
-    let table = crate::table::read_parquet(&path)?;
-    let names = crate::table::strings(&path, &table, "metric")?;
-    let methods = crate::table::strings(&path, &table, "method")?;
-    let splits = crate::table::strings(&path, &table, "split")?;
-    let values = crate::table::column::<Float64Array>(&path, &table, "value")?;
+    let table = onenet_stages::table::read_parquet(&path)?;
+    let names = onenet_stages::table::strings(&path, &table, "metric")?;
+    let methods = onenet_stages::table::strings(&path, &table, "method")?;
+    let splits = onenet_stages::table::strings(&path, &table, "split")?;
+    let values = onenet_stages::table::column::<Float64Array>(&path, &table, "value")?;
     Ok(names
         .into_iter()
         .zip(methods)

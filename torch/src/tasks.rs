@@ -8,15 +8,13 @@ use serde::Serialize;
 use tch::{Device, Tensor};
 
 use crate::backbone::{Backbone, BackboneKind};
-use crate::embed::{
-    flatten, mean_word_embedding, word_matrix, EmbeddingTable, CAPTION_EMBEDDINGS,
-    IMAGE_EMBEDDINGS, WORD_EMBEDDINGS,
-};
+use crate::embed::{flatten, mean_word_embedding, word_matrix, EmbeddingTable};
 use crate::features::decode_resized;
-use crate::metrics::{l2_normalize_rows, top_k_cosine};
 use crate::model::invert;
 use crate::train::TrainedModel;
-use crate::StageError;
+use onenet_stages::metrics::{l2_normalize_rows, top_k_cosine};
+use onenet_stages::specs::embed::{CAPTION_EMBEDDINGS, IMAGE_EMBEDDINGS, WORD_EMBEDDINGS};
+use onenet_stages::StageError;
 
 /// One retrieved item with its similarity.
 #[derive(Debug, Clone, Serialize)]
@@ -173,7 +171,7 @@ pub fn similar_words(embed_dir: &Path, word: &str, k: usize) -> Result<Vec<Match
     let dim = table.dim;
     let query = table.vectors[row * dim..(row + 1) * dim].to_vec();
     // Special tokens are not words anyone asks about.
-    let specials = crate::captions::SPECIAL_TOKENS.len();
+    let specials = onenet_stages::captions::SPECIAL_TOKENS.len();
     Ok(
         top_k_cosine(&query, &table.vectors, dim, k + specials, Some(row))
             .into_iter()
@@ -209,7 +207,7 @@ pub fn similar_captions(
     // Unknown words would all share <unk>'s embedding: leave them out of the mean.
     let tokens: Vec<u32> = tokens
         .into_iter()
-        .filter(|&t| t != crate::captions::UNK_ID)
+        .filter(|&t| t != onenet_stages::captions::UNK_ID)
         .collect();
     let dim = trained.model.config.embed_dim as usize;
     let query = mean_word_embedding(&word_matrix(trained), dim, &tokens);

@@ -1,6 +1,7 @@
 //! Stage kind `order`: the training set as (feature row, caption tokens) pairs per split, the
 //! train split shuffled with a seed, so training reads a fixed, reproducible order.
 
+use onenet_stages::specs::order::PAIRS_TABLE;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -10,37 +11,10 @@ use arrow::datatypes::{DataType, Field, Schema};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::captions::CAPTIONS_TABLE;
 use crate::feature_table::FeatureMatrix;
-use crate::table::{batch, read_parquet, strings, u32_lists, u32s, write_parquet};
-use crate::{
-    input_of_kind, InputRule, ParamDefault, ParamSpec, ParamType, StageContext, StageError,
-    StageKind, StageReport,
-};
-
-pub const KIND: StageKind = StageKind {
-    name: "order",
-    version: 1,
-    about: "Pair each caption with its image's feature row; shuffle the train split with a seed",
-    params: &[ParamSpec {
-        name: "seed",
-        ty: ParamType::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-        default: ParamDefault::Int(7),
-        help: "Seed of the train-split shuffle",
-    }],
-    inputs: InputRule {
-        kinds: &["captions", "features"],
-        min: 2,
-        max: 2,
-    },
-    sources: |_, _, _| Ok(Vec::new()),
-    run: crate::worker::run_in_worker,
-};
-
-pub const PAIRS_TABLE: &str = "pairs.parquet";
+use onenet_stages::captions::CAPTIONS_TABLE;
+use onenet_stages::table::{batch, read_parquet, strings, u32_lists, u32s, write_parquet};
+use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
 
 /// One caption of one image, ready for training or evaluation.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,7 +87,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         report.warnings.push(format!(
             "{} image(s) have captions but no features (missing or corrupt), left out: {}",
             without_features.len(),
-            crate::flickr::preview_names(&without_features, without_features.len())
+            onenet_stages::flickr::preview_names(&without_features, without_features.len())
         ));
     }
     if by_split[0].1.is_empty() {

@@ -1,0 +1,96 @@
+//! The `evaluate` stage kind as the engine sees it, the tables it writes and the inversion
+//! defaults the `find-images` task shares; it runs in the libtorch worker.
+
+use crate::{InputRule, ParamDefault, ParamSpec, ParamType, StageKind};
+
+pub const KIND: StageKind = StageKind {
+    name: "evaluate",
+    version: 1,
+    about: "BLEU of generated captions and caption→image retrieval on the test split",
+    params: PARAMS,
+    inputs: InputRule {
+        kinds: &["train", "features", "order"],
+        min: 3,
+        max: 3,
+    },
+    sources: |_, _, _| Ok(Vec::new()),
+    run: crate::worker::run_in_worker,
+};
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "split",
+        ty: ParamType::Choice(&["test", "dev"]),
+        default: ParamDefault::Str("test"),
+        help: "Split to evaluate on",
+    },
+    ParamSpec {
+        name: "beam_width",
+        ty: ParamType::Int { min: 1, max: 100 },
+        default: ParamDefault::Int(3),
+        help: "Beam width of beam-search captions",
+    },
+    ParamSpec {
+        name: "invert_steps",
+        ty: ParamType::Int {
+            min: 1,
+            max: 100_000,
+        },
+        default: ParamDefault::Int(DEFAULT_INVERT_STEPS),
+        help: "Adam steps when inverting the captioner for a caption",
+    },
+    ParamSpec {
+        name: "invert_restarts",
+        ty: ParamType::Int { min: 1, max: 1000 },
+        default: ParamDefault::Int(DEFAULT_INVERT_RESTARTS),
+        help: "Random starting embeddings per caption; the lowest-loss one is kept",
+    },
+    ParamSpec {
+        name: "invert_init",
+        ty: ParamType::Choice(&["images", "uniform"]),
+        default: ParamDefault::Str(DEFAULT_INVERT_INIT),
+        help: "Where inversion starts: random real image embeddings, or U(0, 0.5) as the original",
+    },
+    ParamSpec {
+        name: "invert_learning_rate",
+        ty: ParamType::Float {
+            min: 1e-9,
+            max: 100.0,
+        },
+        default: ParamDefault::Float(DEFAULT_INVERT_LEARNING_RATE),
+        help: "Adam learning rate of the inversion",
+    },
+    ParamSpec {
+        name: "queries",
+        ty: ParamType::Int {
+            min: 1,
+            max: i64::MAX,
+        },
+        default: ParamDefault::Int(500),
+        help: "Most captions used as retrieval queries (in split order)",
+    },
+    ParamSpec {
+        name: "seed",
+        ty: ParamType::Int {
+            min: 0,
+            max: i64::MAX,
+        },
+        default: ParamDefault::Int(7),
+        help: "Seed of the inversion's random starts",
+    },
+    ParamSpec {
+        name: "threads",
+        ty: ParamType::Int { min: 0, max: 1024 },
+        default: ParamDefault::Int(0),
+        help: "CPU threads for libtorch (0: all cores)",
+    },
+];
+
+/// The inversion settings the `find-images` task also uses by default.
+pub const DEFAULT_INVERT_STEPS: i64 = 15;
+pub const DEFAULT_INVERT_RESTARTS: i64 = 4;
+pub const DEFAULT_INVERT_LEARNING_RATE: f64 = 0.1;
+pub const DEFAULT_INVERT_INIT: &str = "images";
+pub const METRICS_TABLE: &str = "metrics.parquet";
+pub const EXAMPLES_TABLE: &str = "examples.parquet";
+pub const RANKS_TABLE: &str = "ranks.parquet";

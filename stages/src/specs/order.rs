@@ -1,0 +1,27 @@
+//! The `order` stage kind as the engine sees it; it runs in the libtorch worker.
+
+use crate::{InputRule, ParamDefault, ParamSpec, ParamType, StageKind};
+
+pub const KIND: StageKind = StageKind {
+    name: "order",
+    version: 1,
+    about: "Pair each caption with its image's feature row; shuffle the train split with a seed",
+    params: &[ParamSpec {
+        name: "seed",
+        ty: ParamType::Int {
+            min: 0,
+            max: i64::MAX,
+        },
+        default: ParamDefault::Int(7),
+        help: "Seed of the train-split shuffle",
+    }],
+    inputs: InputRule {
+        kinds: &["captions", "features"],
+        min: 2,
+        max: 2,
+    },
+    sources: |_, _, _| Ok(Vec::new()),
+    run: crate::worker::run_in_worker,
+};
+
+pub const PAIRS_TABLE: &str = "pairs.parquet";
