@@ -151,7 +151,8 @@ fn caption_names_what_is_in_a_picture() {
     let test_list =
         std::fs::read_to_string(demo.join("Flickr8k_text/Flickr_8k.testImages.txt")).unwrap();
     let mut right = 0;
-    let images: Vec<&str> = test_list.lines().take(10).collect();
+    let mut wrong = Vec::new();
+    let images: Vec<&str> = test_list.lines().take(20).collect();
     let paths: Vec<String> = images
         .iter()
         .map(|i| demo.join("Flicker8k_Dataset").join(i).display().to_string())

@@ -111,8 +111,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let mut invert_ranks = Vec::with_capacity(queries.len());
     for chunk in queries.chunks(64) {
         let tokens: Vec<&[u32]> = chunk.iter().map(|q| q.tokens.as_slice()).collect();
-        let starts = (p.str("invert_init")? == "images").then_some(&embeddings);
-        let (z, _) = invert(model, &tokens, steps, restarts, lr, starts);
+        let (z, _) = invert(model, &tokens, steps, restarts, lr);
         let z = flatten(&z);
         for (q, query) in chunk.iter().enumerate() {
             let scores = cosine_scores(

@@ -379,8 +379,8 @@ pub fn pad_tokens(sequences: &[&[u32]], device: Device) -> Tensor {
 }
 
 /// Optimises image embeddings so the frozen model assigns each caption a high likelihood: for
-/// each caption, `restarts` embeddings start from real image embeddings drawn at random from
-/// `starts` [M, image_dim] (or, without it, from U(0, 0.5) as the original did) and all
+/// each caption, `restarts` embeddings start from U(0, 0.5) (the original's initialisation; starting
+/// from real image embeddings instead biases the search toward the start images) and all
 /// queries × restarts are optimised together with Adam for `steps` steps. Every caption token
 /// after `<start>`, including `<end>`, is a target. Returns, per caption, the embedding of the
 /// restart with the lowest final loss, [Q, image_dim], and those losses.
@@ -390,7 +390,6 @@ pub fn invert(
     steps: usize,
     restarts: usize,
     learning_rate: f64,
-    starts: Option<&Tensor>,
 ) -> (Tensor, Vec<f64>) {
     let device = model.device();
     let queries = captions.len() as i64;
@@ -402,18 +401,9 @@ pub fn invert(
     let tokens = pad_tokens(&repeated, device);
     let mut vs = nn::VarStore::new(device);
     let shape = [queries * restarts, model.config.image_dim];
-    let z = match starts {
-        Some(pool) if pool.size()[0] > 0 => {
-            let picks = Tensor::randint(pool.size()[0], [shape[0]], (Kind::Int64, device));
-            vs.root().var_copy(
-                "z",
-                &pool.to_device(device).index_select(0, &picks).detach(),
-            )
-        }
-        _ => vs
-            .root()
-            .var("z", &shape, nn::Init::Uniform { lo: 0.0, up: 0.5 }),
-    };
+    let z = vs
+        .root()
+        .var("z", &shape, nn::Init::Uniform { lo: 0.0, up: 0.5 });
     let mut opt = nn::Optimizer::adam(&vs, learning_rate);
     for _ in 0..steps {
         // The model's own embeddings pass through a ReLU; keep the search in that space.
@@ -506,7 +496,7 @@ mod tests {
             assert_eq!(model.beam_search(&emb.get(1), 3, 10), vec![7, 8], "{rnn}");
 
             // Inverting caption b must land nearer image b than image a.
-            let (z, losses) = invert(&model, &[b], 100, 4, 0.05, None);
+            let (z, losses) = invert(&model, &[b], 100, 4, 0.05);
             assert_eq!(losses.len(), 1);
             let sims = tch::no_grad(|| {
                 let zn = &z / z.norm();

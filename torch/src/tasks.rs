@@ -40,15 +40,12 @@ pub struct ImageIndex {
     pub paths: Vec<String>,
     pub vectors: Vec<f32>,
     pub dim: usize,
-    /// The embeddings as the model made them (not normalised): where inversion starts.
-    pub raw: Tensor,
 }
 
 impl ImageIndex {
     pub fn read(embed_dir: &Path) -> Result<ImageIndex, StageError> {
         let mut table =
             EmbeddingTable::read(&embed_dir.join(IMAGE_EMBEDDINGS), &["image_id", "path"])?;
-        let raw = Tensor::from_slice(&table.vectors).reshape([-1, table.dim as i64]);
         l2_normalize_rows(&mut table.vectors, table.dim);
         let paths = table.keys.pop().unwrap_or_default();
         let ids = table.keys.pop().unwrap_or_default();
@@ -57,7 +54,6 @@ impl ImageIndex {
             paths,
             vectors: table.vectors,
             dim: table.dim,
-            raw,
         })
     }
 
@@ -252,14 +248,7 @@ pub fn find_images(
         unknowns.push(unknown);
     }
     let slices: Vec<&[u32]> = encoded.iter().map(Vec::as_slice).collect();
-    let (z, _) = invert(
-        &trained.model,
-        &slices,
-        steps,
-        restarts,
-        learning_rate,
-        Some(&index.raw),
-    );
+    let (z, _) = invert(&trained.model, &slices, steps, restarts, learning_rate);
     let z = flatten(&z);
     Ok(unknowns
         .into_iter()

@@ -46,12 +46,6 @@ const PARAMS: &[ParamSpec] = &[
         help: "Random starting embeddings per caption; the lowest-loss one is kept",
     },
     ParamSpec {
-        name: "invert_init",
-        ty: ParamType::Choice(&["images", "uniform"]),
-        default: ParamDefault::Str(DEFAULT_INVERT_INIT),
-        help: "Where inversion starts: random real image embeddings, or U(0, 0.5) as the original",
-    },
-    ParamSpec {
         name: "invert_learning_rate",
         ty: ParamType::Float {
             min: 1e-9,
@@ -90,7 +84,6 @@ const PARAMS: &[ParamSpec] = &[
 pub const DEFAULT_INVERT_STEPS: i64 = 15;
 pub const DEFAULT_INVERT_RESTARTS: i64 = 4;
 pub const DEFAULT_INVERT_LEARNING_RATE: f64 = 0.1;
-pub const DEFAULT_INVERT_INIT: &str = "images";
 pub const METRICS_TABLE: &str = "metrics.parquet";
 pub const EXAMPLES_TABLE: &str = "examples.parquet";
 pub const RANKS_TABLE: &str = "ranks.parquet";
