@@ -23,15 +23,7 @@ build: setup
 	$(CARGO) build --release
 
 demo: build
-	$(ONENET) run
-	@echo
-	$(ONENET) status
-	@echo
-	@for stage in $$($(ONENET) dag --format json | $(PYTHON) -c 'import json,sys; print(" ".join(s["name"] for s in json.load(sys.stdin)["stages"]))'); do \
-		$(ONENET) show $$stage | sed -n '1,40p'; echo; \
-	done
-	@echo "Open the tables with Polars or DuckDB, e.g.:"
-	@echo "  python3 -c \"import polars as pl; print(pl.read_parquet('artifacts/latest/captions/captions.parquet'))\""
+	ONENET=$(ONENET) bash scripts/demo.sh
 
 test: setup python-test-deps
 	$(CARGO) nextest run --workspace --no-fail-fast

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use serde_json::Value;
 
@@ -63,13 +62,13 @@ params = {{ queries = 150 }}
 }
 
 struct Trained {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
 }
 
 impl Trained {
     fn onenet(&self, args: &[&str]) -> Output {
         let out = Command::new(env!("CARGO_BIN_EXE_onenet"))
-            .current_dir(self.dir.path())
+            .current_dir(&self.dir)
             .args(args)
             .output()
             .expect("run onenet");
@@ -94,22 +93,31 @@ impl Trained {
     }
 }
 
-/// One trained demo model shared by the tests of this file (training is the slow part).
-fn trained() -> &'static Trained {
-    static TRAINED: OnceLock<Trained> = OnceLock::new();
-    TRAINED.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("pipeline.toml"), pipeline(400, 12)).unwrap();
-        let t = Trained { dir };
-        let out = t.onenet(&["run"]);
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        t
-    })
+/// One trained demo model shared by the tests of this file (training is the slow part). The test
+/// runner may run each test in its own process, so the model lives in a project folder named
+/// after this build of the binaries: the first process trains it, the others find every stage
+/// cached (or wait on the per-stage locks while the first is still at it) — the engine's own
+/// caching is what shares it.
+fn trained() -> Trained {
+    let worker = Path::new(env!("CARGO_BIN_EXE_onenet")).with_file_name("onenet-torch");
+    let stamp = std::fs::metadata(&worker)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ml-demo-{stamp}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pipeline.toml"), pipeline(400, 12)).unwrap();
+    let t = Trained { dir };
+    let out = t.onenet(&["run"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t
 }
 
 fn metric(metrics: &Value, name: &str, method: &str) -> f64 {
@@ -146,12 +154,12 @@ fn the_demo_model_captions_well_and_inversion_finds_the_picture() {
 #[test]
 fn caption_names_what_is_in_a_picture() {
     let t = trained();
-    let demo = t.dir.path().join("artifacts/latest/demo");
+    let demo = t.dir.join("artifacts/latest/demo");
     let captions = std::fs::read_to_string(demo.join("Flickr8k_text/Flickr8k.token.txt")).unwrap();
     let test_list =
         std::fs::read_to_string(demo.join("Flickr8k_text/Flickr_8k.testImages.txt")).unwrap();
     let mut right = 0;
-    let mut wrong = Vec::new();
+    let mut wrong: Vec<String> = Vec::new();
     let images: Vec<&str> = test_list.lines().take(20).collect();
     let paths: Vec<String> = images
         .iter()
@@ -187,11 +195,16 @@ fn caption_names_what_is_in_a_picture() {
                 .any(|r| key_words.iter().all(|k| r.contains(k)))
         {
             right += 1;
+        } else {
+            wrong.push(format!("{image}: {generated:?}"));
         }
     }
+    // Every colour and shape named must be right: a random caption almost never is (8 colours,
+    // 5 shapes, up to two objects), so 40% already shows the network looks at the picture; the
+    // full demo model scores higher.
     assert!(
-        right >= 7,
-        "only {right} of {} captions name the right colours and shapes",
+        right * 10 >= images.len() * 4,
+        "only {right} of {} captions name only the right colours and shapes; wrong: {wrong:#?}",
         images.len()
     );
 }
@@ -215,7 +228,6 @@ fn similar_images_words_and_captions_answer_sensibly() {
     // A file query that is one of the dataset's images leaves itself out too.
     let file = t
         .dir
-        .path()
         .join("artifacts/latest/demo/Flicker8k_Dataset/demo_000003.jpg");
     let out = t.json(&["similar-images", file.to_str().unwrap(), "-k", "3"]);
     let matches = out["results"][0]["matches"].as_array().unwrap();
