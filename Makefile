@@ -5,7 +5,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 ONENET = target/release/onenet
 
-.PHONY: setup python-test-deps build demo test bench clean-store
+.PHONY: setup python-test-deps build demo test bench
 
 setup: libtorch/build-version weights/efficientnet-lite0-57934424.pth
 
