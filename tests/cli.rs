@@ -560,5 +560,8 @@ fn the_flickr8k_example_is_a_valid_pipeline() {
     // The file parses and checks; only the dataset it points at is missing here.
     let said = text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("data/flickr8k: dataset folder not found"), "{said}");
+    assert!(
+        said.contains("data/flickr8k: dataset folder not found"),
+        "{said}"
+    );
 }

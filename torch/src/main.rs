@@ -158,7 +158,7 @@ fn real_main() -> Result<ExitCode> {
             let labelled: Vec<_> = texts
                 .into_iter()
                 .zip(results)
-                .map(|(t, (m, u))| (t, m, u))
+                .map(|(t, found)| (t, found.matches, found.unknown))
                 .collect();
             print_matches(&labelled, format)?;
             Ok(ExitCode::SUCCESS)

@@ -223,6 +223,12 @@ pub fn similar_captions(
     Ok((matches, unknown))
 }
 
+/// The images found for one caption, and its words not in the vocabulary.
+pub struct FoundImages {
+    pub matches: Vec<Match>,
+    pub unknown: Vec<String>,
+}
+
 /// For each caption, the `k` images nearest the image embedding found by inverting the
 /// captioner (all captions and restarts optimised as one batch); also each caption's unknown
 /// words. A caption with no known word is an error naming it.
@@ -234,7 +240,7 @@ pub fn find_images(
     steps: usize,
     restarts: usize,
     learning_rate: f64,
-) -> Result<Vec<(Vec<Match>, Vec<String>)>, StageError> {
+) -> Result<Vec<FoundImages>, StageError> {
     let mut encoded = Vec::with_capacity(texts.len());
     let mut unknowns = Vec::with_capacity(texts.len());
     for text in texts {
@@ -253,11 +259,9 @@ pub fn find_images(
     Ok(unknowns
         .into_iter()
         .enumerate()
-        .map(|(q, unknown)| {
-            (
-                index.nearest(&z[q * index.dim..(q + 1) * index.dim], k, None),
-                unknown,
-            )
+        .map(|(q, unknown)| FoundImages {
+            matches: index.nearest(&z[q * index.dim..(q + 1) * index.dim], k, None),
+            unknown,
         })
         .collect())
 }

@@ -249,7 +249,7 @@ pub fn greedy_captions(
     features: &FeatureMatrix,
     limit: usize,
     max_length: usize,
-) -> (Vec<u32>, Vec<Vec<u32>>, Vec<Vec<Vec<u32>>>) {
+) -> CaptionedImages {
     let mut references: BTreeMap<u32, Vec<Vec<u32>>> = BTreeMap::new();
     for p in pairs {
         let words = p.tokens[1..p.tokens.len().saturating_sub(1).max(1)].to_vec();
@@ -266,8 +266,17 @@ pub fn greedy_captions(
         let embedding = tch::no_grad(|| model.encode_images(&images));
         hypotheses.extend(model.greedy(&embedding, max_length));
     }
-    let refs = rows.iter().map(|r| references[r].clone()).collect();
-    (rows, hypotheses, refs)
+    let references = rows.iter().map(|r| references[r].clone()).collect();
+    CaptionedImages {
+        hypotheses,
+        references,
+    }
+}
+
+/// Generated captions of some images with each image's reference captions (word ids).
+pub struct CaptionedImages {
+    pub hypotheses: Vec<Vec<u32>>,
+    pub references: Vec<Vec<Vec<u32>>>,
 }
 
 fn dev_bleu4(
@@ -280,8 +289,8 @@ fn dev_bleu4(
     if dev.is_empty() || limit == 0 {
         return Ok(f64::NAN);
     }
-    let (_, hypotheses, references) = greedy_captions(model, dev, features, limit, max_length);
-    let scores = corpus_bleu(&references, &hypotheses, 4)
+    let captioned = greedy_captions(model, dev, features, limit, max_length);
+    let scores = corpus_bleu(&captioned.references, &captioned.hypotheses, 4)
         .map_err(|e| StageError::Input(format!("dev BLEU: {e}")))?;
     Ok(scores.get(4).unwrap_or(0.0))
 }
