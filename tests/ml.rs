@@ -282,3 +282,114 @@ fn tasks_before_training_say_what_to_run() {
         "{said}"
     );
 }
+
+/// A pipeline up to `train` with untrained backbone weights (stated explicitly): fast, for
+/// testing the engine's handling of the libtorch stages rather than quality.
+fn random_weights_pipeline(images: u32, epochs: u32) -> String {
+    format!(
+        r#"
+[stages.demo]
+kind = "demo_data"
+params = {{ images = {images}, image_size = 48 }}
+
+[stages.captions]
+kind = "captions"
+inputs = ["demo"]
+
+[stages.images]
+kind = "images"
+inputs = ["demo"]
+
+[stages.features]
+kind = "features"
+inputs = ["images"]
+params = {{ weights = "random" }}
+
+[stages.order]
+kind = "order"
+inputs = ["captions", "features"]
+
+[stages.train]
+kind = "train"
+inputs = ["order", "features", "captions"]
+params = {{ epochs = {epochs}, hidden_dim = 64, image_dim = 32, embed_dim = 32, dev_images = 5 }}
+"#
+    )
+}
+
+fn notes_of(run: &Value, stage: &str) -> String {
+    run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == stage)
+        .map(|s| s["notes"].to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn adding_images_computes_features_for_the_new_ones_only() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        random_weights_pipeline(20, 1),
+    )
+    .unwrap();
+    let t = Trained {
+        dir: dir.path().to_path_buf(),
+    };
+    let first = t.json(&["run", "features"]);
+    assert!(
+        notes_of(&first, "features").contains("20 computed, 0 reused"),
+        "{first}"
+    );
+    // The demo generator draws picture i the same whatever the count: 5 pictures are new.
+    let second = t.json(&["run", "features", "--set", "demo.images=25"]);
+    let notes = notes_of(&second, "features");
+    assert!(notes.contains("5 computed, 20 reused"), "{notes}");
+}
+
+#[test]
+fn a_killed_training_resumes_from_its_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        random_weights_pipeline(60, 40),
+    )
+    .unwrap();
+    let t = Trained {
+        dir: dir.path().to_path_buf(),
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_onenet"))
+        .current_dir(dir.path())
+        .args(["run", "train"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the first epoch's checkpoint, then kill the run hard.
+    let scratch = dir.path().join("artifacts/scratch");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let checkpointed = std::fs::read_dir(&scratch)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.path().join("checkpoint.json").is_file())
+            })
+            .unwrap_or(false);
+        if checkpointed || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        std::fs::symlink_metadata(dir.path().join("artifacts/latest/train")).is_err(),
+        "the killed training left an output"
+    );
+    // The rerun picks up where the checkpoint left off (fewer epochs to go).
+    let rerun = t.json(&["run", "train", "--set", "train.epochs=40"]);
+    let notes = notes_of(&rerun, "train");
+    assert!(notes.contains("resumed after epoch"), "{notes}");
+}
