@@ -7,13 +7,16 @@ ONENET = target/release/onenet
 
 .PHONY: setup python-test-deps build demo test bench
 
-setup: libtorch/build-version weights/efficientnet-lite0-57934424.pth
+setup: libtorch/build-version weights/efficientnet-lite0-57934424.pth glove/glove_6B_index.parquet
 
 libtorch/build-version:
 	bash scripts/setup-libtorch.sh
 
 weights/efficientnet-lite0-57934424.pth:
 	bash scripts/setup-weights.sh
+
+glove/glove_6B_index.parquet:
+	bash scripts/setup-glove.sh
 
 # The interop tests open our Parquet tables with Polars and DuckDB; the BLEU test compares with NLTK.
 python-test-deps:

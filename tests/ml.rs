@@ -393,3 +393,33 @@ fn a_killed_training_resumes_from_its_last_checkpoint() {
     let notes = notes_of(&rerun, "train");
     assert!(notes.contains("resumed after epoch"), "{notes}");
 }
+
+#[test]
+fn training_can_start_word_embeddings_from_glove() {
+    let glove = Path::new(env!("CARGO_MANIFEST_DIR")).join("glove");
+    assert!(
+        glove.join("glove_6B_index.parquet").is_file(),
+        "{} is missing: run `make setup` (it installs the GloVe vectors)",
+        glove.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let text = random_weights_pipeline(30, 2).replace(
+        "dev_images = 5 }",
+        &format!("dev_images = 5, glove = \"{}\" }}", glove.display()),
+    );
+    std::fs::write(dir.path().join("pipeline.toml"), text).unwrap();
+    let t = Trained {
+        dir: dir.path().to_path_buf(),
+    };
+    let run = t.json(&["run", "train"]);
+    let notes = notes_of(&run, "train");
+    assert!(
+        notes.contains("word embedding: GloVe 50-d vectors of"),
+        "{notes}"
+    );
+    let info: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("artifacts/latest/train/model.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(info["config"]["pretrained_dim"], 50);
+}

@@ -8,6 +8,7 @@ pub mod embed;
 pub mod evaluate;
 pub mod feature_table;
 pub mod features;
+pub mod glove;
 pub mod model;
 pub mod order;
 pub mod tasks;

@@ -26,6 +26,22 @@ pub struct ModelConfig {
     pub hidden_dim: i64,
     /// "gru" or "lstm".
     pub rnn: String,
+    /// Width of the pretrained (GloVe) word vectors the word embedding projects from; 0 when the
+    /// embedding is learned from scratch.
+    #[serde(default)]
+    pub pretrained_dim: i64,
+}
+
+/// How words become embed_dim-wide vectors.
+enum WordEmbedding {
+    /// A table learned from scratch.
+    Learned(nn::Embedding),
+    /// Fixed pretrained vectors [vocab, pretrained_dim] (a non-trainable variable, saved with
+    /// the model) through a learned `Linear(pretrained_dim → embed_dim)`.
+    Pretrained {
+        table: Tensor,
+        projection: nn::Linear,
+    },
 }
 
 enum Recurrent {
@@ -68,7 +84,7 @@ pub struct CaptionModel {
     pub config: ModelConfig,
     pub vs: nn::VarStore,
     image_encoder: nn::Linear,
-    embedding: nn::Embedding,
+    embedding: WordEmbedding,
     recurrent: Recurrent,
     hidden_layer: nn::Linear,
     output_layer: nn::Linear,
@@ -85,12 +101,27 @@ impl CaptionModel {
             config.image_dim,
             Default::default(),
         );
-        let embedding = nn::embedding(
-            &root / "embedding",
-            config.vocab_size,
-            config.embed_dim,
-            Default::default(),
-        );
+        let embedding = if config.pretrained_dim > 0 {
+            WordEmbedding::Pretrained {
+                table: root.zeros_no_train(
+                    "pretrained_words",
+                    &[config.vocab_size, config.pretrained_dim],
+                ),
+                projection: nn::linear(
+                    &root / "word_projection",
+                    config.pretrained_dim,
+                    config.embed_dim,
+                    Default::default(),
+                ),
+            }
+        } else {
+            WordEmbedding::Learned(nn::embedding(
+                &root / "embedding",
+                config.vocab_size,
+                config.embed_dim,
+                Default::default(),
+            ))
+        };
         let rnn_config = nn::RNNConfig {
             batch_first: true,
             ..Default::default()
@@ -167,7 +198,30 @@ impl CaptionModel {
 
     /// Word embeddings [.., embed_dim] of token ids.
     pub fn embed_words(&self, tokens: &Tensor) -> Tensor {
-        self.embedding.forward(tokens)
+        match &self.embedding {
+            WordEmbedding::Learned(table) => table.forward(tokens),
+            WordEmbedding::Pretrained { table, projection } => {
+                projection.forward(&Tensor::embedding(table, tokens, -1, false, false))
+            }
+        }
+    }
+
+    /// Sets the pretrained word vectors [vocab, pretrained_dim] of a model built with
+    /// `pretrained_dim > 0` (before training; a loaded model has them already).
+    pub fn set_pretrained_words(&self, vectors: &Tensor) -> Result<(), StageError> {
+        match &self.embedding {
+            WordEmbedding::Pretrained { table, .. } if table.size() == vectors.size() => {
+                tch::no_grad(|| {
+                    let mut table = table.shallow_clone();
+                    table.copy_(&vectors.to_device(table.device()));
+                });
+                Ok(())
+            }
+            _ => Err(StageError::Input(format!(
+                "pretrained word vectors of shape {:?} do not fit this model",
+                vectors.size()
+            ))),
+        }
     }
 
     /// Logits [B, T, vocab] for each next word, given image embeddings [B, image_dim] and the
@@ -457,6 +511,7 @@ mod tests {
                 embed_dim: 8,
                 hidden_dim: 16,
                 rnn: rnn.into(),
+                pretrained_dim: 0,
             },
             Device::Cpu,
         )

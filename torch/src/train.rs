@@ -101,6 +101,10 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let features = FeatureMatrix::read(&input_of_kind(ctx.inputs, "features")?.dir, device)?;
     let vocab_path = input_of_kind(ctx.inputs, "captions")?.dir.join(VOCAB_TABLE);
     let vocab = Vocabulary::read(&vocab_path)?;
+    let glove = match glove_dir(p, ctx.base_dir) {
+        Some(dir) => Some(crate::glove::vectors_for(&dir, &vocab)?),
+        None => None,
+    };
 
     let info = ModelInfo {
         config: ModelConfig {
@@ -110,6 +114,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             embed_dim: p.int("embed_dim")?,
             hidden_dim: p.int("hidden_dim")?,
             rnn: p.str("rnn")?.to_string(),
+            pretrained_dim: glove.as_ref().map_or(0, |g| g.dim),
         },
         vocab_hash: vocab.hash(),
         max_length,
@@ -126,6 +131,9 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
 
     tch::manual_seed(seed as i64);
     let mut model = CaptionModel::new(info.config.clone(), device)?;
+    if let Some(glove) = &glove {
+        model.set_pretrained_words(&glove.table)?;
+    }
     let (mut log, resumed) = resume(ctx.scratch_dir, &info, &mut model)?;
     let mut optimizer = tch::nn::Adam::default()
         .build(&model.vs, p.float("learning_rate")?)
@@ -191,6 +199,15 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     write_log(&ctx.out_dir.join(TRAIN_LOG), &log)?;
 
     let mut report = StageReport::default();
+    if let Some(glove) = &glove {
+        report.notes.push(format!(
+            "word embedding: GloVe {}-d vectors of {} of {} vocabulary words, projected to {}",
+            glove.dim,
+            glove.found,
+            vocab.len(),
+            info.config.embed_dim
+        ));
+    }
     if let Some(last) = log.last() {
         report.notes.push(format!(
             "{} epochs: train loss {:.3}, dev loss {:.3}, dev BLEU-4 {:.3}, {:.0} samples/s",
@@ -207,6 +224,11 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         ));
     }
     Ok(report)
+}
+
+/// The GloVe folder a `glove` param names, if any.
+fn glove_dir(params: &onenet_stages::Params, base_dir: &Path) -> Option<std::path::PathBuf> {
+    params.opt_str("glove").map(|dir| base_dir.join(dir))
 }
 
 /// Image features [B, D] and padded tokens [B, L] of a batch of pairs.

@@ -1,7 +1,40 @@
 //! The `train` stage kind as the engine sees it, and the names of the files it writes; it runs in
 //! the libtorch worker.
 
-use crate::{InputRule, ParamDefault, ParamSpec, ParamType, StageKind};
+use std::path::{Path, PathBuf};
+
+use crate::{
+    InputRule, ParamDefault, ParamSpec, ParamType, Params, StageError, StageInput, StageKind,
+};
+
+/// The files of the GloVe folder a `glove` param names.
+pub const GLOVE_FILES: [&str; 2] = ["glove_6B_50d_emb.npy", "glove_6B_index.parquet"];
+
+/// The GloVe files, content-hashed into the key, when the `glove` param is set.
+fn sources(
+    params: &Params,
+    _inputs: &[StageInput],
+    base_dir: &Path,
+) -> Result<Vec<PathBuf>, StageError> {
+    let Some(dir) = params.opt_str("glove") else {
+        return Ok(Vec::new());
+    };
+    let dir = base_dir.join(dir);
+    GLOVE_FILES
+        .iter()
+        .map(|f| {
+            let path = dir.join(f);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(StageError::file(
+                    &path,
+                    "GloVe file not found (`make setup` installs them into ./glove)",
+                ))
+            }
+        })
+        .collect()
+}
 
 pub const KIND: StageKind = StageKind {
     name: "train",
@@ -13,7 +46,7 @@ pub const KIND: StageKind = StageKind {
         min: 3,
         max: 3,
     },
-    sources: |_, _, _| Ok(Vec::new()),
+    sources,
     run: crate::worker::run_in_worker,
 };
 
@@ -92,6 +125,13 @@ const PARAMS: &[ParamSpec] = &[
         },
         default: ParamDefault::Int(100),
         help: "Dev images captioned each epoch for dev BLEU-4 (0: skip)",
+    },
+    ParamSpec {
+        name: "glove",
+        ty: ParamType::Str,
+        default: ParamDefault::Unset,
+        help: "Folder of GloVe 50-d vectors (`make setup` links ./glove) to start word embeddings \
+               from, through a learned Linear(50→embed_dim); unset: learned from scratch",
     },
     ParamSpec {
         name: "threads",
