@@ -28,8 +28,11 @@ build: setup
 demo: build
 	ONENET=$(ONENET) bash scripts/demo.sh
 
+# The build first: the engine's tests start the libtorch worker binary it makes.
 test: setup python-test-deps
+	$(CARGO) build
 	$(CARGO) nextest run --workspace --no-fail-fast
 
 bench: setup
 	$(CARGO) bench --bench noop
+	$(CARGO) bench -p onenet-torch --bench ml

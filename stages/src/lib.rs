@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod params;
 pub mod specs;
 pub mod table;
+pub mod tsne;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -179,7 +180,7 @@ pub fn hash_file(path: &Path) -> Result<String, StageError> {
 
 /// Every built-in stage kind.
 pub fn kinds() -> &'static [StageKind] {
-    static KINDS: [StageKind; 8] = [
+    static KINDS: [StageKind; 9] = [
         demo_data::KIND,
         captions::KIND,
         images::KIND,
@@ -188,6 +189,7 @@ pub fn kinds() -> &'static [StageKind] {
         specs::train::KIND,
         specs::embed::KIND,
         specs::evaluate::KIND,
+        tsne::KIND,
     ];
     &KINDS
 }

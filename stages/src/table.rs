@@ -143,3 +143,34 @@ pub fn embedding_type(dim: i32) -> arrow::datatypes::DataType {
         dim,
     )
 }
+
+/// A fixed-size-list<f32> column (as `embedding_column` writes it) read back as one flat
+/// row-major vector, with the width of each row.
+pub fn embedding_rows(
+    path: &Path,
+    batch: &RecordBatch,
+    name: &str,
+) -> Result<(Vec<f32>, usize), StageError> {
+    use arrow::array::Array;
+    let list = column::<arrow::array::FixedSizeListArray>(path, batch, name)?;
+    let dim = list.value_length() as usize;
+    let values = list
+        .values()
+        .as_any()
+        .downcast_ref::<arrow::array::Float32Array>()
+        .ok_or_else(|| {
+            StageError::file(path, format!("column `{name}` is not fixed-size list<f32>"))
+        })?;
+    // A fixed-size list's values are sliced along with it, so they are exactly its rows.
+    if values.len() != list.len() * dim {
+        return Err(StageError::file(
+            path,
+            format!(
+                "column `{name}` holds {} values for {} rows of {dim}",
+                values.len(),
+                list.len()
+            ),
+        ));
+    }
+    Ok((values.values().to_vec(), dim))
+}

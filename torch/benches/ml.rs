@@ -1,0 +1,1093 @@
+//! Machine-learning benchmark: onenet's libtorch code side by side with PyTorch eager doing the
+//! same work, in one run, on the same machine and the same number of threads.
+//!
+//! 1. Feature extraction, images/s: the `features` stage (JPEG decoding and resizing in parallel
+//!    on a producer thread, overlapped with EfficientNet-Lite0, batch size 8) over the 200 JPEG
+//!    files of a `demo_data` stage at 128 px, timed twice: as a whole `onenet run features
+//!    --force features` process (ImageNet weights, process start-up and weight loading included),
+//!    and in-process through `onenet_torch::features::run` with random weights. Against it:
+//!    `pytorch_reference.py` (beside this file), the same network written in PyTorch with random
+//!    weights, decoding with PIL and resizing one image after another in the loop, as a plain
+//!    eager script does. Target: onenet ≥ 1.2× PyTorch.
+//! 2. Training, samples/s: the caption model at its default shape (image 300, embedding 300, GRU
+//!    516, vocabulary 50, features 1280) trained with Adam (lr 1e-3, gradients clipped at norm 5
+//!    as the `train` stage does) on random features and token rows of 10 to 14 tokens, batch
+//!    64, against the equivalent PyTorch module and optimiser. Target: ≥ 1.0×.
+//! 3. `find-images` latency: `onenet_torch::model::invert` at the `evaluate` stage's default
+//!    steps, restarts and learning rate on an untrained default-shape model, for one query and
+//!    for a batch of 16 (per query). Target: ≤ 1 s per query.
+//! 4. Peak memory of the `features` stage on 1,000 and 8,000 images (random weights): the peak
+//!    resident set of the `onenet-torch` worker process, read with `wait4` when the `onenet`
+//!    child exits (Linux accounts a reaped grandchild's peak to its parent, so the figure is the
+//!    largest of the two processes) and cross-checked by sampling the worker's `VmHWM` while it
+//!    runs. Only the N × 1280 output matrix may grow with N.
+//!
+//! Both sides use 2 threads (`tch::set_num_threads` and the stage's `threads` param;
+//! `torch.set_num_threads` in Python). PyTorch 2.13.0 (the version of onenet's libtorch) is
+//! installed once into a virtual environment under `target/bench-venv/` with pip, about 3 GB
+//! with the CUDA libraries its wheel depends on, and reused afterwards; the generated projects
+//! and data live under `target/bench-data/` and are reused too. Timings are wall-clock on a
+//! machine that may be running other work, so each is taken more than once and the best is
+//! compared; nothing is asserted. The whole run takes about 10 minutes on 2 cores (the first one
+//! a few more, for the installation and the 8,000 images).
+//!
+//! Run it with `make bench` (or `cargo bench -p onenet-torch --bench ml`).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{ErrorKind, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+use onenet_stages::specs::evaluate::{
+    DEFAULT_INVERT_LEARNING_RATE, DEFAULT_INVERT_RESTARTS, DEFAULT_INVERT_STEPS,
+};
+use onenet_stages::table::{read_parquet, strings};
+use onenet_stages::{NoProgress, ParamValue, Params, StageContext, StageInput};
+use onenet_torch::model::{invert, CaptionModel, ModelConfig};
+
+/// libtorch threads on both sides (and the `threads` param of every `features` stage here).
+const THREADS: i32 = 2;
+/// The PyTorch version installed for the comparison: the one onenet's libtorch comes from.
+const TORCH_VERSION: &str = "2.13.0";
+
+/// Images of the feature-extraction comparison, their size, and the batch size.
+const FEATURE_IMAGES: usize = 200;
+const IMAGE_SIZE: u32 = 128;
+const FEATURE_BATCH: usize = 8;
+/// Repetitions of each feature-extraction measurement (one onenet CLI run, one in-process run
+/// and one PyTorch run per repetition, interleaved so that a change of load hits all three).
+const FEATURE_REPS: usize = 2;
+/// The weights the CLI run loads (`make setup` installs them).
+const WEIGHTS: &str = "weights/efficientnet-lite0-57934424.pth";
+
+/// Training: batch size, distinct batches cycled through, untimed warm-up steps, timed steps
+/// per repetition, repetitions (alternating onenet and PyTorch).
+const TRAIN_BATCH: i64 = 64;
+const TRAIN_BATCHES: i64 = 8;
+const TRAIN_WARMUP: usize = 3;
+const TRAIN_STEPS: usize = 30;
+const TRAIN_REPS: usize = 2;
+/// The default model shape (the `train` stage's defaults) with a demo-sized vocabulary.
+const VOCAB: i64 = 50;
+const FEATURE_DIM: i64 = 1280;
+const IMAGE_DIM: i64 = 300;
+const EMBED_DIM: i64 = 300;
+const HIDDEN_DIM: i64 = 516;
+/// Each token row is `<start>`, `MIN_WORDS + row % 5` words, `<end>`: 10 to 14 tokens.
+const MIN_WORDS: i64 = 8;
+
+/// Inversion: words per query, queries of the batched measurement, repetitions.
+const QUERY_WORDS: usize = 10;
+const INVERT_BATCH: usize = 16;
+const INVERT_REPS: usize = 5;
+
+/// Images of the two memory runs.
+const MEMORY_IMAGES: [usize; 2] = [1000, 8000];
+/// How often the memory runs sample the worker and print progress.
+const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+const PROGRESS_EVERY: Duration = Duration::from_secs(20);
+
+fn main() {
+    let repo = repo_root();
+    let target = target_dir(&repo);
+    let bench_data = target.join("bench-data");
+    println!(
+        "onenet ML benchmark: onenet vs PyTorch {TORCH_VERSION} eager, {THREADS} threads each \
+         ({} CPUs available)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    tch::set_num_threads(THREADS);
+    let started = Instant::now();
+
+    println!("\n== building the release binaries (cargo build --release)");
+    let onenet = build_release(&repo, &target);
+    println!(
+        "\n== PyTorch environment: {}",
+        target.join("bench-venv").display()
+    );
+    let python = ensure_venv(&target);
+    let reference = repo
+        .join("torch")
+        .join("benches")
+        .join("pytorch_reference.py");
+
+    let mut rows = Vec::new();
+    rows.extend(bench_features(
+        &repo,
+        &onenet,
+        &python,
+        &reference,
+        &bench_data,
+    ));
+    rows.extend(bench_training(&python, &reference));
+    rows.extend(bench_invert());
+    let memory = bench_memory(&onenet, &bench_data);
+
+    print_results(&rows, &memory);
+    println!(
+        "\nwhole benchmark: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Feature extraction
+
+/// The comparison's rows: the CLI and in-process figures, each against PyTorch.
+fn bench_features(
+    repo: &Path,
+    onenet: &Path,
+    python: &Path,
+    reference: &Path,
+    bench_data: &Path,
+) -> Vec<Row> {
+    println!("\n== 1. feature extraction: {FEATURE_IMAGES} JPEG images of {IMAGE_SIZE} px, batch {FEATURE_BATCH}");
+    let project = bench_data.join("ml-features");
+    let weights = repo.join(WEIGHTS);
+    let weights_param = if weights.is_file() {
+        weights.display().to_string()
+    } else {
+        // Random weights cost the same to run; only the loading differs.
+        println!(
+            "{} is missing (`make setup` installs it): the CLI runs use random weights",
+            weights.display()
+        );
+        "random".to_string()
+    };
+    write_pipeline(&project, FEATURE_IMAGES, &weights_param);
+    let (took, stdout) = onenet_cmd(onenet, &project, &["run", "images", "--format", "json"]);
+    println!(
+        "dataset and images table ready in {:.1} s: {}",
+        took.as_secs_f64(),
+        describe_actions(&stdout)
+    );
+
+    // The exact files the stage reads, in its order, for PyTorch.
+    let images_dir = project.join("artifacts").join("latest").join("images");
+    let files = image_paths(&images_dir.join("images.parquet"), &project);
+    assert_eq!(files.len(), FEATURE_IMAGES, "images in the images table");
+    let list = project.join("files.txt");
+    let listing: String = files.iter().map(|p| format!("{}\n", p.display())).collect();
+    write_if_changed(&list, &listing);
+
+    let params = features_params("random");
+    let inputs = [StageInput {
+        name: "images".into(),
+        kind: "images".into(),
+        dir: images_dir,
+    }];
+    let out_dir = project.join("in-process-output");
+
+    let mut cli = Vec::new();
+    let mut stage_rates = Vec::new();
+    let mut in_process = Vec::new();
+    let mut pytorch = Vec::new();
+    let mut import_secs = f64::NAN;
+    for rep in 1..=FEATURE_REPS {
+        println!("repetition {rep}/{FEATURE_REPS}");
+
+        // The previous output must go, or the stage would reuse every row of it by content hash
+        // and compute nothing.
+        remove_latest(&project, "features");
+        let (took, stdout) = onenet_cmd(
+            onenet,
+            &project,
+            &["run", "features", "--force", "features", "--format", "json"],
+        );
+        let notes = stage_notes(&stdout, "features");
+        expect_computed(&notes, FEATURE_IMAGES);
+        let rate = FEATURE_IMAGES as f64 / took.as_secs_f64();
+        let stage_rate = notes.iter().find_map(|n| leading_number(n, " images/s"));
+        println!(
+            "  onenet run features (whole process): {:6.2} s = {rate:6.1} images/s (the stage's \
+             own figure, weights loaded: {})",
+            took.as_secs_f64(),
+            stage_rate.map_or("?".into(), |r| format!("{r:.1} images/s"))
+        );
+        cli.push(rate);
+        stage_rates.extend(stage_rate);
+
+        recreate_dir(&out_dir);
+        let ctx = StageContext::new(
+            "features",
+            "features",
+            &params,
+            &inputs,
+            &project,
+            &out_dir,
+            &NoProgress,
+        );
+        let start = Instant::now();
+        let report = onenet_torch::features::run(&ctx)
+            .unwrap_or_else(|e| panic!("features::run failed: {e}"));
+        let took = start.elapsed().as_secs_f64();
+        expect_computed(&report.notes, FEATURE_IMAGES);
+        let rate = FEATURE_IMAGES as f64 / took;
+        println!("  onenet_torch::features::run:        {took:6.2} s = {rate:6.1} images/s");
+        in_process.push(rate);
+
+        let result = python_json(
+            python,
+            reference,
+            &[
+                "features",
+                "--files",
+                &list.display().to_string(),
+                "--batch-size",
+                &FEATURE_BATCH.to_string(),
+                "--threads",
+                &THREADS.to_string(),
+                "--reps",
+                "1",
+            ],
+        );
+        let secs = result["seconds"][0]
+            .as_f64()
+            .expect("seconds in the reference's output");
+        assert_eq!(result["images"].as_u64(), Some(FEATURE_IMAGES as u64));
+        import_secs = result["import_seconds"].as_f64().unwrap_or(f64::NAN);
+        let rate = FEATURE_IMAGES as f64 / secs;
+        println!("  PyTorch eager loop:                 {secs:6.2} s = {rate:6.1} images/s");
+        pytorch.push(rate);
+    }
+    println!(
+        "(PyTorch's figure leaves out starting Python and `import torch`, {import_secs:.1} s here, \
+         and building the model; the CLI's includes starting both processes and loading the \
+         weights)"
+    );
+    let _ = fs::remove_dir_all(&out_dir);
+
+    let best_pytorch = max(&pytorch);
+    vec![
+        Row::higher(
+            "features, onenet CLI process vs PyTorch loop",
+            "images/s",
+            max(&cli),
+            best_pytorch,
+            Some(1.2),
+        ),
+        Row::higher(
+            "features, onenet in-process vs PyTorch loop",
+            "images/s",
+            max(&in_process),
+            best_pytorch,
+            Some(1.2),
+        ),
+        Row::higher(
+            "features, CLI stage's own rate, no start-up",
+            "images/s",
+            max(&stage_rates),
+            best_pytorch,
+            None,
+        ),
+    ]
+}
+
+/// A `features` stage's params as the engine would fill them in.
+fn features_params(weights: &str) -> Params {
+    let given = BTreeMap::from([
+        (
+            "backbone".to_string(),
+            ParamValue::Str("efficientnet_lite0".into()),
+        ),
+        ("weights".to_string(), ParamValue::Str(weights.into())),
+        (
+            "batch_size".to_string(),
+            ParamValue::Int(FEATURE_BATCH as i64),
+        ),
+        ("threads".to_string(), ParamValue::Int(i64::from(THREADS))),
+    ]);
+    Params::with_defaults(onenet_stages::specs::features::KIND.params, given)
+}
+
+/// The `path` column of an images table, relative paths taken from `base`.
+fn image_paths(table: &Path, base: &Path) -> Vec<PathBuf> {
+    let batch = read_parquet(table).unwrap_or_else(|e| panic!("{e}"));
+    strings(table, &batch, "path")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|p| base.join(p))
+        .collect()
+}
+
+/// Panics unless a `features` stage's notes say it computed all `images` rows itself.
+fn expect_computed(notes: &[String], images: usize) {
+    let expected = format!("{images} computed, 0 reused");
+    assert!(
+        notes.iter().any(|n| n.contains(&expected)),
+        "the features stage did not compute every image (a timing of reused rows would be \
+         meaningless); its notes: {notes:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Training
+
+fn bench_training(python: &Path, reference: &Path) -> Vec<Row> {
+    println!(
+        "\n== 2. training: batch {TRAIN_BATCH}, GRU {HIDDEN_DIM}, vocabulary {VOCAB}, \
+         {TRAIN_STEPS} timed steps per repetition after {TRAIN_WARMUP} warm-up steps"
+    );
+    tch::manual_seed(0);
+    let model = CaptionModel::new(default_config(), Device::Cpu)
+        .unwrap_or_else(|e| panic!("building the model: {e}"));
+    // What the `train` stage builds: Adam with tch's defaults.
+    let mut optimizer = nn::Adam::default()
+        .build(&model.vs, 1e-3)
+        .expect("building Adam");
+    let (features, tokens) = training_data();
+    let mut step_number = 0i64;
+    let mut step = || {
+        let rows = (step_number % TRAIN_BATCHES) * TRAIN_BATCH;
+        step_number += 1;
+        let images = features.narrow(0, rows, TRAIN_BATCH);
+        let batch_tokens = tokens.narrow(0, rows, TRAIN_BATCH);
+        let loss = model.caption_loss(&model.encode_images(&images), &batch_tokens);
+        optimizer.backward_step_clip_norm(&loss, 5.0);
+        // The stage reads every step's loss back, which also waits for the step to finish.
+        loss.double_value(&[])
+    };
+    for _ in 0..TRAIN_WARMUP {
+        step();
+    }
+
+    let samples = (TRAIN_STEPS as i64 * TRAIN_BATCH) as f64;
+    let mut onenet = Vec::new();
+    let mut pytorch = Vec::new();
+    for rep in 1..=TRAIN_REPS {
+        let start = Instant::now();
+        let mut loss = f64::NAN;
+        for _ in 0..TRAIN_STEPS {
+            loss = step();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        assert!(loss.is_finite(), "training diverged: loss {loss}");
+        println!(
+            "  repetition {rep}: onenet  {secs:6.2} s = {:6.1} samples/s (loss {loss:.3})",
+            samples / secs
+        );
+        onenet.push(samples / secs);
+
+        let result = python_json(
+            python,
+            reference,
+            &[
+                "train",
+                "--threads",
+                &THREADS.to_string(),
+                "--steps",
+                &TRAIN_STEPS.to_string(),
+                "--warmup",
+                &TRAIN_WARMUP.to_string(),
+                "--batch-size",
+                &TRAIN_BATCH.to_string(),
+                "--batches",
+                &TRAIN_BATCHES.to_string(),
+                "--vocab",
+                &VOCAB.to_string(),
+                "--feature-dim",
+                &FEATURE_DIM.to_string(),
+                "--image-dim",
+                &IMAGE_DIM.to_string(),
+                "--embed-dim",
+                &EMBED_DIM.to_string(),
+                "--hidden-dim",
+                &HIDDEN_DIM.to_string(),
+                "--min-words",
+                &MIN_WORDS.to_string(),
+            ],
+        );
+        let secs = result["seconds"]
+            .as_f64()
+            .expect("seconds in the reference's output");
+        let loss = result["last_loss"].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "  repetition {rep}: PyTorch {secs:6.2} s = {:6.1} samples/s (loss {loss:.3})",
+            samples / secs
+        );
+        pytorch.push(samples / secs);
+    }
+    vec![Row::higher(
+        "training, onenet vs PyTorch",
+        "samples/s",
+        max(&onenet),
+        max(&pytorch),
+        Some(1.0),
+    )]
+}
+
+fn default_config() -> ModelConfig {
+    ModelConfig {
+        vocab_size: VOCAB,
+        feature_dim: FEATURE_DIM,
+        image_dim: IMAGE_DIM,
+        embed_dim: EMBED_DIM,
+        hidden_dim: HIDDEN_DIM,
+        rnn: "gru".into(),
+        // Word embeddings learned from scratch: the default (no `glove` param).
+        pretrained_dim: 0,
+    }
+}
+
+/// Random features in [0, 1) and token rows laid out as `pytorch_reference.py` lays them out:
+/// `<start>`, `MIN_WORDS + row % 5` random words, `<end>`, padded with 0.
+fn training_data() -> (Tensor, Tensor) {
+    let rows = TRAIN_BATCH * TRAIN_BATCHES;
+    let features = Tensor::rand([rows, FEATURE_DIM], (Kind::Float, Device::Cpu));
+    let length = MIN_WORDS + 4 + 2;
+    let mut rng = SplitMix(0x5EED);
+    let mut flat = vec![0i64; (rows * length) as usize];
+    for (row, tokens) in flat.chunks_mut(length as usize).enumerate() {
+        let words = (MIN_WORDS + row as i64 % 5) as usize;
+        tokens[0] = 1;
+        for token in &mut tokens[1..=words] {
+            *token = rng.word();
+        }
+        tokens[words + 1] = 2;
+    }
+    let tokens = Tensor::from_slice(&flat).reshape([rows, length]);
+    (features, tokens)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Inversion (find-images)
+
+fn bench_invert() -> Vec<Row> {
+    let (steps, restarts) = (
+        DEFAULT_INVERT_STEPS as usize,
+        DEFAULT_INVERT_RESTARTS as usize,
+    );
+    println!(
+        "\n== 3. find-images inversion: {steps} steps, {restarts} restarts, learning rate \
+         {DEFAULT_INVERT_LEARNING_RATE}, queries of {QUERY_WORDS} words, untrained model"
+    );
+    tch::manual_seed(1);
+    let mut model = CaptionModel::new(default_config(), Device::Cpu)
+        .unwrap_or_else(|e| panic!("building the model: {e}"));
+    let mut rng = SplitMix(0x0F1D);
+    let queries: Vec<Vec<u32>> = (0..INVERT_BATCH)
+        .map(|_| {
+            let words = (0..QUERY_WORDS).map(|_| rng.word() as u32);
+            std::iter::once(1).chain(words).chain([2]).collect()
+        })
+        .collect();
+    let slices: Vec<&[u32]> = queries.iter().map(Vec::as_slice).collect();
+
+    let time_invert = |model: &CaptionModel, label: &str, queries: &[&[u32]]| {
+        // One untimed call first: the first backward pass sets libtorch's kernels up.
+        let _ = invert(
+            model,
+            queries,
+            steps,
+            restarts,
+            DEFAULT_INVERT_LEARNING_RATE,
+        );
+        let secs: Vec<f64> = (0..INVERT_REPS)
+            .map(|_| {
+                let start = Instant::now();
+                let (z, losses) = invert(
+                    model,
+                    queries,
+                    steps,
+                    restarts,
+                    DEFAULT_INVERT_LEARNING_RATE,
+                );
+                let took = start.elapsed().as_secs_f64();
+                assert_eq!(z.size(), [queries.len() as i64, IMAGE_DIM]);
+                assert!(losses.iter().all(|l| l.is_finite()), "losses {losses:?}");
+                took / queries.len() as f64
+            })
+            .collect();
+        println!(
+            "  {label:44} per query: {}",
+            secs.iter()
+                .map(|s| format!("{s:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        min(&secs)
+    };
+    // `find-images` inverts the model as loaded, weights not frozen, so the backward passes also
+    // compute the weights' gradients; the last figure shows what freezing them would save.
+    let one = time_invert(&model, "1 query (as find-images runs it)", &slices[..1]);
+    let batch = time_invert(
+        &model,
+        "16 queries in one batch (as find-images runs it)",
+        &slices,
+    );
+    model.freeze();
+    let frozen = time_invert(&model, "1 query, model weights frozen", &slices[..1]);
+    vec![
+        Row::latency("find-images inversion, 1 query", one, Some(1.0)),
+        Row::latency("find-images inversion, 16 queries", batch, Some(1.0)),
+        Row::latency("find-images inversion, 1 query, frozen", frozen, None),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Peak memory of the features stage
+
+/// One memory run's figures, in bytes.
+struct MemoryRun {
+    images: usize,
+    /// `ru_maxrss` from `wait4` on the `onenet` child: the largest peak of it and its reaped
+    /// descendants, i.e. the worker's.
+    wait4_peak: u64,
+    /// The worker's own `VmHWM`, last sampled before it exited.
+    sampled_peak: Option<u64>,
+    seconds: f64,
+}
+
+fn bench_memory(onenet: &Path, bench_data: &Path) -> Vec<MemoryRun> {
+    println!(
+        "\n== 4. peak memory of the features stage on {} and {} images (random weights; the \
+         larger run takes minutes)",
+        MEMORY_IMAGES[0], MEMORY_IMAGES[1]
+    );
+    let mut runs = Vec::new();
+    for images in MEMORY_IMAGES {
+        let project = bench_data.join(format!("ml-memory-{images}"));
+        write_pipeline(&project, images, "random");
+        let (took, stdout) = onenet_cmd(onenet, &project, &["run", "images", "--format", "json"]);
+        println!(
+            "{images} images: dataset ready in {:.1} s ({})",
+            took.as_secs_f64(),
+            describe_actions(&stdout)
+        );
+        remove_latest(&project, "features");
+        let run = measure_features_memory(onenet, &project, images);
+        println!(
+            "{images} images: {:.0} s, peak RSS {} (wait4), {} (worker's VmHWM, sampled)",
+            run.seconds,
+            mib(run.wait4_peak),
+            run.sampled_peak.map_or("not seen".into(), mib)
+        );
+        runs.push(run);
+    }
+    runs
+}
+
+/// Runs `onenet run features --force features` in `project`, reaping it with `wait4` to read
+/// its peak memory, while a thread samples the worker's and prints progress.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped by libc::wait4, which std cannot see"
+)]
+fn measure_features_memory(onenet: &Path, project: &Path, images: usize) -> MemoryRun {
+    let start = Instant::now();
+    let mut child = Command::new(onenet)
+        .args(["run", "features", "--force", "features", "--format", "json"])
+        .current_dir(project)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start onenet");
+    let pid = child.id() as libc::pid_t;
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || sample_worker(pid, &done, start))
+    };
+
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero `rusage` is a valid value of the plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet reaped: std reaps only in `wait`/`try_wait`, never
+    // called on `child` (dropping a `Child` does not wait). Both pointers are valid for the call.
+    // Reaping it here instead of through std is what yields its rusage.
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let seconds = start.elapsed().as_secs_f64();
+    assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
+    done.store(true, Ordering::Relaxed);
+    let sampled_peak = sampler.join().expect("sampler thread");
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = stderr.join().expect("stderr reader");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "onenet run features in {} failed (wait status {status}):\n{stderr}\n{stdout}",
+        project.display()
+    );
+    expect_computed(&stage_notes(&stdout, "features"), images);
+    MemoryRun {
+        images,
+        // Linux reports ru_maxrss in kilobytes.
+        wait4_peak: usage.ru_maxrss as u64 * 1024,
+        sampled_peak,
+        seconds,
+    }
+}
+
+/// Every `SAMPLE_EVERY` until `done`: finds the `onenet-torch` worker among `parent`'s children
+/// and records its `VmHWM`; every `PROGRESS_EVERY` prints the time and its memory so far.
+/// Returns the last peak seen (`VmHWM` only grows, so that is the worker's peak up to then).
+fn sample_worker(parent: libc::pid_t, done: &AtomicBool, start: Instant) -> Option<u64> {
+    let mut peak = None;
+    let mut next_report = PROGRESS_EVERY;
+    while !done.load(Ordering::Relaxed) {
+        if let Some((rss, hwm)) = worker_memory(parent) {
+            peak = Some(hwm);
+            if start.elapsed() >= next_report {
+                println!(
+                    "  … {:4.0} s, worker RSS {} (peak so far {})",
+                    start.elapsed().as_secs_f64(),
+                    mib(rss),
+                    mib(hwm)
+                );
+                next_report += PROGRESS_EVERY;
+            }
+        }
+        std::thread::sleep(SAMPLE_EVERY);
+    }
+    peak
+}
+
+/// (VmRSS, VmHWM) in bytes of the child of `parent` named `onenet-torch`, if it runs.
+fn worker_memory(parent: libc::pid_t) -> Option<(u64, u64)> {
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .map(|rest| rest.trim().trim_end_matches("kB").trim().to_string())
+        };
+        if field("Name:").as_deref() != Some("onenet-torch")
+            || field("PPid:").and_then(|p| p.parse::<libc::pid_t>().ok()) != Some(parent)
+        {
+            continue;
+        }
+        let kib = |key: &str| {
+            field(key)
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|k| k * 1024)
+        };
+        return Some((kib("VmRSS:")?, kib("VmHWM:")?));
+    }
+    None
+}
+
+/// Reads a pipe to the end on its own thread, so that a full pipe never blocks the child.
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+/// One line of the results table.
+struct Row {
+    label: &'static str,
+    unit: &'static str,
+    onenet: f64,
+    /// The PyTorch figure, for the comparisons.
+    pytorch: Option<f64>,
+    /// The target: a minimum ratio for throughputs, a maximum for latencies.
+    target: Option<f64>,
+    higher_is_better: bool,
+}
+
+impl Row {
+    fn higher(
+        label: &'static str,
+        unit: &'static str,
+        onenet: f64,
+        pytorch: f64,
+        min_ratio: Option<f64>,
+    ) -> Row {
+        Row {
+            label,
+            unit,
+            onenet,
+            pytorch: Some(pytorch),
+            target: min_ratio,
+            higher_is_better: true,
+        }
+    }
+
+    fn latency(label: &'static str, secs_per_query: f64, max_secs: Option<f64>) -> Row {
+        Row {
+            label,
+            unit: "s/query",
+            onenet: secs_per_query,
+            pytorch: None,
+            target: max_secs,
+            higher_is_better: false,
+        }
+    }
+
+    /// The target and whether it was met, as text.
+    fn verdict(&self) -> String {
+        let Some(target) = self.target else {
+            return String::new();
+        };
+        match (self.higher_is_better, self.pytorch) {
+            (true, Some(pytorch)) => {
+                let ratio = self.onenet / pytorch;
+                format!("≥ {target:.1}×: {}", met(ratio >= target))
+            }
+            _ => format!("≤ {target:.1} s: {}", met(self.onenet <= target)),
+        }
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+fn print_results(rows: &[Row], memory: &[MemoryRun]) {
+    println!(
+        "\n== results ({THREADS} threads each; the best repetition of each side; nothing asserted)"
+    );
+    println!(
+        "{:46} {:>10} {:>10} {:10} {:>7}  target",
+        "measurement", "onenet", "PyTorch", "unit", "ratio"
+    );
+    for row in rows {
+        let (pytorch, ratio) = match row.pytorch {
+            Some(p) => (format!("{p:10.2}"), format!("{:6.2}×", row.onenet / p)),
+            None => (format!("{:>10}", "-"), format!("{:>7}", "-")),
+        };
+        println!(
+            "{:46} {:10.3} {pytorch} {:10} {ratio}  {}",
+            row.label,
+            row.onenet,
+            row.unit,
+            row.verdict()
+        );
+    }
+
+    if let [small, large] = memory {
+        let matrix = |n: usize| (n * FEATURE_DIM as usize * 4) as u64;
+        let grown = large.wait4_peak as f64 - small.wait4_peak as f64;
+        let expected = (matrix(large.images) - matrix(small.images)) as f64;
+        println!(
+            "\npeak RSS of the features stage (onenet-torch worker, random weights, {THREADS} threads):"
+        );
+        for run in memory {
+            println!(
+                "  {:5} images: {:>10} (wait4)  {:>10} (sampled VmHWM)  {:5.0} s, {:.1} images/s",
+                run.images,
+                mib(run.wait4_peak),
+                run.sampled_peak.map_or("-".into(), mib),
+                run.seconds,
+                run.images as f64 / run.seconds
+            );
+        }
+        println!(
+            "  ratio {:.2}×; grew by {:.1} MB; one output matrix grows by ({} - {}) × {FEATURE_DIM} \
+             × 4 bytes = {:.1} MB, so the growth is {:.1} matrices' worth",
+            large.wait4_peak as f64 / small.wait4_peak as f64,
+            grown / 1e6,
+            large.images,
+            small.images,
+            expected / 1e6,
+            grown / expected
+        );
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::NAN, f64::max)
+}
+
+fn min(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::NAN, f64::min)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Projects and processes
+
+/// The repository root: this crate's parent folder.
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the onenet-torch crate sits inside the repository")
+        .to_path_buf()
+}
+
+/// The workspace's target folder (`CARGO_TARGET_DIR`, else `<repo>/target`).
+fn target_dir(repo: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target"))
+}
+
+/// Builds the workspace's default members in release mode (the `onenet` engine and its
+/// `onenet-torch` worker) and returns the `onenet` binary.
+fn build_release(repo: &Path, target: &Path) -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release"])
+        .current_dir(repo)
+        .status()
+        .expect("start cargo build");
+    assert!(status.success(), "cargo build --release failed: {status}");
+    let release = target.join("release");
+    for binary in ["onenet", "onenet-torch"] {
+        assert!(
+            release.join(binary).is_file(),
+            "{binary} not found in {} after the build",
+            release.display()
+        );
+    }
+    release.join("onenet")
+}
+
+/// The Python of `<target>/bench-venv`, creating the environment and installing PyTorch,
+/// Pillow and NumPy into it unless they already import there.
+fn ensure_venv(target: &Path) -> PathBuf {
+    let venv = target.join("bench-venv");
+    let python = venv.join("bin").join("python");
+    let check = || {
+        Command::new(&python)
+            .args(["-c", "import numpy, PIL, torch; print(torch.__version__)"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let expected = |version: &str| version.split('+').next() == Some(TORCH_VERSION);
+    if let Some(version) = check().filter(|v| expected(v)) {
+        println!("reusing it: torch {version}");
+        return python;
+    }
+    if venv.exists() {
+        println!("it lacks torch {TORCH_VERSION}: recreating it");
+        fs::remove_dir_all(&venv).unwrap_or_else(|e| panic!("remove {}: {e}", venv.display()));
+    }
+    let system_python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+    run_ok(
+        Command::new(&system_python)
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv),
+        "python3 -m venv",
+    );
+    println!(
+        "installing torch=={TORCH_VERSION}, pillow and numpy with pip (about 3 GB with the CUDA \
+         libraries the wheel depends on; once)..."
+    );
+    let start = Instant::now();
+    run_ok(
+        Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &format!("torch=={TORCH_VERSION}"),
+            "pillow",
+            "numpy",
+        ]),
+        "pip install",
+    );
+    let version = check().unwrap_or_else(|| panic!("`import torch` fails in {}", venv.display()));
+    assert!(
+        expected(&version),
+        "installed torch {version}, not {TORCH_VERSION}"
+    );
+    println!(
+        "installed torch {version} in {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
+    python
+}
+
+fn run_ok(command: &mut Command, what: &str) {
+    let status = command
+        .status()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    assert!(status.success(), "{what} failed: {status}");
+}
+
+/// Runs `pytorch_reference.py ARGS` and parses the JSON object on the last line of its stdout.
+fn python_json(python: &Path, script: &Path, args: &[&str]) -> Value {
+    let out = Command::new(python)
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("start the PyTorch reference");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pytorch_reference.py {} failed ({}):\n{}\n{stdout}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the reference printed no JSON ({e}):\n{stdout}"))
+}
+
+/// Writes a `demo_data` → `images` → `features` pipeline of `images` pictures to `project`.
+fn write_pipeline(project: &Path, images: usize, weights: &str) {
+    let text = format!(
+        r#"# Written by the ML benchmark (torch/benches/ml.rs).
+[stages.demo]
+kind = "demo_data"
+params = {{ images = {images}, seed = 7, image_size = {IMAGE_SIZE} }}
+
+[stages.images]
+kind = "images"
+inputs = ["demo"]
+
+[stages.features]
+kind = "features"
+inputs = ["images"]
+params = {{ backbone = "efficientnet_lite0", weights = "{weights}", batch_size = {FEATURE_BATCH}, threads = {THREADS} }}
+"#
+    );
+    write_if_changed(&project.join("pipeline.toml"), &text);
+}
+
+/// Removes `artifacts/latest/<stage>`, so that the next run of the stage has no previous output
+/// to reuse rows from.
+fn remove_latest(project: &Path, stage: &str) {
+    let link = project.join("artifacts").join("latest").join(stage);
+    match fs::remove_file(&link) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => panic!("remove {}: {e}", link.display()),
+    }
+}
+
+/// Runs `onenet ARGS` in `dir`, timing the whole process. Panics, with its stderr, unless it
+/// exits with status 0. Returns the time and stdout.
+fn onenet_cmd(onenet: &Path, dir: &Path, args: &[&str]) -> (Duration, String) {
+    let start = Instant::now();
+    let out = Command::new(onenet)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("start onenet");
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "`onenet {}` in {} failed ({}):\n{}\n{}",
+        args.join(" "),
+        dir.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (took, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The `stages` array of `onenet run --format json`.
+fn stages(stdout: &str) -> Vec<Value> {
+    let value: Value = serde_json::from_str(stdout)
+        .unwrap_or_else(|e| panic!("onenet printed invalid JSON ({e}):\n{stdout}"));
+    match value.get("stages") {
+        Some(Value::Array(stages)) => stages.clone(),
+        _ => panic!("onenet's JSON has no `stages` array:\n{stdout}"),
+    }
+}
+
+/// The notes of stage `name` in `onenet run --format json` output.
+fn stage_notes(stdout: &str, name: &str) -> Vec<String> {
+    stages(stdout)
+        .iter()
+        .find(|s| s["name"].as_str() == Some(name))
+        .and_then(|s| s["notes"].as_array())
+        .map(|notes| {
+            notes
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `name action (seconds)` for each stage of a `run --format json` output.
+fn describe_actions(stdout: &str) -> String {
+    stages(stdout)
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} ({:.2} s)",
+                s["name"].as_str().unwrap_or("?"),
+                s["action"].as_str().unwrap_or("?"),
+                s["seconds"].as_f64().unwrap_or(f64::NAN)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The number just before `suffix` in `text` ("5.2 images/s at …" → 5.2).
+fn leading_number(text: &str, suffix: &str) -> Option<f64> {
+    let before = &text[..text.find(suffix)?];
+    before.rsplit(' ').next()?.parse().ok()
+}
+
+/// A small deterministic generator (SplitMix64) for token ids.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A word id: past the four special ids (`<pad>`, `<start>`, `<end>`, `<unk>`).
+    fn word(&mut self) -> i64 {
+        4 + (self.next() % (VOCAB as u64 - 4)) as i64
+    }
+}
+
+fn recreate_dir(dir: &Path) {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => panic!("remove {}: {e}", dir.display()),
+    }
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+}
+
+/// Writes `text` to `path` unless it already holds exactly that (so its mtime stays put).
+fn write_if_changed(path: &Path, text: &str) {
+    if fs::read_to_string(path).ok().as_deref() != Some(text) {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+        }
+        fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+}
