@@ -73,7 +73,7 @@ pub fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
 /// their squared distances. Ties are broken by index so the result never depends on how the work
 /// was split between threads.
 pub fn nearest_neighbours(data: &[f32], dim: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
-    let n = if dim == 0 { 0 } else { data.len() / dim };
+    let n = data.len().checked_div(dim).unwrap_or(0);
     let row = |i: usize| &data[i * dim..(i + 1) * dim];
     let closer = |a: &(u32, f32), b: &(u32, f32)| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0));
     (0..n)
@@ -151,7 +151,7 @@ pub fn conditional_similarities(distances: &[f32], perplexity: f64) -> Vec<f64> 
 /// The symmetric joint similarities P of the rows of `data`: p_ij = (p(j|i) + p(i|j)) / 2N over
 /// each point's nearest neighbours, summing to one. Returns P and the perplexity used.
 pub fn joint_similarities(data: &[f32], dim: usize, perplexity: f64) -> (SparseMatrix, f64) {
-    let n = if dim == 0 { 0 } else { data.len() / dim };
+    let n = data.len().checked_div(dim).unwrap_or(0);
     let (perplexity, k) = effective_perplexity(perplexity, n);
     let neighbours = nearest_neighbours(data, dim, k);
     let conditional: Vec<Vec<f64>> = neighbours
@@ -175,7 +175,7 @@ fn symmetrise(neighbours: &[Vec<(u32, f32)>], conditional: &[Vec<f64>], n: usize
             entries.push((j, i as u32, p));
         }
     }
-    entries.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    entries.sort_unstable_by_key(|e| (e.0, e.1));
     let scale = 1.0 / (2.0 * n as f64);
     let mut row_starts = vec![0usize; n + 1];
     let mut columns = Vec::with_capacity(entries.len());

@@ -83,7 +83,8 @@ const PARAMS: &[ParamSpec] = &[
             max: 100_000.0,
         },
         default: ParamDefault::Float(200.0),
-        help: "Step size of the gradient descent",
+        help: "Step size of the gradient descent, on the scale of the usual Barnes-Hut t-SNE \
+               (gradient without its factor 4); about N/12 suits N points best",
     },
     ParamSpec {
         name: "seed",

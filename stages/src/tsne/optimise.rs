@@ -53,7 +53,7 @@ pub struct TsneMap {
 /// Maps the rows of `data` (`dim` values each) to the plane. `progress` advances once per
 /// iteration.
 pub fn tsne(data: &[f32], dim: usize, settings: &TsneSettings, progress: &dyn Progress) -> TsneMap {
-    let n = if dim == 0 { 0 } else { data.len() / dim };
+    let n = data.len().checked_div(dim).unwrap_or(0);
     let mut positions = initial_positions(n, settings.seed, settings.stream);
     if n < 2 {
         progress.inc(settings.iterations as u64);
@@ -380,67 +380,5 @@ mod tests {
             map.kl_divergence
         );
         assert!(seconds < 60.0);
-    }
-}
-#[cfg(test)]
-mod scratch_experiment {
-    use super::*;
-    use crate::NoProgress;
-    #[test]
-    fn scratch_experiment() {
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let (blobs, per, dim) = (5, 60, 20);
-        let mut data = Vec::new();
-        let mut labels = Vec::new();
-        let centres: Vec<Vec<f32>> = (0..blobs)
-            .map(|_| (0..dim).map(|_| rng.gen_range(-20.0..20.0)).collect())
-            .collect();
-        for (b, c) in centres.iter().enumerate() {
-            for _ in 0..per {
-                data.extend(
-                    c.iter()
-                        .map(|c| c + (0..4).map(|_| rng.gen_range(-1.0f32..1.0)).sum::<f32>()),
-                );
-                labels.push(b);
-            }
-        }
-        for (lr, it) in [(200.0, 300), (200.0, 500), (800.0, 300), (100.0, 300)] {
-            let map = tsne(
-                &data,
-                dim,
-                &TsneSettings {
-                    perplexity: 10.0,
-                    iterations: it,
-                    learning_rate: lr,
-                    theta: 0.5,
-                    seed: 7,
-                    stream: 1,
-                },
-                &NoProgress,
-            );
-            let p = &map.positions;
-            let same = (0..300)
-                .filter(|&i| {
-                    let j = (0..300)
-                        .filter(|&j| j != i)
-                        .min_by(|&a, &b| {
-                            let d = |j: usize| {
-                                (p[i][0] - p[j][0]).powi(2) + (p[i][1] - p[j][1]).powi(2)
-                            };
-                            d(a).total_cmp(&d(b))
-                        })
-                        .unwrap();
-                    labels[i] == labels[j]
-                })
-                .count();
-            let spread = p
-                .iter()
-                .map(|v| v[0].abs().max(v[1].abs()))
-                .fold(0.0, f64::max);
-            println!(
-                "lr {lr} it {it}: same {same} kl {:.3} spread {spread:.2}",
-                map.kl_divergence
-            );
-        }
     }
 }

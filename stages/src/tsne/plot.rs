@@ -2,7 +2,9 @@
 //! images as small thumbnails at their positions (framed in their label's colour), words as text.
 //!
 //! The text needs a font, and the machines onenet runs on need not have any installed, so a font
-//! ships inside the binary (DejaVu Sans Mono, under `stages/assets/` with its licence).
+//! ships inside the binary (Open Sans, under `stages/assets/` with its licence). It is a
+//! proportional font on purpose: plotters places each glyph at the start of its advance, which
+//! leaves narrow glyphs of a monospaced font floating in wide gaps.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -30,7 +32,7 @@ const FRAME: i32 = 2;
 /// The font family every text element asks for (plotters' default family for legends).
 const FONT_FAMILY: &str = "sans-serif";
 
-static FONT: &[u8] = include_bytes!("../../assets/DejaVuSansMono.ttf");
+static FONT: &[u8] = include_bytes!("../../assets/OpenSans-Regular.ttf");
 
 /// Distinct colours for the most frequent labels; the rest share `OTHER`.
 const PALETTE: [RGBColor; 16] = [
@@ -196,7 +198,7 @@ fn draw_legend<'a, 'b: 'a>(
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
-        .label_font((FONT_FAMILY, 14))
+        .label_font((FONT_FAMILY, 18))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
@@ -216,7 +218,7 @@ pub fn image_plot(
     render(path, |root| {
         let (x_range, y_range) = square_ranges(positions);
         let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT_FAMILY, 24))
+            .caption(title, (FONT_FAMILY, 28))
             .margin(30)
             .build_cartesian_2d(x_range, y_range)
             .map_err(|e| draw_error(path, e))?;
@@ -266,7 +268,7 @@ pub fn word_plot(
     render(path, |root| {
         let (x_range, y_range) = square_ranges(positions);
         let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT_FAMILY, 24))
+            .caption(title, (FONT_FAMILY, 28))
             .margin(40)
             .build_cartesian_2d(x_range, y_range)
             .map_err(|e| draw_error(path, e))?;
@@ -274,7 +276,7 @@ pub fn word_plot(
         chart
             .draw_series(positions.iter().zip(words).zip(labels).map(
                 |((position, word), label)| {
-                    let style = (FONT_FAMILY, 13)
+                    let style = (FONT_FAMILY, 18)
                         .into_font()
                         .color(&colours.colour(label))
                         .pos(centred);
