@@ -16,30 +16,36 @@
 //! 3. `find-images` latency: `onenet_torch::model::invert` at the `evaluate` stage's default
 //!    steps, restarts and learning rate on an untrained default-shape model, for one query and
 //!    for a batch of 16 (per query). Target: ≤ 1 s per query.
-//! 4. Peak memory of the `features` stage on 1,000 and 8,000 images (random weights): the peak
-//!    resident set of the `onenet-torch` worker process, read with `wait4` when the `onenet`
-//!    child exits (Linux accounts a reaped grandchild's peak to its parent, so the figure is the
-//!    largest of the two processes) and cross-checked by sampling the worker's `VmHWM` while it
-//!    runs. Only the N × 1280 output matrix may grow with N.
+//! 4. Peak memory of the `features` stage on 1,000 and 8,000 images (random weights, one libtorch
+//!    thread): the peak resident set of the `onenet-torch` worker process. A small helper (this
+//!    binary run with `--peak-rss-helper`) starts `onenet run features` and reads its
+//!    `ru_maxrss` with `wait4`, as `/usr/bin/time -v` does: Linux counts into it the reaped
+//!    descendants' peaks, so it is the worker's. The figure is cross-checked by sampling the
+//!    worker's `VmHWM` while it runs. Only the N × 1280 output matrix may grow with N.
 //!
-//! Both sides use 2 threads (`tch::set_num_threads` and the stage's `threads` param;
-//! `torch.set_num_threads` in Python). PyTorch 2.13.0 (the version of onenet's libtorch) is
-//! installed once into a virtual environment under `target/bench-venv/` with pip, about 3 GB
-//! with the CUDA libraries its wheel depends on, and reused afterwards; the generated projects
-//! and data live under `target/bench-data/` and are reused too. Timings are wall-clock on a
-//! machine that may be running other work, so each is taken more than once and the best is
-//! compared; nothing is asserted. The whole run takes about 10 minutes on 2 cores (the first one
-//! a few more, for the installation and the 8,000 images).
+//! Both sides of each comparison use 2 threads (`tch::set_num_threads` and the stage's `threads`
+//! param; `torch.set_num_threads` in Python), or `ONENET_BENCH_THREADS` if set: on a 2-core
+//! machine running other work, two threads that spin-wait for each other slow down several
+//! times over, and 1 gives steadier figures. The load average is printed first.
+//!
+//! PyTorch 2.13.0 (the version of onenet's libtorch) is installed once into a virtual
+//! environment under `target/bench-venv/` with pip, about 3 GB with the CUDA libraries its wheel
+//! depends on, and reused afterwards; the generated projects and data live under
+//! `target/bench-data/` and are reused too. Timings are wall-clock on a machine that may be
+//! running other work, so each is taken more than once and the best is compared; nothing is
+//! asserted. The whole run took under 15 minutes on 2 cores busy with other work, half of it
+//! the 8,000-image memory run; the first run also installs PyTorch and draws the images.
 //!
 //! Run it with `make bench` (or `cargo bench -p onenet-torch --bench ml`).
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -54,8 +60,9 @@ use onenet_stages::table::{read_parquet, strings};
 use onenet_stages::{NoProgress, ParamValue, Params, StageContext, StageInput};
 use onenet_torch::model::{invert, CaptionModel, ModelConfig};
 
-/// libtorch threads on both sides (and the `threads` param of every `features` stage here).
-const THREADS: i32 = 2;
+/// libtorch threads on both sides (and the `threads` param of the compared `features` runs),
+/// unless `ONENET_BENCH_THREADS` says otherwise.
+const DEFAULT_THREADS: i32 = 2;
 /// The PyTorch version installed for the comparison: the one onenet's libtorch comes from.
 const TORCH_VERSION: &str = "2.13.0";
 
@@ -92,20 +99,31 @@ const INVERT_REPS: usize = 5;
 
 /// Images of the two memory runs.
 const MEMORY_IMAGES: [usize; 2] = [1000, 8000];
+/// libtorch threads of the memory runs. Their figure is memory, not speed, and one thread
+/// finishes soonest on a 2-core machine running other work: two threads that spin-wait for each
+/// other run several times slower as soon as a core is taken (measured: 5 against 18 images/s).
+/// Decoding still uses every core.
+const MEMORY_THREADS: i32 = 1;
 /// How often the memory runs sample the worker and print progress.
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 const PROGRESS_EVERY: Duration = Duration::from_secs(20);
 
 fn main() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == PEAK_RSS_HELPER) {
+        std::process::exit(peak_rss_helper(&args[2..]));
+    }
+    let threads = threads();
     let repo = repo_root();
     let target = target_dir(&repo);
     let bench_data = target.join("bench-data");
     println!(
-        "onenet ML benchmark: onenet vs PyTorch {TORCH_VERSION} eager, {THREADS} threads each \
+        "onenet ML benchmark: onenet vs PyTorch {TORCH_VERSION} eager, {threads} threads each \
          ({} CPUs available)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    tch::set_num_threads(THREADS);
+    print_load();
+    tch::set_num_threads(threads);
     let started = Instant::now();
 
     println!("\n== building the release binaries (cargo build --release)");
@@ -163,7 +181,7 @@ fn bench_features(
         );
         "random".to_string()
     };
-    write_pipeline(&project, FEATURE_IMAGES, &weights_param);
+    write_pipeline(&project, FEATURE_IMAGES, &weights_param, threads());
     let (took, stdout) = onenet_cmd(onenet, &project, &["run", "images", "--format", "json"]);
     println!(
         "dataset and images table ready in {:.1} s: {}",
@@ -245,7 +263,7 @@ fn bench_features(
                 "--batch-size",
                 &FEATURE_BATCH.to_string(),
                 "--threads",
-                &THREADS.to_string(),
+                &threads().to_string(),
                 "--reps",
                 "1",
             ],
@@ -304,7 +322,7 @@ fn features_params(weights: &str) -> Params {
             "batch_size".to_string(),
             ParamValue::Int(FEATURE_BATCH as i64),
         ),
-        ("threads".to_string(), ParamValue::Int(i64::from(THREADS))),
+        ("threads".to_string(), ParamValue::Int(i64::from(threads()))),
     ]);
     Params::with_defaults(onenet_stages::specs::features::KIND.params, given)
 }
@@ -383,7 +401,7 @@ fn bench_training(python: &Path, reference: &Path) -> Vec<Row> {
             &[
                 "train",
                 "--threads",
-                &THREADS.to_string(),
+                &threads().to_string(),
                 "--steps",
                 &TRAIN_STEPS.to_string(),
                 "--warmup",
@@ -508,7 +526,7 @@ fn bench_invert() -> Vec<Row> {
             })
             .collect();
         println!(
-            "  {label:44} per query: {}",
+            "  {label:50} per query: {}",
             secs.iter()
                 .map(|s| format!("{s:.3}"))
                 .collect::<Vec<_>>()
@@ -539,7 +557,7 @@ fn bench_invert() -> Vec<Row> {
 /// One memory run's figures, in bytes.
 struct MemoryRun {
     images: usize,
-    /// `ru_maxrss` from `wait4` on the `onenet` child: the largest peak of it and its reaped
+    /// `ru_maxrss` from `wait4` on the `onenet` process: the largest peak of it and its reaped
     /// descendants, i.e. the worker's.
     wait4_peak: u64,
     /// The worker's own `VmHWM`, last sampled before it exited.
@@ -556,7 +574,7 @@ fn bench_memory(onenet: &Path, bench_data: &Path) -> Vec<MemoryRun> {
     let mut runs = Vec::new();
     for images in MEMORY_IMAGES {
         let project = bench_data.join(format!("ml-memory-{images}"));
-        write_pipeline(&project, images, "random");
+        write_pipeline(&project, images, "random", MEMORY_THREADS);
         let (took, stdout) = onenet_cmd(onenet, &project, &["run", "images", "--format", "json"]);
         println!(
             "{images} images: dataset ready in {:.1} s ({})",
@@ -576,31 +594,81 @@ fn bench_memory(onenet: &Path, bench_data: &Path) -> Vec<MemoryRun> {
     runs
 }
 
-/// Runs `onenet run features --force features` in `project`, reaping it with `wait4` to read
-/// its peak memory, while a thread samples the worker's and prints progress.
-#[expect(
-    clippy::zombie_processes,
-    reason = "the child is reaped by libc::wait4, which std cannot see"
-)]
+/// Runs `onenet run features --force features` in `project` under this binary's peak-memory
+/// helper (see [`peak_rss_helper`]), while a thread samples the worker's memory and prints
+/// progress.
 fn measure_features_memory(onenet: &Path, project: &Path, images: usize) -> MemoryRun {
+    let result_file = project.join("peak-rss.txt");
+    remove_file_if_present(&result_file);
     let start = Instant::now();
-    let mut child = Command::new(onenet)
+    let mut helper = Command::new(std::env::current_exe().expect("this benchmark's path"))
+        .arg(PEAK_RSS_HELPER)
+        .arg(&result_file)
+        .arg(onenet)
         .args(["run", "features", "--force", "features", "--format", "json"])
         .current_dir(project)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start onenet");
-    let pid = child.id() as libc::pid_t;
-    let stdout = drain(child.stdout.take().expect("piped stdout"));
-    let stderr = drain(child.stderr.take().expect("piped stderr"));
+        .expect("start the peak-memory helper");
+    let helper_pid = helper.id();
+    let stdout = drain(helper.stdout.take().expect("piped stdout"));
+    let stderr = drain(helper.stderr.take().expect("piped stderr"));
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
         let done = Arc::clone(&done);
-        std::thread::spawn(move || sample_worker(pid, &done, start))
+        std::thread::spawn(move || sample_worker(helper_pid, &done, start))
     };
+    let status = helper.wait().expect("wait for the peak-memory helper");
+    let seconds = start.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let sampled_peak = sampler.join().expect("sampler thread");
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = stderr.join().expect("stderr reader");
+    assert!(
+        status.success(),
+        "onenet run features in {} failed ({status}):\n{stderr}\n{stdout}",
+        project.display()
+    );
+    expect_computed(&stage_notes(&stdout, "features"), images);
+    let result = fs::read_to_string(&result_file)
+        .unwrap_or_else(|e| panic!("read {}: {e}", result_file.display()));
+    let kib: u64 = result
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}: {result:?}", result_file.display()));
+    MemoryRun {
+        images,
+        wait4_peak: kib * 1024,
+        sampled_peak,
+        seconds,
+    }
+}
 
+/// The first argument that makes this binary [`peak_rss_helper`] instead of the benchmark.
+const PEAK_RSS_HELPER: &str = "--peak-rss-helper";
+
+/// `ml --peak-rss-helper RESULT PROGRAM ARGS…`: runs PROGRAM, reaps it with `wait4` and writes
+/// its `ru_maxrss` (KiB) to RESULT; exits with its status. The kernel counts into that figure
+/// the reaped descendants that PROGRAM waited for (so the `onenet-torch` worker) but also the
+/// memory of the process PROGRAM was started from, as it was before the exec; started straight
+/// from the benchmark, with libtorch and its models loaded, that would be the benchmark's own
+/// size. Started from this fresh, small process it is the worker's, as `/usr/bin/time -v`
+/// would report it.
+fn peak_rss_helper(args: &[OsString]) -> i32 {
+    let [result, program, rest @ ..] = args else {
+        eprintln!("usage: {PEAK_RSS_HELPER} RESULT PROGRAM [ARGS...]");
+        return 2;
+    };
+    let child = match Command::new(program).args(rest).spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("start {}: {e}", program.to_string_lossy());
+            return 127;
+        }
+    };
+    let pid = child.id() as libc::pid_t;
     let mut status: libc::c_int = 0;
     // SAFETY: an all-zero `rusage` is a valid value of the plain C struct.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -608,35 +676,30 @@ fn measure_features_memory(onenet: &Path, project: &Path, images: usize) -> Memo
     // called on `child` (dropping a `Child` does not wait). Both pointers are valid for the call.
     // Reaping it here instead of through std is what yields its rusage.
     let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let seconds = start.elapsed().as_secs_f64();
-    assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
-    done.store(true, Ordering::Relaxed);
-    let sampled_peak = sampler.join().expect("sampler thread");
-    let stdout = stdout.join().expect("stdout reader");
-    let stderr = stderr.join().expect("stderr reader");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "onenet run features in {} failed (wait status {status}):\n{stderr}\n{stdout}",
-        project.display()
-    );
-    expect_computed(&stage_notes(&stdout, "features"), images);
-    MemoryRun {
-        images,
-        // Linux reports ru_maxrss in kilobytes.
-        wait4_peak: usage.ru_maxrss as u64 * 1024,
-        sampled_peak,
-        seconds,
+    if reaped != pid {
+        eprintln!("wait4: {}", std::io::Error::last_os_error());
+        return 1;
+    }
+    // Linux reports ru_maxrss in KiB.
+    if let Err(e) = fs::write(result, format!("{}\n", usage.ru_maxrss)) {
+        eprintln!("write {}: {e}", Path::new(result).display());
+        return 1;
+    }
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        1
     }
 }
 
-/// Every `SAMPLE_EVERY` until `done`: finds the `onenet-torch` worker among `parent`'s children
-/// and records its `VmHWM`; every `PROGRESS_EVERY` prints the time and its memory so far.
-/// Returns the last peak seen (`VmHWM` only grows, so that is the worker's peak up to then).
-fn sample_worker(parent: libc::pid_t, done: &AtomicBool, start: Instant) -> Option<u64> {
+/// Every `SAMPLE_EVERY` until `done`: finds the `onenet-torch` worker (a grandchild of
+/// `helper`) and records its `VmHWM`; every `PROGRESS_EVERY` prints the time and its memory so
+/// far. Returns the last peak seen (`VmHWM` only grows, so that is the worker's peak up to then).
+fn sample_worker(helper: u32, done: &AtomicBool, start: Instant) -> Option<u64> {
     let mut peak = None;
     let mut next_report = PROGRESS_EVERY;
     while !done.load(Ordering::Relaxed) {
-        if let Some((rss, hwm)) = worker_memory(parent) {
+        if let Some((rss, hwm)) = worker_memory(helper) {
             peak = Some(hwm);
             if start.elapsed() >= next_report {
                 println!(
@@ -653,35 +716,51 @@ fn sample_worker(parent: libc::pid_t, done: &AtomicBool, start: Instant) -> Opti
     peak
 }
 
-/// (VmRSS, VmHWM) in bytes of the child of `parent` named `onenet-torch`, if it runs.
-fn worker_memory(parent: libc::pid_t) -> Option<(u64, u64)> {
+/// (VmRSS, VmHWM) in bytes of the process named `onenet-torch` whose grandparent is
+/// `grandparent`, if one runs.
+fn worker_memory(grandparent: u32) -> Option<(u64, u64)> {
     for entry in fs::read_dir("/proc").ok()?.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
-        let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        let Some(status) = proc_status(pid) else {
             continue;
         };
-        let field = |key: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(key))
-                .map(|rest| rest.trim().trim_end_matches("kB").trim().to_string())
-        };
-        if field("Name:").as_deref() != Some("onenet-torch")
-            || field("PPid:").and_then(|p| p.parse::<libc::pid_t>().ok()) != Some(parent)
-        {
+        if status_field(&status, "Name:").as_deref() != Some("onenet-torch") {
             continue;
         }
-        let kib = |key: &str| {
-            field(key)
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(|k| k * 1024)
+        let parent = status_field(&status, "PPid:").and_then(|p| p.parse::<u32>().ok());
+        let grand = parent
+            .and_then(proc_status)
+            .and_then(|s| status_field(&s, "PPid:"))
+            .and_then(|p| p.parse::<u32>().ok());
+        if grand != Some(grandparent) {
+            continue;
+        }
+        let bytes = |key: &str| {
+            status_field(&status, key)
+                .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kib| kib * 1024)
         };
-        return Some((kib("VmRSS:")?, kib("VmHWM:")?));
+        return Some((bytes("VmRSS:")?, bytes("VmHWM:")?));
     }
     None
+}
+
+fn proc_status(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/status")).ok()
+}
+
+/// The value of `key` (with its colon) in a `/proc/PID/status` text, trimmed.
+fn status_field(status: &str, key: &str) -> Option<String> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .map(|rest| rest.trim().to_string())
 }
 
 /// Reads a pipe to the end on its own thread, so that a full pipe never blocks the child.
@@ -762,7 +841,9 @@ fn met(ok: bool) -> &'static str {
 
 fn print_results(rows: &[Row], memory: &[MemoryRun]) {
     println!(
-        "\n== results ({THREADS} threads each; the best repetition of each side; nothing asserted)"
+        "\n== results (libtorch threads per side: {}; the best repetition of each side; nothing \
+         asserted)",
+        threads()
     );
     println!(
         "{:46} {:>10} {:>10} {:10} {:>7}  target",
@@ -787,7 +868,8 @@ fn print_results(rows: &[Row], memory: &[MemoryRun]) {
         let grown = large.wait4_peak as f64 - small.wait4_peak as f64;
         let expected = (matrix(large.images) - matrix(small.images)) as f64;
         println!(
-            "\npeak RSS of the features stage (onenet-torch worker, random weights, {THREADS} threads):"
+            "\npeak RSS of the features stage (onenet-torch worker, random weights, \
+             {MEMORY_THREADS} libtorch thread):"
         );
         for run in memory {
             println!(
@@ -826,6 +908,37 @@ fn min(values: &[f64]) -> f64 {
 
 // ---------------------------------------------------------------------------------------------
 // Projects and processes
+
+/// libtorch threads of the comparisons: `ONENET_BENCH_THREADS`, else `DEFAULT_THREADS`.
+fn threads() -> i32 {
+    static THREADS: OnceLock<i32> = OnceLock::new();
+    *THREADS.get_or_init(|| match std::env::var("ONENET_BENCH_THREADS") {
+        Ok(value) => value
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| panic!("ONENET_BENCH_THREADS={value:?} is not a thread count")),
+        Err(_) => DEFAULT_THREADS,
+    })
+}
+
+/// Prints the load average against the CPU count: figures taken while other work runs are
+/// slower, and noisier the more threads each side uses.
+fn print_load() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Some(load) = fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok())
+    else {
+        return;
+    };
+    let busy = if load > 0.5 {
+        " (other work is running: timings are slower and noisier than on an idle machine)"
+    } else {
+        ""
+    };
+    println!("load average (1 min): {load:.2} on {cpus} CPUs{busy}");
+}
 
 /// The repository root: this crate's parent folder.
 fn repo_root() -> PathBuf {
@@ -953,7 +1066,7 @@ fn python_json(python: &Path, script: &Path, args: &[&str]) -> Value {
 }
 
 /// Writes a `demo_data` → `images` → `features` pipeline of `images` pictures to `project`.
-fn write_pipeline(project: &Path, images: usize, weights: &str) {
+fn write_pipeline(project: &Path, images: usize, weights: &str, threads: i32) {
     let text = format!(
         r#"# Written by the ML benchmark (torch/benches/ml.rs).
 [stages.demo]
@@ -967,7 +1080,7 @@ inputs = ["demo"]
 [stages.features]
 kind = "features"
 inputs = ["images"]
-params = {{ backbone = "efficientnet_lite0", weights = "{weights}", batch_size = {FEATURE_BATCH}, threads = {THREADS} }}
+params = {{ backbone = "efficientnet_lite0", weights = "{weights}", batch_size = {FEATURE_BATCH}, threads = {threads} }}
 "#
     );
     write_if_changed(&project.join("pipeline.toml"), &text);
@@ -976,12 +1089,7 @@ params = {{ backbone = "efficientnet_lite0", weights = "{weights}", batch_size =
 /// Removes `artifacts/latest/<stage>`, so that the next run of the stage has no previous output
 /// to reuse rows from.
 fn remove_latest(project: &Path, stage: &str) {
-    let link = project.join("artifacts").join("latest").join(stage);
-    match fs::remove_file(&link) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => panic!("remove {}: {e}", link.display()),
-    }
+    remove_file_if_present(&project.join("artifacts").join("latest").join(stage));
 }
 
 /// Runs `onenet ARGS` in `dir`, timing the whole process. Panics, with its stderr, unless it
@@ -1069,6 +1177,14 @@ impl SplitMix {
     /// A word id: past the four special ids (`<pad>`, `<start>`, `<end>`, `<unk>`).
     fn word(&mut self) -> i64 {
         4 + (self.next() % (VOCAB as u64 - 4)) as i64
+    }
+}
+
+fn remove_file_if_present(path: &Path) {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => panic!("remove {}: {e}", path.display()),
     }
 }
 

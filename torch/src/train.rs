@@ -62,7 +62,7 @@ pub struct TrainedModel {
 }
 
 impl TrainedModel {
-    /// Loads what a `train` stage wrote into `dir`.
+    /// Loads what a `train` stage wrote into `dir`, with its weights frozen.
     pub fn load(dir: &Path, device: Device) -> Result<TrainedModel, StageError> {
         let info_path = dir.join(MODEL_INFO);
         let info: ModelInfo = serde_json::from_slice(
@@ -76,7 +76,10 @@ impl TrainedModel {
                 "the vocabulary beside the model is not the one it was trained on",
             ));
         }
-        let model = CaptionModel::load(info.config.clone(), &dir.join(MODEL_FILE), device)?;
+        let mut model = CaptionModel::load(info.config.clone(), &dir.join(MODEL_FILE), device)?;
+        // A trained model is only used for inference and inversion: frozen weights spare every
+        // inversion step the weight gradients (a third of its time).
+        model.freeze();
         Ok(TrainedModel { model, vocab, info })
     }
 }
