@@ -82,17 +82,16 @@ impl FeatureMatrix {
         })
     }
 
-    /// Writes `rows` and the [N, D] matrix `features` into `dir`.
-    pub fn write(dir: &Path, rows: &[FeatureRow], features: &Tensor) -> Result<(), StageError> {
+    /// Writes `rows` and their features, row-major `values` of width `dim`, into `dir`. The
+    /// safetensors file is written straight from `values`, without a second in-memory copy.
+    pub fn write(
+        dir: &Path,
+        rows: &[FeatureRow],
+        values: &[f32],
+        dim: usize,
+    ) -> Result<(), StageError> {
         let features_path = dir.join(FEATURES_FILE);
-        Tensor::write_safetensors(
-            &[(
-                FEATURES_TENSOR,
-                &features.to_device(Device::Cpu).contiguous(),
-            )],
-            &features_path,
-        )
-        .map_err(|e| StageError::file(&features_path, e.to_string()))?;
+        write_f32_safetensors(&features_path, FEATURES_TENSOR, values, [rows.len(), dim])?;
         let rows_path = dir.join(ROWS_TABLE);
         let schema = Arc::new(Schema::new(vec![
             Field::new("row", DataType::UInt32, false),
@@ -121,4 +120,42 @@ impl FeatureMatrix {
             .map(|(i, r)| (r.image_id.as_str(), i))
             .collect()
     }
+}
+
+/// Writes one f32 matrix as a safetensors file: an 8-byte header length, the JSON header
+/// (padded with spaces to a multiple of 8), then the little-endian data.
+fn write_f32_safetensors(
+    path: &Path,
+    name: &str,
+    values: &[f32],
+    shape: [usize; 2],
+) -> Result<(), StageError> {
+    use std::io::Write;
+    if shape[0] * shape[1] != values.len() {
+        return Err(StageError::file(
+            path,
+            format!("{} values do not fill shape {shape:?}", values.len()),
+        ));
+    }
+    let bytes = values.len() * 4;
+    let mut header = format!(
+        r#"{{"{name}":{{"dtype":"F32","shape":[{},{}],"data_offsets":[0,{bytes}]}}}}"#,
+        shape[0], shape[1]
+    );
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let io = |e| StageError::io(path, e);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    out.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    out.write_all(header.as_bytes()).map_err(io)?;
+    for chunk in values.chunks(8192) {
+        let mut buf = Vec::with_capacity(chunk.len() * 4);
+        for v in chunk {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        out.write_all(&buf).map_err(io)?;
+    }
+    out.flush().map_err(io)
 }

@@ -119,8 +119,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         rate = pending.len() as f64 / start.elapsed().as_secs_f64();
     }
 
-    let features = Tensor::from_slice(&matrix).reshape([rows.len() as i64, dim]);
-    FeatureMatrix::write(ctx.out_dir, &rows, &features)?;
+    FeatureMatrix::write(ctx.out_dir, &rows, &matrix, dim as usize)?;
     let extractor_path = ctx.out_dir.join(EXTRACTOR_FILE);
     std::fs::write(
         &extractor_path,
