@@ -18,13 +18,13 @@ fn weights() -> PathBuf {
     path
 }
 
-/// A small version of the demo pipeline: fewer, smaller pictures and fewer epochs.
-fn pipeline(images: u32, epochs: u32) -> String {
+/// The demo pipeline's stages up to `train`, with the given demo, features and train params.
+fn pipeline_to_train(demo: &str, features: &str, train: &str) -> String {
     format!(
         r#"
 [stages.demo]
 kind = "demo_data"
-params = {{ images = {images}, seed = 11, image_size = 96 }}
+params = {{ {demo} }}
 
 [stages.captions]
 kind = "captions"
@@ -37,7 +37,7 @@ inputs = ["demo"]
 [stages.features]
 kind = "features"
 inputs = ["images"]
-params = {{ weights = "{weights}", batch_size = 8 }}
+params = {{ {features} }}
 
 [stages.order]
 kind = "order"
@@ -46,8 +46,18 @@ inputs = ["captions", "features"]
 [stages.train]
 kind = "train"
 inputs = ["order", "features", "captions"]
-params = {{ epochs = {epochs}, dev_images = 20 }}
+params = {{ {train} }}
+"#
+    )
+}
 
+/// A small version of the demo pipeline: fewer, smaller pictures and fewer epochs.
+fn pipeline(images: u32, epochs: u32) -> String {
+    pipeline_to_train(
+        &format!("images = {images}, seed = 11, image_size = 96"),
+        &format!("weights = \"{}\", batch_size = 8", weights().display()),
+        &format!("epochs = {epochs}, dev_images = 20"),
+    ) + r#"
 [stages.embed]
 kind = "embed"
 inputs = ["train", "features", "captions"]
@@ -55,10 +65,8 @@ inputs = ["train", "features", "captions"]
 [stages.evaluate]
 kind = "evaluate"
 inputs = ["train", "features", "order"]
-params = {{ queries = 150 }}
-"#,
-        weights = weights().display()
-    )
+params = { queries = 150 }
+"#
 }
 
 struct Trained {
@@ -286,34 +294,12 @@ fn tasks_before_training_say_what_to_run() {
 /// A pipeline up to `train` with untrained backbone weights (stated explicitly): fast, for
 /// testing the engine's handling of the libtorch stages rather than quality.
 fn random_weights_pipeline(images: u32, epochs: u32) -> String {
-    format!(
-        r#"
-[stages.demo]
-kind = "demo_data"
-params = {{ images = {images}, image_size = 48 }}
-
-[stages.captions]
-kind = "captions"
-inputs = ["demo"]
-
-[stages.images]
-kind = "images"
-inputs = ["demo"]
-
-[stages.features]
-kind = "features"
-inputs = ["images"]
-params = {{ weights = "random" }}
-
-[stages.order]
-kind = "order"
-inputs = ["captions", "features"]
-
-[stages.train]
-kind = "train"
-inputs = ["order", "features", "captions"]
-params = {{ epochs = {epochs}, hidden_dim = 64, image_dim = 32, embed_dim = 32, dev_images = 5 }}
-"#
+    pipeline_to_train(
+        &format!("images = {images}, image_size = 48"),
+        "weights = \"random\"",
+        &format!(
+            "epochs = {epochs}, hidden_dim = 64, image_dim = 32, embed_dim = 32, dev_images = 5"
+        ),
     )
 }
 
