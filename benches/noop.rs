@@ -23,6 +23,9 @@
 //!
 //! Run it with `make bench` (or `cargo bench --bench noop`).
 
+mod support;
+use support::{describe_actions, onenet_cmd, stages, write_if_changed};
+
 use std::ffi::OsString;
 use std::fs;
 use std::io::ErrorKind;
@@ -33,7 +36,6 @@ use std::time::{Duration, Instant};
 use image::codecs::jpeg::JpegEncoder;
 use image::ExtendedColorType;
 use rayon::prelude::*;
-use serde_json::Value;
 
 /// Images in the dataset, as in Flickr8k.
 const IMAGES: usize = 8091;
@@ -401,54 +403,6 @@ fn build_onenet(target: &Path) -> PathBuf {
     binary
 }
 
-/// Runs `onenet ARGS` in `dir`, timing the whole process. Panics, with its stderr, unless it
-/// exits with status 0. Returns the time and stdout.
-fn onenet_cmd(onenet: &Path, dir: &Path, args: &[&str]) -> (Duration, String) {
-    let start = Instant::now();
-    let out = Command::new(onenet)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("start onenet");
-    let took = start.elapsed();
-    assert!(
-        out.status.success(),
-        "`onenet {}` in {} failed ({}):\n{}",
-        args.join(" "),
-        dir.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (took, String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The `stages` array of onenet's JSON output.
-fn stages(stdout: &str) -> Vec<Value> {
-    let value: Value = serde_json::from_str(stdout)
-        .unwrap_or_else(|e| panic!("onenet printed invalid JSON ({e}):\n{stdout}"));
-    match value.get("stages") {
-        Some(Value::Array(stages)) => stages.clone(),
-        _ => panic!("onenet's JSON has no `stages` array:\n{stdout}"),
-    }
-}
-
-/// `name: action` for each stage of a `run --format json` output.
-fn describe_actions(stdout: &str) -> String {
-    stages(stdout)
-        .iter()
-        .map(|s| {
-            format!(
-                "{} {} ({:.2} s)",
-                s["name"].as_str().unwrap_or("?"),
-                s["action"].as_str().unwrap_or("?"),
-                s["seconds"].as_f64().unwrap_or(f64::NAN)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Panics unless every stage in onenet's JSON output has `field` equal to `expected`: a
 /// measurement of a "no-op" that did work would be meaningless.
 fn expect_all(stdout: &str, field: &str, expected: &str, what: &str) {
@@ -588,16 +542,6 @@ fn create_dir(dir: &Path) {
 
 fn write(path: &Path, text: &str) {
     fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
-
-/// Writes `text` to `path` unless it already holds exactly that (so its mtime stays put).
-fn write_if_changed(path: &Path, text: &str) {
-    if fs::read_to_string(path).ok().as_deref() != Some(text) {
-        if let Some(parent) = path.parent() {
-            create_dir(parent);
-        }
-        write(path, text);
-    }
 }
 
 fn remove_if_present(path: &Path) {

@@ -38,6 +38,10 @@
 //!
 //! Run it with `make bench` (or `cargo bench -p onenet-torch --bench ml`).
 
+#[path = "../../benches/support/mod.rs"]
+mod support;
+use support::{describe_actions, onenet_cmd, stages, write_if_changed};
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
@@ -1092,39 +1096,6 @@ fn remove_latest(project: &Path, stage: &str) {
     remove_file_if_present(&project.join("artifacts").join("latest").join(stage));
 }
 
-/// Runs `onenet ARGS` in `dir`, timing the whole process. Panics, with its stderr, unless it
-/// exits with status 0. Returns the time and stdout.
-fn onenet_cmd(onenet: &Path, dir: &Path, args: &[&str]) -> (Duration, String) {
-    let start = Instant::now();
-    let out = Command::new(onenet)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("start onenet");
-    let took = start.elapsed();
-    assert!(
-        out.status.success(),
-        "`onenet {}` in {} failed ({}):\n{}\n{}",
-        args.join(" "),
-        dir.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    (took, String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The `stages` array of `onenet run --format json`.
-fn stages(stdout: &str) -> Vec<Value> {
-    let value: Value = serde_json::from_str(stdout)
-        .unwrap_or_else(|e| panic!("onenet printed invalid JSON ({e}):\n{stdout}"));
-    match value.get("stages") {
-        Some(Value::Array(stages)) => stages.clone(),
-        _ => panic!("onenet's JSON has no `stages` array:\n{stdout}"),
-    }
-}
-
 /// The notes of stage `name` in `onenet run --format json` output.
 fn stage_notes(stdout: &str, name: &str) -> Vec<String> {
     stages(stdout)
@@ -1138,22 +1109,6 @@ fn stage_notes(stdout: &str, name: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// `name action (seconds)` for each stage of a `run --format json` output.
-fn describe_actions(stdout: &str) -> String {
-    stages(stdout)
-        .iter()
-        .map(|s| {
-            format!(
-                "{} {} ({:.2} s)",
-                s["name"].as_str().unwrap_or("?"),
-                s["action"].as_str().unwrap_or("?"),
-                s["seconds"].as_f64().unwrap_or(f64::NAN)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The number just before `suffix` in `text` ("5.2 images/s at …" → 5.2).
@@ -1195,15 +1150,4 @@ fn recreate_dir(dir: &Path) {
         Err(e) => panic!("remove {}: {e}", dir.display()),
     }
     fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-}
-
-/// Writes `text` to `path` unless it already holds exactly that (so its mtime stays put).
-fn write_if_changed(path: &Path, text: &str) {
-    if fs::read_to_string(path).ok().as_deref() != Some(text) {
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)
-                .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
-        }
-        fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-    }
 }
