@@ -1,12 +1,12 @@
 //! The engine: computes each stage's cache key, says which stages are fresh or stale and why,
 //! and runs what is stale — independent stages in parallel — committing outputs to the store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use onenet_stages::{Progress, StageContext, StageInput};
+use onenet_stages::{Progress, StageContext, StageInput, UpstreamRecord};
 use serde::Serialize;
 
 use crate::config::Pipeline;
@@ -248,6 +248,7 @@ impl Engine {
             .map(|(i, p)| (p.name.as_str(), i))
             .collect();
         let mut outcomes: Vec<Option<StageOutcome>> = vec![None; planned.len()];
+        let mut computed_in_run: HashSet<String> = HashSet::new();
         let (tx, rx) = mpsc::channel::<(usize, StageOutcome)>();
 
         std::thread::scope(|scope| loop {
@@ -287,8 +288,13 @@ impl Engine {
                     let tx = tx.clone();
                     let stage = &planned[i];
                     let run_id = run_id.as_str();
+                    let computed = computed_in_run.clone();
                     scope.spawn(move || {
-                        let outcome = self.run_one(stage, options, observer, run_id);
+                        let history = RunHistory {
+                            planned,
+                            computed_in_run: &computed,
+                        };
+                        let outcome = self.run_one(stage, options, observer, run_id, &history);
                         let _ = tx.send((i, outcome));
                     });
                 }
@@ -297,6 +303,9 @@ impl Engine {
                 break;
             }
             let Ok((i, outcome)) = rx.recv() else { break };
+            if outcome.action == Action::Computed {
+                computed_in_run.insert(outcome.name.clone());
+            }
             jobs[i] = if outcome.action == Action::Failed {
                 Job::Bad
             } else {
@@ -314,9 +323,10 @@ impl Engine {
         options: &RunOptions,
         observer: &dyn RunObserver,
         run_id: &str,
+        history: &RunHistory,
     ) -> StageOutcome {
         let start = Instant::now();
-        let result = self.compute_or_reuse(stage, options, observer);
+        let result = self.compute_or_reuse(stage, options, observer, history);
         let seconds = start.elapsed().as_secs_f64();
         let outcome = match result {
             Ok((action, warnings, notes)) => StageOutcome {
@@ -370,6 +380,7 @@ impl Engine {
         stage: &PlannedStage,
         options: &RunOptions,
         observer: &dyn RunObserver,
+        history: &RunHistory,
     ) -> Result<(Action, Vec<String>, Vec<String>), EngineError> {
         let forced = options.force.contains(&stage.name);
         let reuse = |meta: Option<crate::store::ObjectMeta>| {
@@ -400,6 +411,7 @@ impl Engine {
         let pending = self.store.begin(&stage.key)?;
         let scratch_dir = self.store.scratch_dir(&stage.key)?;
         let previous = latest_dir(&self.store, &stage.name);
+        let lineage = self.lineage(stage, history);
         let progress = observer.stage_started(&stage.name);
         let start = Instant::now();
         let ctx = StageContext {
@@ -411,6 +423,7 @@ impl Engine {
             out_dir: &pending.dir,
             scratch_dir: &scratch_dir,
             previous: previous.as_deref(),
+            lineage: &lineage,
             progress: progress.as_ref(),
         };
         let stage_err = |message: String| EngineError::Stage {
@@ -451,6 +464,63 @@ impl Engine {
         // Checkpoints are only worth keeping until the output they lead to exists.
         let _ = std::fs::remove_dir_all(&scratch_dir);
         Ok((Action::Computed, meta.warnings, meta.notes))
+    }
+}
+
+/// What a stage started by `Engine::run` may learn about the run so far.
+struct RunHistory<'a> {
+    /// Every stage of the run, in execution order.
+    planned: &'a [PlannedStage],
+    /// The stages the run has computed (not reused) so far.
+    computed_in_run: &'a HashSet<String>,
+}
+
+impl Engine {
+    /// The records of every stage upstream of `stage`, in execution order. Only read when a stage
+    /// is computed, so a run that reuses everything never parses the upstream metadata.
+    fn lineage(&self, stage: &PlannedStage, history: &RunHistory) -> Vec<UpstreamRecord> {
+        let mut wanted: HashSet<&str> = HashSet::new();
+        let mut stack: Vec<&str> = stage
+            .key_inputs
+            .upstream
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        while let Some(name) = stack.pop() {
+            if wanted.insert(name) {
+                if let Some(p) = history.planned.iter().find(|p| p.name == name) {
+                    stack.extend(p.key_inputs.upstream.iter().map(|(n, _)| n.as_str()));
+                }
+            }
+        }
+        history
+            .planned
+            .iter()
+            .filter(|p| wanted.contains(p.name.as_str()))
+            .map(|p| {
+                let meta = self.store.meta(&p.key);
+                UpstreamRecord {
+                    name: p.name.clone(),
+                    kind: p.key_inputs.kind.clone(),
+                    key: p.key.hex(),
+                    inputs: p
+                        .key_inputs
+                        .upstream
+                        .iter()
+                        .map(|(n, _)| n.clone())
+                        .collect(),
+                    params: p
+                        .key_inputs
+                        .params
+                        .iter()
+                        .map(|(name, value)| format!("{name} = {value}"))
+                        .collect(),
+                    seconds: meta.as_ref().map_or(0.0, |m| m.seconds),
+                    created_unix: meta.as_ref().map_or(0, |m| m.created_unix),
+                    computed_in_run: history.computed_in_run.contains(&p.name),
+                }
+            })
+            .collect()
     }
 }
 

@@ -6,6 +6,7 @@
 //! Each kind carries a `version` that must be bumped whenever its logic changes what it writes, so
 //! that cached outputs of the old logic stop matching.
 
+pub mod canvas;
 pub mod captions;
 pub mod demo_data;
 pub mod error;
@@ -20,6 +21,8 @@ pub mod worker;
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 pub use error::StageError;
 pub use params::{ParamDefault, ParamSpec, ParamType, ParamValue, Params, RawValue};
 
@@ -32,6 +35,30 @@ pub struct StageInput {
     pub kind: String,
     /// The directory holding its outputs (read-only by convention).
     pub dir: PathBuf,
+}
+
+/// A stage upstream of the running one (directly or not), as the engine planned and committed it.
+///
+/// This is history, not content: the key of the running stage covers every upstream key, but not
+/// how long each upstream took or whether this run computed it. A stage that describes the
+/// pipeline (the `report` kind) reads it; other stages ignore it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamRecord {
+    /// The stage's name in `pipeline.toml`.
+    pub name: String,
+    pub kind: String,
+    /// Its cache key, hex.
+    pub key: String,
+    /// The names of the stages it reads.
+    pub inputs: Vec<String>,
+    /// Its params as `name = value` (every default filled in), sorted by name.
+    pub params: Vec<String>,
+    /// Seconds its computation took when its output was made.
+    pub seconds: f64,
+    /// When its output was committed (Unix seconds).
+    pub created_unix: u64,
+    /// Whether the current run computed it (false: reused from the store).
+    pub computed_in_run: bool,
 }
 
 /// Reports progress of long work; the engine draws it as a progress bar.
@@ -72,11 +99,13 @@ pub struct StageContext<'a> {
     /// The newest earlier output of this stage (under any key), if any: a stage may reuse the
     /// parts of it that it can tell are still valid (e.g. per-image features by content hash).
     pub previous: Option<&'a Path>,
+    /// Every stage upstream of this one, in execution order.
+    pub lineage: &'a [UpstreamRecord],
     pub progress: &'a dyn Progress,
 }
 
 impl<'a> StageContext<'a> {
-    /// A context with no earlier output, whose scratch directory is the output directory: what
+    /// A context with no earlier output and no lineage, whose scratch directory is the output directory: what
     /// tests and one-off callers need. The engine fills every field itself.
     pub fn new(
         kind: &'a str,
@@ -96,6 +125,7 @@ impl<'a> StageContext<'a> {
             out_dir,
             scratch_dir: out_dir,
             previous: None,
+            lineage: &[],
             progress,
         }
     }

@@ -115,6 +115,43 @@ pub fn u32_lists(
     Ok(out)
 }
 
+/// A list<utf8> column holding `lists`, one list per row.
+pub fn string_list_column(lists: &[Vec<String>]) -> arrow::array::ArrayRef {
+    let mut builder = arrow::array::ListBuilder::new(arrow::array::StringBuilder::new());
+    for list in lists {
+        for value in list {
+            builder.values().append_value(value);
+        }
+        builder.append(true);
+    }
+    Arc::new(builder.finish())
+}
+
+/// A list<utf8> column (as `string_list_column` writes it).
+pub fn string_lists(
+    path: &Path,
+    batch: &RecordBatch,
+    name: &str,
+) -> Result<Vec<Vec<String>>, StageError> {
+    use arrow::array::Array;
+    let lists = column::<arrow::array::ListArray>(path, batch, name)?;
+    let mut out = Vec::with_capacity(lists.len());
+    for i in 0..lists.len() {
+        let values = lists.value(i);
+        let values = values
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .ok_or_else(|| StageError::file(path, format!("column `{name}` is not list<utf8>")))?;
+        out.push(
+            values
+                .iter()
+                .map(|v| v.unwrap_or_default().to_string())
+                .collect(),
+        );
+    }
+    Ok(out)
+}
+
 /// A fixed-size-list<f32> column of `dim`-wide vectors, as one flat row-major vector.
 pub fn embedding_column(dim: i32, values: Vec<f32>) -> Result<arrow::array::ArrayRef, String> {
     let field = Arc::new(arrow::datatypes::Field::new(

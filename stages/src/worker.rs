@@ -30,6 +30,7 @@ pub struct StageJob {
     pub out_dir: PathBuf,
     pub scratch_dir: PathBuf,
     pub previous: Option<PathBuf>,
+    pub lineage: Vec<crate::UpstreamRecord>,
 }
 
 /// What a worker says, one JSON object per line.
@@ -81,6 +82,7 @@ pub fn run_in_worker(ctx: &StageContext) -> Result<StageReport, StageError> {
         out_dir: ctx.out_dir.to_path_buf(),
         scratch_dir: ctx.scratch_dir.to_path_buf(),
         previous: ctx.previous.map(Path::to_path_buf),
+        lineage: ctx.lineage.to_vec(),
     };
     let worker = worker_path();
     let job_json = serde_json::to_string(&job).map_err(|e| StageError::Input(e.to_string()))?;
@@ -180,6 +182,7 @@ pub fn serve(job: &StageJob, run: crate::RunFn) -> bool {
         out_dir: &job.out_dir,
         scratch_dir: &job.scratch_dir,
         previous: job.previous.as_deref(),
+        lineage: &job.lineage,
         progress: &WorkerProgress,
     };
     match run(&ctx) {

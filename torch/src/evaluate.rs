@@ -1,7 +1,7 @@
 //! Stage kind `evaluate`: measures the trained network on the test split — corpus BLEU-1..4 of
 //! greedy and beam-search captions, caption→image retrieval by model inversion and by a direct
 //! embedding baseline (R@1/5/10, median rank), and an image→image sanity figure — and writes
-//! them as a metrics table, with example captions and per-query ranks.
+//! them as a metrics table, with example captions and per-query ranks and found images.
 
 use onenet_stages::specs::evaluate::{EXAMPLES_TABLE, METRICS_TABLE, RANKS_TABLE};
 use std::path::Path;
@@ -17,9 +17,12 @@ use crate::model::invert;
 use crate::order::{read_pairs, Pair};
 use crate::train::{captions_by_image, set_threads, TrainedModel};
 use onenet_stages::metrics::{
-    corpus_bleu, cosine_scores, l2_normalize_rows, rank_of, RetrievalMetrics,
+    corpus_bleu, cosine_scores, l2_normalize_rows, rank_of, top_k_cosine, RetrievalMetrics,
 };
-use onenet_stages::table::{batch, write_parquet};
+
+/// How many images `ranks.parquet` lists as found by inversion for each query, best first.
+const FOUND_PER_QUERY: usize = 5;
+use onenet_stages::table::{batch, string_list_column, write_parquet};
 use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
 
 /// One row of the metrics table.
@@ -109,17 +112,21 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     ctx.progress
         .start(queries.len() as u64, "inverting captions");
     let mut invert_ranks = Vec::with_capacity(queries.len());
+    let mut invert_found: Vec<Vec<String>> = Vec::with_capacity(queries.len());
     for chunk in queries.chunks(64) {
         let tokens: Vec<&[u32]> = chunk.iter().map(|q| q.tokens.as_slice()).collect();
         let (z, _) = invert(model, &tokens, steps, restarts, lr);
         let z = flatten(&z);
         for (q, query) in chunk.iter().enumerate() {
-            let scores = cosine_scores(
-                &z[q * image_dim..(q + 1) * image_dim],
-                &image_vectors,
-                image_dim,
-            );
+            let found = &z[q * image_dim..(q + 1) * image_dim];
+            let scores = cosine_scores(found, &image_vectors, image_dim);
             invert_ranks.push(rank_of(&scores, target_of[&query.image_row]));
+            invert_found.push(
+                top_k_cosine(found, &image_vectors, image_dim, FOUND_PER_QUERY, None)
+                    .into_iter()
+                    .map(|(i, _)| features.rows[by_image[i].0 as usize].image_id.clone())
+                    .collect(),
+            );
         }
         ctx.progress.inc(chunk.len() as u64);
     }
@@ -179,6 +186,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         &trained,
         &queries,
         &invert_ranks,
+        &invert_found,
         &embed_ranks,
     )?;
 
@@ -351,6 +359,7 @@ fn write_ranks(
     trained: &TrainedModel,
     queries: &[&Pair],
     invert_ranks: &[usize],
+    invert_found: &[Vec<String>],
     embed_ranks: &[usize],
 ) -> Result<(), StageError> {
     let schema = Arc::new(Schema::new(vec![
@@ -358,6 +367,11 @@ fn write_ranks(
         Field::new("caption_no", DataType::UInt32, false),
         Field::new("caption", DataType::Utf8, false),
         Field::new("invert_rank", DataType::UInt32, false),
+        Field::new(
+            "invert_found",
+            DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+            false,
+        ),
         Field::new("embed_rank", DataType::UInt32, true),
     ]));
     let columns: Vec<ArrayRef> = vec![
@@ -373,6 +387,7 @@ fn write_ranks(
         Arc::new(UInt32Array::from_iter_values(
             invert_ranks.iter().map(|&r| r as u32),
         )),
+        string_list_column(invert_found),
         Arc::new(UInt32Array::from(
             (0..queries.len())
                 .map(|i| embed_ranks.get(i).map(|&r| r as u32))

@@ -5,7 +5,7 @@ use crate::{InputRule, ParamDefault, ParamSpec, ParamType, StageKind};
 
 pub const KIND: StageKind = StageKind {
     name: "evaluate",
-    version: 1,
+    version: 2,
     about: "BLEU of generated captions and caption→image retrieval on the test split",
     params: PARAMS,
     inputs: InputRule {

@@ -1,23 +1,13 @@
 //! The two scatter plots of a t-SNE map, drawn with plotters into an RGB buffer and saved as PNG:
 //! images as small thumbnails at their positions (framed in their label's colour), words as text.
-//!
-//! The text needs a font, and the machines onenet runs on need not have any installed, so a font
-//! ships inside the binary (Open Sans, under `stages/assets/` with its licence). It is a
-//! proportional font on purpose: plotters places each glyph at the start of its advance, which
-//! leaves narrow glyphs of a monospaced font floating in wide gaps.
 
-use std::fs::File;
-use std::io::BufWriter;
 use std::path::Path;
-use std::sync::OnceLock;
 
-use image::codecs::png::PngEncoder;
-use image::{ExtendedColorType, ImageEncoder};
 use plotters::coord::types::RangedCoordf64;
-use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use crate::canvas::{draw_error, render, FONT_FAMILY};
 use crate::StageError;
 
 /// Width and height of both plots, in pixels.
@@ -28,11 +18,6 @@ pub const THUMBNAIL_SIZE: u32 = 24;
 
 /// Width of the coloured frame around a thumbnail.
 const FRAME: i32 = 2;
-
-/// The font family every text element asks for (plotters' default family for legends).
-const FONT_FAMILY: &str = "sans-serif";
-
-static FONT: &[u8] = include_bytes!("../../assets/OpenSans-Regular.ttf");
 
 /// Distinct colours for the most frequent labels; the rest share `OTHER`.
 const PALETTE: [RGBColor; 16] = [
@@ -109,20 +94,6 @@ impl LabelColours {
     }
 }
 
-fn draw_error(path: &Path, error: impl std::fmt::Display) -> StageError {
-    StageError::file(path, format!("drawing plot: {error}"))
-}
-
-/// Registers the bundled font with plotters, once per process.
-fn ensure_font() -> Result<(), String> {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED.get_or_init(|| {
-        plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, FONT).is_ok()
-    });
-    ok.then_some(())
-        .ok_or_else(|| "the bundled font could not be parsed".to_string())
-}
-
 /// Axis ranges that hold every point with a margin, equal in x and y so the map is not stretched
 /// (t-SNE distances mean the same in both directions).
 fn square_ranges(positions: &[[f64; 2]]) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
@@ -142,33 +113,6 @@ fn square_ranges(positions: &[[f64; 2]]) -> (std::ops::Range<f64>, std::ops::Ran
         centre(0) - half..centre(0) + half,
         centre(1) - half..centre(1) + half,
     )
-}
-
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
-
-/// Draws into a fresh white canvas with `draw`, then writes the canvas to `path` as PNG.
-fn render(
-    path: &Path,
-    draw: impl FnOnce(&Area) -> Result<(), StageError>,
-) -> Result<(), StageError> {
-    ensure_font().map_err(|m| draw_error(path, m))?;
-    let mut canvas = vec![255u8; (PLOT_SIZE * PLOT_SIZE * 3) as usize];
-    {
-        let root =
-            BitMapBackend::with_buffer(&mut canvas, (PLOT_SIZE, PLOT_SIZE)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| draw_error(path, e))?;
-        draw(&root)?;
-        root.present().map_err(|e| draw_error(path, e))?;
-    }
-    let file = File::create(path).map_err(|e| StageError::io(path, e))?;
-    let mut writer = BufWriter::new(file);
-    PngEncoder::new(&mut writer)
-        .write_image(&canvas, PLOT_SIZE, PLOT_SIZE, ExtendedColorType::Rgb8)
-        .map_err(|e| StageError::file(path, format!("encoding PNG: {e}")))?;
-    let file = writer
-        .into_inner()
-        .map_err(|e| StageError::io(path, e.into_error()))?;
-    file.sync_all().map_err(|e| StageError::io(path, e))
 }
 
 /// Adds a legend entry per coloured label (and one for the grey rest) and draws the legend.
@@ -215,7 +159,7 @@ pub fn image_plot(
     thumbnails: &[Option<Thumbnail>],
 ) -> Result<(), StageError> {
     let colours = LabelColours::new(labels);
-    render(path, |root| {
+    render(path, (PLOT_SIZE, PLOT_SIZE), |root| {
         let (x_range, y_range) = square_ranges(positions);
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT_FAMILY, 28))
@@ -265,7 +209,7 @@ pub fn word_plot(
     labels: &[String],
 ) -> Result<(), StageError> {
     let colours = LabelColours::new(labels);
-    render(path, |root| {
+    render(path, (PLOT_SIZE, PLOT_SIZE), |root| {
         let (x_range, y_range) = square_ranges(positions);
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT_FAMILY, 28))
