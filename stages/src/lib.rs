@@ -14,6 +14,7 @@ pub mod flickr;
 pub mod images;
 pub mod metrics;
 pub mod params;
+pub mod report;
 pub mod specs;
 pub mod table;
 pub mod tsne;
@@ -210,7 +211,7 @@ pub fn hash_file(path: &Path) -> Result<String, StageError> {
 
 /// Every built-in stage kind.
 pub fn kinds() -> &'static [StageKind] {
-    static KINDS: [StageKind; 9] = [
+    static KINDS: [StageKind; 10] = [
         demo_data::KIND,
         captions::KIND,
         images::KIND,
@@ -220,6 +221,7 @@ pub fn kinds() -> &'static [StageKind] {
         specs::embed::KIND,
         specs::evaluate::KIND,
         tsne::KIND,
+        report::KIND,
     ];
     &KINDS
 }

@@ -3,7 +3,7 @@
 //! embedding baseline (R@1/5/10, median rank), and an image→image sanity figure — and writes
 //! them as a metrics table, with example captions and per-query ranks and found images.
 
-use onenet_stages::specs::evaluate::{EXAMPLES_TABLE, METRICS_TABLE, RANKS_TABLE};
+use onenet_stages::specs::evaluate::{Metric, EXAMPLES_TABLE, METRICS_TABLE, RANKS_TABLE};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -24,15 +24,6 @@ use onenet_stages::metrics::{
 const FOUND_PER_QUERY: usize = 5;
 use onenet_stages::table::{batch, string_list_column, write_parquet};
 use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
-
-/// One row of the metrics table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Metric {
-    pub name: String,
-    pub method: String,
-    pub split: String,
-    pub value: f64,
-}
 
 pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let p = ctx.params;
@@ -288,28 +279,6 @@ fn write_metrics(path: &Path, metrics: &[Metric]) -> Result<(), StageError> {
         )),
     ];
     write_parquet(path, &batch(path, schema, columns)?)
-}
-
-/// Reads the metrics table an `evaluate` stage wrote into `dir`.
-pub fn read_metrics(dir: &Path) -> Result<Vec<Metric>, StageError> {
-    let path = dir.join(METRICS_TABLE);
-    let table = onenet_stages::table::read_parquet(&path)?;
-    let names = onenet_stages::table::strings(&path, &table, "metric")?;
-    let methods = onenet_stages::table::strings(&path, &table, "method")?;
-    let splits = onenet_stages::table::strings(&path, &table, "split")?;
-    let values = onenet_stages::table::column::<Float64Array>(&path, &table, "value")?;
-    Ok(names
-        .into_iter()
-        .zip(methods)
-        .zip(splits)
-        .zip(values.values().iter())
-        .map(|(((name, method), split), &value)| Metric {
-            name,
-            method,
-            split,
-            value,
-        })
-        .collect())
 }
 
 fn write_examples(

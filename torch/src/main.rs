@@ -168,7 +168,7 @@ fn real_main() -> Result<ExitCode> {
             let (_, dir) = engine
                 .newest_output_of_kind("evaluate")
                 .map_err(anyhow::Error::msg)?;
-            let metrics = onenet_torch::evaluate::read_metrics(&dir)?;
+            let metrics = onenet_stages::specs::evaluate::read_metrics(&dir)?;
             match format {
                 Format::Json => {
                     let rows: Vec<_> = metrics

@@ -1,7 +1,12 @@
 //! The `evaluate` stage kind as the engine sees it, the tables it writes and the inversion
 //! defaults the `find-images` task shares; it runs in the libtorch worker.
 
-use crate::{InputRule, ParamDefault, ParamSpec, ParamType, StageKind};
+use std::path::Path;
+
+use arrow::array::Float64Array;
+
+use crate::table::{column, read_parquet, strings};
+use crate::{InputRule, ParamDefault, ParamSpec, ParamType, StageError, StageKind};
 
 pub const KIND: StageKind = StageKind {
     name: "evaluate",
@@ -87,3 +92,34 @@ pub const DEFAULT_INVERT_LEARNING_RATE: f64 = 0.1;
 pub const METRICS_TABLE: &str = "metrics.parquet";
 pub const EXAMPLES_TABLE: &str = "examples.parquet";
 pub const RANKS_TABLE: &str = "ranks.parquet";
+
+/// One row of the metrics table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    pub name: String,
+    pub method: String,
+    pub split: String,
+    pub value: f64,
+}
+
+/// Reads the metrics table an `evaluate` stage wrote into `dir`.
+pub fn read_metrics(dir: &Path) -> Result<Vec<Metric>, StageError> {
+    let path = dir.join(METRICS_TABLE);
+    let table = read_parquet(&path)?;
+    let names = strings(&path, &table, "metric")?;
+    let methods = strings(&path, &table, "method")?;
+    let splits = strings(&path, &table, "split")?;
+    let values = column::<Float64Array>(&path, &table, "value")?;
+    Ok(names
+        .into_iter()
+        .zip(methods)
+        .zip(splits)
+        .zip(values.values().iter())
+        .map(|(((name, method), split), &value)| Metric {
+            name,
+            method,
+            split,
+            value,
+        })
+        .collect())
+}

@@ -1,0 +1,867 @@
+//! Stage kind `report`: one self-contained HTML page for judging the trained network by eye. It
+//! shows the pipeline that produced it (graph, keys, times, and what the run computed or reused),
+//! the metrics, the training curves, the t-SNE maps, test pictures with their generated and
+//! reference captions, and for a few pictures, words and captions their similar pictures, similar
+//! words and the pictures found by inverting the captioner.
+//!
+//! Every picture is inlined as a `data:` URI, so `report.html` opens from disk with no server and
+//! no network; the two drawn figures are also written beside it as PNG files.
+
+mod charts;
+mod html;
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::path::Path;
+
+use arrow::array::{Float64Array, UInt32Array, UInt64Array};
+
+use crate::captions::SPECIAL_TOKENS;
+use crate::metrics::{l2_normalize_rows, top_k_cosine};
+use crate::specs::embed::{IMAGE_EMBEDDINGS, WORD_EMBEDDINGS};
+use crate::specs::evaluate::{read_metrics, Metric, EXAMPLES_TABLE, RANKS_TABLE};
+use crate::specs::train::TRAIN_LOG;
+use crate::table::{column, embedding_rows, read_parquet, string_lists, strings, u32s};
+use crate::tsne::{IMAGE_PLOT, WORD_PLOT};
+use crate::{
+    input_of_kind, InputRule, ParamDefault, ParamSpec, ParamType, StageContext, StageError,
+    StageKind, StageReport, UpstreamRecord,
+};
+use charts::{EpochPoint, GraphNode, NodeState};
+use html::{data_uri, escape};
+
+pub const KIND: StageKind = StageKind {
+    name: "report",
+    version: 1,
+    about: "One self-contained HTML page: pipeline, metrics, training curves, t-SNE maps, \
+            example captions and retrievals",
+    params: PARAMS,
+    inputs: InputRule {
+        kinds: &["train", "evaluate", "embed", "tsne"],
+        min: 3,
+        max: 4,
+    },
+    sources: |_, _, _| Ok(Vec::new()),
+    run,
+};
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "title",
+        ty: ParamType::Str,
+        default: ParamDefault::Str("onenet report"),
+        help: "Title of the page",
+    },
+    ParamSpec {
+        name: "examples",
+        ty: ParamType::Int { min: 0, max: 1000 },
+        default: ParamDefault::Int(12),
+        help: "Test pictures shown with their generated and reference captions",
+    },
+    ParamSpec {
+        name: "queries",
+        ty: ParamType::Int { min: 0, max: 100 },
+        default: ParamDefault::Int(4),
+        help: "Pictures shown with their similar pictures, and captions with the pictures \
+               inversion found for them",
+    },
+    ParamSpec {
+        name: "neighbours",
+        ty: ParamType::Int { min: 1, max: 50 },
+        default: ParamDefault::Int(5),
+        help: "Similar pictures per picture, similar words per word, found pictures per caption",
+    },
+    ParamSpec {
+        name: "words",
+        ty: ParamType::Str,
+        default: ParamDefault::Str(""),
+        help: "Comma-separated words shown with their similar words (empty: the most frequent \
+               words of four letters or more)",
+    },
+    ParamSpec {
+        name: "thumbnail_size",
+        ty: ParamType::Int { min: 16, max: 1024 },
+        default: ParamDefault::Int(128),
+        help: "Longest side of the inlined pictures, in pixels",
+    },
+];
+
+/// The page.
+pub const REPORT_FILE: &str = "report.html";
+/// The pipeline graph, also inlined in the page.
+pub const PIPELINE_PLOT: &str = "pipeline.png";
+/// The training curves, also inlined in the page.
+pub const TRAINING_PLOT: &str = "training.png";
+
+/// The ids of the page's sections, in order (a browser test looks for them).
+pub const SECTIONS: [&str; 8] = [
+    "pipeline",
+    "metrics",
+    "training",
+    "maps",
+    "captions",
+    "similar-images",
+    "similar-words",
+    "find-images",
+];
+
+/// The params of one run, in the types the stage works in.
+struct Settings {
+    title: String,
+    examples: usize,
+    queries: usize,
+    neighbours: usize,
+    words: Vec<String>,
+    thumbnail_size: u32,
+}
+
+impl Settings {
+    fn from_params(params: &crate::Params) -> Result<Self, StageError> {
+        let count = |name: &str| -> Result<usize, StageError> {
+            usize::try_from(params.int(name)?).map_err(|_| StageError::Param {
+                name: name.to_string(),
+                message: "must not be negative".to_string(),
+            })
+        };
+        Ok(Settings {
+            title: params.str("title")?.to_string(),
+            examples: count("examples")?,
+            queries: count("queries")?,
+            neighbours: count("neighbours")?.max(1),
+            words: params
+                .str("words")?
+                .split(',')
+                .map(str::trim)
+                .filter(|w| !w.is_empty())
+                .map(String::from)
+                .collect(),
+            thumbnail_size: count("thumbnail_size")?.clamp(16, 1024) as u32,
+        })
+    }
+}
+
+/// Inlined thumbnails of the pictures the page shows, made once per picture.
+struct Thumbnails<'a> {
+    paths: HashMap<&'a str, &'a str>,
+    base_dir: &'a Path,
+    size: u32,
+    made: HashMap<String, Option<String>>,
+    /// (image id, why it could not be shown).
+    failures: Vec<(String, String)>,
+}
+
+impl<'a> Thumbnails<'a> {
+    /// An `<img>` of picture `id` (or a visible placeholder if it cannot be read), `title` as its
+    /// tooltip.
+    fn tag(&mut self, id: &str, title: &str) -> String {
+        if !self.made.contains_key(id) {
+            let uri = match self.make(id) {
+                Ok(uri) => Some(uri),
+                Err(why) => {
+                    self.failures.push((id.to_string(), why));
+                    None
+                }
+            };
+            self.made.insert(id.to_string(), uri);
+        }
+        match &self.made[id] {
+            Some(uri) => format!(
+                "<img src=\"{uri}\" alt=\"{}\" title=\"{}\">",
+                escape(id),
+                escape(title)
+            ),
+            None => format!(
+                "<span class=\"missing\" title=\"{}\">{} could not be read</span>",
+                escape(title),
+                escape(id)
+            ),
+        }
+    }
+
+    fn make(&self, id: &str) -> Result<String, String> {
+        let path = self
+            .paths
+            .get(id)
+            .ok_or_else(|| "not in the image embeddings table".to_string())?;
+        let file = self.base_dir.join(path);
+        let picture = image::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let small = picture.thumbnail(self.size, self.size).to_rgb8();
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
+            .encode_image(&small)
+            .map_err(|e| format!("{}: encoding thumbnail: {e}", file.display()))?;
+        Ok(data_uri("image/jpeg", &jpeg))
+    }
+}
+
+/// One test picture with its captions, from the evaluation's examples table.
+struct Example {
+    image_id: String,
+    greedy: String,
+    beam: String,
+    reference: String,
+}
+
+/// One retrieval query of the evaluation: a caption, the picture it was written for, where
+/// inversion ranked that picture and what it found.
+struct Query {
+    image_id: String,
+    caption: String,
+    rank: u32,
+    found: Vec<String>,
+}
+
+/// A table of embeddings: one key per row, rows L2-normalised.
+struct Embeddings {
+    keys: Vec<String>,
+    vectors: Vec<f32>,
+    dim: usize,
+}
+
+impl Embeddings {
+    fn read(path: &Path, key: &str) -> Result<(Self, arrow::array::RecordBatch), StageError> {
+        let table = read_parquet(path)?;
+        let keys = strings(path, &table, key)?;
+        let (mut vectors, dim) = embedding_rows(path, &table, "embedding")?;
+        if dim == 0 && !keys.is_empty() {
+            return Err(StageError::file(path, "the embeddings have width 0"));
+        }
+        l2_normalize_rows(&mut vectors, dim.max(1));
+        Ok((Embeddings { keys, vectors, dim }, table))
+    }
+
+    fn row_of(&self, key: &str) -> Option<usize> {
+        self.keys.iter().position(|k| k == key)
+    }
+
+    /// The `k` rows nearest to row `row` (itself excluded), best first, with their cosine.
+    fn nearest(&self, row: usize, k: usize, allowed: impl Fn(usize) -> bool) -> Vec<(usize, f32)> {
+        let query = &self.vectors[row * self.dim..(row + 1) * self.dim];
+        top_k_cosine(query, &self.vectors, self.dim, self.keys.len(), Some(row))
+            .into_iter()
+            .filter(|&(i, _)| allowed(i))
+            .take(k)
+            .collect()
+    }
+}
+
+fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
+    let settings = Settings::from_params(ctx.params)?;
+    let train_dir = &input_of_kind(ctx.inputs, "train")?.dir;
+    let evaluate_dir = &input_of_kind(ctx.inputs, "evaluate")?.dir;
+    let embed_dir = &input_of_kind(ctx.inputs, "embed")?.dir;
+    let tsne_dir = ctx
+        .inputs
+        .iter()
+        .find(|i| i.kind == "tsne")
+        .map(|i| i.dir.as_path());
+
+    let log = read_training_log(&train_dir.join(TRAIN_LOG))?;
+    let metrics = read_metrics(evaluate_dir)?;
+    let examples = read_examples(&evaluate_dir.join(EXAMPLES_TABLE))?;
+    let queries = read_queries(&evaluate_dir.join(RANKS_TABLE))?;
+    let image_path = embed_dir.join(IMAGE_EMBEDDINGS);
+    let (images, image_table) = Embeddings::read(&image_path, "image_id")?;
+    let image_files = strings(&image_path, &image_table, "path")?;
+    let word_path = embed_dir.join(WORD_EMBEDDINGS);
+    let (words, word_table) = Embeddings::read(&word_path, "token")?;
+    let word_counts = column::<UInt64Array>(&word_path, &word_table, "count")?
+        .values()
+        .to_vec();
+
+    let mut warnings = Vec::new();
+    let mut thumbnails = Thumbnails {
+        paths: images
+            .keys
+            .iter()
+            .map(String::as_str)
+            .zip(image_files.iter().map(String::as_str))
+            .collect(),
+        base_dir: ctx.base_dir,
+        size: settings.thumbnail_size,
+        made: HashMap::new(),
+        failures: Vec::new(),
+    };
+
+    ctx.progress.start(8, "writing the report");
+    let mut body = String::new();
+    let computed = ctx.lineage.iter().filter(|r| r.computed_in_run).count();
+    let _ = write!(
+        body,
+        "<h1>{}</h1>\n<p class=\"lead\">Made by stage <code>{}</code> at {} from {} upstream \
+         stages ({computed} computed in the run that made this page, {} reused from the \
+         artifact store).</p>\n",
+        escape(&settings.title),
+        escape(ctx.name),
+        utc_text(now_unix()),
+        ctx.lineage.len(),
+        ctx.lineage.len() - computed,
+    );
+    pipeline_section(ctx, &mut body)?;
+    ctx.progress.inc(1);
+    metrics_section(&metrics, &mut body);
+    ctx.progress.inc(1);
+    training_section(ctx, &log, &mut body)?;
+    ctx.progress.inc(1);
+    maps_section(tsne_dir, &mut body, &mut warnings)?;
+    ctx.progress.inc(1);
+    captions_section(&examples, settings.examples, &mut thumbnails, &mut body);
+    ctx.progress.inc(1);
+    similar_images_section(&examples, &images, &settings, &mut thumbnails, &mut body);
+    ctx.progress.inc(1);
+    similar_words_section(&words, &word_counts, &settings, &mut body, &mut warnings);
+    ctx.progress.inc(1);
+    find_images_section(&queries, &settings, &mut thumbnails, &mut body);
+    ctx.progress.inc(1);
+
+    if let Some((id, why)) = thumbnails.failures.first() {
+        warnings.push(format!(
+            "{} picture(s) could not be shown and have a placeholder; first: {id}: {why}",
+            thumbnails.failures.len()
+        ));
+    }
+    let path = ctx.out_dir.join(REPORT_FILE);
+    let page = html::page(&settings.title, &body);
+    std::fs::write(&path, &page).map_err(|e| StageError::io(&path, e))?;
+    Ok(StageReport {
+        warnings,
+        notes: vec![format!(
+            "{REPORT_FILE}: {} KiB, {} pictures inlined",
+            page.len().div_ceil(1024),
+            thumbnails.made.values().filter(|t| t.is_some()).count()
+        )],
+    })
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `unix` seconds as "YYYY-MM-DD HH:MM UTC".
+fn utc_text(unix: u64) -> String {
+    // Days since 1970-01-01 to a civil date, by the usual era arithmetic (400-year cycles).
+    let days = (unix / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let seconds = unix % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        seconds / 3600,
+        seconds / 60 % 60
+    )
+}
+
+/// "1.2 s", "3 min 05 s".
+fn duration_text(seconds: f64) -> String {
+    if seconds < 60.0 {
+        format!("{seconds:.1} s")
+    } else {
+        let whole = seconds.round() as u64;
+        format!("{} min {:02} s", whole / 60, whole % 60)
+    }
+}
+
+fn png_uri(path: &Path) -> Result<String, StageError> {
+    let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
+    Ok(data_uri("image/png", &bytes))
+}
+
+fn section_start(body: &mut String, id: &str, heading: &str, lead: &str) {
+    let _ = write!(
+        body,
+        "<section id=\"{id}\">\n<h2>{heading}</h2>\n<p class=\"lead\">{lead}</p>\n"
+    );
+}
+
+fn pipeline_section(ctx: &StageContext, body: &mut String) -> Result<(), StageError> {
+    section_start(
+        body,
+        "pipeline",
+        "Pipeline",
+        "The stages this page was made from, in the order they run. Orange: computed by the run \
+         that made this page; green: reused from the artifact store (same key, so same inputs, \
+         params and code version).",
+    );
+    let mut nodes: Vec<GraphNode> = ctx
+        .lineage
+        .iter()
+        .map(|r| GraphNode {
+            name: r.name.clone(),
+            kind: r.kind.clone(),
+            detail: short_key(&r.key).to_string(),
+            state: if r.computed_in_run {
+                NodeState::Computed
+            } else {
+                NodeState::Reused
+            },
+            inputs: r.inputs.clone(),
+        })
+        .collect();
+    nodes.push(GraphNode {
+        name: ctx.name.to_string(),
+        kind: ctx.kind.to_string(),
+        detail: "this page".to_string(),
+        state: NodeState::ThisPage,
+        inputs: ctx.inputs.iter().map(|i| i.name.clone()).collect(),
+    });
+    let graph = ctx.out_dir.join(PIPELINE_PLOT);
+    charts::pipeline_graph(&graph, &nodes)?;
+    let _ = write!(
+        body,
+        "<img class=\"figure\" src=\"{}\" alt=\"pipeline graph\">\n<table>\n<tr><th>stage</th>\
+         <th>kind</th><th>key</th><th>state</th><th>made</th><th>time</th><th>inputs</th>\
+         <th>params</th></tr>\n",
+        png_uri(&graph)?
+    );
+    for record in ctx.lineage {
+        body.push_str(&lineage_row(record));
+    }
+    let _ = write!(
+        body,
+        "<tr><td>{}</td><td>{}</td><td></td><td class=\"this-page\">this page</td><td></td>\
+         <td></td><td>{}</td><td></td></tr>\n</table>\n</section>\n",
+        escape(ctx.name),
+        escape(ctx.kind),
+        escape(
+            &ctx.inputs
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    Ok(())
+}
+
+fn short_key(key: &str) -> &str {
+    key.get(..12).unwrap_or(key)
+}
+
+fn lineage_row(record: &UpstreamRecord) -> String {
+    let state = if record.computed_in_run {
+        "computed"
+    } else {
+        "reused"
+    };
+    format!(
+        "<tr><td>{}</td><td>{}</td><td><code title=\"{}\">{}</code></td><td class=\"{state}\">\
+         {state}</td><td class=\"nowrap\">{}</td><td class=\"num\">{}</td><td>{}</td>\
+         <td><code>{}</code></td></tr>\n",
+        escape(&record.name),
+        escape(&record.kind),
+        escape(&record.key),
+        escape(short_key(&record.key)),
+        utc_text(record.created_unix),
+        duration_text(record.seconds),
+        escape(&record.inputs.join(", ")),
+        escape(&record.params.join(", ")),
+    )
+}
+
+fn read_training_log(path: &Path) -> Result<Vec<EpochPoint>, StageError> {
+    let table = read_parquet(path)?;
+    let epochs = column::<UInt32Array>(path, &table, "epoch")?;
+    let floats =
+        |name: &str| column::<Float64Array>(path, &table, name).map(|c| c.values().to_vec());
+    let (train, dev, bleu) = (
+        floats("train_loss")?,
+        floats("dev_loss")?,
+        floats("dev_bleu4")?,
+    );
+    Ok(epochs
+        .values()
+        .iter()
+        .enumerate()
+        .map(|(i, &epoch)| EpochPoint {
+            epoch,
+            train_loss: train[i],
+            dev_loss: dev[i],
+            dev_bleu4: bleu[i],
+        })
+        .collect())
+}
+
+fn read_examples(path: &Path) -> Result<Vec<Example>, StageError> {
+    let table = read_parquet(path)?;
+    let ids = strings(path, &table, "image_id")?;
+    let greedy = strings(path, &table, "greedy")?;
+    let beam = strings(path, &table, "beam")?;
+    let reference = strings(path, &table, "reference")?;
+    Ok(ids
+        .into_iter()
+        .zip(greedy)
+        .zip(beam)
+        .zip(reference)
+        .map(|(((image_id, greedy), beam), reference)| Example {
+            image_id,
+            greedy,
+            beam,
+            reference,
+        })
+        .collect())
+}
+
+fn read_queries(path: &Path) -> Result<Vec<Query>, StageError> {
+    let table = read_parquet(path)?;
+    let ids = strings(path, &table, "image_id")?;
+    let captions = strings(path, &table, "caption")?;
+    let ranks = u32s(path, &table, "invert_rank")?;
+    let found = string_lists(path, &table, "invert_found")?;
+    Ok(ids
+        .into_iter()
+        .zip(captions)
+        .zip(ranks)
+        .zip(found)
+        .map(|(((image_id, caption), rank), found)| Query {
+            image_id,
+            caption,
+            rank,
+            found,
+        })
+        .collect())
+}
+
+fn number_text(value: f64) -> String {
+    if value.is_nan() {
+        "–".to_string()
+    } else if value.fract() == 0.0 && value.abs() < 1e9 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+/// A table with one row per method and one column per metric name in `names`.
+fn pivot_table(metrics: &[&Metric], names: &[&str], body: &mut String) {
+    let mut methods: Vec<&str> = Vec::new();
+    for m in metrics {
+        if !methods.contains(&m.method.as_str()) {
+            methods.push(&m.method);
+        }
+    }
+    body.push_str("<table>\n<tr><th>method</th>");
+    for name in names {
+        let _ = write!(body, "<th>{}</th>", escape(name));
+    }
+    body.push_str("</tr>\n");
+    for method in methods {
+        let _ = write!(body, "<tr><td>{}</td>", escape(method));
+        for name in names {
+            let value = metrics
+                .iter()
+                .find(|m| m.method == method && m.name == *name)
+                .map_or(f64::NAN, |m| m.value);
+            let _ = write!(body, "<td class=\"num\">{}</td>", number_text(value));
+        }
+        body.push_str("</tr>\n");
+    }
+    body.push_str("</table>\n");
+}
+
+fn metrics_section(metrics: &[Metric], body: &mut String) {
+    section_start(
+        body,
+        "metrics",
+        "Metrics",
+        "Measured by the <code>evaluate</code> stage on the held-out split.",
+    );
+    const BLEU: [&str; 4] = ["bleu1", "bleu2", "bleu3", "bleu4"];
+    const RETRIEVAL: [&str; 5] = ["r1", "r5", "r10", "median_rank", "queries"];
+    let of = |names: &[&str]| -> Vec<&Metric> {
+        metrics
+            .iter()
+            .filter(|m| names.contains(&m.name.as_str()))
+            .collect()
+    };
+    body.push_str("<h3>Captions: corpus BLEU against every reference</h3>\n");
+    pivot_table(&of(&BLEU), &BLEU, body);
+    body.push_str(
+        "<h3>Caption → picture retrieval</h3>\n<p class=\"note\"><code>invert</code>: the \
+         picture embedding that makes the caption most likely, found by gradient descent through \
+         the frozen captioner; <code>embed</code>: mean word embedding against picture embedding \
+         (the baseline).</p>\n",
+    );
+    pivot_table(&of(&RETRIEVAL), &RETRIEVAL, body);
+    let others: Vec<&Metric> = metrics
+        .iter()
+        .filter(|m| !BLEU.contains(&m.name.as_str()) && !RETRIEVAL.contains(&m.name.as_str()))
+        .collect();
+    if !others.is_empty() {
+        body.push_str("<h3>Other figures</h3>\n<table>\n<tr><th>metric</th><th>method</th><th>value</th></tr>\n");
+        for m in others {
+            let _ = writeln!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
+                escape(&m.name),
+                escape(&m.method),
+                number_text(m.value)
+            );
+        }
+        body.push_str("</table>\n");
+    }
+    body.push_str("</section>\n");
+}
+
+fn training_section(
+    ctx: &StageContext,
+    log: &[EpochPoint],
+    body: &mut String,
+) -> Result<(), StageError> {
+    section_start(
+        body,
+        "training",
+        "Training",
+        "Mean masked cross-entropy per real token on the training and dev captions after each \
+         epoch, and the dev BLEU-4 of greedy captions.",
+    );
+    let plot = ctx.out_dir.join(TRAINING_PLOT);
+    charts::training_curves(&plot, log)?;
+    let _ = write!(
+        body,
+        "<img class=\"figure\" src=\"{}\" alt=\"training curves\">\n</section>\n",
+        png_uri(&plot)?
+    );
+    Ok(())
+}
+
+fn maps_section(
+    tsne_dir: Option<&Path>,
+    body: &mut String,
+    warnings: &mut Vec<String>,
+) -> Result<(), StageError> {
+    section_start(
+        body,
+        "maps",
+        "Embedding maps (t-SNE)",
+        "Picture embeddings (thumbnails framed by what the picture shows, when known) and word \
+         embeddings (coloured by frequency), laid out in two dimensions so that neighbours stay \
+         neighbours.",
+    );
+    match tsne_dir {
+        Some(dir) => {
+            body.push_str("<div class=\"maps\">\n");
+            for (file, alt) in [
+                (IMAGE_PLOT, "t-SNE of picture embeddings"),
+                (WORD_PLOT, "t-SNE of word embeddings"),
+            ] {
+                let _ = writeln!(
+                    body,
+                    "<img src=\"{}\" alt=\"{alt}\">",
+                    png_uri(&dir.join(file))?
+                );
+            }
+            body.push_str("</div>\n");
+        }
+        None => {
+            warnings.push("no `tsne` input: the page has no embedding maps".to_string());
+            body.push_str(
+                "<p class=\"note\">No maps: add a <code>tsne</code> stage to this stage's \
+                 inputs.</p>\n",
+            );
+        }
+    }
+    body.push_str("</section>\n");
+    Ok(())
+}
+
+fn captions_section(
+    examples: &[Example],
+    count: usize,
+    thumbnails: &mut Thumbnails,
+    body: &mut String,
+) {
+    section_start(
+        body,
+        "captions",
+        "Generated captions",
+        "Held-out pictures with the caption the network writes (greedy and beam search) and the \
+         first of the captions people wrote for them.",
+    );
+    body.push_str("<div class=\"grid\">\n");
+    for example in examples.iter().take(count) {
+        let _ = writeln!(
+            body,
+            "<div class=\"card\">{}<dl><dt>greedy</dt><dd>{}</dd><dt>beam search</dt><dd>{}</dd>\
+             <dt>reference</dt><dd>{}</dd></dl><code>{}</code></div>",
+            thumbnails.tag(&example.image_id, &example.image_id),
+            escape(&example.greedy),
+            escape(&example.beam),
+            escape(&example.reference),
+            escape(&example.image_id),
+        );
+    }
+    body.push_str("</div>\n</section>\n");
+}
+
+fn figure(thumbnails: &mut Thumbnails, id: &str, caption: &str, class: &str) -> String {
+    format!(
+        "<figure class=\"{class}\">{}<figcaption>{}</figcaption></figure>",
+        thumbnails.tag(id, id),
+        caption
+    )
+}
+
+fn similar_images_section(
+    examples: &[Example],
+    images: &Embeddings,
+    settings: &Settings,
+    thumbnails: &mut Thumbnails,
+    body: &mut String,
+) {
+    section_start(
+        body,
+        "similar-images",
+        "Similar pictures",
+        "For a few held-out pictures, the pictures whose embeddings are nearest (cosine), from \
+         every split; the score is the cosine similarity.",
+    );
+    for example in examples.iter().take(settings.queries) {
+        let Some(row) = images.row_of(&example.image_id) else {
+            continue;
+        };
+        body.push_str("<div class=\"row\">");
+        body.push_str(&figure(
+            thumbnails,
+            &example.image_id,
+            &format!("query<br>{}", escape(&example.image_id)),
+            "query",
+        ));
+        for (i, score) in images.nearest(row, settings.neighbours, |_| true) {
+            let id = &images.keys[i];
+            body.push_str(&figure(
+                thumbnails,
+                id,
+                &format!("{score:.3}<br>{}", escape(id)),
+                "",
+            ));
+        }
+        body.push_str("</div>\n");
+    }
+    body.push_str("</section>\n");
+}
+
+/// The words to show: those the params name, else the most frequent words of four letters or more
+/// (short words are mostly function words).
+fn chosen_words(
+    words: &Embeddings,
+    counts: &[u64],
+    settings: &Settings,
+    warnings: &mut Vec<String>,
+) -> Vec<usize> {
+    if !settings.words.is_empty() {
+        return settings
+            .words
+            .iter()
+            .filter_map(|w| {
+                let row = words.row_of(w);
+                if row.is_none() {
+                    warnings.push(format!(
+                        "param `words`: `{w}` is not in the vocabulary; left out"
+                    ));
+                }
+                row
+            })
+            .collect();
+    }
+    let mut rows: Vec<usize> = (0..words.keys.len())
+        .filter(|&i| {
+            !SPECIAL_TOKENS.contains(&words.keys[i].as_str()) && words.keys[i].chars().count() >= 4
+        })
+        .collect();
+    rows.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
+    rows.truncate(settings.queries.max(1));
+    rows
+}
+
+fn similar_words_section(
+    words: &Embeddings,
+    counts: &[u64],
+    settings: &Settings,
+    body: &mut String,
+    warnings: &mut Vec<String>,
+) {
+    section_start(
+        body,
+        "similar-words",
+        "Similar words",
+        "Words whose learned embeddings are nearest (cosine), special tokens left out.",
+    );
+    body.push_str("<table>\n<tr><th>word</th><th>nearest words (cosine)</th></tr>\n");
+    let is_word = |i: usize| !SPECIAL_TOKENS.contains(&words.keys[i].as_str());
+    for row in chosen_words(words, counts, settings, warnings) {
+        let neighbours: Vec<String> = words
+            .nearest(row, settings.neighbours, is_word)
+            .into_iter()
+            .map(|(i, score)| format!("{} ({score:.3})", escape(&words.keys[i])))
+            .collect();
+        let _ = writeln!(
+            body,
+            "<tr><td><b>{}</b></td><td>{}</td></tr>",
+            escape(&words.keys[row]),
+            neighbours.join(", ")
+        );
+    }
+    body.push_str("</table>\n</section>\n");
+}
+
+fn find_images_section(
+    queries: &[Query],
+    settings: &Settings,
+    thumbnails: &mut Thumbnails,
+    body: &mut String,
+) {
+    section_start(
+        body,
+        "find-images",
+        "Pictures found for a caption (inverting the captioner)",
+        "For a few held-out captions: the picture the caption was written for, then the pictures \
+         whose embeddings are nearest to the embedding inversion found, best first; the right \
+         picture is outlined in green.",
+    );
+    let mut seen: Vec<&str> = Vec::new();
+    for query in queries {
+        if seen.len() == settings.queries {
+            break;
+        }
+        if seen.contains(&query.image_id.as_str()) {
+            continue;
+        }
+        seen.push(&query.image_id);
+        let _ = write!(
+            body,
+            "<p><b>“{}”</b> — the right picture ranks {}</p>\n<div class=\"row\">",
+            escape(&query.caption),
+            query.rank
+        );
+        body.push_str(&figure(
+            thumbnails,
+            &query.image_id,
+            &format!("written for<br>{}", escape(&query.image_id)),
+            "query",
+        ));
+        for (i, id) in query.found.iter().take(settings.neighbours).enumerate() {
+            let class = if *id == query.image_id { "hit" } else { "" };
+            body.push_str(&figure(
+                thumbnails,
+                id,
+                &format!("#{}<br>{}", i + 1, escape(id)),
+                class,
+            ));
+        }
+        body.push_str("</div>\n");
+    }
+    body.push_str("</section>\n");
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,446 @@
+//! The report stage on small hand-made upstream outputs: every section is there, every picture is
+//! inlined and decodes, neighbours and found pictures are the right ones, text is escaped, and a
+//! picture that cannot be read becomes a visible placeholder and a warning.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, StringArray, UInt32Array, UInt64Array};
+use arrow::datatypes::{Field, Schema};
+use base64::Engine as _;
+
+use super::*;
+use crate::params::ParamValue;
+use crate::specs::evaluate::METRICS_TABLE;
+use crate::table::{batch, embedding_column, embedding_type, string_list_column, write_parquet};
+use crate::{NoProgress, Params, StageInput};
+
+fn write_table(path: &Path, columns: Vec<(&str, ArrayRef)>) {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, array)| Field::new(*name, array.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let arrays = columns.into_iter().map(|(_, a)| a).collect();
+    write_parquet(path, &batch(path, schema, arrays).unwrap()).unwrap();
+}
+
+fn strs(values: &[&str]) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values))
+}
+
+fn embeddings(rows: &[[f32; 3]]) -> ArrayRef {
+    let column = embedding_column(3, rows.iter().flatten().copied().collect()).unwrap();
+    assert_eq!(column.data_type(), &embedding_type(3));
+    column
+}
+
+/// Upstream outputs of a tiny pipeline: five readable pictures and one corrupt file.
+struct Upstream {
+    _root: tempfile::TempDir,
+    train: PathBuf,
+    evaluate: PathBuf,
+    embed: PathBuf,
+    tsne: PathBuf,
+}
+
+const IDS: [&str; 6] = ["img0", "img1", "img2", "img3", "img4", "broken"];
+
+fn upstream(ranks_have_found: bool) -> Upstream {
+    let root = tempfile::tempdir().unwrap();
+    let dir = |name: &str| {
+        let d = root.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let (pictures, train, evaluate, embed, tsne) = (
+        dir("pictures"),
+        dir("train"),
+        dir("evaluate"),
+        dir("embed"),
+        dir("tsne"),
+    );
+    let mut paths = Vec::new();
+    for (i, id) in IDS.iter().enumerate() {
+        let path = pictures.join(format!("{id}.png"));
+        if *id == "broken" {
+            std::fs::write(&path, b"not a picture").unwrap();
+        } else {
+            let shade = 40 * i as u8;
+            image::RgbImage::from_pixel(40, 30, image::Rgb([shade, 200 - shade, 90]))
+                .save(&path)
+                .unwrap();
+        }
+        paths.push(path.to_string_lossy().into_owned());
+    }
+    for plot in [IMAGE_PLOT, WORD_PLOT] {
+        image::RgbImage::from_pixel(20, 20, image::Rgb([10, 20, 30]))
+            .save(tsne.join(plot))
+            .unwrap();
+    }
+    let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+
+    // img1 is img0's nearest picture; img3 is img2's.
+    write_table(
+        &embed.join(IMAGE_EMBEDDINGS),
+        vec![
+            ("image_id", strs(&IDS)),
+            ("split", strs(&["test"; 6])),
+            ("path", strs(&path_refs)),
+            (
+                "embedding",
+                embeddings(&[
+                    [1.0, 0.0, 0.0],
+                    [0.9, 0.2, 0.0],
+                    [0.0, 1.0, 0.0],
+                    [0.1, 0.9, 0.1],
+                    [0.0, 0.0, 1.0],
+                    [0.5, 0.5, 0.5],
+                ]),
+            ),
+        ],
+    );
+    write_table(
+        &embed.join(WORD_EMBEDDINGS),
+        vec![
+            ("token_id", Arc::new(UInt32Array::from_iter_values(0..8))),
+            (
+                "token",
+                strs(&[
+                    "<pad>", "<start>", "<end>", "<unk>", "red", "crimson", "blue", "a",
+                ]),
+            ),
+            (
+                "count",
+                Arc::new(UInt64Array::from_iter_values([0, 0, 0, 0, 9, 2, 7, 30])),
+            ),
+            (
+                "embedding",
+                embeddings(&[
+                    [1.0, 0.0, 0.0],
+                    [1.0, 0.01, 0.0],
+                    [0.0, 0.0, 1.0],
+                    [0.0, 1.0, 1.0],
+                    [0.0, 1.0, 0.0],
+                    [0.1, 0.95, 0.0],
+                    [0.0, 0.0, 1.0],
+                    [1.0, 1.0, 0.0],
+                ]),
+            ),
+        ],
+    );
+    write_table(
+        &train.join(TRAIN_LOG),
+        vec![
+            ("epoch", Arc::new(UInt32Array::from_iter_values(1..=3))),
+            (
+                "train_loss",
+                Arc::new(Float64Array::from(vec![2.0, 1.2, 0.9])),
+            ),
+            (
+                "dev_loss",
+                Arc::new(Float64Array::from(vec![2.1, 1.5, 1.3])),
+            ),
+            (
+                "dev_bleu4",
+                Arc::new(Float64Array::from(vec![0.1, 0.3, 0.4])),
+            ),
+        ],
+    );
+    write_table(
+        &evaluate.join(METRICS_TABLE),
+        vec![
+            (
+                "metric",
+                strs(&["bleu4", "bleu4", "r1", "median_rank", "odd"]),
+            ),
+            ("method", strs(&["greedy", "beam", "invert", "invert", "x"])),
+            ("split", strs(&["test"; 5])),
+            (
+                "value",
+                Arc::new(Float64Array::from(vec![0.614, 0.658, 0.505, 1.0, 0.25])),
+            ),
+        ],
+    );
+    write_table(
+        &evaluate.join(EXAMPLES_TABLE),
+        vec![
+            ("image_id", strs(&["img0", "img2", "broken"])),
+            ("path", strs(&[path_refs[0], path_refs[2], path_refs[5]])),
+            ("greedy", strs(&["a <b>bold</b> dog", "a cat", "a thing"])),
+            ("beam", strs(&["a dog runs", "a cat sits", "a thing"])),
+            ("reference", strs(&["a dog", "a cat", "something"])),
+        ],
+    );
+    let mut ranks: Vec<(&str, ArrayRef)> = vec![
+        ("image_id", strs(&["img0", "img0", "img2"])),
+        ("caption_no", Arc::new(UInt32Array::from(vec![0, 1, 0]))),
+        ("caption", strs(&["a dog", "a brown dog", "a cat"])),
+        ("invert_rank", Arc::new(UInt32Array::from(vec![1, 2, 4]))),
+    ];
+    if ranks_have_found {
+        let found = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        ranks.push((
+            "invert_found",
+            string_list_column(&[
+                found(&["img0", "img1", "img4"]),
+                found(&["img1", "img0", "img4"]),
+                found(&["img1", "img4", "img3"]),
+            ]),
+        ));
+    }
+    write_table(&evaluate.join(RANKS_TABLE), ranks);
+    Upstream {
+        _root: root,
+        train,
+        evaluate,
+        embed,
+        tsne,
+    }
+}
+
+fn lineage() -> Vec<UpstreamRecord> {
+    let record = |name: &str, kind: &str, inputs: &[&str], computed: bool| UpstreamRecord {
+        name: name.into(),
+        kind: kind.into(),
+        key: format!("{:0<64}", name.len()),
+        inputs: inputs.iter().map(|s| s.to_string()).collect(),
+        params: vec!["seed = 7".into()],
+        seconds: 75.0,
+        created_unix: 1_764_000_000,
+        computed_in_run: computed,
+    };
+    vec![
+        record("data", "demo_data", &[], false),
+        record("train", "train", &["data"], true),
+        record("evaluate", "evaluate", &["train", "data"], true),
+        record("embed", "embed", &["train"], true),
+        record("tsne", "tsne", &["embed"], true),
+    ]
+}
+
+fn params(overrides: &[(&str, ParamValue)]) -> Params {
+    Params::with_defaults(
+        KIND.params,
+        overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    )
+}
+
+/// Runs the stage; returns the page and the stage's report.
+fn make_report(
+    up: &Upstream,
+    with_tsne: bool,
+    params: &Params,
+) -> Result<(String, StageReport, tempfile::TempDir), StageError> {
+    let out = tempfile::tempdir().unwrap();
+    let input = |name: &str, kind: &str, dir: &Path| StageInput {
+        name: name.into(),
+        kind: kind.into(),
+        dir: dir.to_path_buf(),
+    };
+    let mut inputs = vec![
+        input("train", "train", &up.train),
+        input("evaluate", "evaluate", &up.evaluate),
+        input("embed", "embed", &up.embed),
+    ];
+    if with_tsne {
+        inputs.push(input("tsne", "tsne", &up.tsne));
+    }
+    let records = lineage();
+    let mut ctx = StageContext::new(
+        "report",
+        "report",
+        params,
+        &inputs,
+        Path::new("/"),
+        out.path(),
+        &NoProgress,
+    );
+    ctx.lineage = &records;
+    let report = run(&ctx)?;
+    let page = std::fs::read_to_string(out.path().join(REPORT_FILE)).unwrap();
+    Ok((page, report, out))
+}
+
+/// The `src` of every `<img>` of the page.
+fn image_sources(page: &str) -> Vec<&str> {
+    page.split("<img ")
+        .skip(1)
+        .map(|tag| {
+            let start = tag.find("src=\"").expect("an <img> without src") + 5;
+            let end = start + tag[start..].find('"').unwrap();
+            &tag[start..end]
+        })
+        .collect()
+}
+
+/// The part of the page inside section `id`.
+fn section<'a>(page: &'a str, id: &str) -> &'a str {
+    let start = page
+        .find(&format!("<section id=\"{id}\">"))
+        .unwrap_or_else(|| panic!("no section {id}"));
+    let end = start + page[start..].find("</section>").unwrap();
+    &page[start..end]
+}
+
+#[test]
+fn every_section_is_there_in_order_and_every_picture_is_inlined() {
+    let up = upstream(true);
+    let (page, report, out) = make_report(&up, true, &params(&[])).unwrap();
+    let positions: Vec<usize> = SECTIONS
+        .iter()
+        .map(|id| page.find(&format!("<section id=\"{id}\">")).unwrap())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+
+    let sources = image_sources(&page);
+    // Graph, curves, two maps, and thumbnails.
+    assert!(sources.len() > 10, "{}", sources.len());
+    for src in sources {
+        let (header, payload) = src.split_once(',').unwrap();
+        assert!(
+            header == "data:image/png;base64" || header == "data:image/jpeg;base64",
+            "{header}"
+        );
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(payload)
+            .unwrap();
+        image::load_from_memory(&bytes).unwrap();
+    }
+    assert!(out.path().join(PIPELINE_PLOT).is_file());
+    assert!(out.path().join(TRAINING_PLOT).is_file());
+    assert!(
+        report.notes[0].starts_with(REPORT_FILE),
+        "{:?}",
+        report.notes
+    );
+}
+
+#[test]
+fn an_unreadable_picture_is_a_placeholder_and_a_warning() {
+    let up = upstream(true);
+    let (page, report, _out) = make_report(&up, true, &params(&[])).unwrap();
+    assert!(page.contains("broken could not be read"));
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("could not be shown") && w.contains("broken.png")),
+        "{:?}",
+        report.warnings
+    );
+}
+
+#[test]
+fn the_pipeline_shows_keys_times_and_what_the_run_computed() {
+    let up = upstream(true);
+    let (page, _, _out) = make_report(&up, true, &params(&[])).unwrap();
+    let pipeline = section(&page, "pipeline");
+    assert!(pipeline.contains(">data</td>") && pipeline.contains(">tsne</td>"));
+    assert!(pipeline.contains("reused</td><td class=\"nowrap\">2025-11-24 16:00 UTC</td>"));
+    assert_eq!(pipeline.matches("class=\"computed\"").count(), 4);
+    assert!(pipeline.contains("1 min 15 s"));
+    assert!(pipeline.contains(&format!("<code title=\"{:0<64}\">", 4)));
+    assert!(pipeline.contains("this page"));
+    assert!(page.contains("5 upstream stages (4 computed"));
+}
+
+#[test]
+fn metrics_are_grouped_and_text_is_escaped() {
+    let up = upstream(true);
+    let (page, _, _out) = make_report(&up, true, &params(&[])).unwrap();
+    let metrics = section(&page, "metrics");
+    assert!(metrics.contains("<td>greedy</td><td class=\"num\">–</td>"));
+    assert!(metrics.contains("<td class=\"num\">0.614</td>"));
+    assert!(metrics.contains("<td class=\"num\">0.505</td><td class=\"num\">–</td>"));
+    assert!(metrics.contains("<td>odd</td><td>x</td><td class=\"num\">0.250</td>"));
+    let captions = section(&page, "captions");
+    assert!(captions.contains("a &lt;b&gt;bold&lt;/b&gt; dog"));
+    assert!(!page.contains("<b>bold</b>"));
+}
+
+#[test]
+fn neighbours_leave_the_query_out_and_found_pictures_mark_the_right_one() {
+    let up = upstream(true);
+    let p = params(&[("neighbours", ParamValue::Int(2))]);
+    let (page, _, _out) = make_report(&up, true, &p).unwrap();
+    let similar = section(&page, "similar-images");
+    let after_img0 = &similar[similar.find("query<br>img0").unwrap()..];
+    let first = &after_img0[after_img0.find("<figure").unwrap()..];
+    assert!(first.contains("alt=\"img1\""), "{first}");
+    let after_img2 = &similar[similar.find("query<br>img2").unwrap()..];
+    assert!(after_img2[..after_img2.find("</div>").unwrap()].contains("alt=\"img3\""));
+
+    let found = section(&page, "find-images");
+    // One caption per picture: the second caption of img0 is left out.
+    assert!(found.contains("a dog") && !found.contains("a brown dog"));
+    assert!(found.contains("the right picture ranks 4"));
+    assert_eq!(found.matches("class=\"hit\"").count(), 1);
+    assert!(found.contains("<figure class=\"hit\"><img src=\"data:image/jpeg"));
+    // `neighbours` = 2 found pictures per caption, after the picture it was written for.
+    assert_eq!(found.matches("<figcaption>#").count(), 4);
+}
+
+#[test]
+fn similar_words_skip_special_tokens_and_report_unknown_words() {
+    let up = upstream(true);
+    let (page, report, _out) = make_report(&up, true, &params(&[])).unwrap();
+    let words = section(&page, "similar-words");
+    // By default: frequent words of four letters or more ("a" is too short).
+    assert!(words.contains("<b>blue</b>") && words.contains("<b>crimson</b>"));
+    assert!(!words.contains("<b>a</b>") && !words.contains("&lt;pad&gt;"));
+    assert!(
+        !report.warnings.iter().any(|w| w.contains("`words`")),
+        "{:?}",
+        report.warnings
+    );
+
+    let p = params(&[("words", ParamValue::Str("red, mauve".into()))]);
+    let (page, report, _out) = make_report(&up, true, &p).unwrap();
+    let words = section(&page, "similar-words");
+    let row = &words[words.find("<b>red</b>").unwrap()..];
+    assert!(row.starts_with("<b>red</b></td><td>crimson ("), "{row}");
+    assert!(report
+        .warnings
+        .iter()
+        .any(|w| w.contains("`mauve` is not in the vocabulary")));
+}
+
+#[test]
+fn without_tsne_the_page_says_so_and_an_old_ranks_table_is_named() {
+    let up = upstream(true);
+    let (page, report, _out) = make_report(&up, false, &params(&[])).unwrap();
+    assert!(section(&page, "maps").contains("No maps"));
+    assert!(report
+        .warnings
+        .iter()
+        .any(|w| w.contains("no `tsne` input")));
+
+    let old = upstream(false);
+    let err = make_report(&old, true, &params(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(RANKS_TABLE) && err.contains("invert_found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dates_and_durations_read_well() {
+    assert_eq!(utc_text(0), "1970-01-01 00:00 UTC");
+    assert_eq!(utc_text(951_782_400), "2000-02-29 00:00 UTC");
+    assert_eq!(utc_text(1_796_000_000), "2026-11-30 00:53 UTC");
+    assert_eq!(duration_text(2.96), "3.0 s");
+    assert_eq!(duration_text(125.4), "2 min 05 s");
+}
+
+#[test]
+fn the_kind_is_registered_with_its_inputs() {
+    let kind = crate::kind("report").unwrap();
+    assert_eq!(kind.inputs.min, 3);
+}
