@@ -5,7 +5,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 ONENET = target/release/onenet
 
-.PHONY: setup python-test-deps build demo test bench
+.PHONY: setup test-deps build demo test bench
 
 setup: libtorch/build-version weights/efficientnet-lite0-57934424.pth glove/glove_6B_index.parquet
 
@@ -18,9 +18,13 @@ weights/efficientnet-lite0-57934424.pth:
 glove/glove_6B_index.parquet:
 	bash scripts/setup-glove.sh
 
-# The interop tests open our Parquet tables with Polars and DuckDB; the BLEU test compares with NLTK.
-python-test-deps:
+# The interop tests open our Parquet tables with Polars and DuckDB; the BLEU test compares with NLTK;
+# the report test renders the report in headless Chromium (Debian package `chromium`).
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-deps:
 	@$(PYTHON) -c "import polars, duckdb, nltk" 2>/dev/null || $(PYTHON) -m pip install --quiet polars duckdb nltk
+	@command -v chromium >/dev/null || [ -n "$$ONENET_CHROMIUM" ] || \
+	  { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
 
 build: setup
 	$(CARGO) build --release
@@ -29,7 +33,7 @@ demo: build
 	ONENET=$(ONENET) bash scripts/demo.sh
 
 # The build first: the engine's tests start the libtorch worker binary it makes.
-test: setup python-test-deps
+test: setup test-deps
 	$(CARGO) build
 	$(CARGO) nextest run --workspace --no-fail-fast
 

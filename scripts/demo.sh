@@ -40,3 +40,7 @@ echo "(pictures the captions were written for: ${test_images[1]}, ${test_images[
 
 say "Open the tables with Polars or DuckDB, e.g."
 echo "  python3 -c \"import polars as pl; print(pl.read_parquet('artifacts/latest/evaluate/metrics.parquet'))\""
+
+say "The report: pipeline, metrics, training curves, t-SNE maps, captions and retrievals in one page"
+echo "  $(realpath artifacts/latest/report/report.html)"
+echo "  (open it in a browser; it needs no server and no network)"

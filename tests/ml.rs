@@ -66,6 +66,16 @@ inputs = ["train", "features", "captions"]
 kind = "evaluate"
 inputs = ["train", "features", "order"]
 params = { queries = 150 }
+
+[stages.tsne]
+kind = "tsne"
+inputs = ["embed", "demo"]
+params = { iterations = 300 }
+
+[stages.report]
+kind = "report"
+inputs = ["train", "evaluate", "embed", "tsne"]
+params = { words = "red, circle" }
 "#
 }
 
@@ -157,6 +167,114 @@ fn the_demo_model_captions_well_and_inversion_finds_the_picture() {
     for name in ["r1", "r5", "r10", "median_rank"] {
         metric(&metrics, name, "embed");
     }
+}
+
+/// The browser the report test drives: `$ONENET_CHROMIUM`, else `chromium` on the PATH.
+fn chromium() -> String {
+    let browser = std::env::var("ONENET_CHROMIUM").unwrap_or_else(|_| "chromium".to_string());
+    let found = Command::new(&browser).arg("--version").output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "`{browser} --version` failed: install Chromium (Debian package `chromium`; `make \
+         test-deps` does) or point ONENET_CHROMIUM at it"
+    );
+    browser
+}
+
+/// Runs headless Chromium on `page` with `args` added, in a fresh profile, killed after two
+/// minutes; returns its stdout.
+fn headless_chromium(page: &Path, args: &[&str]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("start chromium");
+    assert!(
+        out.status.success(),
+        "chromium {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of attribute `name` on the page's `<body>` as the browser left it.
+fn body_attribute(dom: &str, name: &str) -> Option<String> {
+    let body = &dom[dom.find("<body")?..];
+    let tag = &body[..body.find('>')?];
+    let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = start + tag[start..].find('"')?;
+    Some(tag[start..end].to_string())
+}
+
+#[test]
+fn the_report_renders_in_headless_chromium() {
+    let t = trained();
+    let page = t
+        .dir
+        .join("artifacts/latest/report/report.html")
+        .canonicalize()
+        .expect("the report stage wrote report.html");
+
+    // The page records, once loaded, how many pictures it has and how many failed to decode.
+    let dom = headless_chromium(&page, &["--dump-dom"]);
+    let images: usize = body_attribute(&dom, "data-images")
+        .expect("the page's load check did not run")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        body_attribute(&dom, "data-broken-images").as_deref(),
+        Some("0")
+    );
+    // Pipeline graph, training curves, two maps, 12 examples, and the retrieval thumbnails.
+    assert!(images >= 20, "only {images} pictures on the page");
+    for section in [
+        "pipeline",
+        "metrics",
+        "training",
+        "maps",
+        "captions",
+        "similar-images",
+        "similar-words",
+        "find-images",
+    ] {
+        assert!(
+            dom.contains(&format!("<section id=\"{section}\">")),
+            "no section {section}"
+        );
+    }
+    assert!(
+        !dom.contains("could not be read"),
+        "a placeholder for a picture"
+    );
+
+    let shot_dir = tempfile::tempdir().unwrap();
+    let shot = shot_dir.path().join("report.png");
+    headless_chromium(
+        &page,
+        &[
+            "--window-size=1280,1600",
+            &format!("--screenshot={}", shot.display()),
+        ],
+    );
+    let picture = image::open(&shot).expect("a PNG screenshot").to_rgb8();
+    assert_eq!((picture.width(), picture.height()), (1280, 1600));
+    // A rendered page, not a blank one: many distinct colours (thumbnails, plots, table shading).
+    let colours: std::collections::HashSet<[u8; 3]> = picture.pixels().map(|p| p.0).collect();
+    assert!(colours.len() > 500, "{} colours", colours.len());
 }
 
 #[test]

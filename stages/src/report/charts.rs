@@ -232,6 +232,7 @@ pub fn training_curves(path: &Path, log: &[EpochPoint]) -> Result<(), StageError
         }
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
             .label_font((FONT_FAMILY, 16))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
