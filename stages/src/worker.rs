@@ -30,6 +30,7 @@ pub struct StageJob {
     pub out_dir: PathBuf,
     pub scratch_dir: PathBuf,
     pub previous: Option<PathBuf>,
+    #[serde(default)]
     pub lineage: Vec<crate::UpstreamRecord>,
 }
 
