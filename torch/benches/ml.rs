@@ -112,6 +112,25 @@ const MEMORY_THREADS: i32 = 1;
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 const PROGRESS_EVERY: Duration = Duration::from_secs(20);
 
+/// The parts of the benchmark to run: `ONENET_BENCH_PARTS` (comma-separated), else all.
+const PARTS: [&str; 4] = ["features", "training", "inversion", "memory"];
+
+fn parts() -> Vec<&'static str> {
+    match std::env::var("ONENET_BENCH_PARTS") {
+        Ok(list) => {
+            let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
+            for part in &wanted {
+                assert!(
+                    PARTS.contains(part),
+                    "ONENET_BENCH_PARTS: unknown part `{part}`; the parts are {PARTS:?}"
+                );
+            }
+            PARTS.into_iter().filter(|p| wanted.contains(p)).collect()
+        }
+        Err(_) => PARTS.to_vec(),
+    }
+}
+
 fn main() {
     let args: Vec<OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == PEAK_RSS_HELPER) {
@@ -142,17 +161,28 @@ fn main() {
         .join("benches")
         .join("pytorch_reference.py");
 
+    let parts = parts();
     let mut rows = Vec::new();
-    rows.extend(bench_features(
-        &repo,
-        &onenet,
-        &python,
-        &reference,
-        &bench_data,
-    ));
-    rows.extend(bench_training(&python, &reference));
-    rows.extend(bench_invert());
-    let memory = bench_memory(&onenet, &bench_data);
+    if parts.contains(&"features") {
+        rows.extend(bench_features(
+            &repo,
+            &onenet,
+            &python,
+            &reference,
+            &bench_data,
+        ));
+    }
+    if parts.contains(&"training") {
+        rows.extend(bench_training(&python, &reference));
+    }
+    if parts.contains(&"inversion") {
+        rows.extend(bench_invert());
+    }
+    let memory = if parts.contains(&"memory") {
+        bench_memory(&onenet, &bench_data)
+    } else {
+        Vec::new()
+    };
 
     print_results(&rows, &memory);
     println!(

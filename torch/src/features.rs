@@ -17,7 +17,7 @@ use image::imageops::{self, FilterType};
 use image::RgbImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 use crate::backbone::{Backbone, BackboneKind};
 use crate::feature_table::{FeatureMatrix, FeatureRow};
@@ -196,17 +196,21 @@ fn extract(
     dim: usize,
     mut on_batch: impl FnMut(usize),
 ) -> Result<(), StageError> {
+    let kind = backbone.kind();
     let size = backbone.input_size();
-    // Two batches in flight: one being decoded, one waiting; never the whole dataset.
-    let (tx, rx) = mpsc::sync_channel::<Result<(Vec<usize>, Vec<RgbImage>), StageError>>(2);
+    // Two batches in flight: one being decoded, one waiting; never the whole dataset. Each is
+    // the batch's rows and its input values, ready for the network: the network's thread only
+    // runs the network.
+    let (tx, rx) = mpsc::sync_channel::<Result<(Vec<usize>, Vec<f32>), StageError>>(2);
     std::thread::scope(|scope| {
         scope.spawn(move || {
             for chunk in pending.chunks(batch_size) {
-                let decoded: Result<Vec<RgbImage>, StageError> = chunk
+                let decoded: Result<Vec<Vec<f32>>, StageError> = chunk
                     .par_iter()
-                    .map(|p| decode_resized(&p.path, size))
+                    .map(|p| decode_resized(&p.path, size).map(|image| kind.input_values(&image)))
                     .collect();
-                let message = decoded.map(|images| (chunk.iter().map(|p| p.row).collect(), images));
+                let message =
+                    decoded.map(|values| (chunk.iter().map(|p| p.row).collect(), values.concat()));
                 let failed = message.is_err();
                 if tx.send(message).is_err() || failed {
                     break;
@@ -214,10 +218,9 @@ fn extract(
             }
         });
         for message in rx {
-            let (rows, images) = message?;
-            let inputs: Vec<Tensor> = images.iter().map(|im| backbone.preprocess(im)).collect();
+            let (rows, values) = message?;
             let features = backbone
-                .features(&Tensor::stack(&inputs, 0))
+                .features(&backbone.batch(&values))
                 .to_device(Device::Cpu)
                 .to_kind(Kind::Float);
             let values: Vec<f32> = Vec::try_from(features.reshape([-1])).unwrap_or_default();

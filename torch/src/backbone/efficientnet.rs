@@ -11,7 +11,7 @@
 use tch::nn;
 use tch::Tensor;
 
-use super::layers::{BatchNorm, Conv2d, ConvSpec, Linear, Padding};
+use super::layers::{BatchNorm, Conv2d, ConvBn, ConvSpec, Linear, Padding};
 
 /// Input side length the network was trained at.
 pub const INPUT_SIZE: u32 = 224;
@@ -60,11 +60,11 @@ const STAGES: [StageSpec; 7] = [
 /// residual connection when the shape is unchanged.
 struct MbConvBlock {
     /// Absent when the expansion ratio is 1 (the first stage).
-    expand: Option<(Conv2d, BatchNorm)>,
-    depthwise: Conv2d,
-    bn1: BatchNorm,
-    project: Conv2d,
-    bn2: BatchNorm,
+    expand: Option<ConvBn>,
+    /// Depthwise convolution and `_bn1`.
+    depthwise: ConvBn,
+    /// Projection and `_bn2`.
+    project: ConvBn,
     residual: bool,
 }
 
@@ -72,7 +72,7 @@ impl MbConvBlock {
     fn new(vs: &nn::Path, stage: &StageSpec, in_channels: i64, stride: i64, rule: Padding) -> Self {
         let hidden = in_channels * stage.expand_ratio;
         let expand = (stage.expand_ratio != 1).then(|| {
-            (
+            ConvBn::new(
                 Conv2d::new(
                     &(vs / "_expand_conv"),
                     ConvSpec::new(in_channels, hidden, 1).padding(padding_for(rule, 1)),
@@ -93,37 +93,43 @@ impl MbConvBlock {
         );
         MbConvBlock {
             expand,
-            depthwise,
-            bn1: BatchNorm::new(&(vs / "_bn1"), hidden, BN_EPS),
-            project,
-            bn2: BatchNorm::new(&(vs / "_bn2"), stage.out_channels, BN_EPS),
+            depthwise: ConvBn::new(depthwise, BatchNorm::new(&(vs / "_bn1"), hidden, BN_EPS)),
+            project: ConvBn::new(
+                project,
+                BatchNorm::new(&(vs / "_bn2"), stage.out_channels, BN_EPS),
+            ),
             residual: stride == 1 && in_channels == stage.out_channels,
         }
     }
 
     fn forward(&self, xs: &Tensor) -> Tensor {
         let hidden = match &self.expand {
-            Some((conv, bn)) => bn.forward(&conv.forward(xs)).relu6(),
+            Some(expand) => relu6(expand.forward(xs)),
             None => xs.shallow_clone(),
         };
-        let hidden = self.bn1.forward(&self.depthwise.forward(&hidden)).relu6();
+        let hidden = relu6(self.depthwise.forward(&hidden));
         // The projection is linear: no activation, so the residual sum stays unclipped.
-        let out = self.bn2.forward(&self.project.forward(&hidden));
+        let mut out = self.project.forward(&hidden);
         if self.residual {
-            out + xs
-        } else {
-            out
+            out += xs;
         }
+        out
     }
+}
+
+/// ReLU6 in place: the activation is the only user of its input, so no second map is allocated.
+fn relu6(mut xs: Tensor) -> Tensor {
+    let _ = xs.clamp_(0.0, 6.0);
+    xs
 }
 
 /// EfficientNet-Lite0 with its ImageNet classifier.
 pub struct EfficientNetLite0 {
-    stem: Conv2d,
-    bn0: BatchNorm,
+    /// Stem convolution and `_bn0`.
+    stem: ConvBn,
     blocks: Vec<MbConvBlock>,
-    head: Conv2d,
-    bn1: BatchNorm,
+    /// Head convolution and `_bn1`.
+    head: ConvBn,
     fc: Linear,
 }
 
@@ -170,22 +176,20 @@ impl EfficientNetLite0 {
             ConvSpec::new(last_channels, FEATURE_DIM, 1).padding(pad_for(1)),
         );
         EfficientNetLite0 {
-            stem,
-            bn0,
+            stem: ConvBn::new(stem, bn0),
             blocks,
-            head,
-            bn1: BatchNorm::new(&(vs / "_bn1"), FEATURE_DIM, BN_EPS),
+            head: ConvBn::new(head, BatchNorm::new(&(vs / "_bn1"), FEATURE_DIM, BN_EPS)),
             fc: Linear::new(&(vs / "_fc"), FEATURE_DIM, NUM_CLASSES),
         }
     }
 
     /// `[N, 3, H, W]` normalised images -> `[N, 1280]` globally average-pooled features.
     pub fn features(&self, xs: &Tensor) -> Tensor {
-        let mut xs = self.bn0.forward(&self.stem.forward(xs)).relu6();
+        let mut xs = relu6(self.stem.forward(xs));
         for block in &self.blocks {
             xs = block.forward(&xs);
         }
-        let xs = self.bn1.forward(&self.head.forward(&xs)).relu6();
+        let xs = relu6(self.head.forward(&xs));
         xs.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
     }
 

@@ -7,7 +7,7 @@
 use tch::nn;
 use tch::Tensor;
 
-use super::layers::{BatchNorm, Conv2d, ConvSpec, Linear};
+use super::layers::{BatchNorm, Conv2d, ConvBn, ConvSpec, Linear};
 
 /// Input side length the network was trained at.
 pub const INPUT_SIZE: u32 = 299;
@@ -22,20 +22,24 @@ const BN_EPS: f64 = 1e-3;
 /// Convolution without bias, batch norm, ReLU: torchvision's `BasicConv2d` (`<name>.conv`,
 /// `<name>.bn`).
 struct BasicConv2d {
-    conv: Conv2d,
-    bn: BatchNorm,
+    layer: ConvBn,
 }
 
 impl BasicConv2d {
     fn new(vs: &nn::Path, spec: ConvSpec) -> Self {
         BasicConv2d {
-            conv: Conv2d::new(&(vs / "conv"), spec),
-            bn: BatchNorm::new(&(vs / "bn"), spec.out_channels, BN_EPS),
+            layer: ConvBn::new(
+                Conv2d::new(&(vs / "conv"), spec),
+                BatchNorm::new(&(vs / "bn"), spec.out_channels, BN_EPS),
+            ),
         }
     }
 
     fn forward(&self, xs: &Tensor) -> Tensor {
-        self.bn.forward(&self.conv.forward(xs)).relu()
+        // In place: the activation is the only user of the convolution's output.
+        let mut out = self.layer.forward(xs);
+        let _ = out.relu_();
+        out
     }
 }
 

@@ -2,6 +2,8 @@
 //! inference-only functions over tensors registered in a `tch` var store under the names PyTorch
 //! gives them (`<module>.weight`, `<module>.running_mean`, ...), so checkpoints load by name.
 
+use std::cell::OnceCell;
+
 use tch::nn::{self, Init};
 use tch::Tensor;
 
@@ -163,6 +165,8 @@ impl BatchNorm {
         }
     }
 
+    /// Normalises `xs` with the running statistics: what [`ConvBn`] folds into its convolution.
+    #[cfg(test)]
     pub fn forward(&self, xs: &Tensor) -> Tensor {
         // Momentum only matters when training updates the running statistics; never here.
         xs.batch_norm(
@@ -175,6 +179,60 @@ impl BatchNorm {
             self.eps,
             true,
         )
+    }
+}
+
+/// A convolution followed by batch normalisation, run as one convolution: on first use the
+/// normalisation's scale and shift are folded into the convolution's weights and bias, which
+/// saves a pass over every activation map and is exact up to rounding. It folds then, not when
+/// built, because a backbone's weights are copied in after its layers are registered; a frozen
+/// backbone never changes them once it has run.
+#[derive(Debug)]
+pub struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm,
+    folded: OnceCell<Conv2d>,
+}
+
+impl ConvBn {
+    pub fn new(conv: Conv2d, bn: BatchNorm) -> ConvBn {
+        ConvBn {
+            conv,
+            bn,
+            folded: OnceCell::new(),
+        }
+    }
+
+    pub fn forward(&self, xs: &Tensor) -> Tensor {
+        self.folded.get_or_init(|| self.fold()).forward(xs)
+    }
+
+    /// The convolution with the normalisation folded in: per output channel, scale = γ / √(σ² +
+    /// ε); weight' = weight · scale; bias' = (bias − μ) · scale + β.
+    fn fold(&self) -> Conv2d {
+        let (conv, bn) = (&self.conv, &self.bn);
+        tch::no_grad(|| {
+            let scale = &bn.weight / (&bn.running_var + bn.eps).sqrt();
+            let weight = &conv.weight * scale.view([-1, 1, 1, 1]);
+            let shifted = match &conv.bias {
+                Some(bias) => bias - &bn.running_mean,
+                None => -&bn.running_mean,
+            };
+            Conv2d {
+                weight,
+                bias: Some(shifted * &scale + &bn.bias),
+                kernel: conv.kernel,
+                stride: conv.stride,
+                padding: conv.padding,
+                groups: conv.groups,
+            }
+        })
+    }
+
+    /// The convolution and the normalisation one after the other, as the weights define them.
+    #[cfg(test)]
+    pub fn forward_unfolded(&self, xs: &Tensor) -> Tensor {
+        self.bn.forward(&self.conv.forward(xs))
     }
 }
 
@@ -227,6 +285,41 @@ mod tests {
         assert_eq!(tf_same_padding(7, 1, 1), (0, 0));
         // Odd sizes: 225 -> 113 needs (113 - 1) * 2 + 3 - 225 = 2 zeros.
         assert_eq!(tf_same_padding(225, 3, 2), (1, 1));
+    }
+
+    #[test]
+    fn folding_the_batch_norm_into_the_convolution_changes_nothing() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        for (groups, channels, bias) in [(1, 6, false), (6, 6, false), (1, 4, true)] {
+            let mut spec = ConvSpec::new(6, channels, 3).stride(2).groups(groups);
+            spec.padding = Padding::TfSame;
+            spec.bias = bias;
+            let root = vs.root() / format!("g{groups}c{channels}{bias}");
+            let conv = Conv2d::new(&(&root / "conv"), spec);
+            let bn = BatchNorm::new(&(&root / "bn"), channels, 1e-3);
+            // Statistics far from the identity, as trained ones are.
+            tch::no_grad(|| {
+                let random = |lo: f64, hi: f64| {
+                    Tensor::rand([channels], (tch::Kind::Float, tch::Device::Cpu)) * (hi - lo) + lo
+                };
+                let _ = bn.weight.shallow_clone().copy_(&random(0.5, 2.0));
+                let _ = bn.bias.shallow_clone().copy_(&random(-1.0, 1.0));
+                let _ = bn.running_mean.shallow_clone().copy_(&random(-0.5, 0.5));
+                let _ = bn.running_var.shallow_clone().copy_(&random(0.1, 3.0));
+            });
+            let layer = ConvBn::new(conv, bn);
+            let xs = Tensor::randn([2, 6, 15, 16], (tch::Kind::Float, tch::Device::Cpu));
+            let expected = layer.forward_unfolded(&xs);
+            let folded = layer.forward(&xs);
+            assert_eq!(folded.size(), expected.size());
+            let error = (&folded - &expected).abs().max().double_value(&[]);
+            let scale = expected.abs().max().double_value(&[]);
+            assert!(
+                error <= 1e-5 * scale.max(1.0),
+                "max error {error} (scale {scale})"
+            );
+        }
     }
 
     #[test]

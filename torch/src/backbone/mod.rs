@@ -78,6 +78,19 @@ impl BackboneKind {
     }
 
     /// How pixel values must be scaled for this kind's weights.
+    /// An RGB image of any size -> the `[3, S, S]` values the network takes, channel-major: the
+    /// whole image resized (bilinear, aspect ratio not kept, nothing cropped away) and scaled as
+    /// the weights expect. Plain Rust, so the decoding threads do it while the network runs.
+    pub fn input_values(self, image: &RgbImage) -> Vec<f32> {
+        let size = self.input_size();
+        if image.dimensions() == (size, size) {
+            self.input_scaling().values(image)
+        } else {
+            let resized = imageops::resize(image, size, size, FilterType::Triangle);
+            self.input_scaling().values(&resized)
+        }
+    }
+
     pub fn input_scaling(self) -> InputScaling {
         match self {
             // torchvision's `transform_input=True` for the Google weights maps ImageNet-normalised
@@ -118,17 +131,35 @@ pub enum InputScaling {
 }
 
 impl InputScaling {
-    /// Scales a `[3, H, W]` float tensor of 0..255 values.
-    pub fn apply(self, pixels: &Tensor) -> Tensor {
+    /// The network's input for pixel value `value` of channel `channel` (0 red, 1 green, 2 blue).
+    pub fn scale(self, channel: usize, value: u8) -> f32 {
+        const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+        const STD: [f32; 3] = [0.229, 0.224, 0.225];
+        let x = f32::from(value);
         match self {
-            InputScaling::ImageNetMeanStd => {
-                let mean = Tensor::from_slice(&[0.485f32, 0.456, 0.406]).view([3, 1, 1]);
-                let std = Tensor::from_slice(&[0.229f32, 0.224, 0.225]).view([3, 1, 1]);
-                (pixels / 255.0 - mean) / std
-            }
-            InputScaling::TfCentered => (pixels - 127.0) / 128.0,
-            InputScaling::UnitRange => pixels / 127.5 - 1.0,
+            InputScaling::ImageNetMeanStd => (x / 255.0 - MEAN[channel]) / STD[channel],
+            InputScaling::TfCentered => (x - 127.0) / 128.0,
+            InputScaling::UnitRange => x / 127.5 - 1.0,
         }
+    }
+
+    /// An RGB image -> its `[3, H, W]` input values, channel-major.
+    pub fn values(self, image: &RgbImage) -> Vec<f32> {
+        let table: Vec<[f32; 256]> = (0..3)
+            .map(|channel| std::array::from_fn(|v| self.scale(channel, v as u8)))
+            .collect();
+        let pixels = (image.width() * image.height()) as usize;
+        // An image buffer may be longer than its pixels; take exactly W x H RGB values.
+        let raw = &image.as_raw()[..pixels * 3];
+        let mut values = vec![0f32; pixels * 3];
+        let (red, rest) = values.split_at_mut(pixels);
+        let (green, blue) = rest.split_at_mut(pixels);
+        for (i, rgb) in raw.chunks_exact(3).enumerate() {
+            red[i] = table[0][rgb[0] as usize];
+            green[i] = table[1][rgb[1] as usize];
+            blue[i] = table[2][rgb[2] as usize];
+        }
+        values
     }
 }
 
@@ -212,26 +243,17 @@ impl Backbone {
         self.kind.feature_dim()
     }
 
-    /// An RGB image of any size -> the `[3, S, S]` f32 CPU tensor the network takes: the whole
-    /// image resized (bilinear, aspect ratio not kept, nothing cropped away) and scaled as the
-    /// weights expect.
+    /// An RGB image of any size -> the `[3, S, S]` f32 CPU tensor the network takes (see
+    /// [`BackboneKind::input_values`]).
     pub fn preprocess(&self, image: &RgbImage) -> Tensor {
-        let size = self.input_size();
-        let resized;
-        let image = if image.dimensions() == (size, size) {
-            image
-        } else {
-            resized = imageops::resize(image, size, size, FilterType::Triangle);
-            &resized
-        };
-        let side = i64::from(size);
-        // An image buffer may be longer than its pixels; take exactly S x S RGB values.
-        let values = (side * side * 3) as usize;
-        let pixels = Tensor::from_slice(&image.as_raw()[..values])
-            .view([side, side, 3])
-            .permute([2, 0, 1])
-            .to_kind(Kind::Float);
-        self.kind.input_scaling().apply(&pixels)
+        let side = i64::from(self.input_size());
+        Tensor::from_slice(&self.kind.input_values(image)).view([3, side, side])
+    }
+
+    /// A `[N, 3, S, S]` batch from the concatenated input values of N images.
+    pub fn batch(&self, values: &[f32]) -> Tensor {
+        let side = i64::from(self.input_size());
+        Tensor::from_slice(values).view([-1, 3, side, side])
     }
 
     /// `[N, 3, S, S]` preprocessed images -> `[N, D]` pooled features, on the backbone's device.

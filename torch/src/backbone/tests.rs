@@ -176,11 +176,7 @@ fn scaled_batch(images: &[RgbImage], scaling: InputScaling) -> Tensor {
         .map(|image| {
             let resized =
                 image::imageops::resize(image, 224, 224, image::imageops::FilterType::Triangle);
-            let pixels = Tensor::from_slice(resized.as_raw())
-                .view([224, 224, 3])
-                .permute([2, 0, 1])
-                .to_kind(Kind::Float);
-            scaling.apply(&pixels)
+            Tensor::from_slice(&scaling.values(&resized)).view([3, 224, 224])
         })
         .collect();
     Tensor::stack(&inputs, 0)
@@ -344,7 +340,12 @@ fn efficientnet_preprocess_scales_as_tensorflow() {
     let input = backbone.preprocess(&image);
     assert_eq!(input.size(), [3, 224, 224]);
     let scaling = BackboneKind::EfficientNetLite0.input_scaling();
-    let expected = scaling.apply(&Tensor::from_slice(&[0f32, 127., 255.]).view([3, 1, 1]));
+    let expected = Tensor::from_slice(&[
+        scaling.scale(0, 0),
+        scaling.scale(1, 127),
+        scaling.scale(2, 255),
+    ])
+    .view([3, 1, 1]);
     for channel in 0..3 {
         assert_eq!(
             input.double_value(&[channel, 10, 10]),
