@@ -303,10 +303,10 @@ mod tests {
                 let random = |lo: f64, hi: f64| {
                     Tensor::rand([channels], (tch::Kind::Float, tch::Device::Cpu)) * (hi - lo) + lo
                 };
-                let _ = bn.weight.shallow_clone().copy_(&random(0.5, 2.0));
-                let _ = bn.bias.shallow_clone().copy_(&random(-1.0, 1.0));
-                let _ = bn.running_mean.shallow_clone().copy_(&random(-0.5, 0.5));
-                let _ = bn.running_var.shallow_clone().copy_(&random(0.1, 3.0));
+                bn.weight.shallow_clone().copy_(&random(0.5, 2.0));
+                bn.bias.shallow_clone().copy_(&random(-1.0, 1.0));
+                bn.running_mean.shallow_clone().copy_(&random(-0.5, 0.5));
+                bn.running_var.shallow_clone().copy_(&random(0.1, 3.0));
             });
             let layer = ConvBn::new(conv, bn);
             let xs = Tensor::randn([2, 6, 15, 16], (tch::Kind::Float, tch::Device::Cpu));
