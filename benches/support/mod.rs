@@ -1,4 +1,7 @@
-//! Helpers both benchmarks use: running the `onenet` binary and reading its JSON output.
+//! Helpers both benchmarks use: the synthetic Flickr8k-style dataset, running the `onenet`
+//! binary and reading its JSON output.
+
+pub mod dataset;
 
 use std::fs;
 use std::path::Path;

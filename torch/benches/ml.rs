@@ -1,9 +1,10 @@
 //! Machine-learning benchmark: onenet's libtorch code side by side with PyTorch eager doing the
 //! same work, in one run, on the same machine and the same number of threads.
 //!
-//! 1. Feature extraction, images/s: the `features` stage (JPEG decoding and resizing in parallel
-//!    on a producer thread, overlapped with EfficientNet-Lite0, batch size 8) over the 200 JPEG
-//!    files of a `demo_data` stage at 128 px, timed twice: as a whole `onenet run features
+//! 1. Feature extraction, images/s: the `features` stage (JPEG decoding, resizing and scaling in
+//!    parallel on a producer thread, overlapped with EfficientNet-Lite0, batch size 8) over 240
+//!    photo-sized JPEG files (500×375, about 100 KB, in the Flickr8k layout: the no-op
+//!    benchmark's generator), timed twice: as a whole `onenet run features
 //!    --force features` process (ImageNet weights, process start-up and weight loading included),
 //!    and in-process through `onenet_torch::features::run` with random weights. Against it:
 //!    `pytorch_reference.py` (beside this file), the same network written in PyTorch with random
@@ -36,10 +37,13 @@
 //! asserted. The whole run took under 15 minutes on 2 cores busy with other work, half of it
 //! the 8,000-image memory run; the first run also installs PyTorch and draws the images.
 //!
-//! Run it with `make bench` (or `cargo bench -p onenet-torch --bench ml`).
+//! Run it with `make bench` (or `cargo bench -p onenet-torch --bench ml`); set
+//! `ONENET_BENCH_PARTS` to a comma-separated subset of `features,training,inversion,memory` to
+//! run only those.
 
 #[path = "../../benches/support/mod.rs"]
 mod support;
+use support::dataset::prepare_dataset;
 use support::{describe_actions, onenet_cmd, stages, write_if_changed};
 
 use std::collections::BTreeMap;
@@ -70,13 +74,14 @@ const DEFAULT_THREADS: i32 = 2;
 /// The PyTorch version installed for the comparison: the one onenet's libtorch comes from.
 const TORCH_VERSION: &str = "2.13.0";
 
-/// Images of the feature-extraction comparison, their size, and the batch size.
-const FEATURE_IMAGES: usize = 200;
-const IMAGE_SIZE: u32 = 128;
+/// Photo-sized images of the feature-extraction comparison, and the batch size.
+const FEATURE_IMAGES: usize = 240;
 const FEATURE_BATCH: usize = 8;
 /// Repetitions of each feature-extraction measurement (one onenet CLI run, one in-process run
 /// and one PyTorch run per repetition, interleaved so that a change of load hits all three).
-const FEATURE_REPS: usize = 2;
+const FEATURE_REPS: usize = 3;
+/// Side of the demo pictures of the memory runs (small, so that drawing 8,000 is quick).
+const DEMO_IMAGE_SIZE: u32 = 128;
 /// The weights the CLI run loads (`make setup` installs them).
 const WEIGHTS: &str = "weights/efficientnet-lite0-57934424.pth";
 
@@ -202,7 +207,12 @@ fn bench_features(
     reference: &Path,
     bench_data: &Path,
 ) -> Vec<Row> {
-    println!("\n== 1. feature extraction: {FEATURE_IMAGES} JPEG images of {IMAGE_SIZE} px, batch {FEATURE_BATCH}");
+    println!(
+        "\n== 1. feature extraction: {FEATURE_IMAGES} photo-sized JPEG images, batch \
+         {FEATURE_BATCH}"
+    );
+    let dataset = bench_data.join(format!("flickr-like-{FEATURE_IMAGES}"));
+    prepare_dataset(&dataset, FEATURE_IMAGES);
     let project = bench_data.join("ml-features");
     let weights = repo.join(WEIGHTS);
     let weights_param = if weights.is_file() {
@@ -215,7 +225,12 @@ fn bench_features(
         );
         "random".to_string()
     };
-    write_pipeline(&project, FEATURE_IMAGES, &weights_param, threads());
+    write_pipeline(
+        &project,
+        &ImageSource::Folder(&dataset),
+        &weights_param,
+        threads(),
+    );
     let (took, stdout) = onenet_cmd(onenet, &project, &["run", "images", "--format", "json"]);
     println!(
         "dataset and images table ready in {:.1} s: {}",
@@ -608,7 +623,12 @@ fn bench_memory(onenet: &Path, bench_data: &Path) -> Vec<MemoryRun> {
     let mut runs = Vec::new();
     for images in MEMORY_IMAGES {
         let project = bench_data.join(format!("ml-memory-{images}"));
-        write_pipeline(&project, images, "random", MEMORY_THREADS);
+        write_pipeline(
+            &project,
+            &ImageSource::Demo(images),
+            "random",
+            MEMORY_THREADS,
+        );
         let (took, stdout) = onenet_cmd(onenet, &project, &["run", "images", "--format", "json"]);
         println!(
             "{images} images: dataset ready in {:.1} s ({})",
@@ -1100,17 +1120,30 @@ fn python_json(python: &Path, script: &Path, args: &[&str]) -> Value {
 }
 
 /// Writes a `demo_data` → `images` → `features` pipeline of `images` pictures to `project`.
-fn write_pipeline(project: &Path, images: usize, weights: &str, threads: i32) {
+/// Where a benchmark pipeline's `images` stage finds its pictures.
+enum ImageSource<'a> {
+    /// A `demo_data` stage drawing this many small pictures.
+    Demo(usize),
+    /// A Flickr8k-layout folder.
+    Folder(&'a Path),
+}
+
+/// Writes an `images` + `features` pipeline into `project`.
+fn write_pipeline(project: &Path, source: &ImageSource, weights: &str, threads: i32) {
+    let images_stage = match source {
+        ImageSource::Demo(images) => format!(
+            "[stages.demo]\nkind = \"demo_data\"\nparams = {{ images = {images}, seed = 7, \
+             image_size = {DEMO_IMAGE_SIZE} }}\n\n[stages.images]\nkind = \"images\"\n\
+             inputs = [\"demo\"]\n"
+        ),
+        ImageSource::Folder(root) => format!(
+            "[stages.images]\nkind = \"images\"\nparams = {{ root = \"{}\" }}\n",
+            root.display()
+        ),
+    };
     let text = format!(
         r#"# Written by the ML benchmark (torch/benches/ml.rs).
-[stages.demo]
-kind = "demo_data"
-params = {{ images = {images}, seed = 7, image_size = {IMAGE_SIZE} }}
-
-[stages.images]
-kind = "images"
-inputs = ["demo"]
-
+{images_stage}
 [stages.features]
 kind = "features"
 inputs = ["images"]

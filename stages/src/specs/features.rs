@@ -9,7 +9,7 @@ use crate::{
 
 pub const KIND: StageKind = StageKind {
     name: "features",
-    version: 1,
+    version: 2,
     about: "Pooled features of every image from a frozen CNN backbone",
     params: PARAMS,
     inputs: InputRule {

@@ -208,7 +208,8 @@ impl ConvBn {
     }
 
     /// The convolution with the normalisation folded in: per output channel, scale = γ / √(σ² +
-    /// ε); weight' = weight · scale; bias' = (bias − μ) · scale + β.
+    /// ε); weight' = weight · scale; bias' = (bias − μ) · scale + β. The weight is laid out
+    /// channels-last, as the backbones run their activations.
     fn fold(&self) -> Conv2d {
         let (conv, bn) = (&self.conv, &self.bn);
         tch::no_grad(|| {
@@ -219,7 +220,7 @@ impl ConvBn {
                 None => -&bn.running_mean,
             };
             Conv2d {
-                weight,
+                weight: channels_last(&weight),
                 bias: Some(shifted * &scale + &bn.bias),
                 kernel: conv.kernel,
                 stride: conv.stride,
@@ -234,6 +235,12 @@ impl ConvBn {
     pub fn forward_unfolded(&self, xs: &Tensor) -> Tensor {
         self.bn.forward(&self.conv.forward(xs))
     }
+}
+
+/// `xs` `[N, C, H, W]` laid out channels-last in memory (strides `[HWC, 1, WC, C]`), same
+/// shape and values.
+pub fn channels_last(xs: &Tensor) -> Tensor {
+    xs.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 /// A fully connected layer.

@@ -491,3 +491,24 @@ fn backbone_throughput() {
         }
     }
 }
+
+#[test]
+fn features_do_not_depend_on_the_input_layout() {
+    tch::manual_seed(5);
+    for kind in [BackboneKind::EfficientNetLite0, BackboneKind::InceptionV3] {
+        let backbone = Backbone::load(kind, None, Device::Cpu).unwrap();
+        let side = i64::from(kind.input_size());
+        let batch = Tensor::rand([2, 3, side, side], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let channels_last = backbone.features(&batch);
+        let default_layout = tch::no_grad(|| backbone.network.features(&batch));
+        let error = (&channels_last - &default_layout)
+            .abs()
+            .max()
+            .double_value(&[]);
+        let scale = default_layout.abs().max().double_value(&[]);
+        assert!(
+            error <= 1e-4 * scale.max(1.0),
+            "{kind}: max difference {error} (scale {scale})"
+        );
+    }
+}
