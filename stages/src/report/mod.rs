@@ -647,20 +647,32 @@ fn maps_section(
          embeddings (coloured by frequency), laid out in two dimensions so that neighbours stay \
          neighbours.",
     );
-    match tsne_dir {
-        Some(dir) => {
-            body.push_str("<div class=\"maps\">\n");
-            for (file, alt) in [
+    // A `tsne` stage may draw one map or both (its `maps` param).
+    let plots: Vec<(std::path::PathBuf, &str)> = tsne_dir
+        .map(|dir| {
+            [
                 (IMAGE_PLOT, "t-SNE of picture embeddings"),
                 (WORD_PLOT, "t-SNE of word embeddings"),
-            ] {
-                let _ = writeln!(
-                    body,
-                    "<img src=\"{}\" alt=\"{alt}\">",
-                    png_uri(&dir.join(file))?
-                );
+            ]
+            .into_iter()
+            .map(|(file, alt)| (dir.join(file), alt))
+            .filter(|(path, _)| path.is_file())
+            .collect()
+        })
+        .unwrap_or_default();
+    match tsne_dir {
+        Some(_) if !plots.is_empty() => {
+            body.push_str("<div class=\"maps\">\n");
+            for (path, alt) in plots {
+                let _ = writeln!(body, "<img src=\"{}\" alt=\"{alt}\">", png_uri(&path)?);
             }
             body.push_str("</div>\n");
+        }
+        Some(_) => {
+            warnings.push("the `tsne` input drew no map".to_string());
+            body.push_str(
+                "<p class=\"note\">No maps: the <code>tsne</code> input drew none.</p>\n",
+            );
         }
         None => {
             warnings.push("no `tsne` input: the page has no embedding maps".to_string());

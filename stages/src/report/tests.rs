@@ -420,6 +420,13 @@ fn without_tsne_the_page_says_so_and_an_old_ranks_table_is_named() {
         .iter()
         .any(|w| w.contains("no `tsne` input")));
 
+    // A `tsne` stage that drew only the word map.
+    std::fs::remove_file(up.tsne.join(IMAGE_PLOT)).unwrap();
+    let (page, _, _out) = make_report(&up, true, &params(&[])).unwrap();
+    let maps = section(&page, "maps");
+    assert_eq!(image_sources(maps).len(), 1);
+    assert!(maps.contains("alt=\"t-SNE of word embeddings\""));
+
     let old = upstream(false);
     let err = make_report(&old, true, &params(&[]))
         .unwrap_err()

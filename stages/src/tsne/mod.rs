@@ -50,6 +50,12 @@ pub const KIND: StageKind = StageKind {
 
 const PARAMS: &[ParamSpec] = &[
     ParamSpec {
+        name: "maps",
+        ty: ParamType::Str,
+        default: ParamDefault::Str("images, words"),
+        help: "Which embeddings to map, comma-separated: `images`, `words` or both",
+    },
+    ParamSpec {
         name: "perplexity_images",
         ty: ParamType::Float {
             min: 1.0,
@@ -130,9 +136,14 @@ const IMAGE_MAP_STREAM: u64 = 2;
 const WORD_SAMPLE_STREAM: u64 = 3;
 const WORD_MAP_STREAM: u64 = 4;
 
+/// The maps a `tsne` stage can draw (param `maps`).
+const MAPS: [&str; 2] = ["images", "words"];
+
 /// The params of one run, in the types the stage works in.
 #[derive(Debug, Clone, Copy)]
 struct Settings {
+    images: bool,
+    words: bool,
     perplexity_images: f64,
     perplexity_words: f64,
     iterations: usize,
@@ -170,7 +181,31 @@ impl Settings {
             recheck(name, RawValue::Float(value))?;
             Ok(value)
         };
+        let maps: Vec<&str> = params
+            .str("maps")?
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .collect();
+        let bad_maps = |message: String| StageError::Param {
+            name: "maps".to_string(),
+            message,
+        };
+        if let Some(unknown) = maps.iter().find(|m| !MAPS.contains(m)) {
+            return Err(bad_maps(format!(
+                "unknown map `{unknown}`; the maps are {}",
+                MAPS.join(", ")
+            )));
+        }
+        if maps.is_empty() {
+            return Err(bad_maps(format!(
+                "names no map; give one or more of {}",
+                MAPS.join(", ")
+            )));
+        }
         Ok(Settings {
+            images: maps.contains(&"images"),
+            words: maps.contains(&"words"),
             perplexity_images: float("perplexity_images")?,
             perplexity_words: float("perplexity_words")?,
             iterations: int("iterations")? as usize,
@@ -241,18 +276,21 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         })?;
     pool.install(|| {
         let mut warnings = Vec::new();
-        let images = map_images(
-            ctx,
-            &settings,
-            embed_dir,
-            scene_labels.as_ref(),
-            &mut warnings,
-        )?;
-        let words = map_words(ctx, &settings, embed_dir)?;
-        Ok(StageReport {
-            warnings,
-            notes: vec![images.note("images"), words.note("words")],
-        })
+        let mut notes = Vec::new();
+        if settings.images {
+            let images = map_images(
+                ctx,
+                &settings,
+                embed_dir,
+                scene_labels.as_ref(),
+                &mut warnings,
+            )?;
+            notes.push(images.note("images"));
+        }
+        if settings.words {
+            notes.push(map_words(ctx, &settings, embed_dir)?.note("words"));
+        }
+        Ok(StageReport { warnings, notes })
     })
 }
 
@@ -727,6 +765,44 @@ mod tests {
         assert!(report.notes[0].contains("(a sample of 40)"));
         assert_eq!(sample_rows(40, 25, 7, 1), sample_rows(40, 25, 7, 1));
         assert_ne!(sample_rows(40, 25, 7, 1), sample_rows(40, 25, 8, 1));
+    }
+
+    #[test]
+    fn maps_chooses_which_embeddings_are_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let embed = dir.path().join("embed");
+        write_embed_dir(&embed, 20);
+        let inputs = [input("embed", &embed)];
+        let out = dir.path().join("words-only");
+        let mut only_words = fast();
+        only_words.push(("maps", ParamValue::Str(" words ".into())));
+        let report = run_stage(&inputs, &out, &only_words).unwrap();
+        assert!(out.join(WORD_TSNE).is_file() && out.join(WORD_PLOT).is_file());
+        assert!(!out.join(IMAGE_TSNE).exists() && !out.join(IMAGE_PLOT).exists());
+        assert_eq!(report.notes.len(), 1);
+        assert!(
+            report.notes[0].contains("words mapped"),
+            "{:?}",
+            report.notes
+        );
+
+        for (maps, expected) in [
+            (
+                "images, clouds",
+                "unknown map `clouds`; the maps are images, words",
+            ),
+            (" , ", "names no map"),
+        ] {
+            let mut bad = fast();
+            bad.push(("maps", ParamValue::Str(maps.into())));
+            let err = run_stage(&inputs, &dir.path().join("bad"), &bad)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("param `maps`") && err.contains(expected),
+                "{err}"
+            );
+        }
     }
 
     #[test]
