@@ -91,7 +91,7 @@ const TRAIN_BATCH: i64 = 64;
 const TRAIN_BATCHES: i64 = 8;
 const TRAIN_WARMUP: usize = 3;
 const TRAIN_STEPS: usize = 30;
-const TRAIN_REPS: usize = 2;
+const TRAIN_REPS: usize = 4;
 /// The default model shape (the `train` stage's defaults) with a demo-sized vocabulary.
 const VOCAB: i64 = 50;
 const FEATURE_DIM: i64 = 1280;
