@@ -58,7 +58,8 @@ pub enum TaskCommand {
     },
     /// Images for captions, by inverting the captioner: with its weights frozen, image
     /// embeddings are optimised so the model finds each caption likely (all captions and restarts
-    /// as one batch), then the nearest real images are returned.
+    /// as one batch); the real images nearest the result are then re-ordered by how likely the
+    /// captioner finds the caption given each (the score: mean log-likelihood per word).
     FindImages {
         #[arg(required = true)]
         texts: Vec<String>,
@@ -70,6 +71,10 @@ pub enum TaskCommand {
         /// Random starting embeddings per caption; the one the model likes best is kept.
         #[arg(long, default_value_t = onenet_stages::specs::evaluate::DEFAULT_INVERT_RESTARTS as usize)]
         restarts: usize,
+        /// How many of the nearest images (at least k) are re-ordered by the caption's likelihood;
+        /// 0 keeps the nearest by cosine, with cosine scores.
+        #[arg(long, default_value_t = onenet_stages::specs::evaluate::DEFAULT_RERANK as usize)]
+        rerank: usize,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },

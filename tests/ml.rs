@@ -166,7 +166,14 @@ fn the_demo_model_captions_well_and_inversion_finds_the_picture() {
     }
     for name in ["r1", "r5", "r10", "median_rank"] {
         metric(&metrics, name, "embed");
+        metric(&metrics, name, "invert_nearest");
     }
+    // Re-ordering the nearest images by likelihood only moves pictures within the nearest ten.
+    assert!(r1 >= metric(&metrics, "r1", "invert_nearest"));
+    assert_eq!(
+        metric(&metrics, "r10", "invert"),
+        metric(&metrics, "r10", "invert_nearest")
+    );
 }
 
 /// The browser the report test drives: `$ONENET_CHROMIUM`, else `chromium` on the PATH.
@@ -388,6 +395,39 @@ fn find_images_takes_several_captions_at_once() {
     for r in results {
         assert_eq!(r["matches"].as_array().unwrap().len(), 5);
     }
+    // By default the ten nearest images are re-ordered by the caption's likelihood (scores are
+    // mean log-likelihoods); `--rerank 0` keeps the nearest by cosine.
+    let ids_and_scores = |out: &Value| -> Vec<(String, f64)> {
+        out["results"][0]["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["id"].as_str().unwrap().to_string(),
+                    m["score"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let caption = "a blue circle above a green star";
+    let reranked = ids_and_scores(&t.json(&["find-images", caption, "-k", "5"]));
+    let nearest = ids_and_scores(&t.json(&["find-images", caption, "-k", "10", "--rerank", "0"]));
+    for list in [&reranked, &nearest] {
+        assert!(list.windows(2).all(|w| w[0].1 >= w[1].1), "{list:?}");
+    }
+    assert!(reranked.iter().all(|(_, s)| *s <= 0.0), "{reranked:?}");
+    assert!(
+        nearest.iter().all(|(_, s)| (-1.0..=1.0).contains(s)),
+        "{nearest:?}"
+    );
+    for (id, _) in &reranked {
+        assert!(
+            nearest.iter().any(|(n, _)| n == id),
+            "{id} not among {nearest:?}"
+        );
+    }
+
     let none_known = t.onenet(&["find-images", "zebra giraffe"]);
     assert_eq!(none_known.status.code(), Some(1));
 }

@@ -13,7 +13,7 @@ use tch::{Device, Tensor};
 
 use crate::embed::{flatten, mean_word_embedding, word_matrix};
 use crate::feature_table::FeatureMatrix;
-use crate::model::invert;
+use crate::model::{invert, rank_by_likelihood};
 use crate::order::{read_pairs, Pair};
 use crate::train::{captions_by_image, set_threads, TrainedModel};
 use onenet_stages::metrics::{
@@ -103,6 +103,8 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     ctx.progress
         .start(queries.len() as u64, "inverting captions");
     let mut invert_ranks = Vec::with_capacity(queries.len());
+    let mut nearest_ranks = Vec::with_capacity(queries.len());
+    let rerank = p.int("rerank")? as usize;
     let mut invert_found: Vec<Vec<String>> = Vec::with_capacity(queries.len());
     for chunk in queries.chunks(64) {
         let tokens: Vec<&[u32]> = chunk.iter().map(|q| q.tokens.as_slice()).collect();
@@ -111,11 +113,35 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         for (q, query) in chunk.iter().enumerate() {
             let found = &z[q * image_dim..(q + 1) * image_dim];
             let scores = cosine_scores(found, &image_vectors, image_dim);
-            invert_ranks.push(rank_of(&scores, target_of[&query.image_row]));
-            invert_found.push(
-                top_k_cosine(found, &image_vectors, image_dim, FOUND_PER_QUERY, None)
+            let target = target_of[&query.image_row];
+            nearest_ranks.push(rank_of(&scores, target));
+            // The nearest `rerank` images (at least the ones listed), re-ordered by likelihood.
+            let nearest: Vec<usize> = top_k_cosine(
+                found,
+                &image_vectors,
+                image_dim,
+                rerank.max(FOUND_PER_QUERY),
+                None,
+            )
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+            let window = &nearest[..rerank.min(nearest.len())];
+            let mut order: Vec<usize> =
+                rank_by_likelihood(model, &query.tokens, &embeddings, window)
                     .into_iter()
-                    .map(|(i, _)| features.rows[by_image[i].0 as usize].image_id.clone())
+                    .map(|(i, _)| i)
+                    .collect();
+            order.extend_from_slice(&nearest[window.len()..]);
+            invert_ranks.push(match order.iter().position(|&i| i == target) {
+                Some(position) => position + 1,
+                None => rank_of(&scores, target),
+            });
+            invert_found.push(
+                order
+                    .iter()
+                    .take(FOUND_PER_QUERY)
+                    .map(|&i| features.rows[by_image[i].0 as usize].image_id.clone())
                     .collect(),
             );
         }
@@ -137,7 +163,11 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     } else {
         Vec::new()
     };
-    for (method, ranks) in [("invert", &invert_ranks), ("embed", &embed_ranks)] {
+    for (method, ranks) in [
+        ("invert", &invert_ranks),
+        ("invert_nearest", &nearest_ranks),
+        ("embed", &embed_ranks),
+    ] {
         if ranks.is_empty() {
             continue;
         }

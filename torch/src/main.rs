@@ -138,6 +138,7 @@ fn real_main() -> Result<ExitCode> {
             k,
             steps,
             restarts,
+            rerank,
             format,
         } => {
             let engine = open_engine(&cli.pipeline)?;
@@ -154,6 +155,7 @@ fn real_main() -> Result<ExitCode> {
                 steps,
                 restarts,
                 onenet_stages::specs::evaluate::DEFAULT_INVERT_LEARNING_RATE,
+                rerank,
             )?;
             let labelled: Vec<_> = texts
                 .into_iter()

@@ -10,7 +10,7 @@ use tch::{Device, Tensor};
 use crate::backbone::{Backbone, BackboneKind};
 use crate::embed::{flatten, mean_word_embedding, word_matrix, EmbeddingTable};
 use crate::features::decode_resized;
-use crate::model::invert;
+use crate::model::{invert, rank_by_likelihood};
 use crate::train::TrainedModel;
 use onenet_stages::metrics::{l2_normalize_rows, top_k_cosine};
 use onenet_stages::specs::embed::{CAPTION_EMBEDDINGS, IMAGE_EMBEDDINGS, WORD_EMBEDDINGS};
@@ -40,12 +40,15 @@ pub struct ImageIndex {
     pub paths: Vec<String>,
     pub vectors: Vec<f32>,
     pub dim: usize,
+    /// The embeddings as the model made them (not normalised): what the captioner reads.
+    pub raw: Vec<f32>,
 }
 
 impl ImageIndex {
     pub fn read(embed_dir: &Path) -> Result<ImageIndex, StageError> {
         let mut table =
             EmbeddingTable::read(&embed_dir.join(IMAGE_EMBEDDINGS), &["image_id", "path"])?;
+        let raw = table.vectors.clone();
         l2_normalize_rows(&mut table.vectors, table.dim);
         let paths = table.keys.pop().unwrap_or_default();
         let ids = table.keys.pop().unwrap_or_default();
@@ -54,12 +57,18 @@ impl ImageIndex {
             paths,
             vectors: table.vectors,
             dim: table.dim,
+            raw,
         })
     }
 
     /// The `k` images nearest `query` by cosine, leaving out row `exclude`.
     pub fn nearest(&self, query: &[f32], k: usize, exclude: Option<usize>) -> Vec<Match> {
-        top_k_cosine(query, &self.vectors, self.dim, k, exclude)
+        self.matches(top_k_cosine(query, &self.vectors, self.dim, k, exclude))
+    }
+
+    /// Ranked `(row, score)` pairs as matches.
+    fn matches(&self, ranked: impl IntoIterator<Item = (usize, f32)>) -> Vec<Match> {
+        ranked
             .into_iter()
             .enumerate()
             .map(|(i, (row, score))| Match {
@@ -229,9 +238,12 @@ pub struct FoundImages {
     pub unknown: Vec<String>,
 }
 
-/// For each caption, the `k` images nearest the image embedding found by inverting the
-/// captioner (all captions and restarts optimised as one batch); also each caption's unknown
-/// words. A caption with no known word is an error naming it.
+/// For each caption, `k` images found by inverting the captioner (all captions and restarts
+/// optimised as one batch): the images nearest the embedding found, by cosine; with `rerank` > 0,
+/// the `max(rerank, k)` nearest re-ordered by the caption's likelihood under the captioner, whose
+/// mean log-likelihood per token is then the score. Also each caption's unknown words. A caption
+/// with no known word is an error naming it.
+#[allow(clippy::too_many_arguments)]
 pub fn find_images(
     trained: &TrainedModel,
     index: &ImageIndex,
@@ -240,6 +252,7 @@ pub fn find_images(
     steps: usize,
     restarts: usize,
     learning_rate: f64,
+    rerank: usize,
 ) -> Result<Vec<FoundImages>, StageError> {
     let mut encoded = Vec::with_capacity(texts.len());
     let mut unknowns = Vec::with_capacity(texts.len());
@@ -256,12 +269,26 @@ pub fn find_images(
     let slices: Vec<&[u32]> = encoded.iter().map(Vec::as_slice).collect();
     let (z, _) = invert(&trained.model, &slices, steps, restarts, learning_rate);
     let z = flatten(&z);
+    let embeddings = Tensor::from_slice(&index.raw)
+        .view([-1, index.dim as i64])
+        .to_device(trained.model.device());
     Ok(unknowns
         .into_iter()
         .enumerate()
-        .map(|(q, unknown)| FoundImages {
-            matches: index.nearest(&z[q * index.dim..(q + 1) * index.dim], k, None),
-            unknown,
+        .map(|(q, unknown)| {
+            let found = &z[q * index.dim..(q + 1) * index.dim];
+            let matches = if rerank == 0 {
+                index.nearest(found, k, None)
+            } else {
+                let rows: Vec<usize> =
+                    top_k_cosine(found, &index.vectors, index.dim, rerank.max(k), None)
+                        .into_iter()
+                        .map(|(row, _)| row)
+                        .collect();
+                let ranked = rank_by_likelihood(&trained.model, slices[q], &embeddings, &rows);
+                index.matches(ranked.into_iter().take(k).map(|(r, s)| (r, s as f32)))
+            };
+            FoundImages { matches, unknown }
         })
         .collect())
 }

@@ -586,10 +586,12 @@ fn metrics_section(metrics: &[Metric], body: &mut String) {
     body.push_str("<h3>Captions: corpus BLEU against every reference</h3>\n");
     pivot_table(&of(&BLEU), &BLEU, body);
     body.push_str(
-        "<h3>Caption → picture retrieval</h3>\n<p class=\"note\"><code>invert</code>: the \
-         picture embedding that makes the caption most likely, found by gradient descent through \
-         the frozen captioner; <code>embed</code>: mean word embedding against picture embedding \
-         (the baseline).</p>\n",
+        "<h3>Caption → picture retrieval</h3>\n<p class=\"note\"><code>invert_nearest</code>: \
+         the pictures nearest (cosine) the picture embedding that makes the caption most likely, \
+         found by gradient descent through the frozen captioner; <code>invert</code>: the same, \
+         with the nearest few re-ordered by how likely the captioner finds the caption given \
+         each (what <code>find-images</code> does); <code>embed</code>: mean word embedding \
+         against picture embedding (the baseline).</p>\n",
     );
     pivot_table(&of(&RETRIEVAL), &RETRIEVAL, body);
     let others: Vec<&Metric> = metrics

@@ -10,7 +10,7 @@ use crate::{InputRule, ParamDefault, ParamSpec, ParamType, StageError, StageKind
 
 pub const KIND: StageKind = StageKind {
     name: "evaluate",
-    version: 2,
+    version: 3,
     about: "BLEU of generated captions and caption→image retrieval on the test split",
     params: PARAMS,
     inputs: InputRule {
@@ -60,6 +60,13 @@ const PARAMS: &[ParamSpec] = &[
         help: "Adam learning rate of the inversion",
     },
     ParamSpec {
+        name: "rerank",
+        ty: ParamType::Int { min: 0, max: 1000 },
+        default: ParamDefault::Int(DEFAULT_RERANK),
+        help: "Images nearest the inverted embedding that are re-ordered by the caption's \
+               likelihood under the captioner (0: nearest by cosine only)",
+    },
+    ParamSpec {
         name: "queries",
         ty: ParamType::Int {
             min: 1,
@@ -89,6 +96,7 @@ const PARAMS: &[ParamSpec] = &[
 pub const DEFAULT_INVERT_STEPS: i64 = 15;
 pub const DEFAULT_INVERT_RESTARTS: i64 = 4;
 pub const DEFAULT_INVERT_LEARNING_RATE: f64 = 0.1;
+pub const DEFAULT_RERANK: i64 = 10;
 pub const METRICS_TABLE: &str = "metrics.parquet";
 pub const EXAMPLES_TABLE: &str = "examples.parquet";
 pub const RANKS_TABLE: &str = "ranks.parquet";
