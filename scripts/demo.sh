@@ -42,5 +42,5 @@ say "Open the tables with Polars or DuckDB, e.g."
 echo "  python3 -c \"import polars as pl; print(pl.read_parquet('artifacts/latest/evaluate/metrics.parquet'))\""
 
 say "The report: pipeline, metrics, training curves, t-SNE maps, captions and retrievals in one page"
-echo "  $(realpath artifacts/latest/report/report.html)"
+echo "  $PWD/artifacts/latest/report/report.html"
 echo "  (open it in a browser; it needs no server and no network)"
