@@ -311,6 +311,13 @@ fn every_section_is_there_in_order_and_every_picture_is_inlined() {
             .unwrap();
         image::load_from_memory(&bytes).unwrap();
     }
+    // Nothing to fetch: no address of any other resource, on the network or on disk.
+    for scheme in ["http:", "https:", "file:", "src=\"/"] {
+        assert!(
+            !page.contains(scheme),
+            "the page refers to a {scheme} resource"
+        );
+    }
     assert!(out.path().join(PIPELINE_PLOT).is_file());
     assert!(out.path().join(TRAINING_PLOT).is_file());
     assert!(
