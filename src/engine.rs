@@ -554,3 +554,81 @@ impl Engine {
         Ok((decl.name.clone(), dir))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onenet_stages::NoProgress;
+
+    struct Quiet;
+
+    impl RunObserver for Quiet {
+        fn stage_started(&self, _name: &str) -> Box<dyn Progress + '_> {
+            Box::new(NoProgress)
+        }
+        fn waiting_for_lock(&self, _name: &str, _lock: &Path) {}
+        fn stage_finished(&self, _outcome: &StageOutcome) {}
+    }
+
+    const PIPELINE: &str = r#"
+[stages.demo]
+kind = "demo_data"
+params = { images = 12, image_size = 32 }
+
+[stages.captions]
+kind = "captions"
+inputs = ["demo"]
+
+[stages.images]
+kind = "images"
+inputs = ["demo"]
+"#;
+
+    #[test]
+    fn lineage_lists_every_upstream_stage_with_its_record_and_what_the_run_computed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pipeline.toml");
+        std::fs::write(&path, PIPELINE).unwrap();
+        let engine = Engine::open(crate::config::parse(&path, PIPELINE).unwrap()).unwrap();
+        let order = crate::plan::select(&engine.pipeline, &[]).unwrap();
+        let planned = engine.plan(&order).unwrap();
+        let options = RunOptions {
+            force: Vec::new(),
+            lock_timeout: Duration::from_secs(5),
+        };
+        let outcomes = engine.run(&planned, &options, &Quiet);
+        assert!(outcomes.iter().all(|o| o.action == Action::Computed));
+
+        let stage = |name: &str| planned.iter().find(|p| p.name == name).unwrap();
+        let computed: HashSet<String> = ["demo".to_string()].into();
+        let history = RunHistory {
+            planned: &planned,
+            computed_in_run: &computed,
+        };
+        let lineage = engine.lineage(stage("captions"), &history);
+        assert_eq!(lineage.len(), 1, "captions reads demo only: {lineage:?}");
+        let demo = &lineage[0];
+        assert_eq!(
+            (demo.name.as_str(), demo.kind.as_str()),
+            ("demo", "demo_data")
+        );
+        assert_eq!(demo.key, stage("demo").key.hex());
+        assert!(demo.inputs.is_empty());
+        assert!(
+            demo.params.contains(&"images = 12".to_string()),
+            "{:?}",
+            demo.params
+        );
+        assert!(demo.seconds > 0.0 && demo.created_unix > 0);
+        assert!(demo.computed_in_run);
+        assert!(engine.lineage(stage("demo"), &history).is_empty());
+
+        // A second run reuses everything, so nothing in it was computed.
+        let nothing = HashSet::new();
+        let history = RunHistory {
+            planned: &planned,
+            computed_in_run: &nothing,
+        };
+        assert!(!engine.lineage(stage("images"), &history)[0].computed_in_run);
+    }
+}
