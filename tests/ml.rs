@@ -536,6 +536,50 @@ fn a_killed_training_resumes_from_its_last_checkpoint() {
     let rerun = t.json(&["run", "train", "--set", "train.epochs=40"]);
     let notes = notes_of(&rerun, "train");
     assert!(notes.contains("resumed after epoch"), "{notes}");
+
+    // And ends exactly where an uninterrupted training ends: the checkpoint kept the optimiser's
+    // state along with the weights.
+    let straight_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        straight_dir.path().join("pipeline.toml"),
+        random_weights_pipeline(60, 40),
+    )
+    .unwrap();
+    let straight = Trained {
+        dir: straight_dir.path().to_path_buf(),
+    };
+    straight.json(&["run", "train"]);
+    let model = |dir: &Path| tensors(&dir.join("artifacts/latest/train/model.safetensors"));
+    let (resumed, uninterrupted) = (model(dir.path()), model(straight_dir.path()));
+    assert!(!resumed.is_empty());
+    for (name, bytes) in &resumed {
+        assert!(
+            uninterrupted.get(name) == Some(bytes),
+            "weight {name} of the resumed training differs from the uninterrupted one's"
+        );
+    }
+}
+
+/// The tensors of a safetensors file, by name, as raw bytes (the file's tensor order may vary).
+fn tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let data = &bytes[8 + header_len..];
+    header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .map(|(name, entry)| {
+            let offsets = &entry["data_offsets"];
+            let (start, end) = (
+                offsets[0].as_u64().unwrap() as usize,
+                offsets[1].as_u64().unwrap() as usize,
+            );
+            (name.clone(), data[start..end].to_vec())
+        })
+        .collect()
 }
 
 #[test]

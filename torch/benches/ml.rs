@@ -67,6 +67,7 @@ use onenet_stages::specs::evaluate::{
 use onenet_stages::table::{read_parquet, strings};
 use onenet_stages::{NoProgress, ParamValue, Params, StageContext, StageInput};
 use onenet_torch::model::{invert, CaptionModel, ModelConfig};
+use onenet_torch::optim::Adam;
 
 /// libtorch threads on both sides (and the `threads` param of the compared `features` runs),
 /// unless `ONENET_BENCH_THREADS` says otherwise.
@@ -407,10 +408,8 @@ fn bench_training(python: &Path, reference: &Path) -> Vec<Row> {
     tch::manual_seed(0);
     let model = CaptionModel::new(default_config(), Device::Cpu)
         .unwrap_or_else(|e| panic!("building the model: {e}"));
-    // What the `train` stage builds: Adam with tch's defaults.
-    let mut optimizer = nn::Adam::default()
-        .build(&model.vs, 1e-3)
-        .expect("building Adam");
+    // What the `train` stage uses.
+    let mut optimizer = Adam::new(&model.vs, 1e-3);
     let (features, tokens) = training_data();
     let mut step_number = 0i64;
     let mut step = || {

@@ -32,7 +32,7 @@ const EXTRACTOR_FILE: &str = "extractor.json";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Extractor {
     backbone: String,
-    /// BLAKE3 of the weights file, or "random".
+    /// BLAKE3 of the weights file, or "random, seed N".
     weights: String,
     version: u32,
 }
@@ -57,7 +57,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         backbone: kind.name().to_string(),
         weights: match &weights {
             Some(path) => onenet_stages::hash_file(path)?,
-            None => "random".into(),
+            None => format!("random, seed {}", p.int("seed")?),
         },
         version: onenet_stages::specs::features::KIND.version,
     };
@@ -98,6 +98,8 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
 
     let mut rate = f64::NAN;
     if !pending.is_empty() {
+        // Random weights (a baseline) come from the seed, so a rerun draws the same ones.
+        tch::manual_seed(p.int("seed")?);
         let backbone =
             Backbone::load(kind, weights.as_deref(), device).map_err(|e| StageError::Param {
                 name: "weights".into(),

@@ -10,6 +10,7 @@ pub mod feature_table;
 pub mod features;
 pub mod glove;
 pub mod model;
+pub mod optim;
 pub mod order;
 pub mod tasks;
 pub mod train;

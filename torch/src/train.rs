@@ -13,11 +13,11 @@ use arrow::datatypes::{DataType, Field, Schema};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use tch::nn::OptimizerConfig;
 use tch::{Device, Tensor};
 
 use crate::feature_table::FeatureMatrix;
 use crate::model::{pad_tokens, CaptionModel, ModelConfig};
+use crate::optim::Adam;
 use crate::order::{read_pairs, Pair};
 use onenet_stages::captions::{Vocabulary, VOCAB_TABLE};
 use onenet_stages::metrics::corpus_bleu;
@@ -26,6 +26,7 @@ use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
 
 const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 const CHECKPOINT_INFO: &str = "checkpoint.json";
+const CHECKPOINT_OPTIMISER: &str = "checkpoint-adam.safetensors";
 
 /// What `model.json` holds: the network's shape, the vocabulary it was trained on, and every
 /// training hyper-parameter.
@@ -52,6 +53,10 @@ pub struct EpochLog {
 struct Checkpoint {
     info: ModelInfo,
     log: Vec<EpochLog>,
+    /// The optimiser's step count; its moments are in `CHECKPOINT_OPTIMISER` (absent from
+    /// checkpoints written before the optimiser state was kept: they resume with fresh moments).
+    #[serde(default)]
+    optimiser_steps: Option<i64>,
 }
 
 /// A trained model with its vocabulary, as the tasks load it.
@@ -137,10 +142,8 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     if let Some(glove) = &glove {
         model.set_pretrained_words(&glove.table)?;
     }
-    let (mut log, resumed) = resume(ctx.scratch_dir, &info, &mut model)?;
-    let mut optimizer = tch::nn::Adam::default()
-        .build(&model.vs, p.float("learning_rate")?)
-        .map_err(|e| StageError::Input(format!("building the optimiser: {e}")))?;
+    let mut optimizer = Adam::new(&model.vs, p.float("learning_rate")?);
+    let (mut log, resumed) = resume(ctx.scratch_dir, &info, &mut model, &mut optimizer)?;
 
     let steps_per_epoch = train.len().div_ceil(batch_size) as u64;
     for epoch in log.len() as u32 + 1..=epochs {
@@ -187,7 +190,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             seconds: start.elapsed().as_secs_f64(),
             samples_per_second: train.len() as f64 / train_seconds,
         });
-        save_checkpoint(ctx.scratch_dir, &info, &log, &model)?;
+        save_checkpoint(ctx.scratch_dir, &info, &log, &model, &optimizer)?;
     }
 
     model.save(&ctx.out_dir.join(MODEL_FILE))?;
@@ -325,6 +328,7 @@ fn resume(
     scratch: &Path,
     info: &ModelInfo,
     model: &mut CaptionModel,
+    optimizer: &mut Adam,
 ) -> Result<(Vec<EpochLog>, u32), StageError> {
     let info_path = scratch.join(CHECKPOINT_INFO);
     let Ok(bytes) = std::fs::read(&info_path) else {
@@ -341,28 +345,37 @@ fn resume(
         .vs
         .load(&weights)
         .map_err(|e| StageError::file(&weights, format!("loading checkpoint: {e}")))?;
+    if let Some(steps) = checkpoint.optimiser_steps {
+        optimizer.load(&scratch.join(CHECKPOINT_OPTIMISER), steps)?;
+    }
     let done = checkpoint.log.len() as u32;
     Ok((checkpoint.log, done))
 }
 
-/// Writes weights then the info that names them, each by rename, so a kill leaves the previous
-/// checkpoint or the new one, never half of one.
+/// Writes weights and optimiser state, then the info that names them, each by rename, so a kill
+/// leaves the previous checkpoint or the new one, never half of one.
 fn save_checkpoint(
     scratch: &Path,
     info: &ModelInfo,
     log: &[EpochLog],
     model: &CaptionModel,
+    optimizer: &Adam,
 ) -> Result<(), StageError> {
     let weights_tmp = scratch.join("checkpoint.tmp.safetensors");
     model.save(&weights_tmp)?;
+    let optimiser_tmp = scratch.join("checkpoint-adam.tmp.safetensors");
+    optimizer.save(&optimiser_tmp)?;
     let info_path = scratch.join(CHECKPOINT_INFO);
     // The info goes away first: weights newer than their info must not be trusted.
     let _ = std::fs::remove_file(&info_path);
     let weights = scratch.join(CHECKPOINT_FILE);
     std::fs::rename(&weights_tmp, &weights).map_err(|e| StageError::io(&weights, e))?;
+    let optimiser = scratch.join(CHECKPOINT_OPTIMISER);
+    std::fs::rename(&optimiser_tmp, &optimiser).map_err(|e| StageError::io(&optimiser, e))?;
     let checkpoint = Checkpoint {
         info: info.clone(),
         log: log.to_vec(),
+        optimiser_steps: Some(optimizer.steps()),
     };
     let info_tmp = scratch.join("checkpoint.tmp.json");
     std::fs::write(

@@ -35,6 +35,15 @@ const PARAMS: &[ParamSpec] = &[
         help: "ImageNet weights: a .pth or .safetensors file, or \"random\" (tests only)",
     },
     ParamSpec {
+        name: "seed",
+        ty: ParamType::Int {
+            min: 0,
+            max: i64::MAX,
+        },
+        default: ParamDefault::Int(0),
+        help: "Seed of the initial weights when weights = \"random\"",
+    },
+    ParamSpec {
         name: "batch_size",
         ty: ParamType::Int { min: 1, max: 4096 },
         default: ParamDefault::Int(8),

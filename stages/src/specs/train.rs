@@ -38,7 +38,7 @@ fn sources(
 
 pub const KIND: StageKind = StageKind {
     name: "train",
-    version: 1,
+    version: 2,
     about: "Train the caption network (image encoder, word embedding, GRU/LSTM decoder)",
     params: PARAMS,
     inputs: InputRule {
