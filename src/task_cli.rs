@@ -75,6 +75,9 @@ pub enum TaskCommand {
         /// 0 keeps the nearest by cosine, with cosine scores.
         #[arg(long, default_value_t = onenet_stages::specs::evaluate::DEFAULT_RERANK as usize)]
         rerank: usize,
+        /// Seed of the random starting embeddings: the same seed finds the same images.
+        #[arg(long, default_value_t = onenet_stages::specs::evaluate::DEFAULT_INVERT_SEED)]
+        seed: i64,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },

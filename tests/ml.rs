@@ -412,6 +412,11 @@ fn find_images_takes_several_captions_at_once() {
     };
     let caption = "a blue circle above a green star";
     let reranked = ids_and_scores(&t.json(&["find-images", caption, "-k", "5"]));
+    // Seeded: the same query finds the same images.
+    assert_eq!(
+        ids_and_scores(&t.json(&["find-images", caption, "-k", "5"])),
+        reranked
+    );
     let nearest = ids_and_scores(&t.json(&["find-images", caption, "-k", "10", "--rerank", "0"]));
     for list in [&reranked, &nearest] {
         assert!(list.windows(2).all(|w| w[0].1 >= w[1].1), "{list:?}");

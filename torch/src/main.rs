@@ -139,6 +139,7 @@ fn real_main() -> Result<ExitCode> {
             steps,
             restarts,
             rerank,
+            seed,
             format,
         } => {
             let engine = open_engine(&cli.pipeline)?;
@@ -147,6 +148,7 @@ fn real_main() -> Result<ExitCode> {
                 .newest_output_of_kind("embed")
                 .map_err(anyhow::Error::msg)?;
             let index = onenet_torch::tasks::ImageIndex::read(&embed_dir)?;
+            tch::manual_seed(seed);
             let results = onenet_torch::tasks::find_images(
                 &trained,
                 &index,

@@ -81,7 +81,7 @@ const PARAMS: &[ParamSpec] = &[
             min: 0,
             max: i64::MAX,
         },
-        default: ParamDefault::Int(7),
+        default: ParamDefault::Int(DEFAULT_INVERT_SEED),
         help: "Seed of the inversion's random starts",
     },
     ParamSpec {
@@ -97,6 +97,7 @@ pub const DEFAULT_INVERT_STEPS: i64 = 15;
 pub const DEFAULT_INVERT_RESTARTS: i64 = 4;
 pub const DEFAULT_INVERT_LEARNING_RATE: f64 = 0.1;
 pub const DEFAULT_RERANK: i64 = 10;
+pub const DEFAULT_INVERT_SEED: i64 = 7;
 pub const METRICS_TABLE: &str = "metrics.parquet";
 pub const EXAMPLES_TABLE: &str = "examples.parquet";
 pub const RANKS_TABLE: &str = "ranks.parquet";
