@@ -95,24 +95,42 @@ pub fn u32s(path: &Path, batch: &RecordBatch, name: &str) -> Result<Vec<u32>, St
         .to_vec())
 }
 
+/// A list column whose values are arrays of type `A`, each row's values converted by `convert`;
+/// `what` names the expected type in the error.
+fn lists<A: 'static, T>(
+    path: &Path,
+    batch: &RecordBatch,
+    name: &str,
+    what: &str,
+    convert: impl Fn(&A) -> Vec<T>,
+) -> Result<Vec<Vec<T>>, StageError> {
+    use arrow::array::Array;
+    let lists = column::<arrow::array::ListArray>(path, batch, name)?;
+    (0..lists.len())
+        .map(|i| {
+            let values = lists.value(i);
+            values
+                .as_any()
+                .downcast_ref::<A>()
+                .map(&convert)
+                .ok_or_else(|| StageError::file(path, format!("column `{name}` is not {what}")))
+        })
+        .collect()
+}
+
 /// A list<u32> column.
 pub fn u32_lists(
     path: &Path,
     batch: &RecordBatch,
     name: &str,
 ) -> Result<Vec<Vec<u32>>, StageError> {
-    use arrow::array::Array;
-    let lists = column::<arrow::array::ListArray>(path, batch, name)?;
-    let mut out = Vec::with_capacity(lists.len());
-    for i in 0..lists.len() {
-        let values = lists.value(i);
-        let values = values
-            .as_any()
-            .downcast_ref::<arrow::array::UInt32Array>()
-            .ok_or_else(|| StageError::file(path, format!("column `{name}` is not list<u32>")))?;
-        out.push(values.values().to_vec());
-    }
-    Ok(out)
+    lists(
+        path,
+        batch,
+        name,
+        "list<u32>",
+        |values: &arrow::array::UInt32Array| values.values().to_vec(),
+    )
 }
 
 /// A list<utf8> column holding `lists`, one list per row.
@@ -133,23 +151,18 @@ pub fn string_lists(
     batch: &RecordBatch,
     name: &str,
 ) -> Result<Vec<Vec<String>>, StageError> {
-    use arrow::array::Array;
-    let lists = column::<arrow::array::ListArray>(path, batch, name)?;
-    let mut out = Vec::with_capacity(lists.len());
-    for i in 0..lists.len() {
-        let values = lists.value(i);
-        let values = values
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .ok_or_else(|| StageError::file(path, format!("column `{name}` is not list<utf8>")))?;
-        out.push(
+    lists(
+        path,
+        batch,
+        name,
+        "list<utf8>",
+        |values: &arrow::array::StringArray| {
             values
                 .iter()
                 .map(|v| v.unwrap_or_default().to_string())
-                .collect(),
-        );
-    }
-    Ok(out)
+                .collect()
+        },
+    )
 }
 
 /// A fixed-size-list<f32> column of `dim`-wide vectors, as one flat row-major vector.
