@@ -85,12 +85,12 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "learning_rate",
         ty: ParamType::Float {
-            min: 1.0,
+            min: 0.0,
             max: 100_000.0,
         },
-        default: ParamDefault::Float(200.0),
+        default: ParamDefault::Float(0.0),
         help: "Step size of the gradient descent, on the scale of the usual Barnes-Hut t-SNE \
-               (gradient without its factor 4); about N/12 suits N points best",
+               (gradient without its factor 4); 0 picks N/12 (at least 50) for a map of N points",
     },
     ParamSpec {
         name: "seed",
@@ -216,11 +216,15 @@ impl Settings {
         })
     }
 
-    fn tsne(&self, perplexity: f64, stream: u64) -> TsneSettings {
+    fn tsne(&self, perplexity: f64, stream: u64, points: usize) -> TsneSettings {
         TsneSettings {
             perplexity,
             iterations: self.iterations,
-            learning_rate: self.learning_rate,
+            learning_rate: if self.learning_rate > 0.0 {
+                self.learning_rate
+            } else {
+                optimise::auto_learning_rate(points)
+            },
             theta: THETA,
             seed: self.seed,
             stream,
@@ -234,6 +238,7 @@ struct MapSummary {
     total: usize,
     perplexity: f64,
     kl_divergence: f64,
+    learning_rate: f64,
 }
 
 impl MapSummary {
@@ -244,10 +249,11 @@ impl MapSummary {
             String::new()
         };
         format!(
-            "{} {what}{sample} mapped at perplexity {}, KL {:.3}",
+            "{} {what}{sample} mapped at perplexity {}, KL {:.3}, learning rate {:.0}",
             self.mapped,
             perplexity_text(self.perplexity),
-            self.kl_divergence
+            self.kl_divergence,
+            self.learning_rate
         )
     }
 }
@@ -394,10 +400,11 @@ fn map_images(
     );
     ctx.progress
         .start(settings.iterations as u64, "t-SNE of image embeddings");
+    let map_settings = settings.tsne(settings.perplexity_images, IMAGE_MAP_STREAM, rows.len());
     let map = tsne(
         &gather(&vectors, dim, &rows),
         dim,
-        &settings.tsne(settings.perplexity_images, IMAGE_MAP_STREAM),
+        &map_settings,
         ctx.progress,
     );
     let labels: Vec<String> = rows
@@ -453,6 +460,7 @@ fn map_images(
         total: ids.len(),
         perplexity: map.perplexity,
         kl_divergence: map.kl_divergence,
+        learning_rate: map_settings.learning_rate,
     })
 }
 
@@ -491,10 +499,11 @@ fn map_words(
     .collect();
     ctx.progress
         .start(settings.iterations as u64, "t-SNE of word embeddings");
+    let map_settings = settings.tsne(settings.perplexity_words, WORD_MAP_STREAM, rows.len());
     let map = tsne(
         &gather(&vectors, dim, &rows),
         dim,
-        &settings.tsne(settings.perplexity_words, WORD_MAP_STREAM),
+        &map_settings,
         ctx.progress,
     );
     let labels: Vec<String> = rows
@@ -525,6 +534,7 @@ fn map_words(
         total: words.len(),
         perplexity: map.perplexity,
         kl_divergence: map.kl_divergence,
+        learning_rate: map_settings.learning_rate,
     })
 }
 

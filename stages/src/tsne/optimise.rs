@@ -52,6 +52,13 @@ pub struct TsneMap {
 
 /// Maps the rows of `data` (`dim` values each) to the plane. `progress` advances once per
 /// iteration.
+/// The learning rate that suits a map of `points` points: the number of points over the early
+/// exaggeration, at least 50 (the usual automatic choice; a fixed 200 overshoots on small maps
+/// and crawls on large ones).
+pub fn auto_learning_rate(points: usize) -> f64 {
+    (points as f64 / EXAGGERATION).max(50.0)
+}
+
 pub fn tsne(data: &[f32], dim: usize, settings: &TsneSettings, progress: &dyn Progress) -> TsneMap {
     let n = data.len().checked_div(dim).unwrap_or(0);
     let mut positions = initial_positions(n, settings.seed, settings.stream);
@@ -254,6 +261,20 @@ mod tests {
             "{same} of 300 points have a same-blob neighbour"
         );
         assert!(map.kl_divergence.is_finite() && map.kl_divergence > 0.0);
+    }
+
+    #[test]
+    fn small_maps_separate_at_the_automatic_learning_rate() {
+        assert_eq!(auto_learning_rate(60), 50.0);
+        assert_eq!(auto_learning_rate(1200), 100.0);
+        let (data, labels) = blobs(3, 15, 10, 11);
+        let mut small = settings(7);
+        small.learning_rate = auto_learning_rate(45);
+        let map = tsne(&data, 10, &small, &NoProgress);
+        let same = (0..45)
+            .filter(|&i| labels[nearest(&map.positions, i)] == labels[i])
+            .count();
+        assert!(same >= 43, "{same} of 45 points have a same-blob neighbour");
     }
 
     #[test]
