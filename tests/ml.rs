@@ -126,7 +126,7 @@ fn trained() -> Trained {
         .unwrap_or(0);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ml-demo-{stamp}"));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("pipeline.toml"), pipeline(400, 12)).unwrap();
+    std::fs::write(dir.join("pipeline.toml"), pipeline(500, 12)).unwrap();
     let t = Trained { dir };
     let out = t.onenet(&["run"]);
     assert!(
