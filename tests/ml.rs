@@ -248,16 +248,7 @@ fn the_report_renders_in_headless_chromium() {
     );
     // Pipeline graph, training curves, two maps, 12 examples, and the retrieval thumbnails.
     assert!(images >= 20, "only {images} pictures on the page");
-    for section in [
-        "pipeline",
-        "metrics",
-        "training",
-        "maps",
-        "captions",
-        "similar-images",
-        "similar-words",
-        "find-images",
-    ] {
+    for section in onenet_stages::report::SECTIONS {
         assert!(
             dom.contains(&format!("<section id=\"{section}\">")),
             "no section {section}"

@@ -269,24 +269,27 @@ pub fn find_images(
     let slices: Vec<&[u32]> = encoded.iter().map(Vec::as_slice).collect();
     let (z, _) = invert(&trained.model, &slices, steps, restarts, learning_rate);
     let z = flatten(&z);
-    let embeddings = Tensor::from_slice(&index.raw)
-        .view([-1, index.dim as i64])
-        .to_device(trained.model.device());
+    // What the captioner scores candidates on; only needed when re-ordering.
+    let embeddings = (rerank > 0).then(|| {
+        Tensor::from_slice(&index.raw)
+            .view([-1, index.dim as i64])
+            .to_device(trained.model.device())
+    });
     Ok(unknowns
         .into_iter()
         .enumerate()
         .map(|(q, unknown)| {
             let found = &z[q * index.dim..(q + 1) * index.dim];
-            let matches = if rerank == 0 {
-                index.nearest(found, k, None)
-            } else {
+            let matches = if let Some(embeddings) = &embeddings {
                 let rows: Vec<usize> =
                     top_k_cosine(found, &index.vectors, index.dim, rerank.max(k), None)
                         .into_iter()
                         .map(|(row, _)| row)
                         .collect();
-                let ranked = rank_by_likelihood(&trained.model, slices[q], &embeddings, &rows);
+                let ranked = rank_by_likelihood(&trained.model, slices[q], embeddings, &rows);
                 index.matches(ranked.into_iter().take(k).map(|(r, s)| (r, s as f32)))
+            } else {
+                index.nearest(found, k, None)
             };
             FoundImages { matches, unknown }
         })

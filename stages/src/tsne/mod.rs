@@ -216,15 +216,11 @@ impl Settings {
         })
     }
 
-    fn tsne(&self, perplexity: f64, stream: u64, points: usize) -> TsneSettings {
+    fn tsne(&self, perplexity: f64, stream: u64) -> TsneSettings {
         TsneSettings {
             perplexity,
             iterations: self.iterations,
-            learning_rate: if self.learning_rate > 0.0 {
-                self.learning_rate
-            } else {
-                optimise::auto_learning_rate(points)
-            },
+            learning_rate: self.learning_rate,
             theta: THETA,
             seed: self.seed,
             stream,
@@ -242,6 +238,17 @@ struct MapSummary {
 }
 
 impl MapSummary {
+    /// What `map`, drawn from `total` points (or a sample of them), came to.
+    fn of(map: &TsneMap, total: usize) -> Self {
+        MapSummary {
+            mapped: map.positions.len(),
+            total,
+            perplexity: map.perplexity,
+            kl_divergence: map.kl_divergence,
+            learning_rate: map.learning_rate,
+        }
+    }
+
     fn note(&self, what: &str) -> String {
         let sample = if self.mapped < self.total {
             format!(" (a sample of {})", self.total)
@@ -400,11 +407,10 @@ fn map_images(
     );
     ctx.progress
         .start(settings.iterations as u64, "t-SNE of image embeddings");
-    let map_settings = settings.tsne(settings.perplexity_images, IMAGE_MAP_STREAM, rows.len());
     let map = tsne(
         &gather(&vectors, dim, &rows),
         dim,
-        &map_settings,
+        &settings.tsne(settings.perplexity_images, IMAGE_MAP_STREAM),
         ctx.progress,
     );
     let labels: Vec<String> = rows
@@ -455,13 +461,7 @@ fn map_images(
         &labels,
         &thumbnails,
     )?;
-    Ok(MapSummary {
-        mapped: rows.len(),
-        total: ids.len(),
-        perplexity: map.perplexity,
-        kl_divergence: map.kl_divergence,
-        learning_rate: map_settings.learning_rate,
-    })
+    Ok(MapSummary::of(&map, ids.len()))
 }
 
 /// The label of a word: how often it occurs in the training captions, in three bands.
@@ -499,11 +499,10 @@ fn map_words(
     .collect();
     ctx.progress
         .start(settings.iterations as u64, "t-SNE of word embeddings");
-    let map_settings = settings.tsne(settings.perplexity_words, WORD_MAP_STREAM, rows.len());
     let map = tsne(
         &gather(&vectors, dim, &rows),
         dim,
-        &map_settings,
+        &settings.tsne(settings.perplexity_words, WORD_MAP_STREAM),
         ctx.progress,
     );
     let labels: Vec<String> = rows
@@ -529,13 +528,7 @@ fn map_words(
         &mapped_tokens,
         &labels,
     )?;
-    Ok(MapSummary {
-        mapped: rows.len(),
-        total: words.len(),
-        perplexity: map.perplexity,
-        kl_divergence: map.kl_divergence,
-        learning_rate: map_settings.learning_rate,
-    })
+    Ok(MapSummary::of(&map, words.len()))
 }
 
 #[cfg(test)]

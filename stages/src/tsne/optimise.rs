@@ -31,6 +31,7 @@ const INITIAL_SPREAD: f64 = 1e-4;
 pub struct TsneSettings {
     pub perplexity: f64,
     pub iterations: usize,
+    /// Step size; 0 picks [`auto_learning_rate`] for the number of points.
     pub learning_rate: f64,
     /// Barnes-Hut accuracy: 0 is exact, 0.5 the usual trade-off.
     pub theta: f64,
@@ -46,6 +47,8 @@ pub struct TsneMap {
     pub positions: Vec<[f64; 2]>,
     /// The perplexity used (smaller than asked for on small sets).
     pub perplexity: f64,
+    /// The learning rate used.
+    pub learning_rate: f64,
     /// KL(P ‖ Q) of the final map, with the Barnes-Hut estimate of Q's normaliser.
     pub kl_divergence: f64,
 }
@@ -55,18 +58,24 @@ pub struct TsneMap {
 /// The learning rate that suits a map of `points` points: the number of points over the early
 /// exaggeration, at least 50 (the usual automatic choice; a fixed 200 overshoots on small maps
 /// and crawls on large ones).
-pub fn auto_learning_rate(points: usize) -> f64 {
+fn auto_learning_rate(points: usize) -> f64 {
     (points as f64 / EXAGGERATION).max(50.0)
 }
 
 pub fn tsne(data: &[f32], dim: usize, settings: &TsneSettings, progress: &dyn Progress) -> TsneMap {
     let n = data.len().checked_div(dim).unwrap_or(0);
     let mut positions = initial_positions(n, settings.seed, settings.stream);
+    let learning_rate = if settings.learning_rate > 0.0 {
+        settings.learning_rate
+    } else {
+        auto_learning_rate(n)
+    };
     if n < 2 {
         progress.inc(settings.iterations as u64);
         return TsneMap {
             positions,
             perplexity: settings.perplexity,
+            learning_rate,
             kl_divergence: 0.0,
         };
     }
@@ -88,8 +97,7 @@ pub fn tsne(data: &[f32], dim: usize, settings: &TsneSettings, progress: &dyn Pr
                 } else {
                     (*gain * 0.8).max(MIN_GAIN)
                 };
-                velocity[i][axis] =
-                    momentum * velocity[i][axis] - settings.learning_rate * *gain * g;
+                velocity[i][axis] = momentum * velocity[i][axis] - learning_rate * *gain * g;
                 positions[i][axis] += velocity[i][axis];
             }
         }
@@ -100,6 +108,7 @@ pub fn tsne(data: &[f32], dim: usize, settings: &TsneSettings, progress: &dyn Pr
     TsneMap {
         positions,
         perplexity,
+        learning_rate,
         kl_divergence,
     }
 }
@@ -269,8 +278,9 @@ mod tests {
         assert_eq!(auto_learning_rate(1200), 100.0);
         let (data, labels) = blobs(3, 15, 10, 11);
         let mut small = settings(7);
-        small.learning_rate = auto_learning_rate(45);
+        small.learning_rate = 0.0;
         let map = tsne(&data, 10, &small, &NoProgress);
+        assert_eq!(map.learning_rate, auto_learning_rate(45));
         let same = (0..45)
             .filter(|&i| labels[nearest(&map.positions, i)] == labels[i])
             .count();

@@ -7,7 +7,7 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::canvas::{draw_error, render, FONT_FAMILY};
+use crate::canvas::{draw_error, render, Area, FONT_FAMILY};
 use crate::StageError;
 
 /// Width and height of both plots, in pixels.
@@ -115,10 +115,29 @@ fn square_ranges(positions: &[[f64; 2]]) -> (std::ops::Range<f64>, std::ops::Ran
     )
 }
 
+type MapChart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A titled chart on `root` whose equal x and y ranges hold every position.
+fn square_chart<'a, 'b>(
+    path: &Path,
+    root: &'a Area<'b>,
+    title: &str,
+    positions: &[[f64; 2]],
+    margin: u32,
+) -> Result<MapChart<'a, 'b>, StageError> {
+    let (x_range, y_range) = square_ranges(positions);
+    ChartBuilder::on(root)
+        .caption(title, (FONT_FAMILY, 28))
+        .margin(margin)
+        .build_cartesian_2d(x_range, y_range)
+        .map_err(|e| draw_error(path, e))
+}
+
 /// Adds a legend entry per coloured label (and one for the grey rest) and draws the legend.
 fn draw_legend<'a, 'b: 'a>(
     path: &Path,
-    chart: &mut ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    chart: &mut MapChart<'a, 'b>,
     colours: &LabelColours,
 ) -> Result<(), StageError> {
     let mut entries: Vec<(String, RGBColor)> = colours
@@ -160,12 +179,7 @@ pub fn image_plot(
 ) -> Result<(), StageError> {
     let colours = LabelColours::new(labels);
     render(path, (PLOT_SIZE, PLOT_SIZE), |root| {
-        let (x_range, y_range) = square_ranges(positions);
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT_FAMILY, 28))
-            .margin(30)
-            .build_cartesian_2d(x_range, y_range)
-            .map_err(|e| draw_error(path, e))?;
+        let mut chart = square_chart(path, root, title, positions, 30)?;
         for ((position, label), thumbnail) in positions.iter().zip(labels).zip(thumbnails) {
             let colour = colours.colour(label);
             let point = (position[0], position[1]);
@@ -210,12 +224,7 @@ pub fn word_plot(
 ) -> Result<(), StageError> {
     let colours = LabelColours::new(labels);
     render(path, (PLOT_SIZE, PLOT_SIZE), |root| {
-        let (x_range, y_range) = square_ranges(positions);
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT_FAMILY, 28))
-            .margin(40)
-            .build_cartesian_2d(x_range, y_range)
-            .map_err(|e| draw_error(path, e))?;
+        let mut chart = square_chart(path, root, title, positions, 40)?;
         let centred = Pos::new(HPos::Center, VPos::Center);
         chart
             .draw_series(positions.iter().zip(words).zip(labels).map(
