@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use onenet_stages::{Progress, StageContext, StageInput, UpstreamRecord};
+use onenet_stages::{Effect, Progress, StageContext, StageInput, UpstreamRecord};
 use serde::Serialize;
 
 use crate::config::Pipeline;
-use crate::hashing::StatCache;
-use crate::key::{CacheKey, KeyInputs, KeyParam, KEY_FORMAT};
+use crate::hashing::{stamp_of, FileStamp, StatCache};
+use crate::key::{CacheKey, KeyInputs, KeyParam, Reason, ReasonJson, KEY_FORMAT};
 use crate::store::{now_unix, ArtifactStore, RunRecord, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,9 @@ pub struct PlannedStage {
     pub name: String,
     pub key_inputs: KeyInputs,
     pub key: CacheKey,
+    /// Each source file the key was computed from and its stamp then: checked again before the
+    /// stage's output is committed.
+    pub sources: Vec<(PathBuf, FileStamp)>,
 }
 
 /// Whether a stage's output for its current key exists.
@@ -51,7 +54,20 @@ pub struct StageStatus {
     pub kind: String,
     pub state: StageState,
     pub key: String,
-    pub reasons: Vec<String>,
+    #[serde(serialize_with = "reasons_json")]
+    pub reasons: Vec<Reason>,
+}
+
+impl StageStatus {
+    /// The reasons as text, `; `-separated.
+    pub fn reasons_text(&self) -> String {
+        let text: Vec<String> = self.reasons.iter().map(Reason::to_string).collect();
+        text.join("; ")
+    }
+}
+
+fn reasons_json<S: serde::Serializer>(reasons: &[Reason], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(reasons.iter().map(ReasonJson::from))
 }
 
 /// What happened to a stage in a run.
@@ -74,13 +90,17 @@ pub struct StageOutcome {
     pub seconds: f64,
     pub warnings: Vec<String>,
     pub notes: Vec<String>,
+    /// The device a libtorch stage ran on, as the worker reported it (computed stages only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     pub error: Option<String>,
 }
 
 /// How `run` behaves.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Stage names to recompute even if their output exists.
+    /// Stage names to recompute from scratch even if their output exists: no reuse of their
+    /// previous output either (e.g. per-image features).
     pub force: Vec<String>,
     /// How long to wait for another process computing the same key.
     pub lock_timeout: Duration,
@@ -100,7 +120,8 @@ pub struct Engine {
     pub pipeline: Pipeline,
     pub store: ArtifactStore,
     stat_cache: StatCache,
-    environment: BTreeMap<String, String>,
+    /// The device a `DeviceUse::Best` stage runs on, asked of the worker at most once per run.
+    best_device: std::sync::OnceLock<Result<String, String>>,
 }
 
 impl Engine {
@@ -111,8 +132,32 @@ impl Engine {
             pipeline,
             store,
             stat_cache,
-            environment: onenet_stages::environment().into_iter().collect(),
+            best_device: std::sync::OnceLock::new(),
         })
+    }
+
+    fn device_cache_file(&self) -> PathBuf {
+        self.store.root().join("device-cache.json")
+    }
+
+    /// The key's environment for a stage whose spec says `device_use`.
+    fn environment(
+        &self,
+        device_use: onenet_stages::DeviceUse,
+    ) -> Result<BTreeMap<String, String>, String> {
+        crate::environment::for_stage(device_use, || {
+            self.best_device
+                .get_or_init(|| {
+                    crate::environment::best_device(&self.device_cache_file())
+                        .map_err(|e| e.to_string())
+                })
+                .clone()
+                .map_err(|message| crate::environment::DeviceError {
+                    worker: onenet_stages::worker::worker_path(),
+                    message,
+                })
+        })
+        .map_err(|e| e.to_string())
     }
 
     /// Keys for the stages at `indices` (in execution order, upstream included).
@@ -134,28 +179,37 @@ impl Engine {
                 upstream.push((input.clone(), key.hex()));
                 inputs.push(self.stage_input(input, key));
             }
-            let source_paths = (decl.kind.sources)(&decl.params, &inputs, &self.pipeline.base_dir)
+            let (params, recorded) = split_params(decl);
+            let sources = (decl.kind.sources)(&decl.params, &inputs, &self.pipeline.base_dir)
                 .map_err(|e| stage_err(e.to_string()))?;
+            for (name, value) in &params {
+                if *value == KeyParam::Path && !sources.iter().any(|s| s.param == Some(name)) {
+                    return Err(stage_err(format!(
+                        "param `{name}` names a path, but kind `{}` lists no file under it, so \
+                         its content would not enter the key (a bug in the kind)",
+                        decl.kind.name
+                    )));
+                }
+            }
+            let source_paths: Vec<PathBuf> = sources.iter().map(|s| s.path.clone()).collect();
             let (hashes, _) = self
                 .stat_cache
                 .hash_files(&source_paths)
                 .map_err(|e| stage_err(format!("reading its source files: {e}")))?;
+            let environment = self.environment(decl.kind.device).map_err(stage_err)?;
             let key_inputs = KeyInputs {
                 format: KEY_FORMAT,
                 kind: decl.kind.name.to_string(),
                 version: decl.kind.version,
-                params: decl
-                    .params
-                    .iter()
-                    .map(|(k, v)| (k.clone(), KeyParam::from(v)))
-                    .collect(),
+                params,
                 upstream,
-                sources: source_paths
+                sources: sources
                     .iter()
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .zip(hashes)
+                    .map(onenet_stages::Source::label)
+                    .zip(hashes.iter().map(|h| h.hash.clone()))
                     .collect(),
-                environment: self.environment.clone(),
+                environment,
+                recorded,
             };
             let key = key_inputs.key();
             keys.insert(decl.name.as_str(), key);
@@ -164,6 +218,10 @@ impl Engine {
                 name: decl.name.clone(),
                 key_inputs,
                 key,
+                sources: source_paths
+                    .into_iter()
+                    .zip(hashes.iter().map(|h| h.stamp))
+                    .collect(),
             });
         }
         // Only a cache: failing to save it costs a re-hash next time, nothing more.
@@ -197,31 +255,26 @@ impl Engine {
             .collect()
     }
 
-    fn state_of(&self, p: &PlannedStage) -> (StageState, Vec<String>) {
+    fn state_of(&self, p: &PlannedStage) -> (StageState, Vec<Reason>) {
         if self.store.has(&p.key) {
             let reasons = match self.store.latest_key(&p.name) {
-                Some(latest) if latest != p.key => {
-                    vec!["output for these inputs already in the store (an earlier run)".into()]
-                }
+                Some(latest) if latest != p.key => vec![Reason::EarlierOutput],
                 _ => Vec::new(),
             };
             return (StageState::Fresh, reasons);
         }
         let Some(latest) = self.store.latest_key(&p.name) else {
-            return (StageState::Missing, vec!["never computed".into()]);
+            return (StageState::Missing, vec![Reason::NeverComputed]);
         };
         match self.store.meta(&latest) {
             Some(old) => {
                 let mut reasons = p.key_inputs.changes_from(&old.key_inputs);
                 if reasons.is_empty() {
-                    reasons.push("output missing from the store".into());
+                    reasons.push(Reason::OutputMissing);
                 }
                 (StageState::Stale, reasons)
             }
-            None => (
-                StageState::Missing,
-                vec!["its last output was removed (gc) or found corrupt (verify)".into()],
-            ),
+            None => (StageState::Missing, vec![Reason::OutputRemoved]),
         }
     }
 
@@ -279,6 +332,7 @@ impl Engine {
                         seconds: 0.0,
                         warnings: Vec::new(),
                         notes: Vec::new(),
+                        device: None,
                         error: Some(format!("not run: input {} failed", failed.join(", "))),
                     };
                     observer.stage_finished(&outcome);
@@ -329,13 +383,14 @@ impl Engine {
         let result = self.compute_or_reuse(stage, options, observer, history);
         let seconds = start.elapsed().as_secs_f64();
         let outcome = match result {
-            Ok((action, warnings, notes)) => StageOutcome {
+            Ok(done) => StageOutcome {
                 name: stage.name.clone(),
-                action,
+                action: done.action,
                 key: stage.key.hex(),
                 seconds,
-                warnings,
-                notes,
+                warnings: done.warnings,
+                notes: done.notes,
+                device: done.device,
                 error: None,
             },
             Err(e) => StageOutcome {
@@ -345,6 +400,7 @@ impl Engine {
                 seconds,
                 warnings: Vec::new(),
                 notes: Vec::new(),
+                device: None,
                 error: Some(e.to_string()),
             },
         };
@@ -381,12 +437,17 @@ impl Engine {
         options: &RunOptions,
         observer: &dyn RunObserver,
         history: &RunHistory,
-    ) -> Result<(Action, Vec<String>, Vec<String>), EngineError> {
+    ) -> Result<Done, EngineError> {
         let forced = options.force.contains(&stage.name);
         let reuse = |meta: Option<crate::store::ObjectMeta>| {
             self.store.set_latest(&stage.name, &stage.key)?;
             let (warnings, notes) = meta.map(|m| (m.warnings, m.notes)).unwrap_or_default();
-            Ok::<_, EngineError>((Action::Cached, warnings, notes))
+            Ok::<_, EngineError>(Done {
+                action: Action::Cached,
+                warnings,
+                notes,
+                device: None,
+            })
         };
         if !forced && self.store.has(&stage.key) {
             return reuse(self.store.meta(&stage.key));
@@ -410,7 +471,12 @@ impl Engine {
             .collect();
         let pending = self.store.begin(&stage.key)?;
         let scratch_dir = self.store.scratch_dir(&stage.key)?;
-        let previous = latest_dir(&self.store, &stage.name);
+        // A forced stage starts from scratch: nothing of its earlier output is reused.
+        let previous = if forced {
+            None
+        } else {
+            latest_dir(&self.store, &stage.name)
+        };
         let lineage = self.lineage(stage, history);
         let progress = observer.stage_started(&stage.name);
         let start = Instant::now();
@@ -430,6 +496,7 @@ impl Engine {
             stage: stage.name.clone(),
             message,
         };
+        test_delay(&stage.name);
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (decl.kind.run)(&ctx)));
         drop(progress);
@@ -452,18 +519,117 @@ impl Engine {
             }
         };
         let seconds = start.elapsed().as_secs_f64();
+        if let Err(message) = self.check_before_commit(stage, report.device.as_deref()) {
+            let _ = std::fs::remove_dir_all(&pending.dir);
+            return Err(stage_err(message));
+        }
         let meta = self.store.commit(
             pending,
             &stage.name,
             &stage.key_inputs,
-            report.warnings,
-            report.notes,
-            seconds,
+            crate::store::CommitInfo {
+                warnings: report.warnings,
+                notes: report.notes,
+                seconds,
+                device: report.device.clone(),
+            },
         )?;
         self.store.set_latest(&stage.name, &stage.key)?;
         // Checkpoints are only worth keeping until the output they lead to exists.
         let _ = std::fs::remove_dir_all(&scratch_dir);
-        Ok((Action::Computed, meta.warnings, meta.notes))
+        Ok(Done {
+            action: Action::Computed,
+            warnings: meta.warnings,
+            notes: meta.notes,
+            device: report.device,
+        })
+    }
+
+    /// What must still hold for a stage's output to be committed under its planned key: every
+    /// source file is as it was when the key was computed, and a libtorch stage ran on the
+    /// device its key names. The error says what differs.
+    fn check_before_commit(
+        &self,
+        stage: &PlannedStage,
+        device: Option<&str>,
+    ) -> Result<(), String> {
+        let changed: Vec<String> = stage
+            .sources
+            .iter()
+            .filter(|(path, planned)| stamp_of(path).ok() != Some(*planned))
+            .map(|(path, _)| path.display().to_string())
+            .collect();
+        if !changed.is_empty() {
+            let more = if changed.len() > 5 {
+                format!(" and {} more", changed.len() - 5)
+            } else {
+                String::new()
+            };
+            return Err(format!(
+                "{} changed while the stage ran; nothing was committed: run again",
+                changed[..changed.len().min(5)].join(", ") + &more
+            ));
+        }
+        let keyed = stage.key_inputs.environment.get("device");
+        if let (Some(ran), Some(keyed)) = (device, keyed) {
+            if ran != keyed {
+                crate::environment::forget(&self.device_cache_file());
+                return Err(format!(
+                    "ran on {ran}, but its key was computed for {keyed}; nothing was committed: \
+                     run again"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stage computed or reused.
+struct Done {
+    action: Action,
+    warnings: Vec<String>,
+    notes: Vec<String>,
+    device: Option<String>,
+}
+
+/// The params of a stage's key, and those only recorded beside it: a param that only changes
+/// speed is recorded, a path param enters the key as the `Path` marker (its content comes in
+/// through the sources) with its spelling recorded.
+fn split_params(
+    decl: &crate::config::StageDecl,
+) -> (BTreeMap<String, KeyParam>, BTreeMap<String, KeyParam>) {
+    let mut keyed = BTreeMap::new();
+    let mut recorded = BTreeMap::new();
+    for (name, value) in decl.params.iter() {
+        let spec = decl.kind.params.iter().find(|s| s.name == name);
+        match spec {
+            Some(spec) if spec.effect == Effect::SpeedOnly => {
+                recorded.insert(name.clone(), KeyParam::from(value));
+            }
+            Some(spec) if spec.names_path(value) => {
+                keyed.insert(name.clone(), KeyParam::Path);
+                recorded.insert(name.clone(), KeyParam::from(value));
+            }
+            _ => {
+                keyed.insert(name.clone(), KeyParam::from(value));
+            }
+        }
+    }
+    (keyed, recorded)
+}
+
+/// Tests make a stage slow to change its inputs while it runs: `ONENET_TEST_STAGE_DELAY` =
+/// `stage:milliseconds` sleeps that long before the stage named starts computing.
+fn test_delay(stage: &str) {
+    let Ok(spec) = std::env::var("ONENET_TEST_STAGE_DELAY") else {
+        return;
+    };
+    if let Some((name, ms)) = spec.split_once(':') {
+        if name == stage {
+            if let Ok(ms) = ms.parse::<u64>() {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+        }
     }
 }
 
@@ -509,10 +675,15 @@ impl Engine {
                         .iter()
                         .map(|(n, _)| n.clone())
                         .collect(),
+                    // As the pipeline gave them: what the key holds, with the spelling of
+                    // path params and the speed-only params it leaves out.
                     params: p
                         .key_inputs
                         .params
                         .iter()
+                        .chain(&p.key_inputs.recorded)
+                        .collect::<BTreeMap<_, _>>()
+                        .into_iter()
                         .map(|(name, value)| format!("{name} = {value}"))
                         .collect(),
                     seconds: meta.as_ref().map_or(0.0, |m| m.seconds),

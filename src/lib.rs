@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod environment;
 pub mod formats;
 pub mod hashing;
 pub mod key;

@@ -300,6 +300,13 @@ fn real_main() -> Result<ExitCode> {
             };
             for k in kinds {
                 println!("{} (version {}): {}", k.name, k.version, k.about);
+                match k.device {
+                    onenet_stages::DeviceUse::NoLibtorch => {}
+                    onenet_stages::DeviceUse::Cpu => println!("  runs on: the CPU (by design)"),
+                    onenet_stages::DeviceUse::Best => {
+                        println!("  runs on: a CUDA GPU when libtorch can use one, else the CPU")
+                    }
+                }
                 if !k.inputs.kinds.is_empty() {
                     println!(
                         "  inputs: {}..{} of kind {}",
@@ -316,8 +323,12 @@ fn real_main() -> Result<ExitCode> {
                         onenet_stages::ParamDefault::Str(v) => format!("{v:?}"),
                         onenet_stages::ParamDefault::Unset => "unset".into(),
                     };
+                    let keyed = match p.effect {
+                        onenet_stages::Effect::Output => "",
+                        onenet_stages::Effect::SpeedOnly => ", speed only: not in the key",
+                    };
                     println!(
-                        "  {} ({}, default {default}): {}",
+                        "  {} ({}, default {default}{keyed}): {}",
                         p.name,
                         p.ty.describe(),
                         p.help
@@ -380,7 +391,7 @@ fn print_status(statuses: &[StageStatus], format: Format, dry_run: bool) {
                 let reasons = if s.reasons.is_empty() {
                     String::new()
                 } else {
-                    format!("  {}", s.reasons.join("; "))
+                    format!("  {}", s.reasons_text())
                 };
                 println!("{:width$}  {word:<13}  {}{reasons}", s.name, &s.key[..12]);
             }
@@ -409,7 +420,7 @@ fn show(engine: &Engine, stage: &str, format: Format) -> Result<()> {
     let Some(dir) = latest_dir(&engine.store, stage) else {
         bail!(
             "stage `{stage}` has no output yet ({}); run `onenet run {stage}`",
-            status.reasons.join("; ")
+            status.reasons_text()
         );
     };
     let key = engine
@@ -464,7 +475,7 @@ fn show(engine: &Engine, stage: &str, format: Format) -> Result<()> {
             println!(
                 "state   {} {}",
                 state_word(status.state),
-                status.reasons.join("; ")
+                status.reasons_text()
             );
             println!("path    {}", latest.display());
             println!("object  {}", dir.display());

@@ -17,10 +17,17 @@
 //! temporary directory whose `_onenet.json` was written last, so an object that exists is
 //! complete. A killed run leaves at most a temporary directory, removed by the next process that
 //! takes the same key's lock or by `gc`.
+//!
+//! `runs.jsonl` is appended one whole line per `write`, under an exclusive lock on the file. A
+//! run killed mid-write (or a full disk) can leave a torn last line; the next append repairs it
+//! first (cutting the fragment, or completing it if only its newline is missing), so every line
+//! stays a whole record for DuckDB and Polars. Our own reader skips a malformed line with a
+//! warning naming the file and line rather than failing.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -44,6 +51,14 @@ pub enum StoreError {
     },
     #[error("{}: {message}", path.display())]
     InvalidOutput { path: PathBuf, message: String },
+    /// A step of appending to the run-record log failed; `what` says which.
+    #[error("{}: {what}: {source}", path.display())]
+    RunLog {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "timed out after {waited:?} waiting for another onenet process computing {what} (lock {}); \
          if no other process is running, this is a stale lock on a network file system: remove it",
@@ -83,6 +98,20 @@ pub struct ObjectMeta {
     pub notes: Vec<String>,
     pub seconds: f64,
     pub created_unix: u64,
+    /// The device a libtorch stage ran on, as its worker reported it (None: plain Rust).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// What a stage said about an output besides its files, recorded with it at commit.
+#[derive(Debug, Clone, Default)]
+pub struct CommitInfo {
+    pub warnings: Vec<String>,
+    pub notes: Vec<String>,
+    /// Seconds the computation took.
+    pub seconds: f64,
+    /// The device it ran on (libtorch stages).
+    pub device: Option<String>,
 }
 
 /// One line of `runs.jsonl`: a stage's outcome in one run.
@@ -260,9 +289,7 @@ impl ArtifactStore {
         pending: PendingObject,
         stage: &str,
         key_inputs: &KeyInputs,
-        warnings: Vec<String>,
-        notes: Vec<String>,
-        seconds: f64,
+        info: CommitInfo,
     ) -> Result<ObjectMeta, StoreError> {
         let mut files = Vec::new();
         for path in walk_files(&pending.dir)? {
@@ -286,10 +313,11 @@ impl ArtifactStore {
             key: pending.key.hex(),
             key_inputs: key_inputs.clone(),
             files,
-            warnings,
-            notes,
-            seconds,
+            warnings: info.warnings,
+            notes: info.notes,
+            seconds: info.seconds,
             created_unix: now_unix() as u64,
+            device: info.device,
         };
         let meta_path = pending.dir.join(OBJECT_META);
         write_synced(
@@ -311,27 +339,60 @@ impl ArtifactStore {
         Ok(meta)
     }
 
-    /// Appends one record to `runs.jsonl` (one `write` of one line, so concurrent runs do not
-    /// interleave within a line).
+    /// Appends one record to `runs.jsonl`, as one `write` of one whole line, under an exclusive
+    /// lock on the file. A torn last line left by a killed run is repaired first, so it cannot
+    /// glue onto this record; if this write itself fails (a full disk), the file is cut back to
+    /// where it was, so no torn line is left behind.
     pub fn append_record(&self, record: &RunRecord) -> Result<(), StoreError> {
         let path = self.runs_file();
-        let mut line = serde_json::to_vec(record).unwrap_or_default();
+        let log_err = |what: &'static str| {
+            let path = path.clone();
+            move |source| StoreError::RunLog { path, what, source }
+        };
+        let mut line = serde_json::to_vec(record)
+            .map_err(|e| log_err("could not encode a run record")(std::io::Error::other(e)))?;
         line.push(b'\n');
         let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&path)
-            .map_err(io_err(&path))?;
-        file.write_all(&line).map_err(io_err(&path))
+            .map_err(log_err("could not open"))?;
+        // Other onenet processes append and repair too: the repair must not cut a line another
+        // process is writing. The lock is released when `file` is closed.
+        file.lock().map_err(log_err("could not lock"))?;
+        repair_torn_tail(&file).map_err(log_err("could not repair a torn last line"))?;
+        let end = file
+            .metadata()
+            .map_err(log_err("could not read the size"))?
+            .len();
+        if let Err(e) = file.write_all(&line) {
+            // Undo a partial write; cutting needs no free space, so this works on a full disk.
+            // If it fails too, the next append repairs the tail.
+            let _ = file.set_len(end);
+            return Err(log_err("could not append a run record")(e));
+        }
+        Ok(())
     }
 
-    /// Every run record, oldest first (unreadable lines are skipped).
-    pub fn records(&self) -> Vec<RunRecord> {
-        fs::read_to_string(self.runs_file())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+    /// Every run record, oldest first. A line that is not a run record (a torn write, a hand
+    /// edit) is skipped, with a warning naming the file and line, so one bad line does not hide
+    /// the others. A missing file is an empty log.
+    pub fn records(&self) -> Result<RunLog, StoreError> {
+        let path = self.runs_file();
+        let bytes = match File::open(&path) {
+            Ok(mut file) => {
+                // Best effort: with the shared lock an append is never seen half done; without
+                // it (a file system without locks) a half-done last line is only skipped.
+                let _ = file.lock_shared();
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes).map_err(io_err(&path))?;
+                bytes
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        Ok(parse_run_log(&path, &bytes))
     }
 
     /// Keys of all complete objects.
@@ -456,6 +517,87 @@ impl ArtifactStore {
             Err(_) => false,
         }
     }
+}
+
+/// The run records read from `runs.jsonl`, with a warning for each line skipped.
+#[derive(Debug, Default)]
+pub struct RunLog {
+    pub records: Vec<RunRecord>,
+    /// E.g. "artifacts/runs.jsonl line 7: not a run record (…), skipped".
+    pub warnings: Vec<String>,
+}
+
+/// Parses the bytes of `runs.jsonl` line by line (bytes, not text, so one line of invalid UTF-8
+/// costs only that line).
+fn parse_run_log(path: &Path, bytes: &[u8]) -> RunLog {
+    let mut log = RunLog::default();
+    let mut lines = bytes.split(|&b| b == b'\n').peekable();
+    let mut number = 0;
+    while let Some(line) = lines.next() {
+        number += 1;
+        // The piece after the final newline is empty unless the last line is torn.
+        let last = lines.peek().is_none();
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<RunRecord>(line) {
+            Ok(record) => log.records.push(record),
+            Err(e) => log.warnings.push(format!(
+                "{} line {number}: {} ({e}), skipped",
+                path.display(),
+                if last {
+                    "torn last line, not a run record"
+                } else {
+                    "not a run record"
+                }
+            )),
+        }
+    }
+    log
+}
+
+/// Makes a file that the caller holds locked end with a newline: a last line without one is the
+/// fragment of a write that was cut short. If it parses as a whole record, only the newline was
+/// lost and it is completed; otherwise the file is cut back to just after the last newline (or to
+/// empty), which never removes a whole line.
+fn repair_torn_tail(file: &File) -> std::io::Result<()> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+    // Scan back in chunks for the last newline: the fragment is usually short, but garbage
+    // (e.g. zeros after a crash) need not be.
+    const CHUNK: u64 = 64 * 1024;
+    let mut cut = 0;
+    let mut end = len;
+    let mut buf = vec![0u8; CHUNK as usize];
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            cut = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    // A record is far smaller than this; a larger tail is garbage and is not worth reading.
+    const MAX_RECORD: u64 = 1 << 20;
+    if len - cut <= MAX_RECORD {
+        let mut tail = vec![0u8; (len - cut) as usize];
+        file.read_exact_at(&mut tail, cut)?;
+        if serde_json::from_slice::<RunRecord>(&tail).is_ok() {
+            // The file is open for appending, so this lands at the end.
+            let mut file = file;
+            return file.write_all(b"\n");
+        }
+    }
+    file.set_len(cut)
 }
 
 /// Problems with one object's files, compared with its recorded hashes.
@@ -595,6 +737,7 @@ mod tests {
             upstream,
             sources: BTreeMap::new(),
             environment: BTreeMap::new(),
+            recorded: BTreeMap::new(),
         }
     }
 
@@ -603,7 +746,15 @@ mod tests {
         let pending = store.begin(&key).unwrap();
         fs::write(pending.dir.join("out.txt"), body).unwrap();
         store
-            .commit(pending, stage, inputs, vec![], vec![], 0.1)
+            .commit(
+                pending,
+                stage,
+                inputs,
+                CommitInfo {
+                    seconds: 0.1,
+                    ..CommitInfo::default()
+                },
+            )
             .unwrap();
         store.set_latest(stage, &key).unwrap();
         key
@@ -620,7 +771,16 @@ mod tests {
         fs::write(pending.dir.join("out.txt"), b"hello").unwrap();
         assert!(!store.has(&key), "a pending object is not visible");
         store
-            .commit(pending, "s", &inputs, vec!["w".into()], vec![], 0.5)
+            .commit(
+                pending,
+                "s",
+                &inputs,
+                CommitInfo {
+                    warnings: vec!["w".into()],
+                    seconds: 0.5,
+                    ..CommitInfo::default()
+                },
+            )
             .unwrap();
         store.set_latest("s", &key).unwrap();
         assert!(store.has(&key));
@@ -638,7 +798,7 @@ mod tests {
         let pending = store.begin(&inputs.key()).unwrap();
         fs::write(pending.dir.join("t.parquet"), b"garbage").unwrap();
         let err = store
-            .commit(pending, "s", &inputs, vec![], vec![], 0.0)
+            .commit(pending, "s", &inputs, CommitInfo::default())
             .unwrap_err();
         assert!(err.to_string().contains("t.parquet"), "{err}");
         assert!(!store.has(&inputs.key()));
@@ -712,5 +872,116 @@ mod tests {
         assert!(store
             .lock(&key, "s", Duration::from_secs(1), &|_| {})
             .is_ok());
+    }
+
+    fn record(run_id: &str) -> RunRecord {
+        RunRecord {
+            run_id: run_id.into(),
+            time_unix: 1.5,
+            stage: "s".into(),
+            kind: "k".into(),
+            key: "00".into(),
+            action: "computed".into(),
+            seconds: 0.25,
+            inputs: vec![("up".into(), "11".into())],
+            warnings: 0,
+            error: None,
+        }
+    }
+
+    /// The run ids of every line of `runs.jsonl`, asserting each is a whole record.
+    fn whole_lines(store: &ArtifactStore) -> Vec<String> {
+        let text = fs::read_to_string(store.runs_file()).unwrap();
+        assert!(text.ends_with('\n'), "{text:?}");
+        text.lines()
+            .map(|l| {
+                serde_json::from_str::<RunRecord>(l)
+                    .unwrap_or_else(|e| panic!("{l:?}: {e}"))
+                    .run_id
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_before_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        store.append_record(&record("a")).unwrap();
+        store.append_record(&record("b")).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(store.runs_file())
+            .unwrap();
+        f.write_all(br#"{"run_id":"x","sta"#).unwrap();
+        store.append_record(&record("c")).unwrap();
+        assert_eq!(whole_lines(&store), ["a", "b", "c"]);
+        let log = store.records().unwrap();
+        assert!(log.warnings.is_empty(), "{:?}", log.warnings);
+        assert_eq!(log.records.last().unwrap().run_id, "c");
+    }
+
+    #[test]
+    fn a_log_without_any_newline_is_emptied_before_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        fs::write(store.runs_file(), b"\0\0\0{\"run_id\":").unwrap();
+        store.append_record(&record("a")).unwrap();
+        assert_eq!(whole_lines(&store), ["a"]);
+    }
+
+    #[test]
+    fn a_whole_record_missing_only_its_newline_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        store.append_record(&record("a")).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(store.runs_file())
+            .unwrap();
+        f.write_all(&serde_json::to_vec(&record("b")).unwrap())
+            .unwrap();
+        store.append_record(&record("c")).unwrap();
+        assert_eq!(whole_lines(&store), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn reading_skips_a_malformed_line_and_names_its_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        store.append_record(&record("a")).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(store.runs_file())
+            .unwrap();
+        f.write_all(b"{\"run_id\":\"x\",\"sta\n\xff\xfe\n").unwrap();
+        store.append_record(&record("b")).unwrap();
+        let log = store.records().unwrap();
+        let ids: Vec<&str> = log.records.iter().map(|r| r.run_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        let file = store.runs_file().display().to_string();
+        assert_eq!(log.warnings.len(), 2, "{:?}", log.warnings);
+        assert!(
+            log.warnings[0].starts_with(&format!("{file} line 2: not a run record (")),
+            "{:?}",
+            log.warnings
+        );
+        assert!(
+            log.warnings[0].ends_with("), skipped"),
+            "{:?}",
+            log.warnings
+        );
+        assert!(
+            log.warnings[1].starts_with(&format!("{file} line 3: ")),
+            "{:?}",
+            log.warnings
+        );
+    }
+
+    #[test]
+    fn reading_a_missing_log_gives_no_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let log = store.records().unwrap();
+        assert!(log.records.is_empty() && log.warnings.is_empty());
     }
 }

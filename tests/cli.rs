@@ -84,7 +84,7 @@ impl Project {
                     .as_array()
                     .expect("reasons")
                     .iter()
-                    .map(|r| r.as_str().unwrap_or_default().to_string())
+                    .map(|r| r["text"].as_str().unwrap_or_default().to_string())
                     .collect();
                 (
                     s["name"].as_str().unwrap_or_default().to_string(),
@@ -223,7 +223,7 @@ params = { root = "data" }
     assert_eq!(status["images"].0, "stale");
     let reason = &status["images"].1[0];
     assert!(
-        reason.starts_with("1 file added, 1 file changed, 1 file removed"),
+        reason.starts_with("param root: 1 file added, 1 file changed, 1 file removed"),
         "{reason}"
     );
 
@@ -563,5 +563,50 @@ fn the_flickr8k_example_is_a_valid_pipeline() {
     assert!(
         said.contains("data/flickr8k: dataset folder not found"),
         "{said}"
+    );
+}
+
+#[test]
+fn a_torn_runs_record_is_repaired_and_the_log_stays_readable() {
+    let p = Project::new(SMALL_DEMO);
+    p.run(&[]);
+    let log = p.store().join("runs.jsonl");
+    // A run killed mid-write leaves the start of a record and no newline.
+    let mut f = fs::OpenOptions::new().append(true).open(&log).unwrap();
+    use std::io::Write;
+    f.write_all(br#"{"run_id":"x","sta"#).unwrap();
+    drop(f);
+    p.run(&[]);
+
+    let content = fs::read_to_string(&log).unwrap();
+    assert!(content.ends_with('\n'), "{content}");
+    let lines: Vec<&str> = content.lines().collect();
+    // Three stages, two runs: the fragment is gone and nothing whole was lost.
+    assert_eq!(lines.len(), 6, "{content}");
+    for line in &lines {
+        let r: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_ne!(r["run_id"], "x", "{content}");
+    }
+
+    let script = r#"
+import sys
+import duckdb, polars as pl
+path = sys.argv[1]
+n = pl.read_ndjson(path).height
+m = duckdb.sql(f"select count(*) from read_json_auto('{path}')").fetchall()[0][0]
+print(n, m)
+"#;
+    let out = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+        .args(["-c", script, log.to_str().unwrap()])
+        .output()
+        .expect("python3 (with polars and duckdb: `make python-test-deps`)");
+    assert!(
+        out.status.success(),
+        "Polars/DuckDB check failed (needs `pip install polars duckdb`): {}",
+        text(&out)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{0} {0}", lines.len())
     );
 }

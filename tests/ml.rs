@@ -607,3 +607,111 @@ fn training_can_start_word_embeddings_from_glove() {
     .unwrap();
     assert_eq!(info["config"]["pretrained_dim"], 50);
 }
+
+#[test]
+fn forcing_features_recomputes_every_image() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        random_weights_pipeline(12, 1),
+    )
+    .unwrap();
+    let t = Trained {
+        dir: dir.path().to_path_buf(),
+    };
+    t.json(&["run", "features"]);
+    let forced = t.json(&["run", "features", "--force", "features"]);
+    let notes = notes_of(&forced, "features");
+    assert!(notes.contains("12 computed, 0 reused"), "{notes}");
+}
+
+/// The object metadata of a stage's newest output.
+fn object_meta(dir: &Path, stage: &str) -> Value {
+    let path = dir
+        .join("artifacts/latest")
+        .join(stage)
+        .join("_onenet.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn the_device_in_a_key_is_the_device_the_worker_ran_on() {
+    for visible in [None, Some("")] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("pipeline.toml"),
+            random_weights_pipeline(10, 1),
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_onenet"));
+        cmd.current_dir(dir.path())
+            .args(["run", "features", "--format", "json"]);
+        if let Some(visible) = visible {
+            cmd.env("CUDA_VISIBLE_DEVICES", visible);
+        } else {
+            cmd.env_remove("CUDA_VISIBLE_DEVICES");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let features = run["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "features")
+            .unwrap();
+        let ran_on = features["device"].as_str().expect("the worker's device");
+        let meta = object_meta(dir.path(), "features");
+        assert_eq!(meta["key_inputs"]["environment"]["device"], ran_on);
+        assert_eq!(meta["device"], ran_on);
+        if visible == Some("") {
+            assert_eq!(ran_on, "cpu", "no CUDA device is visible");
+        }
+        // Plain Rust stages carry no device at all.
+        let images = object_meta(dir.path(), "images");
+        assert_eq!(images["key_inputs"]["environment"], serde_json::json!({}));
+    }
+}
+
+#[test]
+fn replaced_weights_make_features_stale_and_status_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let own = dir.path().join("w/backbone.pth");
+    std::fs::create_dir_all(own.parent().unwrap()).unwrap();
+    std::fs::copy(weights(), &own).unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        pipeline_to_train(
+            "images = 10, image_size = 48",
+            "weights = \"w/backbone.pth\"",
+            "epochs = 1",
+        ),
+    )
+    .unwrap();
+    let t = Trained {
+        dir: dir.path().to_path_buf(),
+    };
+    t.json(&["run", "features"]);
+    let mut bytes = std::fs::read(&own).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&own, bytes).unwrap();
+    let status = t.json(&["status"]);
+    let features = status["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "features")
+        .unwrap()
+        .clone();
+    assert_eq!(features["state"], "stale");
+    assert_eq!(
+        features["reasons"][0]["text"],
+        "param weights: content changed (file w/backbone.pth)"
+    );
+    assert_eq!(features["reasons"][0]["kind"], "files");
+}

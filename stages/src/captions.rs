@@ -12,8 +12,8 @@ use arrow::datatypes::{DataType, Field, Schema};
 use crate::flickr::{self, CaptionFile, Splits};
 use crate::table::{batch, write_parquet};
 use crate::{
-    ParamDefault, ParamSpec, ParamType, Params, StageContext, StageError, StageInput, StageKind,
-    StageReport,
+    Effect, ParamDefault, ParamSpec, ParamType, Params, PathKind, Source, StageContext, StageError,
+    StageInput, StageKind, StageReport,
 };
 
 pub const KIND: StageKind = StageKind {
@@ -23,20 +23,26 @@ pub const KIND: StageKind = StageKind {
     params: PARAMS,
     inputs: flickr::DATASET_INPUTS,
     sources,
+    device: crate::DeviceUse::NoLibtorch,
     run,
 };
 
 const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "root",
-        ty: ParamType::Str,
+        ty: ParamType::Path {
+            what: PathKind::Folder,
+            words: &[],
+        },
         default: ParamDefault::Unset,
+        effect: Effect::Output,
         help: "Dataset folder in the Flickr8k layout (instead of an upstream demo_data stage)",
     },
     ParamSpec {
         name: "variant",
         ty: ParamType::Choice(&["raw", "lemma"]),
         default: ParamDefault::Str("raw"),
+        effect: Effect::Output,
         help: "Caption file to read: raw (Flickr8k.token.txt) or lemma (Flickr8k.lemma.token.txt)",
     },
     ParamSpec {
@@ -46,6 +52,7 @@ const PARAMS: &[ParamSpec] = &[
             max: i64::MAX,
         },
         default: ParamDefault::Int(1),
+        effect: Effect::Output,
         help: "Train-split words seen fewer times than this become <unk>",
     },
 ];
@@ -85,13 +92,16 @@ fn sources(
     params: &Params,
     inputs: &[StageInput],
     base_dir: &Path,
-) -> Result<Vec<PathBuf>, StageError> {
+) -> Result<Vec<Source>, StageError> {
     let Some(root) = flickr::external_root(params, inputs, base_dir)? else {
         return Ok(Vec::new());
     };
     let mut files = vec![caption_path(params, &root)?];
     files.extend(flickr::split_paths(&root));
-    Ok(files)
+    Ok(files
+        .into_iter()
+        .map(|path| Source::in_param_folder("root", &root, path))
+        .collect())
 }
 
 /// The words of a caption: lower-cased runs of `[a-z0-9']`, everything else separates words, and
@@ -708,19 +718,19 @@ mod tests {
         given.insert("variant".to_string(), ParamValue::Str("lemma".into()));
         let params = Params::with_defaults(KIND.params, given);
         let files = (KIND.sources)(&params, &[], dir.path()).unwrap();
-        let names: Vec<String> = files.iter().map(|f| flickr::file_label(f)).collect();
+        let labels: Vec<String> = files.iter().map(Source::label).collect();
         assert_eq!(
-            names,
+            labels,
             [
-                "Flickr8k.lemma.token.txt",
-                "Flickr_8k.trainImages.txt",
-                "Flickr_8k.devImages.txt",
-                "Flickr_8k.testImages.txt"
+                "root/Flickr8k_text/Flickr8k.lemma.token.txt",
+                "root/Flickr8k_text/Flickr_8k.trainImages.txt",
+                "root/Flickr8k_text/Flickr_8k.devImages.txt",
+                "root/Flickr8k_text/Flickr_8k.testImages.txt"
             ]
         );
         assert!(files
             .iter()
-            .all(|f| f.is_absolute() && f.starts_with(&root)));
+            .all(|f| f.path.is_absolute() && f.path.starts_with(&root)));
 
         let upstream = [StageInput {
             name: "demo".into(),

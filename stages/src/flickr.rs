@@ -567,12 +567,13 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use crate::{NoProgress, ParamDefault, ParamSpec, ParamType, ParamValue};
+    use crate::{Effect, NoProgress, ParamDefault, ParamSpec, ParamType, ParamValue};
 
     const ROOT_PARAM: &[ParamSpec] = &[ParamSpec {
         name: "root",
         ty: ParamType::Str,
         default: ParamDefault::Unset,
+        effect: Effect::Output,
         help: "",
     }];
 

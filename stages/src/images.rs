@@ -15,8 +15,8 @@ use rayon::prelude::*;
 use crate::flickr::{self, Splits};
 use crate::table::{batch, write_parquet};
 use crate::{
-    ParamDefault, ParamSpec, ParamType, Params, StageContext, StageError, StageInput, StageKind,
-    StageReport,
+    Effect, ParamDefault, ParamSpec, ParamType, Params, PathKind, Source, StageContext, StageError,
+    StageInput, StageKind, StageReport,
 };
 
 pub const KIND: StageKind = StageKind {
@@ -26,20 +26,26 @@ pub const KIND: StageKind = StageKind {
     params: PARAMS,
     inputs: flickr::DATASET_INPUTS,
     sources,
+    device: crate::DeviceUse::NoLibtorch,
     run,
 };
 
 const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "root",
-        ty: ParamType::Str,
+        ty: ParamType::Path {
+            what: PathKind::Folder,
+            words: &[],
+        },
         default: ParamDefault::Unset,
+        effect: Effect::Output,
         help: "Dataset folder in the Flickr8k layout (instead of an upstream demo_data stage)",
     },
     ParamSpec {
         name: "strict",
         ty: ParamType::Bool,
         default: ParamDefault::Bool(false),
+        effect: Effect::Output,
         help: "Fail on corrupt or missing images instead of leaving them out with a warning",
     },
 ];
@@ -92,14 +98,17 @@ fn sources(
     params: &Params,
     inputs: &[StageInput],
     base_dir: &Path,
-) -> Result<Vec<PathBuf>, StageError> {
+) -> Result<Vec<Source>, StageError> {
     let Some(root) = flickr::external_root(params, inputs, base_dir)? else {
         return Ok(Vec::new());
     };
     let mut files = list_image_files(&flickr::image_dir(&root))?;
     files.extend(flickr::split_paths(&root));
     files.push(flickr::text_file(&root, flickr::TOKEN_FILE));
-    Ok(files)
+    Ok(files
+        .into_iter()
+        .map(|path| Source::in_param_folder("root", &root, path))
+        .collect())
 }
 
 /// What reading and decoding one image file found.
@@ -650,22 +659,25 @@ mod tests {
         let params = Params::with_defaults(KIND.params, given);
         let base_dir = f.root.parent().unwrap();
         let files = (KIND.sources)(&params, &[], base_dir).unwrap();
-        let names: Vec<String> = files.iter().map(|p| flickr::file_label(p)).collect();
+        // Keys name each file relative to the dataset root, never by its absolute path.
+        let labels: Vec<String> = files.iter().map(Source::label).collect();
         assert_eq!(
-            names,
+            labels,
             [
-                "a.jpg",
-                "b.JPEG",
-                "c.png",
-                "t.jpg",
-                "x.jpg",
-                "Flickr_8k.trainImages.txt",
-                "Flickr_8k.devImages.txt",
-                "Flickr_8k.testImages.txt",
-                "Flickr8k.token.txt",
+                "root/Flicker8k_Dataset/a.jpg",
+                "root/Flicker8k_Dataset/b.JPEG",
+                "root/Flicker8k_Dataset/c.png",
+                "root/Flicker8k_Dataset/t.jpg",
+                "root/Flicker8k_Dataset/x.jpg",
+                "root/Flickr8k_text/Flickr_8k.trainImages.txt",
+                "root/Flickr8k_text/Flickr_8k.devImages.txt",
+                "root/Flickr8k_text/Flickr_8k.testImages.txt",
+                "root/Flickr8k_text/Flickr8k.token.txt",
             ]
         );
-        assert!(files.iter().all(|p| p.is_absolute()));
+        assert!(files
+            .iter()
+            .all(|s| s.path.is_absolute() && s.path.starts_with(&f.root)));
         let upstream = [StageInput {
             name: "demo".into(),
             kind: "demo_data".into(),

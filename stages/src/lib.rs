@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use error::StageError;
-pub use params::{ParamDefault, ParamSpec, ParamType, ParamValue, Params, RawValue};
+pub use params::{
+    Effect, ParamDefault, ParamSpec, ParamType, ParamValue, Params, PathKind, RawValue,
+};
 
 /// One upstream stage's committed output, as a stage sees it.
 #[derive(Debug, Clone)]
@@ -139,6 +141,9 @@ pub struct StageReport {
     pub warnings: Vec<String>,
     /// Short facts about the output ("40460 captions, 8092 images, vocabulary 8918").
     pub notes: Vec<String>,
+    /// The device a libtorch stage ran on (`cpu`, `cuda`), as the worker reports it; None for
+    /// plain Rust stages. The engine refuses to commit an output whose key names another device.
+    pub device: Option<String>,
 }
 
 /// How many upstream stages a kind reads, and of which kinds.
@@ -150,8 +155,82 @@ pub struct InputRule {
     pub max: usize,
 }
 
-/// Lists the external files a stage reads: (params, inputs, base dir) → absolute paths.
-pub type SourcesFn = fn(&Params, &[StageInput], &Path) -> Result<Vec<PathBuf>, StageError>;
+/// A file outside the artifact store that a stage reads, and the root it belongs to.
+///
+/// The cache key holds its path relative to that root (`/`-separated) and its content hash, never
+/// the absolute path: a project moved, copied or cloned elsewhere keeps every key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The path param whose file or folder holds it (e.g. `root`, `weights`), or None for a file
+    /// named relative to the pipeline file's folder.
+    pub param: Option<&'static str>,
+    /// Path relative to the param's folder, `/`-separated; empty when the param names this file.
+    pub rel: String,
+    /// Where to read it.
+    pub path: PathBuf,
+}
+
+impl Source {
+    /// The file a file-valued path param names.
+    pub fn param_file(param: &'static str, path: PathBuf) -> Source {
+        Source {
+            param: Some(param),
+            rel: String::new(),
+            path,
+        }
+    }
+
+    /// A file inside the folder a folder-valued path param names.
+    pub fn in_param_folder(param: &'static str, folder: &Path, path: PathBuf) -> Source {
+        Source {
+            param: Some(param),
+            rel: relative_slash_path(folder, &path),
+            path,
+        }
+    }
+
+    /// How the file is named in a cache key: `param` for the file a param names,
+    /// `param/rel/path` for a file in a param's folder, `./rel/path` for one relative to the
+    /// pipeline file.
+    pub fn label(&self) -> String {
+        match (self.param, self.rel.as_str()) {
+            (Some(param), "") => param.to_string(),
+            (Some(param), rel) => format!("{param}/{rel}"),
+            (None, rel) => format!("./{rel}"),
+        }
+    }
+}
+
+/// `path` relative to `root`, `/`-separated (the whole path when it is not under `root`).
+fn relative_slash_path(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Lists the external files a stage reads: (params, inputs, base dir) → sources.
+pub type SourcesFn = fn(&Params, &[StageInput], &Path) -> Result<Vec<Source>, StageError>;
+
+/// Where a stage's computation runs, as its spec declares it; the libtorch worker's runtime
+/// module turns it into a device, and the engine keys the stage by that device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceUse {
+    /// Plain Rust: no libtorch, no device in the key.
+    NoLibtorch,
+    /// libtorch on the CPU by design (its result must not depend on the machine's GPU).
+    Cpu,
+    /// libtorch on the best device the worker finds (CUDA when it can use one, else the CPU).
+    Best,
+}
+
+impl DeviceUse {
+    /// Whether the stage links libtorch (and so its libtorch version enters the key).
+    pub fn uses_libtorch(self) -> bool {
+        self != DeviceUse::NoLibtorch
+    }
+}
 
 /// Runs a stage: writes its outputs into `ctx.out_dir`.
 pub type RunFn = fn(&StageContext) -> Result<StageReport, StageError>;
@@ -169,6 +248,8 @@ pub struct StageKind {
     /// engine content-hashes them into the cache key. Files under an upstream output need not be
     /// listed: the upstream key already covers them.
     pub sources: SourcesFn,
+    /// Where it computes: decides the device part of its key.
+    pub device: DeviceUse,
     pub run: RunFn,
 }
 
@@ -229,23 +310,6 @@ pub fn kinds() -> &'static [StageKind] {
 /// The kind called `name`, if there is one.
 pub fn kind(name: &str) -> Option<&'static StageKind> {
     kinds().iter().find(|k| k.name == name)
-}
-
-/// What changes numerical results besides code and inputs: the libtorch version and the device
-/// kind. The engine folds this into every cache key. Worked out without loading libtorch (the
-/// engine never does): CUDA is used when the linked libtorch has CUDA support and the machine has
-/// an NVIDIA device, exactly when `tch::Device::cuda_if_available` picks it.
-pub fn environment() -> Vec<(String, String)> {
-    let libtorch_has_cuda = option_env!("ONENET_LIBTORCH_CUDA") == Some("1");
-    let device = if libtorch_has_cuda && Path::new("/dev/nvidiactl").exists() {
-        "cuda"
-    } else {
-        "cpu"
-    };
-    vec![
-        ("libtorch".to_string(), libtorch_version()),
-        ("device".to_string(), device.to_string()),
-    ]
 }
 
 /// The libtorch version the binary was linked against.

@@ -22,6 +22,32 @@ pub enum ParamType {
     Str,
     /// One of a fixed set of strings.
     Choice(&'static [&'static str]),
+    /// A file or folder, relative to the pipeline file's folder or absolute, or one of `words`
+    /// (e.g. `"random"` for weights). A path enters the cache key by the content of what it
+    /// names, never by its spelling: the stage kind's `sources` lists the files under it that it
+    /// reads.
+    Path {
+        what: PathKind,
+        words: &'static [&'static str],
+    },
+}
+
+/// What a path param names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    File,
+    Folder,
+}
+
+/// Whether a param can change what a stage writes (cargo's fingerprint draws the same line
+/// between what is hashed and what is only recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// It can change the output: it enters the cache key.
+    Output,
+    /// It only changes how fast the output is made (threads): recorded beside the output but
+    /// left out of the key, so throttling a run recomputes nothing.
+    SpeedOnly,
 }
 
 /// A param's default, as a constant a `static` can hold.
@@ -41,7 +67,18 @@ pub struct ParamSpec {
     pub name: &'static str,
     pub ty: ParamType,
     pub default: ParamDefault,
+    pub effect: Effect,
     pub help: &'static str,
+}
+
+impl ParamSpec {
+    /// Whether `value` of this param names a path (a path param not set to one of its words).
+    pub fn names_path(&self, value: &ParamValue) -> bool {
+        match (self.ty, value) {
+            (ParamType::Path { words, .. }, ParamValue::Str(v)) => !words.contains(&v.as_str()),
+            _ => false,
+        }
+    }
 }
 
 /// A param value after type checking.
@@ -101,6 +138,17 @@ impl ParamType {
             ParamType::Bool => "boolean".into(),
             ParamType::Str => "string".into(),
             ParamType::Choice(choices) => format!("one of {}", choices.join(", ")),
+            ParamType::Path { what, words } => {
+                let what = match what {
+                    PathKind::File => "path of a file",
+                    PathKind::Folder => "path of a folder",
+                };
+                if words.is_empty() {
+                    what.to_string()
+                } else {
+                    format!("{what}, or {}", words.join(", "))
+                }
+            }
         }
     }
 
@@ -130,6 +178,13 @@ impl ParamType {
             }
             (ParamType::Bool, RawValue::Bool(v)) => Ok(ParamValue::Bool(*v)),
             (ParamType::Str, RawValue::Str(v)) => Ok(ParamValue::Str(v.clone())),
+            (ParamType::Path { .. }, RawValue::Str(v)) => {
+                if v.trim().is_empty() {
+                    Err("expected a path, found an empty string".to_string())
+                } else {
+                    Ok(ParamValue::Str(v.clone()))
+                }
+            }
             (ParamType::Choice(choices), RawValue::Str(v)) => {
                 if choices.contains(&v.as_str()) {
                     Ok(ParamValue::Str(v.clone()))
@@ -157,7 +212,9 @@ impl ParamType {
                 "false" => RawValue::Bool(false),
                 _ => RawValue::Str(text.to_string()),
             },
-            ParamType::Str | ParamType::Choice(_) => RawValue::Str(text.to_string()),
+            ParamType::Str | ParamType::Choice(_) | ParamType::Path { .. } => {
+                RawValue::Str(text.to_string())
+            }
         }
     }
 }
@@ -286,12 +343,14 @@ mod tests {
                 name: "a",
                 ty: ParamType::Bool,
                 default: ParamDefault::Bool(true),
+                effect: Effect::Output,
                 help: "",
             },
             ParamSpec {
                 name: "b",
                 ty: ParamType::Str,
                 default: ParamDefault::Unset,
+                effect: Effect::Output,
                 help: "",
             },
         ];

@@ -51,6 +51,9 @@ pub enum WorkerEvent {
     Report {
         warnings: Vec<String>,
         notes: Vec<String>,
+        /// The device the stage ran on, as the worker's runtime decided it.
+        #[serde(default)]
+        device: Option<String>,
     },
     Error {
         message: String,
@@ -106,8 +109,16 @@ pub fn run_in_worker(ctx: &StageContext) -> Result<StageReport, StageError> {
                 Ok(WorkerEvent::Start { len, what }) => ctx.progress.start(len, &what),
                 Ok(WorkerEvent::Inc { n }) => ctx.progress.inc(n),
                 Ok(WorkerEvent::Message { text }) => ctx.progress.set_message(&text),
-                Ok(WorkerEvent::Report { warnings, notes }) => {
-                    outcome = Some(Ok(StageReport { warnings, notes }))
+                Ok(WorkerEvent::Report {
+                    warnings,
+                    notes,
+                    device,
+                }) => {
+                    outcome = Some(Ok(StageReport {
+                        warnings,
+                        notes,
+                        device,
+                    }))
                 }
                 Ok(WorkerEvent::Error { message }) => {
                     outcome = Some(Err(StageError::Input(message)))
@@ -162,9 +173,9 @@ impl Progress for WorkerProgress {
     }
 }
 
-/// The worker side: runs `job` with `run` and reports the outcome as the last event. Returns
-/// whether the stage succeeded.
-pub fn serve(job: &StageJob, run: crate::RunFn) -> bool {
+/// The worker side: runs `job` with `run` and reports the outcome as the last event, with the
+/// `device` the worker's runtime decided for it. Returns whether the stage succeeded.
+pub fn serve(job: &StageJob, run: crate::RunFn, device: &str) -> bool {
     let inputs: Vec<StageInput> = job
         .inputs
         .iter()
@@ -191,6 +202,7 @@ pub fn serve(job: &StageJob, run: crate::RunFn) -> bool {
             WorkerProgress::send(&WorkerEvent::Report {
                 warnings: report.warnings,
                 notes: report.notes,
+                device: Some(device.to_string()),
             });
             true
         }

@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::feature_table::FeatureMatrix;
-use crate::train::{set_threads, TrainedModel};
+use crate::runtime::Runtime;
+use crate::train::TrainedModel;
 use onenet_stages::captions::{CAPTIONS_TABLE, END_ID, PAD_ID, START_ID};
 use onenet_stages::table::{
     batch, column, embedding_column, embedding_type, read_parquet, strings, u32_lists, u32s,
@@ -21,8 +22,7 @@ use onenet_stages::table::{
 use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
 
 pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
-    set_threads(ctx.params.int("threads")?);
-    let device = Device::Cpu;
+    let device = Runtime::for_stage(ctx)?.device;
     let trained = TrainedModel::load(&input_of_kind(ctx.inputs, "train")?.dir, device)?;
     let features = FeatureMatrix::read(&input_of_kind(ctx.inputs, "features")?.dir, device)?;
 
@@ -77,6 +77,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     write_parquet(&path, &batch(&path, schema, columns)?)?;
 
     Ok(StageReport {
+        device: None,
         warnings: Vec::new(),
         notes: vec![format!(
             "{} image, {} word and {} caption embeddings",

@@ -9,13 +9,14 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 use crate::embed::{flatten, mean_word_embedding, word_matrix};
 use crate::feature_table::FeatureMatrix;
 use crate::model::{invert, rank_by_likelihood};
 use crate::order::{read_pairs, Pair};
-use crate::train::{captions_by_image, set_threads, TrainedModel};
+use crate::runtime::Runtime;
+use crate::train::{captions_by_image, TrainedModel};
 use onenet_stages::metrics::{
     corpus_bleu, cosine_scores, l2_normalize_rows, rank_of, top_k_cosine, RetrievalMetrics,
 };
@@ -27,8 +28,7 @@ use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
 
 pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let p = ctx.params;
-    set_threads(p.int("threads")?);
-    let device = Device::cuda_if_available();
+    let device = Runtime::for_stage(ctx)?.device;
     let split = p.str("split")?.to_string();
     let trained = TrainedModel::load(&input_of_kind(ctx.inputs, "train")?.dir, device)?;
     let features = FeatureMatrix::read(&input_of_kind(ctx.inputs, "features")?.dir, device)?;
@@ -219,6 +219,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             .unwrap_or(f64::NAN)
     };
     Ok(StageReport {
+        device: None,
         warnings: Vec::new(),
         notes: vec![
             format!(

@@ -21,7 +21,7 @@ use tch::{Device, Kind};
 
 use crate::backbone::{Backbone, BackboneKind};
 use crate::feature_table::{FeatureMatrix, FeatureRow};
-use crate::train::set_threads;
+use crate::runtime::Runtime;
 use onenet_stages::images::IMAGES_TABLE;
 use onenet_stages::table::{read_parquet, strings};
 use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
@@ -46,8 +46,7 @@ struct Pending {
 
 pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let p = ctx.params;
-    set_threads(p.int("threads")?);
-    let device = Device::cuda_if_available();
+    let device = Runtime::for_stage(ctx)?.device;
     let kind = BackboneKind::from_name(p.str("backbone")?).map_err(|e| StageError::Param {
         name: "backbone".into(),
         message: e.to_string(),
@@ -140,6 +139,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         notes.push(format!("{rate:.1} images/s at batch size {batch_size}"));
     }
     Ok(StageReport {
+        device: None,
         warnings: Vec::new(),
         notes,
     })

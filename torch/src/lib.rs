@@ -12,6 +12,7 @@ pub mod glove;
 pub mod model;
 pub mod optim;
 pub mod order;
+pub mod runtime;
 pub mod tasks;
 pub mod train;
 

@@ -28,6 +28,10 @@ enum WorkerCommand {
     /// Run one stage described by a JSON job (what the engine sends).
     #[command(hide = true)]
     RunStage { job: String },
+    /// Print, as JSON, the device a stage that may use a GPU runs on here and the libtorch
+    /// version (what the engine puts in cache keys).
+    #[command(hide = true)]
+    Device,
     #[command(flatten)]
     Task(TaskCommand),
 }
@@ -46,6 +50,16 @@ fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     let task = match cli.command {
         WorkerCommand::RunStage { job } => return run_stage(&job),
+        WorkerCommand::Device => {
+            println!(
+                "{}",
+                json!({
+                    "device": onenet_torch::runtime::best_device_name(),
+                    "libtorch": onenet_stages::libtorch_version(),
+                })
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         WorkerCommand::Task(task) => task,
     };
     match task {
@@ -208,7 +222,10 @@ fn run_stage(job: &str) -> Result<ExitCode> {
         serde_json::from_str(job).context("reading the stage job")?;
     let run = onenet_torch::run_of_kind(&job.kind)
         .with_context(|| format!("stage kind `{}` does not run in the worker", job.kind))?;
-    Ok(if onenet_stages::worker::serve(&job, run) {
+    let device =
+        onenet_torch::runtime::device_for(onenet_torch::runtime::kind_device_use(&job.kind));
+    let device = onenet_torch::runtime::device_name(device);
+    Ok(if onenet_stages::worker::serve(&job, run, device) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

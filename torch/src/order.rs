@@ -31,10 +31,8 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let captions_path = input_of_kind(ctx.inputs, "captions")?
         .dir
         .join(CAPTIONS_TABLE);
-    let features = FeatureMatrix::read(
-        &input_of_kind(ctx.inputs, "features")?.dir,
-        tch::Device::Cpu,
-    )?;
+    let device = crate::runtime::Runtime::for_stage(ctx)?.device;
+    let features = FeatureMatrix::read(&input_of_kind(ctx.inputs, "features")?.dir, device)?;
     let row_of = features.row_of();
 
     let table = read_parquet(&captions_path)?;

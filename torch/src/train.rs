@@ -89,17 +89,9 @@ impl TrainedModel {
     }
 }
 
-/// libtorch's thread count from a `threads` param (0 = leave libtorch's default, all cores).
-pub fn set_threads(threads: i64) {
-    if threads > 0 {
-        tch::set_num_threads(threads as i32);
-    }
-}
-
 pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let p = ctx.params;
-    set_threads(p.int("threads")?);
-    let device = Device::cuda_if_available();
+    let device = crate::runtime::Runtime::for_stage(ctx)?.device;
     let seed = p.int("seed")? as u64;
     let epochs = p.int("epochs")? as u32;
     let batch_size = p.int("batch_size")? as usize;

@@ -24,8 +24,8 @@ use rayon::prelude::*;
 use crate::flickr::{IMAGE_DIR, LEMMA_FILE, SPLIT_FILES, TEXT_DIR, TOKEN_FILE};
 use crate::table::{batch, write_parquet};
 use crate::{
-    InputRule, ParamDefault, ParamSpec, ParamType, Params, RawValue, StageContext, StageError,
-    StageKind, StageReport,
+    Effect, InputRule, ParamDefault, ParamSpec, ParamType, Params, RawValue, StageContext,
+    StageError, StageKind, StageReport,
 };
 
 use scene::Scene;
@@ -41,6 +41,7 @@ pub const KIND: StageKind = StageKind {
         max: 0,
     },
     sources: |_, _, _| Ok(Vec::new()),
+    device: crate::DeviceUse::NoLibtorch,
     run,
 };
 
@@ -53,6 +54,7 @@ const PARAMS: &[ParamSpec] = &[
             max: 1_000_000,
         },
         default: ParamDefault::Int(1000),
+        effect: Effect::Output,
         help: "Number of pictures to generate (five captions each)",
     },
     ParamSpec {
@@ -62,24 +64,28 @@ const PARAMS: &[ParamSpec] = &[
             max: i64::MAX,
         },
         default: ParamDefault::Int(7),
+        effect: Effect::Output,
         help: "Random seed: the same params always give byte-identical files",
     },
     ParamSpec {
         name: "image_size",
         ty: ParamType::Int { min: 32, max: 1024 },
         default: ParamDefault::Int(128),
+        effect: Effect::Output,
         help: "Side of the square pictures, in pixels",
     },
     ParamSpec {
         name: "dev_fraction",
         ty: ParamType::Float { min: 0.0, max: 0.5 },
         default: ParamDefault::Float(0.15),
+        effect: Effect::Output,
         help: "Fraction of the pictures in the dev split (rounded to whole pictures)",
     },
     ParamSpec {
         name: "test_fraction",
         ty: ParamType::Float { min: 0.0, max: 0.5 },
         default: ParamDefault::Float(0.15),
+        effect: Effect::Output,
         help: "Fraction of the pictures in the test split (rounded to whole pictures)",
     },
 ];
@@ -260,6 +266,7 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
 
     let train = settings.images - settings.dev - settings.test;
     Ok(StageReport {
+        device: None,
         warnings: Vec::new(),
         notes: vec![format!(
             "{} images ({train} train, {} dev, {} test), {} captions",

@@ -24,7 +24,7 @@ use crate::specs::train::TRAIN_LOG;
 use crate::table::{column, embedding_rows, read_parquet, string_lists, strings, u32s};
 use crate::tsne::{IMAGE_PLOT, WORD_PLOT};
 use crate::{
-    input_of_kind, InputRule, ParamDefault, ParamSpec, ParamType, StageContext, StageError,
+    input_of_kind, Effect, InputRule, ParamDefault, ParamSpec, ParamType, StageContext, StageError,
     StageKind, StageReport, UpstreamRecord,
 };
 use charts::{EpochPoint, GraphNode, NodeState};
@@ -42,6 +42,7 @@ pub const KIND: StageKind = StageKind {
         max: 4,
     },
     sources: |_, _, _| Ok(Vec::new()),
+    device: crate::DeviceUse::NoLibtorch,
     run,
 };
 
@@ -50,18 +51,21 @@ const PARAMS: &[ParamSpec] = &[
         name: "title",
         ty: ParamType::Str,
         default: ParamDefault::Str("onenet report"),
+        effect: Effect::Output,
         help: "Title of the page",
     },
     ParamSpec {
         name: "examples",
         ty: ParamType::Int { min: 0, max: 1000 },
         default: ParamDefault::Int(12),
+        effect: Effect::Output,
         help: "Test pictures shown with their generated and reference captions",
     },
     ParamSpec {
         name: "queries",
         ty: ParamType::Int { min: 0, max: 100 },
         default: ParamDefault::Int(4),
+        effect: Effect::Output,
         help: "Pictures shown with their similar pictures, and captions with the pictures \
                inversion found for them",
     },
@@ -69,12 +73,14 @@ const PARAMS: &[ParamSpec] = &[
         name: "neighbours",
         ty: ParamType::Int { min: 1, max: 50 },
         default: ParamDefault::Int(5),
+        effect: Effect::Output,
         help: "Similar pictures per picture, similar words per word, found pictures per caption",
     },
     ParamSpec {
         name: "words",
         ty: ParamType::Str,
         default: ParamDefault::Str(""),
+        effect: Effect::Output,
         help: "Comma-separated words shown with their similar words (empty: the most frequent \
                words of four letters or more)",
     },
@@ -82,6 +88,7 @@ const PARAMS: &[ParamSpec] = &[
         name: "thumbnail_size",
         ty: ParamType::Int { min: 16, max: 1024 },
         default: ParamDefault::Int(128),
+        effect: Effect::Output,
         help: "Longest side of the inlined pictures, in pixels",
     },
 ];
@@ -324,6 +331,7 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let page = html::page(&settings.title, &body);
     std::fs::write(&path, &page).map_err(|e| StageError::io(&path, e))?;
     Ok(StageReport {
+        device: None,
         warnings,
         notes: vec![format!(
             "{REPORT_FILE}: {} KiB, {} pictures inlined",

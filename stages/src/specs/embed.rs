@@ -1,7 +1,7 @@
 //! The `embed` stage kind as the engine sees it, and the tables it writes; it runs in the libtorch
 //! worker.
 
-use crate::{InputRule, ParamDefault, ParamSpec, ParamType, StageKind};
+use crate::{Effect, InputRule, ParamDefault, ParamSpec, ParamType, StageKind};
 
 pub const KIND: StageKind = StageKind {
     name: "embed",
@@ -11,7 +11,9 @@ pub const KIND: StageKind = StageKind {
         name: "threads",
         ty: ParamType::Int { min: 0, max: 1024 },
         default: ParamDefault::Int(0),
-        help: "CPU threads for libtorch (0: all cores)",
+        effect: Effect::SpeedOnly,
+        help: "CPU threads for libtorch (0: all cores). Left out of the cache key: libtorch may \
+               sum in another order with another count (last-bit differences), an equally valid result",
     }],
     inputs: InputRule {
         kinds: &["train", "features", "captions"],
@@ -19,6 +21,7 @@ pub const KIND: StageKind = StageKind {
         max: 3,
     },
     sources: |_, _, _| Ok(Vec::new()),
+    device: crate::DeviceUse::Cpu,
     run: crate::worker::run_in_worker,
 };
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use arrow::array::Float64Array;
 
 use crate::table::{column, read_parquet, strings};
-use crate::{InputRule, ParamDefault, ParamSpec, ParamType, StageError, StageKind};
+use crate::{Effect, InputRule, ParamDefault, ParamSpec, ParamType, StageError, StageKind};
 
 pub const KIND: StageKind = StageKind {
     name: "evaluate",
@@ -19,6 +19,7 @@ pub const KIND: StageKind = StageKind {
         max: 3,
     },
     sources: |_, _, _| Ok(Vec::new()),
+    device: crate::DeviceUse::Best,
     run: crate::worker::run_in_worker,
 };
 
@@ -27,12 +28,14 @@ const PARAMS: &[ParamSpec] = &[
         name: "split",
         ty: ParamType::Choice(&["test", "dev"]),
         default: ParamDefault::Str("test"),
+        effect: Effect::Output,
         help: "Split to evaluate on",
     },
     ParamSpec {
         name: "beam_width",
         ty: ParamType::Int { min: 1, max: 100 },
         default: ParamDefault::Int(3),
+        effect: Effect::Output,
         help: "Beam width of beam-search captions",
     },
     ParamSpec {
@@ -42,12 +45,14 @@ const PARAMS: &[ParamSpec] = &[
             max: 100_000,
         },
         default: ParamDefault::Int(DEFAULT_INVERT_STEPS),
+        effect: Effect::Output,
         help: "Adam steps when inverting the captioner for a caption",
     },
     ParamSpec {
         name: "invert_restarts",
         ty: ParamType::Int { min: 1, max: 1000 },
         default: ParamDefault::Int(DEFAULT_INVERT_RESTARTS),
+        effect: Effect::Output,
         help: "Random starting embeddings per caption; the lowest-loss one is kept",
     },
     ParamSpec {
@@ -57,12 +62,14 @@ const PARAMS: &[ParamSpec] = &[
             max: 100.0,
         },
         default: ParamDefault::Float(DEFAULT_INVERT_LEARNING_RATE),
+        effect: Effect::Output,
         help: "Adam learning rate of the inversion",
     },
     ParamSpec {
         name: "rerank",
         ty: ParamType::Int { min: 0, max: 1000 },
         default: ParamDefault::Int(DEFAULT_RERANK),
+        effect: Effect::Output,
         help: "Images nearest the inverted embedding that are re-ordered by the caption's \
                likelihood under the captioner (0: nearest by cosine only)",
     },
@@ -73,6 +80,7 @@ const PARAMS: &[ParamSpec] = &[
             max: i64::MAX,
         },
         default: ParamDefault::Int(500),
+        effect: Effect::Output,
         help: "Most captions used as retrieval queries (in split order)",
     },
     ParamSpec {
@@ -82,13 +90,16 @@ const PARAMS: &[ParamSpec] = &[
             max: i64::MAX,
         },
         default: ParamDefault::Int(DEFAULT_INVERT_SEED),
+        effect: Effect::Output,
         help: "Seed of the inversion's random starts",
     },
     ParamSpec {
         name: "threads",
         ty: ParamType::Int { min: 0, max: 1024 },
         default: ParamDefault::Int(0),
-        help: "CPU threads for libtorch (0: all cores)",
+        effect: Effect::SpeedOnly,
+        help: "CPU threads for libtorch (0: all cores). Left out of the cache key: libtorch may \
+               sum in another order with another count (last-bit differences), an equally valid result",
     },
 ];
 

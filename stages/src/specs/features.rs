@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
-    InputRule, ParamDefault, ParamSpec, ParamType, Params, StageError, StageInput, StageKind,
+    Effect, InputRule, ParamDefault, ParamSpec, ParamType, Params, PathKind, Source, StageError,
+    StageInput, StageKind,
 };
 
 pub const KIND: StageKind = StageKind {
@@ -18,6 +19,7 @@ pub const KIND: StageKind = StageKind {
         max: 1,
     },
     sources,
+    device: crate::DeviceUse::Best,
     run: crate::worker::run_in_worker,
 };
 
@@ -26,12 +28,17 @@ const PARAMS: &[ParamSpec] = &[
         name: "backbone",
         ty: ParamType::Choice(&["efficientnet_lite0", "inception_v3"]),
         default: ParamDefault::Str("efficientnet_lite0"),
+        effect: Effect::Output,
         help: "CNN: efficientnet_lite0 (224 px, 1280-d) or inception_v3 (299 px, 2048-d)",
     },
     ParamSpec {
         name: "weights",
-        ty: ParamType::Str,
+        ty: ParamType::Path {
+            what: PathKind::File,
+            words: &["random"],
+        },
         default: ParamDefault::Unset,
+        effect: Effect::Output,
         help: "ImageNet weights: a .pth or .safetensors file, or \"random\" (tests only)",
     },
     ParamSpec {
@@ -41,19 +48,25 @@ const PARAMS: &[ParamSpec] = &[
             max: i64::MAX,
         },
         default: ParamDefault::Int(0),
+        effect: Effect::Output,
         help: "Seed of the initial weights when weights = \"random\"",
     },
     ParamSpec {
         name: "batch_size",
         ty: ParamType::Int { min: 1, max: 4096 },
         default: ParamDefault::Int(8),
-        help: "Images per forward pass (4-8 is fastest on two CPU cores)",
+        effect: Effect::Output,
+        help: "Images per forward pass (4-8 is fastest on two CPU cores). Part of the cache key: \
+               libtorch picks its convolution kernels by batch shape, which can change the features in \
+               their last bits",
     },
     ParamSpec {
         name: "threads",
         ty: ParamType::Int { min: 0, max: 1024 },
         default: ParamDefault::Int(0),
-        help: "CPU threads for libtorch (0: all cores)",
+        effect: Effect::SpeedOnly,
+        help: "CPU threads for libtorch (0: all cores). Left out of the cache key: libtorch may \
+               sum in another order with another count (last-bit differences), an equally valid result",
     },
 ];
 
@@ -85,6 +98,9 @@ fn sources(
     params: &Params,
     _inputs: &[StageInput],
     base_dir: &Path,
-) -> Result<Vec<PathBuf>, StageError> {
-    Ok(weights_path(params, base_dir)?.into_iter().collect())
+) -> Result<Vec<Source>, StageError> {
+    Ok(weights_path(params, base_dir)?
+        .map(|path| Source::param_file("weights", path))
+        .into_iter()
+        .collect())
 }

@@ -1,6 +1,6 @@
 //! The `order` stage kind as the engine sees it; it runs in the libtorch worker.
 
-use crate::{InputRule, ParamDefault, ParamSpec, ParamType, StageKind};
+use crate::{Effect, InputRule, ParamDefault, ParamSpec, ParamType, StageKind};
 
 pub const KIND: StageKind = StageKind {
     name: "order",
@@ -13,6 +13,7 @@ pub const KIND: StageKind = StageKind {
             max: i64::MAX,
         },
         default: ParamDefault::Int(7),
+        effect: Effect::Output,
         help: "Seed of the train-split shuffle",
     }],
     inputs: InputRule {
@@ -21,6 +22,7 @@ pub const KIND: StageKind = StageKind {
         max: 2,
     },
     sources: |_, _, _| Ok(Vec::new()),
+    device: crate::DeviceUse::Cpu,
     run: crate::worker::run_in_worker,
 };
 

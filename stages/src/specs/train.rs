@@ -1,10 +1,11 @@
 //! The `train` stage kind as the engine sees it, and the names of the files it writes; it runs in
 //! the libtorch worker.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::{
-    InputRule, ParamDefault, ParamSpec, ParamType, Params, StageError, StageInput, StageKind,
+    Effect, InputRule, ParamDefault, ParamSpec, ParamType, Params, PathKind, Source, StageError,
+    StageInput, StageKind,
 };
 
 /// The files of the GloVe folder a `glove` param names.
@@ -15,7 +16,7 @@ fn sources(
     params: &Params,
     _inputs: &[StageInput],
     base_dir: &Path,
-) -> Result<Vec<PathBuf>, StageError> {
+) -> Result<Vec<Source>, StageError> {
     let Some(dir) = params.opt_str("glove") else {
         return Ok(Vec::new());
     };
@@ -25,7 +26,7 @@ fn sources(
         .map(|f| {
             let path = dir.join(f);
             if path.is_file() {
-                Ok(path)
+                Ok(Source::in_param_folder("glove", &dir, path))
             } else {
                 Err(StageError::file(
                     &path,
@@ -47,6 +48,7 @@ pub const KIND: StageKind = StageKind {
         max: 3,
     },
     sources,
+    device: crate::DeviceUse::Best,
     run: crate::worker::run_in_worker,
 };
 
@@ -55,24 +57,28 @@ const PARAMS: &[ParamSpec] = &[
         name: "rnn",
         ty: ParamType::Choice(&["gru", "lstm"]),
         default: ParamDefault::Str("gru"),
+        effect: Effect::Output,
         help: "Recurrent cell of the decoder",
     },
     ParamSpec {
         name: "image_dim",
         ty: ParamType::Int { min: 1, max: 65536 },
         default: ParamDefault::Int(300),
+        effect: Effect::Output,
         help: "Width of the image embedding",
     },
     ParamSpec {
         name: "embed_dim",
         ty: ParamType::Int { min: 1, max: 65536 },
         default: ParamDefault::Int(300),
+        effect: Effect::Output,
         help: "Width of the word embedding",
     },
     ParamSpec {
         name: "hidden_dim",
         ty: ParamType::Int { min: 1, max: 65536 },
         default: ParamDefault::Int(516),
+        effect: Effect::Output,
         help: "Width of the recurrent state",
     },
     ParamSpec {
@@ -82,6 +88,7 @@ const PARAMS: &[ParamSpec] = &[
             max: 100_000,
         },
         default: ParamDefault::Int(10),
+        effect: Effect::Output,
         help: "Passes over the train split",
     },
     ParamSpec {
@@ -91,6 +98,7 @@ const PARAMS: &[ParamSpec] = &[
             max: 1 << 20,
         },
         default: ParamDefault::Int(64),
+        effect: Effect::Output,
         help: "Captions per optimisation step",
     },
     ParamSpec {
@@ -100,6 +108,7 @@ const PARAMS: &[ParamSpec] = &[
             max: 10.0,
         },
         default: ParamDefault::Float(1e-3),
+        effect: Effect::Output,
         help: "Adam learning rate",
     },
     ParamSpec {
@@ -109,12 +118,14 @@ const PARAMS: &[ParamSpec] = &[
             max: i64::MAX,
         },
         default: ParamDefault::Int(7),
+        effect: Effect::Output,
         help: "Seed of the initial weights and of each epoch's shuffle",
     },
     ParamSpec {
         name: "max_length",
         ty: ParamType::Int { min: 1, max: 1000 },
         default: ParamDefault::Int(30),
+        effect: Effect::Output,
         help: "Most words a decoded caption may have",
     },
     ParamSpec {
@@ -124,12 +135,17 @@ const PARAMS: &[ParamSpec] = &[
             max: i64::MAX,
         },
         default: ParamDefault::Int(100),
+        effect: Effect::Output,
         help: "Dev images captioned each epoch for dev BLEU-4 (0: skip)",
     },
     ParamSpec {
         name: "glove",
-        ty: ParamType::Str,
+        ty: ParamType::Path {
+            what: PathKind::Folder,
+            words: &[],
+        },
         default: ParamDefault::Unset,
+        effect: Effect::Output,
         help: "Folder of GloVe 50-d vectors (`make setup` links ./glove) to start word embeddings \
                from, through a learned Linear(50→embed_dim); unset: learned from scratch",
     },
@@ -137,7 +153,9 @@ const PARAMS: &[ParamSpec] = &[
         name: "threads",
         ty: ParamType::Int { min: 0, max: 1024 },
         default: ParamDefault::Int(0),
-        help: "CPU threads for libtorch (0: all cores)",
+        effect: Effect::SpeedOnly,
+        help: "CPU threads for libtorch (0: all cores). Left out of the cache key: libtorch may \
+               sum in another order with another count (last-bit differences), an equally valid result",
     },
 ];
 

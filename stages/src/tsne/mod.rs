@@ -28,8 +28,8 @@ use crate::demo_data::SCENES_TABLE;
 use crate::specs::embed::{IMAGE_EMBEDDINGS, WORD_EMBEDDINGS};
 use crate::table::{batch, column, embedding_rows, read_parquet, strings, write_parquet};
 use crate::{
-    input_of_kind, InputRule, ParamDefault, ParamSpec, ParamType, Params, RawValue, StageContext,
-    StageError, StageKind, StageReport,
+    input_of_kind, Effect, InputRule, ParamDefault, ParamSpec, ParamType, Params, RawValue,
+    StageContext, StageError, StageKind, StageReport,
 };
 
 pub use optimise::{tsne, TsneMap, TsneSettings};
@@ -45,6 +45,7 @@ pub const KIND: StageKind = StageKind {
         max: 2,
     },
     sources: |_, _, _| Ok(Vec::new()),
+    device: crate::DeviceUse::NoLibtorch,
     run,
 };
 
@@ -53,6 +54,7 @@ const PARAMS: &[ParamSpec] = &[
         name: "maps",
         ty: ParamType::Str,
         default: ParamDefault::Str("images, words"),
+        effect: Effect::Output,
         help: "Which embeddings to map, comma-separated: `images`, `words` or both",
     },
     ParamSpec {
@@ -62,6 +64,7 @@ const PARAMS: &[ParamSpec] = &[
             max: 200.0,
         },
         default: ParamDefault::Float(30.0),
+        effect: Effect::Output,
         help: "Effective number of neighbours each image keeps close (lowered on small sets)",
     },
     ParamSpec {
@@ -71,6 +74,7 @@ const PARAMS: &[ParamSpec] = &[
             max: 200.0,
         },
         default: ParamDefault::Float(10.0),
+        effect: Effect::Output,
         help: "Effective number of neighbours each word keeps close (lowered on small sets)",
     },
     ParamSpec {
@@ -80,6 +84,7 @@ const PARAMS: &[ParamSpec] = &[
             max: 100_000,
         },
         default: ParamDefault::Int(500),
+        effect: Effect::Output,
         help: "Gradient steps; the first 250 exaggerate the input similarities",
     },
     ParamSpec {
@@ -89,6 +94,7 @@ const PARAMS: &[ParamSpec] = &[
             max: 100_000.0,
         },
         default: ParamDefault::Float(0.0),
+        effect: Effect::Output,
         help: "Step size of the gradient descent, on the scale of the usual Barnes-Hut t-SNE \
                (gradient without its factor 4); 0 picks N/12 (at least 50) for a map of N points",
     },
@@ -99,6 +105,7 @@ const PARAMS: &[ParamSpec] = &[
             max: i64::MAX,
         },
         default: ParamDefault::Int(7),
+        effect: Effect::Output,
         help: "Random seed of the initial map and of the sample: the same seed gives the same map",
     },
     ParamSpec {
@@ -108,6 +115,7 @@ const PARAMS: &[ParamSpec] = &[
             max: 100_000,
         },
         default: ParamDefault::Int(8000),
+        effect: Effect::Output,
         help: "Map at most this many images and words each (a seeded sample of larger sets); \
                the neighbour search grows with its square",
     },
@@ -115,6 +123,7 @@ const PARAMS: &[ParamSpec] = &[
         name: "threads",
         ty: ParamType::Int { min: 0, max: 1024 },
         default: ParamDefault::Int(0),
+        effect: Effect::SpeedOnly,
         help: "CPU threads (0: all cores); the map is the same for any value",
     },
 ];
@@ -303,7 +312,11 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         if settings.words {
             notes.push(map_words(ctx, &settings, embed_dir)?.note("words"));
         }
-        Ok(StageReport { warnings, notes })
+        Ok(StageReport {
+            warnings,
+            notes,
+            device: None,
+        })
     })
 }
 
