@@ -421,12 +421,13 @@ impl Engine {
             warnings: outcome.warnings.len(),
             error: outcome.error.clone(),
         };
-        if let Err(e) = self.store.append_record(&record) {
-            let mut outcome = outcome;
-            outcome
+        let mut outcome = outcome;
+        match self.store.append_record(&record) {
+            Ok(None) => {}
+            Ok(Some(repaired)) => outcome.warnings.push(repaired),
+            Err(e) => outcome
                 .warnings
-                .push(format!("could not record the run: {e}"));
-            return outcome;
+                .push(format!("could not record the run: {e}")),
         }
         outcome
     }

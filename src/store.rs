@@ -342,8 +342,8 @@ impl ArtifactStore {
     /// Appends one record to `runs.jsonl`, as one `write` of one whole line, under an exclusive
     /// lock on the file. A torn last line left by a killed run is repaired first, so it cannot
     /// glue onto this record; if this write itself fails (a full disk), the file is cut back to
-    /// where it was, so no torn line is left behind.
-    pub fn append_record(&self, record: &RunRecord) -> Result<(), StoreError> {
+    /// where it was, so no torn line is left behind. Returns a warning when it cut a torn line.
+    pub fn append_record(&self, record: &RunRecord) -> Result<Option<String>, StoreError> {
         let path = self.runs_file();
         let log_err = |what: &'static str| {
             let path = path.clone();
@@ -361,7 +361,8 @@ impl ArtifactStore {
         // Other onenet processes append and repair too: the repair must not cut a line another
         // process is writing. The lock is released when `file` is closed.
         file.lock().map_err(log_err("could not lock"))?;
-        repair_torn_tail(&file).map_err(log_err("could not repair a torn last line"))?;
+        let repaired =
+            repair_torn_tail(&file).map_err(log_err("could not repair a torn last line"))?;
         let end = file
             .metadata()
             .map_err(log_err("could not read the size"))?
@@ -372,7 +373,13 @@ impl ArtifactStore {
             let _ = file.set_len(end);
             return Err(log_err("could not append a run record")(e));
         }
-        Ok(())
+        Ok(repaired.map(|(line, bytes)| {
+            format!(
+                "{} line {line}: a torn record ({bytes} bytes, left by a killed run or a full \
+                 disk) was skipped and cut off",
+                path.display()
+            )
+        }))
     }
 
     /// Every run record, oldest first. A line that is not a run record (a torn write, a hand
@@ -560,15 +567,15 @@ fn parse_run_log(path: &Path, bytes: &[u8]) -> RunLog {
 /// fragment of a write that was cut short. If it parses as a whole record, only the newline was
 /// lost and it is completed; otherwise the file is cut back to just after the last newline (or to
 /// empty), which never removes a whole line.
-fn repair_torn_tail(file: &File) -> std::io::Result<()> {
+fn repair_torn_tail(file: &File) -> std::io::Result<Option<(u64, u64)>> {
     let len = file.metadata()?.len();
     if len == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let mut last = [0u8; 1];
     file.read_exact_at(&mut last, len - 1)?;
     if last[0] == b'\n' {
-        return Ok(());
+        return Ok(None);
     }
     // Scan back in chunks for the last newline: the fragment is usually short, but garbage
     // (e.g. zeros after a crash) need not be.
@@ -594,10 +601,15 @@ fn repair_torn_tail(file: &File) -> std::io::Result<()> {
         if serde_json::from_slice::<RunRecord>(&tail).is_ok() {
             // The file is open for appending, so this lands at the end.
             let mut file = file;
-            return file.write_all(b"\n");
+            return file.write_all(b"\n").map(|()| None);
         }
     }
-    file.set_len(cut)
+    // Its line number, for the warning: rare, so reading the whole lines again is fine.
+    let mut whole = vec![0u8; cut as usize];
+    file.read_exact_at(&mut whole, 0)?;
+    let line = whole.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+    file.set_len(cut)?;
+    Ok(Some((line, len - cut)))
 }
 
 /// Problems with one object's files, compared with its recorded hashes.
@@ -913,11 +925,18 @@ mod tests {
             .open(store.runs_file())
             .unwrap();
         f.write_all(br#"{"run_id":"x","sta"#).unwrap();
-        store.append_record(&record("c")).unwrap();
+        let warning = store.append_record(&record("c")).unwrap();
+        assert!(
+            warning
+                .as_deref()
+                .is_some_and(|w| w.contains("runs.jsonl line 3: a torn record (18 bytes")),
+            "{warning:?}"
+        );
         assert_eq!(whole_lines(&store), ["a", "b", "c"]);
         let log = store.records().unwrap();
         assert!(log.warnings.is_empty(), "{:?}", log.warnings);
         assert_eq!(log.records.last().unwrap().run_id, "c");
+        assert_eq!(store.append_record(&record("d")).unwrap(), None);
     }
 
     #[test]

@@ -8,16 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{all, copy_tree, text, Project, DATA_FOLDER, SMALL_DEMO};
-
-/// A project reading its own dataset folder `data`, made from the demo generator.
-fn project_with_data_folder(pipeline: &str) -> Project {
-    let demo = Project::new(SMALL_DEMO);
-    demo.run(&["demo"]);
-    let p = Project::new(pipeline);
-    demo.export_demo_dataset(&p.path().join("data"));
-    p
-}
+use support::{all, copy_tree, project_with_data_folder, text, Project, DATA_FOLDER, SMALL_DEMO};
 
 /// Lets the files just written age past the stat cache's racy window, so that their stamps are
 /// trusted and only a real change can make them stale.

@@ -146,6 +146,15 @@ impl Project {
     }
 }
 
+/// A project reading its own dataset folder `data` (made by the demo generator) with `pipeline`.
+pub fn project_with_data_folder(pipeline: &str) -> Project {
+    let demo = Project::new(SMALL_DEMO);
+    demo.run(&["demo"]);
+    let p = Project::new(pipeline);
+    demo.export_demo_dataset(&p.path().join("data"));
+    p
+}
+
 pub fn actions(v: &Value) -> HashMap<String, String> {
     v["stages"]
         .as_array()
