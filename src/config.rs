@@ -2,13 +2,13 @@
 //! the built-in stage kinds. Every error names the file, line and column of the offending key or
 //! value, so a typo is never silently ignored.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
-use onenet_stages::{ParamValue, Params, RawValue, StageKind};
+use onenet_contract::{ParamValue, Params, RawValue, StageKind};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -306,7 +306,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Pipeline, ConfigError> {
         });
     }
 
-    if let Some(cycle) = crate::plan::find_cycle(&stages) {
+    if let Some(cycle) = find_cycle(&stages) {
         let first = &raw.stages[cycle[0].as_str()];
         return Err(at(
             first.span(),
@@ -369,6 +369,68 @@ impl fmt::Display for StageDecl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({})", self.name, self.kind.name)
     }
+}
+
+/// A cycle among `stages`, as the names along it (each reads the next) with the first repeated
+/// at the end.
+pub fn find_cycle(stages: &[StageDecl]) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Unvisited,
+        OnPath,
+        Done,
+    }
+    let index: HashMap<&str, usize> = stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let mut marks = vec![Mark::Unvisited; stages.len()];
+    let mut path: Vec<usize> = Vec::new();
+
+    fn visit(
+        i: usize,
+        stages: &[StageDecl],
+        index: &HashMap<&str, usize>,
+        marks: &mut [Mark],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<String>> {
+        marks[i] = Mark::OnPath;
+        path.push(i);
+        for input in &stages[i].inputs {
+            let Some(&j) = index.get(input.as_str()) else {
+                continue;
+            };
+            match marks[j] {
+                Mark::OnPath => {
+                    let start = path.iter().position(|&p| p == j).unwrap_or(0);
+                    let mut cycle: Vec<String> = path[start..]
+                        .iter()
+                        .map(|&p| stages[p].name.clone())
+                        .collect();
+                    cycle.push(cycle[0].clone());
+                    return Some(cycle);
+                }
+                Mark::Unvisited => {
+                    if let Some(c) = visit(j, stages, index, marks, path) {
+                        return Some(c);
+                    }
+                }
+                Mark::Done => {}
+            }
+        }
+        path.pop();
+        marks[i] = Mark::Done;
+        None
+    }
+
+    (0..stages.len()).find_map(|i| {
+        if marks[i] == Mark::Unvisited {
+            visit(i, stages, &index, &mut marks, &mut path)
+        } else {
+            None
+        }
+    })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use onenet_stages::{Effect, Progress, StageContext, StageInput, UpstreamRecord};
+use onenet_contract::{Effect, Progress, StageContext, StageInput, StageJob, UpstreamRecord};
 use serde::Serialize;
 
 use crate::config::Pipeline;
@@ -143,7 +143,7 @@ impl Engine {
     /// The key's environment for a stage whose spec says `device_use`.
     fn environment(
         &self,
-        device_use: onenet_stages::DeviceUse,
+        device_use: onenet_contract::DeviceUse,
     ) -> Result<BTreeMap<String, String>, String> {
         crate::environment::for_stage(device_use, || {
             self.best_device
@@ -153,7 +153,7 @@ impl Engine {
                 })
                 .clone()
                 .map_err(|message| crate::environment::DeviceError {
-                    worker: onenet_stages::worker::worker_path(),
+                    worker: onenet_contract::worker::worker_path(),
                     message,
                 })
         })
@@ -205,7 +205,7 @@ impl Engine {
                 upstream,
                 sources: sources
                     .iter()
-                    .map(onenet_stages::Source::label)
+                    .map(onenet_contract::Source::label)
                     .zip(hashes.iter().map(|h| h.hash.clone()))
                     .collect(),
                 environment,
@@ -481,18 +481,18 @@ impl Engine {
         let lineage = self.lineage(stage, history);
         let progress = observer.stage_started(&stage.name);
         let start = Instant::now();
-        let ctx = StageContext {
-            kind: decl.kind.name,
-            name: &stage.name,
-            params: &decl.params,
-            inputs: &inputs,
-            base_dir: &self.pipeline.base_dir,
-            out_dir: &pending.dir,
-            scratch_dir: &scratch_dir,
-            previous: previous.as_deref(),
-            lineage: &lineage,
-            progress: progress.as_ref(),
+        let job = StageJob {
+            kind: decl.kind.name.to_string(),
+            name: stage.name.clone(),
+            params: decl.params.clone(),
+            inputs,
+            base_dir: self.pipeline.base_dir.clone(),
+            out_dir: pending.dir.clone(),
+            scratch_dir: scratch_dir.clone(),
+            previous,
+            lineage,
         };
+        let ctx = StageContext::new(&job, progress.as_ref());
         let stage_err = |message: String| EngineError::Stage {
             stage: stage.name.clone(),
             message,
@@ -730,7 +730,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use onenet_stages::NoProgress;
+    use onenet_contract::NoProgress;
 
     struct Quiet;
 

@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use onenet_stages::DeviceUse;
+use onenet_contract::DeviceUse;
 use serde::{Deserialize, Serialize};
 
 /// Failure to learn the device from the worker.
@@ -49,7 +49,7 @@ fn fingerprint(worker: &Path) -> String {
 /// The device a `DeviceUse::Best` stage runs on here (`cpu` or `cuda`), from the cache at
 /// `cache_file` or from the worker.
 pub fn best_device(cache_file: &Path) -> Result<String, DeviceError> {
-    let worker = onenet_stages::worker::worker_path();
+    let worker = onenet_contract::worker::worker_path();
     let fingerprint = fingerprint(&worker);
     let cached: Option<CachedDevice> = std::fs::read(cache_file)
         .ok()
@@ -105,7 +105,7 @@ pub fn for_stage(
         DeviceUse::Best => best()?,
     };
     Ok([
-        ("libtorch".to_string(), onenet_stages::libtorch_version()),
+        ("libtorch".to_string(), onenet_contract::libtorch_version()),
         ("device".to_string(), device),
     ]
     .into())

@@ -264,8 +264,8 @@ fn system_now_ns() -> i128 {
 
 /// BLAKE3 hex of a file's content.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
-    onenet_stages::hash_file(path).map_err(|e| match e {
-        onenet_stages::StageError::Io { source, .. } => source,
+    onenet_contract::hash_file(path).map_err(|e| match e {
+        onenet_contract::StageError::Io { source, .. } => source,
         other => std::io::Error::other(other.to_string()),
     })
 }

@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use onenet_stages::ParamValue;
+use onenet_contract::ParamValue;
 use serde::{Deserialize, Serialize};
 
 /// Version of the key encoding itself.

@@ -1,71 +1,9 @@
-//! The stage graph: execution order, cycle detection, and which stages a run of some named stages
-//! needs.
+//! The stage graph: execution order and which stages a run of some named stages needs (cycles
+//! are rejected when the pipeline file is read, by `config`).
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::config::{Pipeline, StageDecl};
-
-/// A cycle among `stages`, as the names along it (each reads the next) with the first repeated
-/// at the end.
-pub fn find_cycle(stages: &[StageDecl]) -> Option<Vec<String>> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        Unvisited,
-        OnPath,
-        Done,
-    }
-    let index: HashMap<&str, usize> = stages
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.as_str(), i))
-        .collect();
-    let mut marks = vec![Mark::Unvisited; stages.len()];
-    let mut path: Vec<usize> = Vec::new();
-
-    fn visit(
-        i: usize,
-        stages: &[StageDecl],
-        index: &HashMap<&str, usize>,
-        marks: &mut [Mark],
-        path: &mut Vec<usize>,
-    ) -> Option<Vec<String>> {
-        marks[i] = Mark::OnPath;
-        path.push(i);
-        for input in &stages[i].inputs {
-            let Some(&j) = index.get(input.as_str()) else {
-                continue;
-            };
-            match marks[j] {
-                Mark::OnPath => {
-                    let start = path.iter().position(|&p| p == j).unwrap_or(0);
-                    let mut cycle: Vec<String> = path[start..]
-                        .iter()
-                        .map(|&p| stages[p].name.clone())
-                        .collect();
-                    cycle.push(cycle[0].clone());
-                    return Some(cycle);
-                }
-                Mark::Unvisited => {
-                    if let Some(c) = visit(j, stages, index, marks, path) {
-                        return Some(c);
-                    }
-                }
-                Mark::Done => {}
-            }
-        }
-        path.pop();
-        marks[i] = Mark::Done;
-        None
-    }
-
-    (0..stages.len()).find_map(|i| {
-        if marks[i] == Mark::Unvisited {
-            visit(i, stages, &index, &mut marks, &mut path)
-        } else {
-            None
-        }
-    })
-}
+use crate::config::Pipeline;
 
 /// Stage indices in an order where every stage comes after its inputs; ties keep file order.
 /// The pipeline is known to be acyclic (checked when it was loaded).

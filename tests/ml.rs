@@ -715,3 +715,93 @@ fn replaced_weights_make_features_stale_and_status_says_why() {
     );
     assert_eq!(features["reasons"][0]["kind"], "files");
 }
+
+#[test]
+fn a_param_error_in_the_worker_stays_a_param_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("w/bogus.pth");
+    std::fs::create_dir_all(bogus.parent().unwrap()).unwrap();
+    std::fs::write(&bogus, b"not a checkpoint").unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        pipeline_to_train(
+            "images = 10, image_size = 32",
+            "weights = \"w/bogus.pth\"",
+            "epochs = 1",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_onenet"))
+        .current_dir(dir.path())
+        .args(["run", "features"])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("features"), "{said}");
+    assert!(said.contains("param `weights`"), "{said}");
+    assert!(!said.contains("inputs:"), "{said}");
+}
+
+#[test]
+fn the_worker_takes_a_job_larger_than_one_command_line_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        random_weights_pipeline(10, 1),
+    )
+    .unwrap();
+    let t = Trained {
+        dir: dir.path().to_path_buf(),
+    };
+    t.json(&["run", "features", "captions"]);
+    let latest = dir.path().join("artifacts/latest");
+    let input = |name: &str| onenet_stages::StageInput {
+        name: name.into(),
+        kind: name.into(),
+        dir: std::fs::canonicalize(latest.join(name)).unwrap(),
+    };
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut job = onenet_stages::StageJob::new(
+        "order",
+        "order",
+        onenet_stages::Params::with_defaults(onenet_stages::specs::order::KIND.params, [].into()),
+        vec![input("captions"), input("features")],
+        dir.path(),
+        &out_dir,
+    );
+    // A long history, as a large pipeline or a shard listing thousands of images would give.
+    job.lineage = (0..2000)
+        .map(|i| onenet_stages::UpstreamRecord {
+            name: format!("stage_{i}"),
+            kind: "demo_data".into(),
+            key: "0".repeat(64),
+            inputs: Vec::new(),
+            params: vec![format!("note = {:?}", "x".repeat(100))],
+            seconds: 0.0,
+            created_unix: 0,
+            computed_in_run: false,
+        })
+        .collect();
+    let json = serde_json::to_vec(&job).unwrap();
+    assert!(json.len() > 128 * 1024, "{} bytes", json.len());
+    let worker = Path::new(env!("CARGO_BIN_EXE_onenet")).with_file_name("onenet-torch");
+    let mut child = Command::new(worker)
+        .arg("run-stage")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&json).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{events}");
+    assert!(events.contains("\"event\":\"report\""), "{events}");
+    assert!(out_dir.join("pairs.parquet").is_file());
+}

@@ -184,7 +184,7 @@ impl Vocabulary {
 }
 
 fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
-    let root = flickr::dataset_root(ctx.params, ctx.inputs, ctx.base_dir)?;
+    let root = flickr::dataset_root(&ctx.params, &ctx.inputs, &ctx.base_dir)?;
     let min_count = ctx.params.int("min_count")?;
     let min_count = u64::try_from(min_count)
         .ok()
@@ -193,7 +193,7 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             name: "min_count".to_string(),
             message: format!("{min_count} is out of range: expected integer >= 1"),
         })?;
-    let caption_file_path = caption_path(ctx.params, &root)?;
+    let caption_file_path = caption_path(&ctx.params, &root)?;
     // Split lists first: a missing one is a setup error worth reporting before a long parse.
     let splits = Splits::read(&root)?;
     let file = flickr::read_caption_file(&caption_file_path, ctx.progress)?;
@@ -216,9 +216,9 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let vocab = Vocabulary::build(train_words, min_count);
     let tokens: Vec<Vec<u32>> = caption_words.iter().map(|w| vocab.encode(w)).collect();
 
-    write_captions(ctx.out_dir, &file, &caption_splits, &tokens)?;
-    write_vocab(ctx.out_dir, &vocab)?;
-    write_skipped(ctx.out_dir, &file)?;
+    write_captions(&ctx.out_dir, &file, &caption_splits, &tokens)?;
+    write_vocab(&ctx.out_dir, &vocab)?;
+    write_skipped(&ctx.out_dir, &file)?;
 
     let mut report = StageReport::default();
     report.warnings.extend(file.skip_summary());

@@ -503,15 +503,8 @@ pub(crate) mod testing {
         given.insert("root".to_string(), ParamValue::Str(relative_root));
         let params = Params::with_defaults(kind.params, given);
         fs::create_dir_all(out_dir).unwrap();
-        let ctx = crate::StageContext::new(
-            kind.name,
-            "test",
-            &params,
-            &[],
-            base_dir,
-            out_dir,
-            &NoProgress,
-        );
+        let job = crate::StageJob::new(kind.name, "test", params, Vec::new(), base_dir, out_dir);
+        let ctx = crate::StageContext::new(&job, &NoProgress);
         (kind.run)(&ctx)
     }
 

@@ -222,7 +222,7 @@ struct ImageRow {
 }
 
 fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
-    let root = flickr::dataset_root(ctx.params, ctx.inputs, ctx.base_dir)?;
+    let root = flickr::dataset_root(&ctx.params, &ctx.inputs, &ctx.base_dir)?;
     let strict = ctx.params.bool("strict")?;
     let splits = Splits::read(&root)?;
     let caption_file =
@@ -331,8 +331,8 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     // `inspected` came from a sorted listing, but sorting by id states the table's order here.
     rows.sort_by(|a, b| a.image_id.cmp(&b.image_id));
 
-    write_images(ctx.out_dir, &rows)?;
-    write_problems(ctx.out_dir, &problems)?;
+    write_images(&ctx.out_dir, &rows)?;
+    write_problems(&ctx.out_dir, &problems)?;
 
     let per_split: Vec<String> = ["train", "dev", "test", flickr::NO_SPLIT]
         .iter()

@@ -64,7 +64,7 @@ use onenet_stages::specs::evaluate::{
     DEFAULT_INVERT_LEARNING_RATE, DEFAULT_INVERT_RESTARTS, DEFAULT_INVERT_STEPS,
 };
 use onenet_stages::table::{read_parquet, strings};
-use onenet_stages::{NoProgress, ParamValue, Params, StageContext, StageInput};
+use onenet_stages::{NoProgress, ParamValue, Params, StageContext, StageInput, StageJob};
 use onenet_torch::model::{invert, CaptionModel, ModelConfig};
 use onenet_torch::optim::Adam;
 
@@ -284,15 +284,15 @@ fn bench_features(
         stage_rates.extend(stage_rate);
 
         recreate_dir(&out_dir);
-        let ctx = StageContext::new(
+        let job = StageJob::new(
             "features",
             "features",
-            &params,
-            &inputs,
+            params.clone(),
+            inputs.to_vec(),
             &project,
             &out_dir,
-            &NoProgress,
         );
+        let ctx = StageContext::new(&job, &NoProgress);
         let start = Instant::now();
         let report = onenet_torch::features::run(&ctx)
             .unwrap_or_else(|e| panic!("features::run failed: {e}"));

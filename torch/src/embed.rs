@@ -23,18 +23,18 @@ use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
 
 pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let device = Runtime::for_stage(ctx)?.device;
-    let trained = TrainedModel::load(&input_of_kind(ctx.inputs, "train")?.dir, device)?;
-    let features = FeatureMatrix::read(&input_of_kind(ctx.inputs, "features")?.dir, device)?;
+    let trained = TrainedModel::load(&input_of_kind(&ctx.inputs, "train")?.dir, device)?;
+    let features = FeatureMatrix::read(&input_of_kind(&ctx.inputs, "features")?.dir, device)?;
 
     let images = tch::no_grad(|| trained.model.encode_images(&features.features));
     let image_dim = images.size()[1] as i32;
-    write_image_embeddings(ctx.out_dir, &features, &flatten(&images), image_dim)?;
+    write_image_embeddings(&ctx.out_dir, &features, &flatten(&images), image_dim)?;
 
     let words = word_matrix(&trained);
     let word_dim = trained.model.config.embed_dim as usize;
-    write_word_embeddings(ctx.out_dir, &trained, &words, word_dim as i32)?;
+    write_word_embeddings(&ctx.out_dir, &trained, &words, word_dim as i32)?;
 
-    let captions_path = input_of_kind(ctx.inputs, "captions")?
+    let captions_path = input_of_kind(&ctx.inputs, "captions")?
         .dir
         .join(CAPTIONS_TABLE);
     let table = read_parquet(&captions_path)?;

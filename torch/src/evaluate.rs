@@ -27,12 +27,12 @@ use onenet_stages::table::{batch, string_list_column, write_parquet};
 use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
 
 pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
-    let p = ctx.params;
+    let p = &ctx.params;
     let device = Runtime::for_stage(ctx)?.device;
     let split = p.str("split")?.to_string();
-    let trained = TrainedModel::load(&input_of_kind(ctx.inputs, "train")?.dir, device)?;
-    let features = FeatureMatrix::read(&input_of_kind(ctx.inputs, "features")?.dir, device)?;
-    let pairs = read_pairs(&input_of_kind(ctx.inputs, "order")?.dir)?;
+    let trained = TrainedModel::load(&input_of_kind(&ctx.inputs, "train")?.dir, device)?;
+    let features = FeatureMatrix::read(&input_of_kind(&ctx.inputs, "features")?.dir, device)?;
+    let pairs = read_pairs(&input_of_kind(&ctx.inputs, "order")?.dir)?;
     let eval: Vec<&Pair> = pairs.iter().filter(|p| p.split == split).collect();
     if eval.is_empty() {
         return Err(StageError::Input(format!(

@@ -45,13 +45,13 @@ struct Pending {
 }
 
 pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
-    let p = ctx.params;
+    let p = &ctx.params;
     let device = Runtime::for_stage(ctx)?.device;
     let kind = BackboneKind::from_name(p.str("backbone")?).map_err(|e| StageError::Param {
         name: "backbone".into(),
         message: e.to_string(),
     })?;
-    let weights = weights_path(p, ctx.base_dir)?;
+    let weights = weights_path(p, &ctx.base_dir)?;
     let extractor = Extractor {
         backbone: kind.name().to_string(),
         weights: match &weights {
@@ -62,7 +62,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     };
     let batch_size = p.int("batch_size")? as usize;
 
-    let images_path = input_of_kind(ctx.inputs, "images")?.dir.join(IMAGES_TABLE);
+    let images_path = input_of_kind(&ctx.inputs, "images")?.dir.join(IMAGES_TABLE);
     let table = read_parquet(&images_path)?;
     let rows: Vec<FeatureRow> = strings(&images_path, &table, "image_id")?
         .into_iter()
@@ -84,7 +84,13 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
 
     let dim = kind.feature_dim();
     let mut matrix = vec![0f32; rows.len() * dim as usize];
-    let reused = reuse_previous(ctx.previous, &extractor, &rows, &mut matrix, dim as usize);
+    let reused = reuse_previous(
+        ctx.previous.as_deref(),
+        &extractor,
+        &rows,
+        &mut matrix,
+        dim as usize,
+    );
     let pending: Vec<Pending> = rows
         .iter()
         .enumerate()
@@ -120,7 +126,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         rate = pending.len() as f64 / start.elapsed().as_secs_f64();
     }
 
-    FeatureMatrix::write(ctx.out_dir, &rows, &matrix, dim as usize)?;
+    FeatureMatrix::write(&ctx.out_dir, &rows, &matrix, dim as usize)?;
     let extractor_path = ctx.out_dir.join(EXTRACTOR_FILE);
     std::fs::write(
         &extractor_path,

@@ -25,9 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum WorkerCommand {
-    /// Run one stage described by a JSON job (what the engine sends).
+    /// Run one stage described by a JSON job read from stdin (what the engine sends).
     #[command(hide = true)]
-    RunStage { job: String },
+    RunStage,
     /// Print, as JSON, the device a stage that may use a GPU runs on here and the libtorch
     /// version (what the engine puts in cache keys).
     #[command(hide = true)]
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
 fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     let task = match cli.command {
-        WorkerCommand::RunStage { job } => return run_stage(&job),
+        WorkerCommand::RunStage => return run_stage(),
         WorkerCommand::Device => {
             println!(
                 "{}",
@@ -212,14 +212,14 @@ fn real_main() -> Result<ExitCode> {
     }
 }
 
-fn run_stage(job: &str) -> Result<ExitCode> {
+fn run_stage() -> Result<ExitCode> {
     // Die with the engine: a killed run must not leave its stage running.
     // SAFETY: prctl with PR_SET_PDEATHSIG only sets this process's own parent-death signal.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
-    let job: onenet_stages::worker::StageJob =
-        serde_json::from_str(job).context("reading the stage job")?;
+    let job: onenet_stages::StageJob =
+        serde_json::from_reader(std::io::stdin().lock()).context("reading the stage job")?;
     let run = onenet_torch::run_of_kind(&job.kind)
         .with_context(|| format!("stage kind `{}` does not run in the worker", job.kind))?;
     let device =

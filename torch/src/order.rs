@@ -28,11 +28,11 @@ pub struct Pair {
 
 pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let seed = ctx.params.int("seed")? as u64;
-    let captions_path = input_of_kind(ctx.inputs, "captions")?
+    let captions_path = input_of_kind(&ctx.inputs, "captions")?
         .dir
         .join(CAPTIONS_TABLE);
     let device = crate::runtime::Runtime::for_stage(ctx)?.device;
-    let features = FeatureMatrix::read(&input_of_kind(ctx.inputs, "features")?.dir, device)?;
+    let features = FeatureMatrix::read(&input_of_kind(&ctx.inputs, "features")?.dir, device)?;
     let row_of = features.row_of();
 
     let table = read_parquet(&captions_path)?;

@@ -26,7 +26,7 @@ impl Runtime {
             })?);
         }
         Ok(Runtime {
-            device: device_for(kind_device_use(ctx.kind)),
+            device: device_for(kind_device_use(&ctx.kind)),
         })
     }
 

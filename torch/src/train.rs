@@ -90,18 +90,20 @@ impl TrainedModel {
 }
 
 pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
-    let p = ctx.params;
+    let p = &ctx.params;
     let device = crate::runtime::Runtime::for_stage(ctx)?.device;
     let seed = p.int("seed")? as u64;
     let epochs = p.int("epochs")? as u32;
     let batch_size = p.int("batch_size")? as usize;
     let max_length = p.int("max_length")? as usize;
 
-    let pairs = read_pairs(&input_of_kind(ctx.inputs, "order")?.dir)?;
-    let features = FeatureMatrix::read(&input_of_kind(ctx.inputs, "features")?.dir, device)?;
-    let vocab_path = input_of_kind(ctx.inputs, "captions")?.dir.join(VOCAB_TABLE);
+    let pairs = read_pairs(&input_of_kind(&ctx.inputs, "order")?.dir)?;
+    let features = FeatureMatrix::read(&input_of_kind(&ctx.inputs, "features")?.dir, device)?;
+    let vocab_path = input_of_kind(&ctx.inputs, "captions")?
+        .dir
+        .join(VOCAB_TABLE);
     let vocab = Vocabulary::read(&vocab_path)?;
-    let glove = match glove_dir(p, ctx.base_dir) {
+    let glove = match glove_dir(p, &ctx.base_dir) {
         Some(dir) => Some(crate::glove::vectors_for(&dir, &vocab)?),
         None => None,
     };
@@ -135,7 +137,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         model.set_pretrained_words(&glove.table)?;
     }
     let mut optimizer = Adam::new(&model.vs, p.float("learning_rate")?);
-    let (mut log, resumed) = resume(ctx.scratch_dir, &info, &mut model, &mut optimizer)?;
+    let (mut log, resumed) = resume(&ctx.scratch_dir, &info, &mut model, &mut optimizer)?;
 
     let steps_per_epoch = train.len().div_ceil(batch_size) as u64;
     for epoch in log.len() as u32 + 1..=epochs {
@@ -182,7 +184,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             seconds: start.elapsed().as_secs_f64(),
             samples_per_second: train.len() as f64 / train_seconds,
         });
-        save_checkpoint(ctx.scratch_dir, &info, &log, &model, &optimizer)?;
+        save_checkpoint(&ctx.scratch_dir, &info, &log, &model, &optimizer)?;
     }
 
     model.save(&ctx.out_dir.join(MODEL_FILE))?;

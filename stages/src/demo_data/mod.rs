@@ -57,16 +57,10 @@ const PARAMS: &[ParamSpec] = &[
         effect: Effect::Output,
         help: "Number of pictures to generate (five captions each)",
     },
-    ParamSpec {
-        name: "seed",
-        ty: ParamType::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-        default: ParamDefault::Int(7),
-        effect: Effect::Output,
-        help: "Random seed: the same params always give byte-identical files",
-    },
+    ParamSpec::seed(
+        7,
+        "Random seed: the same params always give byte-identical files",
+    ),
     ParamSpec {
         name: "image_size",
         ty: ParamType::Int { min: 32, max: 1024 },
@@ -241,7 +235,7 @@ fn make_picture(
 }
 
 fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
-    let settings = Settings::from_params(ctx.params)?;
+    let settings = Settings::from_params(&ctx.params)?;
     let image_dir = ctx.out_dir.join(IMAGE_DIR);
     let text_dir = ctx.out_dir.join(TEXT_DIR);
     for dir in [&image_dir, &text_dir] {
@@ -262,7 +256,7 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let splits = assign_splits(&settings);
     write_captions(&text_dir, &pictures)?;
     write_split_lists(&text_dir, &splits)?;
-    write_scenes(ctx.out_dir, &pictures, &splits)?;
+    write_scenes(&ctx.out_dir, &pictures, &splits)?;
 
     let train = settings.images - settings.dev - settings.test;
     Ok(StageReport {
@@ -379,15 +373,8 @@ mod tests {
         progress: &dyn Progress,
     ) -> Result<StageReport, StageError> {
         let params = params(overrides);
-        let ctx = StageContext::new(
-            "demo_data",
-            "demo",
-            &params,
-            &[],
-            out_dir,
-            out_dir,
-            progress,
-        );
+        let job = crate::StageJob::new("demo_data", "demo", params, Vec::new(), out_dir, out_dir);
+        let ctx = StageContext::new(&job, progress);
         (KIND.run)(&ctx)
     }
 

@@ -253,10 +253,10 @@ impl Embeddings {
 }
 
 fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
-    let settings = Settings::from_params(ctx.params)?;
-    let train_dir = &input_of_kind(ctx.inputs, "train")?.dir;
-    let evaluate_dir = &input_of_kind(ctx.inputs, "evaluate")?.dir;
-    let embed_dir = &input_of_kind(ctx.inputs, "embed")?.dir;
+    let settings = Settings::from_params(&ctx.params)?;
+    let train_dir = &input_of_kind(&ctx.inputs, "train")?.dir;
+    let evaluate_dir = &input_of_kind(&ctx.inputs, "evaluate")?.dir;
+    let embed_dir = &input_of_kind(&ctx.inputs, "embed")?.dir;
     let tsne_dir = ctx
         .inputs
         .iter()
@@ -284,7 +284,7 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             .map(String::as_str)
             .zip(image_files.iter().map(String::as_str))
             .collect(),
-        base_dir: ctx.base_dir,
+        base_dir: &ctx.base_dir,
         size: settings.thumbnail_size,
         made: HashMap::new(),
         failures: Vec::new(),
@@ -299,7 +299,7 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
          stages ({computed} computed in the run that made this page, {} reused from the \
          artifact store).</p>\n",
         escape(&settings.title),
-        escape(ctx.name),
+        escape(&ctx.name),
         utc_text(now_unix()),
         ctx.lineage.len(),
         ctx.lineage.len() - computed,
@@ -431,15 +431,15 @@ fn pipeline_section(ctx: &StageContext, body: &mut String) -> Result<(), StageEr
          <th>params</th></tr>\n",
         png_uri(&graph)?
     );
-    for record in ctx.lineage {
+    for record in &ctx.lineage {
         body.push_str(&lineage_row(record));
     }
     let _ = write!(
         body,
         "<tr><td>{}</td><td>{}</td><td></td><td class=\"this-page\">this page</td><td></td>\
          <td></td><td>{}</td><td></td></tr>\n</table>\n</section>\n",
-        escape(ctx.name),
-        escape(ctx.kind),
+        escape(&ctx.name),
+        escape(&ctx.kind),
         escape(
             &ctx.inputs
                 .iter()

@@ -13,7 +13,7 @@ use super::*;
 use crate::params::ParamValue;
 use crate::specs::evaluate::METRICS_TABLE;
 use crate::table::{batch, embedding_column, embedding_type, string_list_column, write_parquet};
-use crate::{NoProgress, Params, StageInput};
+use crate::{NoProgress, Params, StageInput, StageJob};
 
 fn write_table(path: &Path, columns: Vec<(&str, ArrayRef)>) {
     let schema = Arc::new(Schema::new(
@@ -251,16 +251,16 @@ fn make_report(
         inputs.push(input("tsne", "tsne", &up.tsne));
     }
     let records = lineage();
-    let mut ctx = StageContext::new(
+    let mut job = StageJob::new(
         "report",
         "report",
-        params,
-        &inputs,
+        params.clone(),
+        inputs,
         Path::new("/"),
         out.path(),
-        &NoProgress,
     );
-    ctx.lineage = &records;
+    job.lineage = records;
+    let ctx = StageContext::new(&job, &NoProgress);
     let report = run(&ctx)?;
     let page = std::fs::read_to_string(out.path().join(REPORT_FILE)).unwrap();
     Ok((page, report, out))

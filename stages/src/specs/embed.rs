@@ -1,20 +1,13 @@
 //! The `embed` stage kind as the engine sees it, and the tables it writes; it runs in the libtorch
 //! worker.
 
-use crate::{Effect, InputRule, ParamDefault, ParamSpec, ParamType, StageKind};
+use crate::{InputRule, ParamSpec, StageKind};
 
 pub const KIND: StageKind = StageKind {
     name: "embed",
     version: 1,
     about: "Export image, word and caption embeddings of the trained network as Parquet",
-    params: &[ParamSpec {
-        name: "threads",
-        ty: ParamType::Int { min: 0, max: 1024 },
-        default: ParamDefault::Int(0),
-        effect: Effect::SpeedOnly,
-        help: "CPU threads for libtorch (0: all cores). Left out of the cache key: libtorch may \
-               sum in another order with another count (last-bit differences), an equally valid result",
-    }],
+    params: &[ParamSpec::threads(crate::params::LIBTORCH_THREADS_HELP)],
     inputs: InputRule {
         kinds: &["train", "features", "captions"],
         min: 3,

@@ -83,24 +83,8 @@ const PARAMS: &[ParamSpec] = &[
         effect: Effect::Output,
         help: "Most captions used as retrieval queries (in split order)",
     },
-    ParamSpec {
-        name: "seed",
-        ty: ParamType::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-        default: ParamDefault::Int(DEFAULT_INVERT_SEED),
-        effect: Effect::Output,
-        help: "Seed of the inversion's random starts",
-    },
-    ParamSpec {
-        name: "threads",
-        ty: ParamType::Int { min: 0, max: 1024 },
-        default: ParamDefault::Int(0),
-        effect: Effect::SpeedOnly,
-        help: "CPU threads for libtorch (0: all cores). Left out of the cache key: libtorch may \
-               sum in another order with another count (last-bit differences), an equally valid result",
-    },
+    ParamSpec::seed(DEFAULT_INVERT_SEED, "Seed of the inversion's random starts"),
+    ParamSpec::threads(crate::params::LIBTORCH_THREADS_HELP),
 ];
 
 /// The inversion settings the `find-images` task also uses by default.

@@ -41,16 +41,10 @@ const PARAMS: &[ParamSpec] = &[
         effect: Effect::Output,
         help: "ImageNet weights: a .pth or .safetensors file, or \"random\" (tests only)",
     },
-    ParamSpec {
-        name: "seed",
-        ty: ParamType::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-        default: ParamDefault::Int(0),
-        effect: Effect::Output,
-        help: "Seed of the initial weights when weights = \"random\"",
-    },
+    ParamSpec::seed(
+        0,
+        "Seed of the initial weights when weights = \"random\"",
+    ),
     ParamSpec {
         name: "batch_size",
         ty: ParamType::Int { min: 1, max: 4096 },
@@ -60,14 +54,7 @@ const PARAMS: &[ParamSpec] = &[
                libtorch picks its convolution kernels by batch shape, which can change the features in \
                their last bits",
     },
-    ParamSpec {
-        name: "threads",
-        ty: ParamType::Int { min: 0, max: 1024 },
-        default: ParamDefault::Int(0),
-        effect: Effect::SpeedOnly,
-        help: "CPU threads for libtorch (0: all cores). Left out of the cache key: libtorch may \
-               sum in another order with another count (last-bit differences), an equally valid result",
-    },
+    ParamSpec::threads(crate::params::LIBTORCH_THREADS_HELP),
 ];
 
 /// The weights file named by the params, or None for explicit random weights.

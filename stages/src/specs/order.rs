@@ -1,21 +1,12 @@
 //! The `order` stage kind as the engine sees it; it runs in the libtorch worker.
 
-use crate::{Effect, InputRule, ParamDefault, ParamSpec, ParamType, StageKind};
+use crate::{InputRule, ParamSpec, StageKind};
 
 pub const KIND: StageKind = StageKind {
     name: "order",
     version: 1,
     about: "Pair each caption with its image's feature row; shuffle the train split with a seed",
-    params: &[ParamSpec {
-        name: "seed",
-        ty: ParamType::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-        default: ParamDefault::Int(7),
-        effect: Effect::Output,
-        help: "Seed of the train-split shuffle",
-    }],
+    params: &[ParamSpec::seed(7, "Seed of the train-split shuffle")],
     inputs: InputRule {
         kinds: &["captions", "features"],
         min: 2,

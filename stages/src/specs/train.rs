@@ -111,16 +111,7 @@ const PARAMS: &[ParamSpec] = &[
         effect: Effect::Output,
         help: "Adam learning rate",
     },
-    ParamSpec {
-        name: "seed",
-        ty: ParamType::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-        default: ParamDefault::Int(7),
-        effect: Effect::Output,
-        help: "Seed of the initial weights and of each epoch's shuffle",
-    },
+    ParamSpec::seed(7, "Seed of the initial weights and of each epoch's shuffle"),
     ParamSpec {
         name: "max_length",
         ty: ParamType::Int { min: 1, max: 1000 },
@@ -149,14 +140,7 @@ const PARAMS: &[ParamSpec] = &[
         help: "Folder of GloVe 50-d vectors (`make setup` links ./glove) to start word embeddings \
                from, through a learned Linear(50→embed_dim); unset: learned from scratch",
     },
-    ParamSpec {
-        name: "threads",
-        ty: ParamType::Int { min: 0, max: 1024 },
-        default: ParamDefault::Int(0),
-        effect: Effect::SpeedOnly,
-        help: "CPU threads for libtorch (0: all cores). Left out of the cache key: libtorch may \
-               sum in another order with another count (last-bit differences), an equally valid result",
-    },
+    ParamSpec::threads(crate::params::LIBTORCH_THREADS_HELP),
 ];
 
 pub const MODEL_FILE: &str = "model.safetensors";

@@ -98,16 +98,10 @@ const PARAMS: &[ParamSpec] = &[
         help: "Step size of the gradient descent, on the scale of the usual Barnes-Hut t-SNE \
                (gradient without its factor 4); 0 picks N/12 (at least 50) for a map of N points",
     },
-    ParamSpec {
-        name: "seed",
-        ty: ParamType::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-        default: ParamDefault::Int(7),
-        effect: Effect::Output,
-        help: "Random seed of the initial map and of the sample: the same seed gives the same map",
-    },
+    ParamSpec::seed(
+        7,
+        "Random seed of the initial map and of the sample: the same seed gives the same map",
+    ),
     ParamSpec {
         name: "max_points",
         ty: ParamType::Int {
@@ -119,13 +113,7 @@ const PARAMS: &[ParamSpec] = &[
         help: "Map at most this many images and words each (a seeded sample of larger sets); \
                the neighbour search grows with its square",
     },
-    ParamSpec {
-        name: "threads",
-        ty: ParamType::Int { min: 0, max: 1024 },
-        default: ParamDefault::Int(0),
-        effect: Effect::SpeedOnly,
-        help: "CPU threads (0: all cores); the map is the same for any value",
-    },
+    ParamSpec::threads("CPU threads (0: all cores); the map is the same for any value"),
 ];
 
 /// The image map: image_id, x, y, label.
@@ -283,8 +271,8 @@ fn perplexity_text(perplexity: f64) -> String {
 }
 
 fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
-    let settings = Settings::from_params(ctx.params)?;
-    let embed_dir = &input_of_kind(ctx.inputs, "embed")?.dir;
+    let settings = Settings::from_params(&ctx.params)?;
+    let embed_dir = &input_of_kind(&ctx.inputs, "embed")?.dir;
     let scene_labels = match ctx.inputs.iter().find(|input| input.kind == "demo_data") {
         Some(demo) => Some(read_scene_labels(&demo.dir.join(SCENES_TABLE))?),
         None => None,
@@ -447,7 +435,7 @@ fn map_images(
     let loaded: Vec<Result<plot::Thumbnail, String>> = rows
         .par_iter()
         .map(|&r| {
-            let file = resolve(ctx.base_dir, &image_paths[r]);
+            let file = resolve(&ctx.base_dir, &image_paths[r]);
             let thumbnail =
                 plot::load_thumbnail(&file).map_err(|e| format!("{}: {e}", file.display()));
             ctx.progress.inc(1);
@@ -654,15 +642,8 @@ mod tests {
     ) -> Result<StageReport, StageError> {
         std::fs::create_dir_all(out_dir).unwrap();
         let params = params(overrides);
-        let ctx = StageContext::new(
-            "tsne",
-            "tsne",
-            &params,
-            inputs,
-            out_dir,
-            out_dir,
-            &NoProgress,
-        );
+        let job = crate::StageJob::new("tsne", "tsne", params, inputs.to_vec(), out_dir, out_dir);
+        let ctx = StageContext::new(&job, &NoProgress);
         (KIND.run)(&ctx)
     }
 

@@ -2,37 +2,24 @@
 //! itself never loads libtorch: a no-op `run` or `status` then starts in milliseconds instead of
 //! the quarter second libtorch's initialisation takes.
 //!
-//! The engine side (`run_in_worker`) sends the stage's context as JSON on the command line; the
+//! The engine side (`run_in_worker`) writes the stage's job (`StageJob`, the serialisable context
+//! itself) as JSON to the worker's stdin — not on the command line, where Linux refuses a single
+//! argument over 128 KiB, which a long lineage or a shard of thousands of images exceeds; the
 //! worker (`serve`) runs the stage and answers with one JSON event per line on stdout: progress
-//! as it goes, then the report or the error. The worker dies with the engine (parent-death
-//! signal), so killing a run kills its stage too.
+//! as it goes, then the report or the error, which keeps its kind (a param error stays a param
+//! error). The worker dies with the engine (parent-death signal), so killing a run kills its
+//! stage too.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Params, Progress, StageContext, StageError, StageInput, StageReport};
+use crate::{Progress, StageContext, StageError, StageJob, StageReport};
 
 /// The worker binary's file name; it sits beside the `onenet` binary.
 pub const WORKER_BINARY: &str = "onenet-torch";
-
-/// Everything a worker needs to run one stage.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct StageJob {
-    pub kind: String,
-    pub name: String,
-    pub params: Params,
-    /// (name, kind, dir) of each input.
-    pub inputs: Vec<(String, String, PathBuf)>,
-    pub base_dir: PathBuf,
-    pub out_dir: PathBuf,
-    pub scratch_dir: PathBuf,
-    pub previous: Option<PathBuf>,
-    #[serde(default)]
-    pub lineage: Vec<crate::UpstreamRecord>,
-}
 
 /// What a worker says, one JSON object per line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,8 +43,98 @@ pub enum WorkerEvent {
         device: Option<String>,
     },
     Error {
+        error: WireError,
+    },
+}
+
+/// A `StageError` as it crosses the process boundary: the same variants, with I/O errors as
+/// their message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum WireError {
+    Io {
+        path: PathBuf,
         message: String,
     },
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    File {
+        path: PathBuf,
+        message: String,
+    },
+    Param {
+        name: String,
+        message: String,
+    },
+    Input {
+        message: String,
+    },
+    Table {
+        path: PathBuf,
+        message: String,
+    },
+}
+
+impl From<&StageError> for WireError {
+    fn from(e: &StageError) -> Self {
+        match e {
+            StageError::Io { path, source } => WireError::Io {
+                path: path.clone(),
+                message: source.to_string(),
+            },
+            StageError::Parse {
+                path,
+                line,
+                message,
+            } => WireError::Parse {
+                path: path.clone(),
+                line: *line,
+                message: message.clone(),
+            },
+            StageError::File { path, message } => WireError::File {
+                path: path.clone(),
+                message: message.clone(),
+            },
+            StageError::Param { name, message } => WireError::Param {
+                name: name.clone(),
+                message: message.clone(),
+            },
+            StageError::Input(message) => WireError::Input {
+                message: message.clone(),
+            },
+            StageError::Table { path, message } => WireError::Table {
+                path: path.clone(),
+                message: message.clone(),
+            },
+        }
+    }
+}
+
+impl From<WireError> for StageError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Io { path, message } => StageError::Io {
+                path,
+                source: std::io::Error::other(message),
+            },
+            WireError::Parse {
+                path,
+                line,
+                message,
+            } => StageError::Parse {
+                path,
+                line,
+                message,
+            },
+            WireError::File { path, message } => StageError::File { path, message },
+            WireError::Param { name, message } => StageError::Param { name, message },
+            WireError::Input { message } => StageError::Input(message),
+            WireError::Table { path, message } => StageError::Table { path, message },
+        }
+    }
 }
 
 /// The worker binary: `$ONENET_TORCH` if set, else `onenet-torch` beside the running binary.
@@ -73,25 +150,11 @@ pub fn worker_path() -> PathBuf {
 
 /// The `run` of every libtorch stage kind as the engine sees it: runs the stage in the worker.
 pub fn run_in_worker(ctx: &StageContext) -> Result<StageReport, StageError> {
-    let job = StageJob {
-        kind: ctx.kind.to_string(),
-        name: ctx.name.to_string(),
-        params: ctx.params.clone(),
-        inputs: ctx
-            .inputs
-            .iter()
-            .map(|i| (i.name.clone(), i.kind.clone(), i.dir.clone()))
-            .collect(),
-        base_dir: ctx.base_dir.to_path_buf(),
-        out_dir: ctx.out_dir.to_path_buf(),
-        scratch_dir: ctx.scratch_dir.to_path_buf(),
-        previous: ctx.previous.map(Path::to_path_buf),
-        lineage: ctx.lineage.to_vec(),
-    };
     let worker = worker_path();
-    let job_json = serde_json::to_string(&job).map_err(|e| StageError::Input(e.to_string()))?;
+    let job_json = serde_json::to_vec(ctx.job).map_err(|e| StageError::Input(e.to_string()))?;
     let mut child = Command::new(&worker)
-        .args(["run-stage", &job_json])
+        .arg("run-stage")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -101,6 +164,10 @@ pub fn run_in_worker(ctx: &StageContext) -> Result<StageReport, StageError> {
                 format!("cannot start the libtorch worker ({e}); it is built with `cargo build`"),
             )
         })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A worker that dies before reading its job says so through its exit status below.
+        let _ = stdin.write_all(&job_json);
+    }
     let mut outcome: Option<Result<StageReport, StageError>> = None;
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines() {
@@ -120,9 +187,7 @@ pub fn run_in_worker(ctx: &StageContext) -> Result<StageReport, StageError> {
                         device,
                     }))
                 }
-                Ok(WorkerEvent::Error { message }) => {
-                    outcome = Some(Err(StageError::Input(message)))
-                }
+                Ok(WorkerEvent::Error { error }) => outcome = Some(Err(error.into())),
                 // Anything else a library printed goes to the user as it is.
                 Err(_) => eprintln!("{line}"),
             }
@@ -176,27 +241,7 @@ impl Progress for WorkerProgress {
 /// The worker side: runs `job` with `run` and reports the outcome as the last event, with the
 /// `device` the worker's runtime decided for it. Returns whether the stage succeeded.
 pub fn serve(job: &StageJob, run: crate::RunFn, device: &str) -> bool {
-    let inputs: Vec<StageInput> = job
-        .inputs
-        .iter()
-        .map(|(name, kind, dir)| StageInput {
-            name: name.clone(),
-            kind: kind.clone(),
-            dir: dir.clone(),
-        })
-        .collect();
-    let ctx = StageContext {
-        kind: &job.kind,
-        name: &job.name,
-        params: &job.params,
-        inputs: &inputs,
-        base_dir: &job.base_dir,
-        out_dir: &job.out_dir,
-        scratch_dir: &job.scratch_dir,
-        previous: job.previous.as_deref(),
-        lineage: &job.lineage,
-        progress: &WorkerProgress,
-    };
+    let ctx = StageContext::new(job, &WorkerProgress);
     match run(&ctx) {
         Ok(report) => {
             WorkerProgress::send(&WorkerEvent::Report {
@@ -208,9 +253,47 @@ pub fn serve(job: &StageJob, run: crate::RunFn, device: &str) -> bool {
         }
         Err(e) => {
             WorkerProgress::send(&WorkerEvent::Error {
-                message: e.to_string(),
+                error: WireError::from(&e),
             });
             false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_kind_across_the_process_boundary() {
+        let errors = [
+            StageError::Param {
+                name: "weights".into(),
+                message: "is not set".into(),
+            },
+            StageError::Parse {
+                path: "a.txt".into(),
+                line: 3,
+                message: "no tab".into(),
+            },
+            StageError::io("b.jpg", std::io::Error::other("denied")),
+            StageError::Input("needs an input".into()),
+        ];
+        for e in errors {
+            let event = WorkerEvent::Error {
+                error: WireError::from(&e),
+            };
+            let line = serde_json::to_string(&event).unwrap();
+            let WorkerEvent::Error { error } = serde_json::from_str(&line).unwrap() else {
+                panic!("{line}");
+            };
+            let back = StageError::from(error);
+            assert_eq!(back.to_string(), e.to_string());
+            assert_eq!(
+                std::mem::discriminant(&back),
+                std::mem::discriminant(&e),
+                "{line}"
+            );
         }
     }
 }

@@ -81,6 +81,40 @@ impl ParamSpec {
     }
 }
 
+impl ParamSpec {
+    /// The `seed` param every randomised kind declares: a non-negative integer that enters the
+    /// key (the same seed gives the same output).
+    pub const fn seed(default: i64, help: &'static str) -> ParamSpec {
+        ParamSpec {
+            name: "seed",
+            ty: ParamType::Int {
+                min: 0,
+                max: i64::MAX,
+            },
+            default: ParamDefault::Int(default),
+            effect: Effect::Output,
+            help,
+        }
+    }
+
+    /// The `threads` param of a kind that computes in parallel: CPU threads, 0 for every core;
+    /// speed only, so it stays out of the key.
+    pub const fn threads(help: &'static str) -> ParamSpec {
+        ParamSpec {
+            name: "threads",
+            ty: ParamType::Int { min: 0, max: 1024 },
+            default: ParamDefault::Int(0),
+            effect: Effect::SpeedOnly,
+            help,
+        }
+    }
+}
+
+/// The help of the libtorch stages' `threads` param.
+pub const LIBTORCH_THREADS_HELP: &str = "CPU threads for libtorch (0: all cores). Left out of the \
+    cache key: libtorch may sum in another order with another count (last-bit differences), an \
+    equally valid result";
+
 /// A param value after type checking.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ParamValue {
