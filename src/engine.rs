@@ -137,7 +137,7 @@ impl Engine {
     }
 
     fn device_cache_file(&self) -> PathBuf {
-        self.store.root().join("device-cache.json")
+        self.store.file(crate::store::StoreFile::DeviceCache)
     }
 
     /// The key's environment for a stage whose spec says `device_use`.

@@ -7,11 +7,14 @@
 //!   latest/<stage>          symlink to the newest object of that stage, for people and tools
 //!   runs.jsonl              one JSON line per stage per run (readable by DuckDB and Polars)
 //!   statcache.json          file stamps → content hashes
+//!   device-cache.json       the device the libtorch worker uses on this machine
 //!   tmp/<key>.<pid>.<n>/    outputs being written; never mistaken for a complete object
 //!   scratch/<key>/          checkpoints of a stage being computed, kept if it is killed
 //!   locks/<key>.lock        held while a process computes that key
 //!   corrupt/<key>/          objects `verify` found damaged, moved aside
 //! ```
+//!
+//! Each folder and file is named once, by `Bucket` and `StoreFile`.
 //!
 //! An object directory appears only by a rename of a fully written, flushed and validated
 //! temporary directory whose `_onenet.json` was written last, so an object that exists is
@@ -131,6 +134,57 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
+/// The store's folders, each named here and nowhere else (uv's cache buckets are the model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// `objects/<key>/`: complete, immutable stage outputs.
+    Objects,
+    /// `latest/<stage>`: links to each stage's newest object.
+    Latest,
+    /// `tmp/`: outputs being written.
+    Tmp,
+    /// `scratch/<key>/`: checkpoints of a stage being computed.
+    Scratch,
+    /// `locks/<key>.lock`.
+    Locks,
+    /// `corrupt/<key>/`: objects `verify` moved aside.
+    Corrupt,
+}
+
+impl Bucket {
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Bucket::Objects => "objects",
+            Bucket::Latest => "latest",
+            Bucket::Tmp => "tmp",
+            Bucket::Scratch => "scratch",
+            Bucket::Locks => "locks",
+            Bucket::Corrupt => "corrupt",
+        }
+    }
+}
+
+/// The store's single files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFile {
+    /// `runs.jsonl`: the run records.
+    Runs,
+    /// `statcache.json`: file stamps → content hashes.
+    StatCache,
+    /// `device-cache.json`: the device the libtorch worker uses on this machine.
+    DeviceCache,
+}
+
+impl StoreFile {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            StoreFile::Runs => "runs.jsonl",
+            StoreFile::StatCache => "statcache.json",
+            StoreFile::DeviceCache => "device-cache.json",
+        }
+    }
+}
+
 /// The store rooted at one folder.
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
@@ -153,8 +207,8 @@ static PENDING_COUNTER: AtomicU64 = AtomicU64::new(0);
 impl ArtifactStore {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: &Path) -> Result<ArtifactStore, StoreError> {
-        for sub in ["objects", "latest", "tmp", "locks"] {
-            let dir = root.join(sub);
+        for sub in [Bucket::Objects, Bucket::Latest, Bucket::Tmp, Bucket::Locks] {
+            let dir = root.join(sub.dir_name());
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
         Ok(ArtifactStore {
@@ -166,26 +220,36 @@ impl ArtifactStore {
         &self.root
     }
 
+    /// The folder of one bucket.
+    pub fn bucket(&self, bucket: Bucket) -> PathBuf {
+        self.root.join(bucket.dir_name())
+    }
+
+    /// The path of one of the store's single files.
+    pub fn file(&self, file: StoreFile) -> PathBuf {
+        self.root.join(file.file_name())
+    }
+
     pub fn object_dir(&self, key: &CacheKey) -> PathBuf {
-        self.root.join("objects").join(key.hex())
+        self.bucket(Bucket::Objects).join(key.hex())
     }
 
     pub fn stat_cache_file(&self) -> PathBuf {
-        self.root.join("statcache.json")
+        self.file(StoreFile::StatCache)
     }
 
     pub fn runs_file(&self) -> PathBuf {
-        self.root.join("runs.jsonl")
+        self.file(StoreFile::Runs)
     }
 
     pub fn latest_link(&self, stage: &str) -> PathBuf {
-        self.root.join("latest").join(stage)
+        self.bucket(Bucket::Latest).join(stage)
     }
 
     /// The scratch directory for `key` (created if needed): survives a killed run, so a long
     /// stage can resume from its checkpoints; removed after the key's output is committed.
     pub fn scratch_dir(&self, key: &CacheKey) -> Result<PathBuf, StoreError> {
-        let dir = self.root.join("scratch").join(key.hex());
+        let dir = self.bucket(Bucket::Scratch).join(key.hex());
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         Ok(dir)
     }
@@ -210,12 +274,14 @@ impl ArtifactStore {
     /// Points `latest/<stage>` at `key`'s object (atomically: a new link renamed over the old).
     pub fn set_latest(&self, stage: &str, key: &CacheKey) -> Result<(), StoreError> {
         let link = self.latest_link(stage);
-        let tmp = self.root.join("latest").join(format!(
+        let tmp = self.bucket(Bucket::Latest).join(format!(
             ".{stage}.{}.{}",
             std::process::id(),
             PENDING_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let target = Path::new("..").join("objects").join(key.hex());
+        let target = Path::new("..")
+            .join(Bucket::Objects.dir_name())
+            .join(key.hex());
         std::os::unix::fs::symlink(&target, &tmp).map_err(io_err(&tmp))?;
         fs::rename(&tmp, &link).map_err(io_err(&link))
     }
@@ -229,7 +295,9 @@ impl ArtifactStore {
         timeout: Duration,
         on_wait: &dyn Fn(&Path),
     ) -> Result<KeyLock, StoreError> {
-        let path = self.root.join("locks").join(format!("{}.lock", key.hex()));
+        let path = self
+            .bucket(Bucket::Locks)
+            .join(format!("{}.lock", key.hex()));
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -263,7 +331,7 @@ impl ArtifactStore {
     /// A fresh, empty temporary directory for computing `key`. Call with the key's lock held:
     /// any temporary directory already there for this key is then a dead run's and is removed.
     pub fn begin(&self, key: &CacheKey) -> Result<PendingObject, StoreError> {
-        let tmp_root = self.root.join("tmp");
+        let tmp_root = self.bucket(Bucket::Tmp);
         let prefix = format!("{}.", key.hex());
         if let Ok(entries) = fs::read_dir(&tmp_root) {
             for entry in entries.flatten() {
@@ -335,7 +403,7 @@ impl ArtifactStore {
         } else {
             fs::rename(&pending.dir, &dest).map_err(io_err(&dest))?;
         }
-        sync_dir(&self.root.join("objects"))?;
+        sync_dir(&self.bucket(Bucket::Objects))?;
         Ok(meta)
     }
 
@@ -404,7 +472,7 @@ impl ArtifactStore {
 
     /// Keys of all complete objects.
     pub fn object_keys(&self) -> Vec<CacheKey> {
-        let mut keys: Vec<CacheKey> = fs::read_dir(self.root.join("objects"))
+        let mut keys: Vec<CacheKey> = fs::read_dir(self.bucket(Bucket::Objects))
             .map(|entries| {
                 entries
                     .flatten()
@@ -430,7 +498,7 @@ impl ArtifactStore {
             };
             report.checked += 1;
             if !problems.is_empty() {
-                let corrupt = self.root.join("corrupt");
+                let corrupt = self.bucket(Bucket::Corrupt);
                 fs::create_dir_all(&corrupt).map_err(io_err(&corrupt))?;
                 let aside = corrupt.join(key.hex());
                 let _ = fs::remove_dir_all(&aside);
@@ -459,7 +527,7 @@ impl ArtifactStore {
     /// temporary directories and moved-aside corrupt objects. With `dry_run`, only reports.
     pub fn gc(&self, dry_run: bool) -> Result<GcReport, StoreError> {
         let mut keep: BTreeSet<CacheKey> = BTreeSet::new();
-        let mut stack: Vec<CacheKey> = fs::read_dir(self.root.join("latest"))
+        let mut stack: Vec<CacheKey> = fs::read_dir(self.bucket(Bucket::Latest))
             .map(|entries| {
                 entries
                     .flatten()
@@ -490,12 +558,12 @@ impl ArtifactStore {
             .map(|k| self.object_dir(&k))
             .collect();
         report.objects_removed = doomed.len();
-        for sub in ["tmp", "scratch", "corrupt"] {
-            if let Ok(entries) = fs::read_dir(self.root.join(sub)) {
+        for sub in [Bucket::Tmp, Bucket::Scratch, Bucket::Corrupt] {
+            if let Ok(entries) = fs::read_dir(self.bucket(sub)) {
                 for entry in entries.flatten() {
                     let name = entry.file_name().to_string_lossy().into_owned();
                     // A temporary or scratch directory whose key is locked belongs to a live run.
-                    let live = sub != "corrupt"
+                    let live = sub != Bucket::Corrupt
                         && name
                             .split('.')
                             .next()
@@ -518,7 +586,9 @@ impl ArtifactStore {
     }
 
     fn is_locked(&self, key: &CacheKey) -> bool {
-        let path = self.root.join("locks").join(format!("{}.lock", key.hex()));
+        let path = self
+            .bucket(Bucket::Locks)
+            .join(format!("{}.lock", key.hex()));
         match File::open(&path) {
             Ok(f) => matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock)),
             Err(_) => false,
