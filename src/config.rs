@@ -58,6 +58,9 @@ pub struct Pipeline {
     pub store_dir: PathBuf,
     /// Stages in declaration order (see `plan` for execution order).
     pub stages: Vec<StageDecl>,
+    /// The `STAGE.PARAM=VALUE` overrides applied (`--set`): a pipeline with any is a variant,
+    /// whose outputs never become the file's own newest outputs.
+    pub overrides: Vec<String>,
 }
 
 impl Pipeline {
@@ -109,6 +112,7 @@ impl Pipeline {
                 .collect();
             given.insert(param.to_string(), checked);
             stage.params = Params::with_defaults(stage.kind.params, given);
+            self.overrides.push(assignment.clone());
         }
         Ok(())
     }
@@ -325,6 +329,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Pipeline, ConfigError> {
         base_dir,
         store_dir,
         stages,
+        overrides: Vec::new(),
     })
 }
 

@@ -122,18 +122,31 @@ pub struct Engine {
     stat_cache: StatCache,
     /// The device a `DeviceUse::Best` stage runs on, asked of the worker at most once per run.
     best_device: std::sync::OnceLock<Result<String, String>>,
+    /// Whether planning may start the worker to learn the device (commands that only read
+    /// tables must not: they use the cached answer, or the view's links when there is none).
+    worker_allowed: bool,
 }
 
 impl Engine {
     pub fn open(pipeline: Pipeline) -> Result<Engine, EngineError> {
         let store = ArtifactStore::open(&pipeline.store_dir)?;
+        let view = view_of(&pipeline, &store);
+        let store = store.with_view(&view);
         let stat_cache = StatCache::open(&store.stat_cache_file());
         Ok(Engine {
             pipeline,
             store,
             stat_cache,
             best_device: std::sync::OnceLock::new(),
+            worker_allowed: true,
         })
+    }
+
+    /// The same engine, never starting the libtorch worker: keys of GPU-capable stages use the
+    /// device this store's cache remembers, and are unknown without it.
+    pub fn without_worker(mut self) -> Engine {
+        self.worker_allowed = false;
+        self
     }
 
     fn device_cache_file(&self) -> PathBuf {
@@ -148,8 +161,13 @@ impl Engine {
         crate::environment::for_stage(device_use, || {
             self.best_device
                 .get_or_init(|| {
-                    crate::environment::best_device(&self.device_cache_file())
-                        .map_err(|e| e.to_string())
+                    if self.worker_allowed {
+                        crate::environment::best_device(&self.device_cache_file())
+                            .map_err(|e| e.to_string())
+                    } else {
+                        crate::environment::cached_best_device(&self.device_cache_file())
+                            .ok_or_else(|| DEVICE_UNKNOWN.to_string())
+                    }
                 })
                 .clone()
                 .map_err(|message| crate::environment::DeviceError {
@@ -368,6 +386,16 @@ impl Engine {
             observer.stage_finished(&outcome);
             outcomes[i] = Some(outcome);
         });
+        let done: Vec<PlannedStage> = planned
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| {
+                o.as_ref()
+                    .is_some_and(|o| matches!(o.action, Action::Computed | Action::Cached))
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        self.record_pipeline(&done);
         outcomes.into_iter().flatten().collect()
     }
 
@@ -441,7 +469,7 @@ impl Engine {
     ) -> Result<Done, EngineError> {
         let forced = options.force.contains(&stage.name);
         let reuse = |meta: Option<crate::store::ObjectMeta>| {
-            self.store.set_latest(&stage.name, &stage.key)?;
+            self.set_newest(stage)?;
             let (warnings, notes) = meta.map(|m| (m.warnings, m.notes)).unwrap_or_default();
             Ok::<_, EngineError>(Done {
                 action: Action::Cached,
@@ -535,7 +563,7 @@ impl Engine {
                 device: report.device.clone(),
             },
         )?;
-        self.store.set_latest(&stage.name, &stage.key)?;
+        self.set_newest(stage)?;
         // Checkpoints are only worth keeping until the output they lead to exists.
         let _ = std::fs::remove_dir_all(&scratch_dir);
         Ok(Done {
@@ -544,6 +572,97 @@ impl Engine {
             notes: meta.notes,
             device: report.device,
         })
+    }
+
+    /// Points the pipeline's view at a stage's output, unless this run is a variant (`--set`):
+    /// a variant's outputs stay in the store, reachable by key, but never become what the
+    /// pipeline file's `latest` shows or what the task commands read.
+    fn set_newest(&self, stage: &PlannedStage) -> Result<(), StoreError> {
+        if self.pipeline.overrides.is_empty() {
+            self.store.set_latest(&stage.name, &stage.key)?;
+        }
+        Ok(())
+    }
+
+    /// Records, for `gc`, what the pipeline file resolved to in a run without `--set`.
+    fn record_pipeline(&self, planned: &[PlannedStage]) {
+        if !self.pipeline.overrides.is_empty() {
+            return;
+        }
+        let view = self.store.view().to_string_lossy().into_owned();
+        let mut keys = self
+            .store
+            .pipeline_records()
+            .into_iter()
+            .find(|r| r.view == view && r.path == self.pipeline.path)
+            .map(|r| r.keys)
+            .unwrap_or_default();
+        keys.retain(|name, _| self.pipeline.stage(name).is_some());
+        for p in planned {
+            keys.insert(p.name.clone(), p.key.hex());
+        }
+        // Only bookkeeping for gc: a failure to write it must not fail the run; gc then also
+        // keeps what the view's links point at.
+        let _ = self.store.record_pipeline(&crate::store::PipelineRecord {
+            path: self.pipeline.path.clone(),
+            view,
+            keys,
+            updated_unix: now_unix() as u64,
+        });
+    }
+
+    /// Removes what no pipeline file that ran against the store resolves to (each file as it
+    /// reads now, and as it last ran), nor any view's newest outputs, nor anything upstream of
+    /// those. `dry_run` only reports.
+    pub fn gc(&self, dry_run: bool) -> Result<crate::store::GcReport, EngineError> {
+        let mut keep: std::collections::BTreeMap<CacheKey, Vec<String>> = Default::default();
+        let mut add = |key: CacheKey, why: String| {
+            let reasons = keep.entry(key).or_default();
+            if !reasons.contains(&why) {
+                reasons.push(why);
+            }
+        };
+        let mut records = self.store.pipeline_records();
+        if !records.iter().any(|r| r.path == self.pipeline.path) {
+            records.push(crate::store::PipelineRecord {
+                path: self.pipeline.path.clone(),
+                view: self.store.view().to_string_lossy().into_owned(),
+                keys: Default::default(),
+                updated_unix: 0,
+            });
+        }
+        for record in &records {
+            let file = record.path.display();
+            for (stage, hex) in &record.keys {
+                if let Some(key) = CacheKey::from_hex(hex) {
+                    add(key, format!("{file}: {stage} (its last run)"));
+                }
+            }
+            let resolved =
+                if record.path == self.pipeline.path && self.pipeline.overrides.is_empty() {
+                    self.resolve_all()
+                } else {
+                    crate::config::load(&record.path)
+                        .ok()
+                        .and_then(|p| Engine::open(p).ok())
+                        .and_then(|e| e.resolve_all())
+                };
+            for (stage, key) in resolved.unwrap_or_default() {
+                add(key, format!("{file}: {stage} (as the file reads now)"));
+            }
+        }
+        for (view, stage, key) in self.store.view_keys() {
+            add(key, format!("{view}/{stage}"));
+        }
+        Ok(self.store.gc(&keep, dry_run)?)
+    }
+
+    /// Every stage's key as the pipeline reads now, or None if it cannot be planned (a source
+    /// file missing, say).
+    fn resolve_all(&self) -> Option<Vec<(String, CacheKey)>> {
+        let order = crate::plan::select(&self.pipeline, &[]).ok()?;
+        let planned = self.plan(&order).ok()?;
+        Some(planned.into_iter().map(|p| (p.name, p.key)).collect())
     }
 
     /// What must still hold for a stage's output to be committed under its planned key: every
@@ -703,28 +822,113 @@ pub fn latest_dir(store: &ArtifactStore, stage: &str) -> Option<PathBuf> {
 }
 
 impl Engine {
-    /// The newest output of the pipeline's stage of kind `kind` (the first such stage in the
-    /// file), with the stage's name; an error saying what to run when it has none yet.
-    pub fn newest_output_of_kind(&self, kind: &str) -> Result<(String, PathBuf), String> {
-        let decl = self
+    /// The output of the pipeline's stage of kind `kind` (`stage` chooses among several; else
+    /// the first in the file) that the pipeline file resolves to now — exactly what `status`
+    /// calls fresh — with the stage's name; an error saying what to run when that output is not
+    /// in the store.
+    pub fn output_of_kind(
+        &self,
+        kind: &str,
+        stage: Option<&str>,
+    ) -> Result<(String, PathBuf), String> {
+        let of_kind: Vec<&crate::config::StageDecl> = self
             .pipeline
             .stages
             .iter()
-            .find(|s| s.kind.name == kind)
-            .ok_or_else(|| {
-                format!(
-                    "{} has no stage of kind `{kind}`",
-                    self.pipeline.path.display()
+            .filter(|s| s.kind.name == kind)
+            .collect();
+        let decl =
+            match stage {
+                Some(name) => {
+                    *of_kind.iter().find(|s| s.name == name).ok_or_else(|| {
+                        format!(
+                    "{} has no stage `{name}` of kind `{kind}` (its stages of that kind: {})",
+                    self.pipeline.path.display(),
+                    of_kind.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
                 )
-            })?;
-        let dir = latest_dir(&self.store, &decl.name).ok_or_else(|| {
-            format!(
-                "stage `{}` has not been run yet: run `onenet run {}` first",
-                decl.name, decl.name
-            )
-        })?;
-        Ok((decl.name.clone(), dir))
+                    })?
+                }
+                None => *of_kind.first().ok_or_else(|| {
+                    format!(
+                        "{} has no stage of kind `{kind}`",
+                        self.pipeline.path.display()
+                    )
+                })?,
+            };
+        let order = crate::plan::select(&self.pipeline, std::slice::from_ref(&decl.name))?;
+        let planned = match self.plan(&order) {
+            Ok(planned) => planned,
+            // Not allowed to ask the worker and nothing cached: the pipeline's view holds what
+            // its last run without `--set` made.
+            Err(e) if !self.worker_allowed && e.to_string().contains(DEVICE_UNKNOWN) => {
+                return latest_dir(&self.store, &decl.name)
+                    .map(|dir| (decl.name.clone(), dir))
+                    .ok_or_else(|| {
+                        format!(
+                            "stage `{}` has not been run yet: run `onenet run {}` first",
+                            decl.name, decl.name
+                        )
+                    });
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let current = planned
+            .iter()
+            .find(|p| p.name == decl.name)
+            .ok_or_else(|| format!("stage `{}` missing from its own plan", decl.name))?;
+        if self.store.has(&current.key) {
+            return Ok((decl.name.clone(), self.store.object_dir(&current.key)));
+        }
+        let (state, reasons) = self.state_of(current);
+        let state = match state {
+            StageState::Missing if reasons == [Reason::NeverComputed] => {
+                "has not been run yet".to_string()
+            }
+            _ => {
+                let reasons: Vec<String> = reasons.iter().map(Reason::to_string).collect();
+                format!("is not up to date ({})", reasons.join("; "))
+            }
+        };
+        Err(format!(
+            "stage `{}` {state}: run `onenet run {}` first",
+            decl.name, decl.name
+        ))
     }
+
+    /// As `output_of_kind` for the first stage of that kind (the task commands' default).
+    pub fn newest_output_of_kind(&self, kind: &str) -> Result<(String, PathBuf), String> {
+        self.output_of_kind(kind, None)
+    }
+}
+
+/// Why a key could not be computed without the worker.
+const DEVICE_UNKNOWN: &str = "the device of GPU-capable stages is not known yet on this machine";
+
+/// The view (newest-output links) of a pipeline file in its store: `latest/` for the
+/// `pipeline.toml` whose store is its own `artifacts/` folder, `views/<file stem>/` for any other
+/// (a second pipeline file sharing the store, or a store shared by several folders), made
+/// unique if another pipeline file already uses that name.
+fn view_of(pipeline: &Pipeline, store: &ArtifactStore) -> String {
+    let stem = pipeline
+        .path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pipeline".into());
+    let own_store = pipeline.store_dir == pipeline.base_dir.join(crate::config::DEFAULT_STORE);
+    let wanted = if stem == "pipeline" && own_store {
+        "latest".to_string()
+    } else {
+        format!("views/{stem}")
+    };
+    let taken_by_other = store
+        .pipeline_records()
+        .into_iter()
+        .any(|r| r.view == wanted && r.path != pipeline.path && r.path.is_file());
+    if !taken_by_other || wanted == "latest" {
+        return wanted;
+    }
+    let hash = blake3::hash(pipeline.path.to_string_lossy().as_bytes()).to_hex();
+    format!("views/{stem}-{}", &hash[..8])
 }
 
 #[cfg(test)]

@@ -88,6 +88,14 @@ pub fn best_device(cache_file: &Path) -> Result<String, DeviceError> {
     Ok(answer.device)
 }
 
+/// The cached answer, if it is still valid here; never starts the worker.
+pub fn cached_best_device(cache_file: &Path) -> Option<String> {
+    let worker = onenet_contract::worker::worker_path();
+    let fingerprint = fingerprint(&worker);
+    let cached: CachedDevice = serde_json::from_slice(&std::fs::read(cache_file).ok()?).ok()?;
+    (cached.fingerprint == fingerprint).then_some(cached.device)
+}
+
 /// Forgets the cached answer (after the worker reported another device than it gave).
 pub fn forget(cache_file: &Path) {
     let _ = std::fs::remove_file(cache_file);

@@ -1,427 +1,192 @@
 //! The `onenet` command line: runs the pipeline declared in `pipeline.toml` and inspects its
-//! artifact store.
+//! artifact store. `main` parses the arguments and hands each command to one small function;
+//! what they print is rendered by `cli::render`, progress by `cli::progress`.
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+mod cli;
+
+use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use onenet::config::{self, Pipeline};
-use onenet::engine::{
-    latest_dir, Action, Engine, RunObserver, RunOptions, StageOutcome, StageState, StageStatus,
-};
-use onenet::formats::FileSummary;
+use clap::{CommandFactory, Parser};
+use onenet::engine::{latest_dir, Engine, RunOptions, StageState};
 use onenet::plan;
 use onenet::store::describe_object;
 use onenet::task_cli::{Format, TaskCommand};
-use onenet_stages::Progress;
-use serde_json::json;
-use std::os::unix::process::CommandExt;
 
-/// Train one captioning network once and use it for four tasks, as a content-hashed batch
-/// pipeline.
-///
-/// onenet reads the stages declared in pipeline.toml, computes a cache key for each from its
-/// kind, code version, params, upstream keys, source-file contents and environment, and runs only
-/// the stages whose key has no output in the artifact store yet. Outputs (Parquet tables,
-/// safetensors tensors) stay in the store; artifacts/latest/<stage>/ holds the newest of each.
-#[derive(Parser)]
-#[command(name = "onenet", version, about, long_about)]
-struct Cli {
-    /// The pipeline file.
-    #[arg(long, short = 'p', global = true, default_value = "pipeline.toml")]
-    pipeline: PathBuf,
-
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the stale stages (all, or the named ones and what they need), reusing cached outputs.
-    ///
-    /// Each stage is shown as computed or cached, with its time and key. Independent stages run
-    /// in parallel. A second onenet process running the same stage waits for the first and
-    /// reuses its result.
-    Run {
-        /// Stages to bring up to date, with everything upstream of them (default: all).
-        stages: Vec<String>,
-        /// Recompute this stage even if its output exists (repeatable).
-        #[arg(long, value_name = "STAGE")]
-        force: Vec<String>,
-        /// Override a param for this run only, e.g. `--set captions.min_count=3`; keys change
-        /// exactly as if the file said so (repeatable).
-        #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
-        set: Vec<String>,
-        /// Say what would be computed or reused, and why, without running anything.
-        #[arg(long)]
-        dry_run: bool,
-        /// Output format: readable text, or JSON for scripts.
-        #[arg(long, value_enum, default_value = "text")]
-        format: Format,
-        /// Seconds to wait for another onenet process computing the same stage.
-        #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
-        wait: u64,
-    },
-    /// Say whether each stage is fresh, stale or missing, and why (old → new per changed field).
-    Status {
-        /// Override params as `run --set` would, to see what that run would recompute.
-        #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
-        set: Vec<String>,
-        #[arg(long, value_enum, default_value = "text")]
-        format: Format,
-    },
-    /// Show the stage graph: each stage's kind, inputs, key and state, in execution order.
-    Dag {
-        #[arg(long, value_enum, default_value = "text")]
-        format: Format,
-    },
-    /// Show a stage's newest output: key, paths, and each table's row count and schema.
-    Show {
-        stage: String,
-        #[arg(long, value_enum, default_value = "text")]
-        format: Format,
-    },
-    /// Remove store objects that no stage's newest output needs, and leftovers of killed runs.
-    Gc {
-        /// Report what would be removed, and how many bytes, without removing anything.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Re-hash every stored output against what was written; move damaged ones aside so the next
-    /// run recomputes them. Exits with status 1 if anything was damaged.
-    Verify,
-    /// List the built-in stage kinds and their params (or one kind's, in detail).
-    Kinds { kind: Option<String> },
-    #[command(flatten)]
-    Task(TaskCommand),
-}
+use cli::args::{Cli, Command, GlobalArgs, RunArgs};
+use cli::out::{self, diag, Verbosity};
+use cli::progress::{ProgressMode, RunProgress};
+use cli::render::{self, emit};
 
 fn main() -> ExitCode {
-    match real_main() {
+    let cli = Cli::parse();
+    out::set_verbosity(cli.global.verbosity());
+    match run(cli) {
         Ok(code) => code,
+        // The reader of our output has gone (`onenet status | head -1`): not an error.
+        Err(e) if out::is_closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            diag!("error: {}", cli::error_message(&e));
             ExitCode::from(1)
         }
     }
 }
 
-fn real_main() -> Result<ExitCode> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Run {
-            stages,
-            force,
+fn run(cli: Cli) -> Result<ExitCode> {
+    let global = &cli.global;
+    if global.version {
+        return version();
+    }
+    let Some(command) = cli.command else {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingSubcommand,
+                "a command is required",
+            )
+            .exit()
+    };
+    match command {
+        Command::Run(args) if args.dry_run => dry_run(global, &args),
+        Command::Run(args) => run_stages(global, &args),
+        Command::Status {
             set,
-            dry_run,
+            exit_code,
             format,
-            wait,
-        } => {
-            let engine = open_engine(&cli.pipeline, &set)?;
-            for name in &force {
-                if engine.pipeline.stage(name).is_none() {
-                    bail!(
-                        "--force {name}: no such stage in {}",
-                        cli.pipeline.display()
-                    );
-                }
-            }
-            let selection = plan::select(&engine.pipeline, &stages).map_err(anyhow::Error::msg)?;
-            let planned = engine.plan(&selection)?;
-            if dry_run {
-                let statuses = engine.status(&planned);
-                print_status(&statuses, format, true);
-                return Ok(ExitCode::SUCCESS);
-            }
-            let observer = TerminalObserver::new(format == Format::Text);
-            let options = RunOptions {
-                force,
-                lock_timeout: Duration::from_secs(wait),
-            };
-            let start = std::time::Instant::now();
-            let outcomes = engine.run(&planned, &options, &observer);
-            let failed = outcomes
-                .iter()
-                .filter(|o| matches!(o.action, Action::Failed | Action::Skipped))
-                .count();
-            match format {
-                Format::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &json!({ "stages": outcomes, "ok": failed == 0 })
-                    )?
-                ),
-                Format::Text => {
-                    let computed = outcomes
-                        .iter()
-                        .filter(|o| o.action == Action::Computed)
-                        .count();
-                    let cached = outcomes
-                        .iter()
-                        .filter(|o| o.action == Action::Cached)
-                        .count();
-                    println!(
-                        "{} stage(s): {computed} computed, {cached} cached, {failed} failed, in {:.2}s; newest outputs in {}",
-                        outcomes.len(),
-                        start.elapsed().as_secs_f64(),
-                        engine.store.root().join("latest").display()
-                    );
-                }
-            }
-            Ok(if failed == 0 {
-                ExitCode::SUCCESS
+        } => status(global, &set, exit_code, format),
+        Command::Dag { format } => dag(global, format),
+        Command::Show { stage, format } => show(global, &stage, format),
+        Command::Gc { dry_run, format } => gc(global, dry_run, format),
+        Command::Verify { format } => verify(global, format),
+        Command::Kinds { kind, format } => kinds(kind.as_deref(), format),
+        Command::Completions { shell } => completions(shell),
+        Command::Task(TaskCommand::Metrics { format }) => metrics(global, format),
+        Command::Task(_) => task(),
+    }
+}
+
+fn ok_if(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// The engine for `run`, with every `--force` checked against the pipeline.
+fn engine_for_run(global: &GlobalArgs, args: &RunArgs) -> Result<(Engine, Vec<usize>)> {
+    let engine = cli::open_engine(global, &args.set)?;
+    for name in &args.force {
+        if engine.pipeline.stage(name).is_none() {
+            bail!(
+                "--force {name}: no such stage in {}",
+                global.pipeline.display()
+            );
+        }
+    }
+    let selection = plan::select(&engine.pipeline, &args.stages).map_err(anyhow::Error::msg)?;
+    Ok((engine, selection))
+}
+
+fn dry_run(global: &GlobalArgs, args: &RunArgs) -> Result<ExitCode> {
+    let (engine, selection) = engine_for_run(global, args)?;
+    let statuses = engine.status(&engine.plan(&selection)?);
+    let view = render::StatusView {
+        statuses: &statuses,
+        dry_run: Some(&args.force),
+    };
+    emit(&view, args.format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// If stdout's reader goes away mid-run (`onenet run | head -1`), the run still finishes the
+/// stages it started and the ones after them, printing nothing more on stdout, and exits as it
+/// would have. Stopping instead would throw away the work of the running stages (a training
+/// run, say) for a closed pipe, and the engine offers no point between stages to stop at;
+/// every commit is atomic either way, so nothing half-written is ever left.
+fn run_stages(global: &GlobalArgs, args: &RunArgs) -> Result<ExitCode> {
+    let (engine, selection) = engine_for_run(global, args)?;
+    let planned = engine.plan(&selection)?;
+    let mut reasons = HashMap::new();
+    if out::verbosity() == Verbosity::Verbose {
+        for s in engine.status(&planned) {
+            let why = if args.force.contains(&s.name) {
+                "--force".to_string()
             } else {
-                ExitCode::from(1)
-            })
-        }
-        Command::Status { set, format } => {
-            let engine = open_engine(&cli.pipeline, &set)?;
-            let planned = engine.plan(&plan::topological_order(&engine.pipeline))?;
-            print_status(&engine.status(&planned), format, false);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Dag { format } => {
-            let engine = open_engine(&cli.pipeline, &[])?;
-            let planned = engine.plan(&plan::topological_order(&engine.pipeline))?;
-            let statuses = engine.status(&planned);
-            let rows: Vec<_> = planned
-                .iter()
-                .zip(&statuses)
-                .map(|(p, s)| {
-                    let decl = &engine.pipeline.stages[p.index];
-                    (decl, p, s)
-                })
-                .collect();
-            match format {
-                Format::Json => {
-                    let stages: Vec<_> = rows
-                        .iter()
-                        .map(|(d, p, s)| {
-                            json!({"name": d.name, "kind": d.kind.name, "inputs": d.inputs,
-                                   "key": p.key.hex(), "state": s.state})
-                        })
-                        .collect();
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&json!({ "stages": stages }))?
-                    );
-                }
-                Format::Text => {
-                    let width = rows.iter().map(|(d, _, _)| d.name.len()).max().unwrap_or(0);
-                    for (d, p, s) in rows {
-                        let inputs = if d.inputs.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" ← {}", d.inputs.join(", "))
-                        };
-                        println!(
-                            "{:width$}  {:7}  {}  {}{inputs}",
-                            d.name,
-                            state_word(s.state),
-                            p.key.short(),
-                            d.kind.name,
-                        );
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Show { stage, format } => {
-            let engine = open_engine(&cli.pipeline, &[])?;
-            show(&engine, &stage, format)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Gc { dry_run } => {
-            let store_dir = config::load(&cli.pipeline)?.store_dir;
-            let store = onenet::store::ArtifactStore::open(&store_dir)?;
-            let report = store.gc(dry_run)?;
-            let verb = if dry_run { "would remove" } else { "removed" };
-            println!(
-                "{verb} {} object(s) and {} leftover(s), {}; kept {} object(s) the newest outputs need",
-                report.objects_removed,
-                report.leftovers_removed,
-                human_bytes(report.bytes),
-                report.kept
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Verify => {
-            let store_dir = config::load(&cli.pipeline)?.store_dir;
-            let store = onenet::store::ArtifactStore::open(&store_dir)?;
-            let bar = progress_bar(std::io::stderr().is_terminal());
-            let report = store.verify(&|done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })?;
-            bar.finish_and_clear();
-            for damaged in &report.damaged {
-                println!(
-                    "damaged: stage {} (key {}), moved to {}; the next run recomputes it",
-                    damaged.stage,
-                    damaged.key.short(),
-                    damaged.moved_to.display()
-                );
-                for problem in &damaged.problems {
-                    println!("  {problem}");
-                }
-            }
-            println!(
-                "verified {} object(s): {} damaged",
-                report.checked,
-                report.damaged.len()
-            );
-            Ok(if report.damaged.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
-        Command::Task(_) => {
-            // The tasks need libtorch: the worker binary runs them, with these very arguments.
-            let worker = onenet_stages::worker::worker_path();
-            let error = std::process::Command::new(&worker)
-                .args(std::env::args_os().skip(1))
-                .exec();
-            bail!("cannot start {}: {error}", worker.display())
-        }
-        Command::Kinds { kind } => {
-            let kinds: Vec<_> = match &kind {
-                None => onenet_stages::kinds().iter().collect(),
-                Some(name) => vec![onenet_stages::kind(name).with_context(|| {
-                    format!(
-                        "no stage kind `{name}`{}",
-                        config::did_you_mean(name, onenet_stages::kinds().iter().map(|k| k.name))
-                    )
-                })?],
+                s.reasons_text()
             };
-            for k in kinds {
-                println!("{} (version {}): {}", k.name, k.version, k.about);
-                match k.device {
-                    onenet_stages::DeviceUse::NoLibtorch => {}
-                    onenet_stages::DeviceUse::Cpu => println!("  runs on: the CPU (by design)"),
-                    onenet_stages::DeviceUse::Best => {
-                        println!("  runs on: a CUDA GPU when libtorch can use one, else the CPU")
-                    }
-                }
-                if !k.inputs.kinds.is_empty() {
-                    println!(
-                        "  inputs: {}..{} of kind {}",
-                        k.inputs.min,
-                        k.inputs.max,
-                        k.inputs.kinds.join(", ")
-                    );
-                }
-                for p in k.params {
-                    let default = match p.default {
-                        onenet_stages::ParamDefault::Int(v) => v.to_string(),
-                        onenet_stages::ParamDefault::Float(v) => format!("{v:?}"),
-                        onenet_stages::ParamDefault::Bool(v) => v.to_string(),
-                        onenet_stages::ParamDefault::Str(v) => format!("{v:?}"),
-                        onenet_stages::ParamDefault::Unset => "unset".into(),
-                    };
-                    let keyed = match p.effect {
-                        onenet_stages::Effect::Output => "",
-                        onenet_stages::Effect::SpeedOnly => ", speed only: not in the key",
-                    };
-                    println!(
-                        "  {} ({}, default {default}{keyed}): {}",
-                        p.name,
-                        p.ty.describe(),
-                        p.help
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+            reasons.insert(s.name, why);
         }
     }
+    let observer = RunProgress::new(args.format == Format::Text, reasons);
+    let options = RunOptions {
+        force: args.force.clone(),
+        lock_timeout: Duration::from_secs(args.wait),
+    };
+    let start = Instant::now();
+    let outcomes = engine.run(&planned, &options, &observer);
+    let view = render::RunView {
+        outcomes: &outcomes,
+        seconds: start.elapsed().as_secs_f64(),
+        latest: engine.store.root().join("latest"),
+    };
+    out::ignore_closed(emit(&view, args.format))?;
+    Ok(ok_if(view.failed() == 0))
 }
 
-fn open_engine(pipeline: &Path, set: &[String]) -> Result<Engine> {
-    let mut pipeline: Pipeline = config::load(pipeline)?;
-    pipeline.apply_overrides(set)?;
-    Ok(Engine::open(pipeline)?)
+fn status(
+    global: &GlobalArgs,
+    set: &[String],
+    exit_code: bool,
+    format: Format,
+) -> Result<ExitCode> {
+    let engine = cli::open_engine(global, set)?;
+    let planned = engine.plan(&plan::topological_order(&engine.pipeline))?;
+    let statuses = engine.status(&planned);
+    let view = render::StatusView {
+        statuses: &statuses,
+        dry_run: None,
+    };
+    emit(&view, format)?;
+    let all_fresh = statuses.iter().all(|s| s.state == StageState::Fresh);
+    Ok(ok_if(!exit_code || all_fresh))
 }
 
-fn state_word(state: StageState) -> &'static str {
-    match state {
-        StageState::Fresh => "fresh",
-        StageState::Stale => "stale",
-        StageState::Missing => "missing",
-    }
+fn dag(global: &GlobalArgs, format: Format) -> Result<ExitCode> {
+    let engine = cli::open_engine(global, &[])?;
+    let planned = engine.plan(&plan::topological_order(&engine.pipeline))?;
+    let statuses = engine.status(&planned);
+    let rows = planned
+        .iter()
+        .zip(&statuses)
+        .map(|(p, s)| (&engine.pipeline.stages[p.index], p, s))
+        .collect();
+    emit(&render::DagView { rows }, format)?;
+    Ok(ExitCode::SUCCESS)
 }
 
-fn print_status(statuses: &[StageStatus], format: Format, dry_run: bool) {
-    match format {
-        Format::Json => {
-            let stages: Vec<_> = statuses
-                .iter()
-                .map(|s| {
-                    let mut v = json!(s);
-                    if dry_run {
-                        v["action"] = json!(if s.state == StageState::Fresh {
-                            "cached"
-                        } else {
-                            "compute"
-                        });
-                    }
-                    v
-                })
-                .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({ "stages": stages })).unwrap_or_default()
-            );
-        }
-        Format::Text => {
-            let width = statuses.iter().map(|s| s.name.len()).max().unwrap_or(0);
-            for s in statuses {
-                let word = if dry_run {
-                    if s.state == StageState::Fresh {
-                        "would reuse"
-                    } else {
-                        "would compute"
-                    }
-                } else {
-                    state_word(s.state)
-                };
-                let reasons = if s.reasons.is_empty() {
-                    String::new()
-                } else {
-                    format!("  {}", s.reasons_text())
-                };
-                println!("{:width$}  {word:<13}  {}{reasons}", s.name, &s.key[..12]);
-            }
-        }
-    }
-}
-
-fn show(engine: &Engine, stage: &str, format: Format) -> Result<()> {
+/// Reads the store only: never starts the libtorch worker.
+fn show(global: &GlobalArgs, stage: &str, format: Format) -> Result<ExitCode> {
+    let engine = cli::open_engine(global, &[])?.without_worker();
     let Some(decl) = engine.pipeline.stage(stage) else {
         bail!(
             "no stage `{stage}` in {}{}",
             engine.pipeline.path.display(),
-            config::did_you_mean(
+            onenet::config::did_you_mean(
                 stage,
                 engine.pipeline.stages.iter().map(|s| s.name.as_str())
             )
         );
     };
-    let planned = engine
-        .plan(&plan::select(&engine.pipeline, &[stage.to_string()]).map_err(anyhow::Error::msg)?)?;
-    let current = planned
-        .iter()
-        .find(|p| p.name == stage)
-        .context("stage missing from its own plan")?;
-    let status = engine.status(std::slice::from_ref(current)).remove(0);
-    let Some(dir) = latest_dir(&engine.store, stage) else {
-        bail!(
-            "stage `{stage}` has no output yet ({}); run `onenet run {stage}`",
-            status.reasons_text()
-        );
+    let status = cli::current_status(&engine, stage);
+    let Some(object) = latest_dir(&engine.store, stage) else {
+        let why = match &status {
+            Ok(status) => format!(" ({})", status.reasons_text()),
+            Err(_) => String::new(),
+        };
+        bail!("stage `{stage}` has no output yet{why}; run `onenet run {stage}`");
     };
     let key = engine
         .store
@@ -431,216 +196,96 @@ fn show(engine: &Engine, stage: &str, format: Format) -> Result<()> {
         .store
         .meta(&key)
         .context("object metadata unreadable")?;
-    let files = describe_object(&dir, &meta);
-    let latest = engine.store.latest_link(stage);
-    match format {
-        Format::Json => {
-            let files: Vec<_> = files
-                .iter()
-                .map(|(path, bytes, summary)| {
-                    let mut v = json!({"path": latest.join(path), "bytes": bytes});
-                    match summary {
-                        Ok(FileSummary::Table { rows, columns }) => {
-                            v["rows"] = json!(rows);
-                            v["columns"] = json!(columns
-                                .iter()
-                                .map(|(n, t)| json!({"name": n, "type": t}))
-                                .collect::<Vec<_>>());
-                        }
-                        Ok(FileSummary::Tensors { tensors }) => {
-                            v["tensors"] = json!(tensors
-                                .iter()
-                                .map(|(n, d, s)| json!({"name": n, "dtype": d, "shape": s}))
-                                .collect::<Vec<_>>());
-                        }
-                        Ok(FileSummary::Other) => {}
-                        Err(e) => v["error"] = json!(e),
-                    }
-                    v
-                })
-                .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({
-                    "name": stage, "kind": decl.kind.name, "key": meta.key,
-                    "state": status.state, "path": latest, "object": dir,
-                    "seconds": meta.seconds, "warnings": meta.warnings, "notes": meta.notes,
-                    "files": files,
-                }))?
-            );
-        }
-        Format::Text => {
-            println!("stage   {stage} ({})", decl.kind.name);
-            println!("key     {}", meta.key);
-            println!(
-                "state   {} {}",
-                state_word(status.state),
-                status.reasons_text()
-            );
-            println!("path    {}", latest.display());
-            println!("object  {}", dir.display());
-            println!("took    {:.2}s", meta.seconds);
-            for note in &meta.notes {
-                println!("note    {note}");
-            }
-            for warning in &meta.warnings {
-                println!("warning {warning}");
-            }
-            // Large folders (thousands of images) are summarised, tables shown in full.
-            let mut others = 0usize;
-            let mut other_bytes = 0u64;
-            for (path, bytes, summary) in &files {
-                match summary {
-                    Ok(FileSummary::Table { rows, columns }) => {
-                        println!("\n{path}  ({rows} rows, {})", human_bytes(*bytes));
-                        for (name, ty) in columns {
-                            println!("  {name}: {ty}");
-                        }
-                    }
-                    Ok(FileSummary::Tensors { tensors }) => {
-                        println!("\n{path}  ({})", human_bytes(*bytes));
-                        for (name, dtype, shape) in tensors {
-                            println!("  {name}: {dtype} {shape:?}");
-                        }
-                    }
-                    Ok(FileSummary::Other) => {
-                        others += 1;
-                        other_bytes += bytes;
-                    }
-                    Err(e) => println!("\n{path}: {e}"),
-                }
-            }
-            if others > 0 {
-                println!("\n{others} other file(s), {}", human_bytes(other_bytes));
-            }
-        }
-    }
-    Ok(())
+    let view = render::ShowView {
+        stage,
+        kind: decl.kind.name,
+        status,
+        files: describe_object(&object, &meta),
+        meta,
+        latest: engine.store.latest_link(stage),
+        object,
+    };
+    emit(&view, format)?;
+    Ok(ExitCode::SUCCESS)
 }
 
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+fn gc(global: &GlobalArgs, dry_run: bool, format: Format) -> Result<ExitCode> {
+    let report = cli::open_engine(global, &[])?.gc(dry_run)?;
+    emit(&render::GcView { report, dry_run }, format)?;
+    Ok(ExitCode::SUCCESS)
 }
 
-fn progress_bar(visible: bool) -> ProgressBar {
-    let bar = ProgressBar::new(0);
-    if !visible {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>12} {msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar
-}
-
-/// Prints stage outcomes as they finish and draws a progress bar per running stage (on stderr,
-/// only when it is a terminal).
-struct TerminalObserver {
-    multi: MultiProgress,
-    text: bool,
-}
-
-impl TerminalObserver {
-    fn new(text: bool) -> Self {
-        let target = if text && std::io::stderr().is_terminal() {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
+fn verify(global: &GlobalArgs, format: Format) -> Result<ExitCode> {
+    let store = cli::open_store(global)?;
+    let progress = ProgressMode::detect().start("verify");
+    let last = std::cell::Cell::new(None::<(u64, u64)>);
+    let report = store.verify(&|done, total| {
+        let before = match last.get() {
+            Some((seen, len)) if len == total => seen,
+            _ => {
+                progress.start(total, "hashing objects");
+                0
+            }
         };
-        TerminalObserver {
-            multi: MultiProgress::with_draw_target(target),
-            text,
-        }
-    }
+        progress.inc(done.saturating_sub(before));
+        last.set(Some((done, total)));
+    })?;
+    drop(progress);
+    let clean = report.damaged.is_empty();
+    emit(&render::VerifyView(report), format)?;
+    Ok(ok_if(clean))
 }
 
-struct StageBar(ProgressBar);
-
-impl Progress for StageBar {
-    fn start(&self, len: u64, what: &str) {
-        self.0.set_length(len);
-        self.0.set_position(0);
-        self.0.set_message(what.to_string());
-    }
-
-    fn inc(&self, n: u64) {
-        self.0.inc(n);
-    }
-
-    fn set_message(&self, message: &str) {
-        self.0.set_message(message.to_string());
-    }
+fn kinds(kind: Option<&str>, format: Format) -> Result<ExitCode> {
+    let kinds = match kind {
+        None => onenet_stages::kinds().iter().collect(),
+        Some(name) => vec![onenet_stages::kind(name).with_context(|| {
+            format!(
+                "no stage kind `{name}`{}",
+                onenet::config::did_you_mean(name, onenet_stages::kinds().iter().map(|k| k.name))
+            )
+        })?],
+    };
+    emit(&render::KindsView(kinds), format)?;
+    Ok(ExitCode::SUCCESS)
 }
 
-impl Drop for StageBar {
-    fn drop(&mut self) {
-        self.0.finish_and_clear();
-    }
+/// Reads the evaluation's table itself: no libtorch needed, so no worker started.
+fn metrics(global: &GlobalArgs, format: Format) -> Result<ExitCode> {
+    let engine = cli::open_engine(global, &[])?.without_worker();
+    let (_, dir) = engine
+        .newest_output_of_kind("evaluate")
+        .map_err(anyhow::Error::msg)?;
+    let metrics = onenet_stages::specs::evaluate::read_metrics(&dir)?;
+    emit(&render::MetricsView(metrics), format)?;
+    Ok(ExitCode::SUCCESS)
 }
 
-impl RunObserver for TerminalObserver {
-    fn stage_started(&self, name: &str) -> Box<dyn Progress + '_> {
-        let bar = self.multi.add(progress_bar(true));
-        bar.set_prefix(name.to_string());
-        bar.enable_steady_tick(Duration::from_millis(200));
-        Box::new(StageBar(bar))
-    }
+fn completions(shell: clap_complete::Shell) -> Result<ExitCode> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "onenet", &mut script);
+    out::bytes(&script)?;
+    Ok(ExitCode::SUCCESS)
+}
 
-    fn waiting_for_lock(&self, name: &str, lock: &Path) {
-        let _ = self.multi.println(format!(
-            "waiting: another onenet process is computing {name} (lock {}); its result will be reused",
-            lock.display()
-        ));
-        if !std::io::stderr().is_terminal() {
-            eprintln!(
-                "waiting: another onenet process is computing {name} (lock {}); its result will be reused",
-                lock.display()
-            );
-        }
-    }
+fn version() -> Result<ExitCode> {
+    let view = render::VersionView {
+        onenet: env!("CARGO_PKG_VERSION"),
+        libtorch: onenet_stages::libtorch_version(),
+        device: cli::device_here(),
+    };
+    emit(&view, Format::Text)?;
+    Ok(ExitCode::SUCCESS)
+}
 
-    fn stage_finished(&self, outcome: &StageOutcome) {
-        if !self.text {
-            return;
-        }
-        let word = match outcome.action {
-            Action::Computed => "computed",
-            Action::Cached => "cached",
-            Action::Failed => "FAILED",
-            Action::Skipped => "skipped",
-        };
-        let mut text = format!(
-            "{word:<9} {:<12} {:>7.2}s  {}",
-            outcome.name,
-            outcome.seconds,
-            &outcome.key[..12]
-        );
-        if outcome.action == Action::Computed {
-            for note in &outcome.notes {
-                text.push_str(&format!("\n          {note}"));
-            }
-            for warning in &outcome.warnings {
-                text.push_str(&format!("\n          warning: {warning}"));
-            }
-        }
-        if let Some(error) = &outcome.error {
-            text.push_str(&format!("\n          error: {error}"));
-        }
-        self.multi.suspend(|| println!("{text}"));
-    }
+/// The tasks need libtorch: the worker binary runs them, with these very arguments.
+fn task() -> Result<ExitCode> {
+    let worker = onenet_stages::worker::worker_path();
+    let error = std::process::Command::new(&worker)
+        .args(cli::args::worker_args(std::env::args_os().skip(1)))
+        .exec();
+    bail!(
+        "cannot start the libtorch worker {}: {error} (it is built with `cargo build`)",
+        worker.display()
+    )
 }

@@ -149,6 +149,11 @@ pub enum Bucket {
     Locks,
     /// `corrupt/<key>/`: objects `verify` moved aside.
     Corrupt,
+    /// `views/<name>/<stage>`: the newest-output links of a pipeline file other than the one
+    /// that owns `latest/`.
+    Views,
+    /// `pipelines/<view>.json`: which pipeline files use this store, and what they resolved to.
+    Pipelines,
 }
 
 impl Bucket {
@@ -160,6 +165,8 @@ impl Bucket {
             Bucket::Scratch => "scratch",
             Bucket::Locks => "locks",
             Bucket::Corrupt => "corrupt",
+            Bucket::Views => "views",
+            Bucket::Pipelines => "pipelines",
         }
     }
 }
@@ -185,10 +192,26 @@ impl StoreFile {
     }
 }
 
-/// The store rooted at one folder.
+/// The store rooted at one folder, seen through one pipeline file's view (`latest/` or
+/// `views/<name>/`): which object is the newest of each of its stages.
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
     root: PathBuf,
+    /// The view's folder relative to `root` (`latest` or `views/<name>`).
+    view: PathBuf,
+}
+
+/// What a pipeline file that ran against the store resolved to, kept in `pipelines/` so that
+/// `gc` keeps it even when another pipeline file or a variant ran since.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineRecord {
+    /// The pipeline file (absolute; for `gc` to resolve it again, and for people).
+    pub path: PathBuf,
+    /// Its view folder relative to the store (`latest` or `views/<name>`).
+    pub view: String,
+    /// Stage name → key hex, as of its last run without `--set`.
+    pub keys: std::collections::BTreeMap<String, String>,
+    pub updated_unix: u64,
 }
 
 /// A held per-key lock; released on drop.
@@ -213,7 +236,81 @@ impl ArtifactStore {
         }
         Ok(ArtifactStore {
             root: root.to_path_buf(),
+            view: PathBuf::from(Bucket::Latest.dir_name()),
         })
+    }
+
+    /// The same store seen through the view `view` (`latest` or `views/<name>`).
+    pub fn with_view(mut self, view: &str) -> ArtifactStore {
+        self.view = PathBuf::from(view);
+        self
+    }
+
+    /// This store's view folder relative to its root.
+    pub fn view(&self) -> &Path {
+        &self.view
+    }
+
+    /// Every pipeline file recorded as using this store.
+    pub fn pipeline_records(&self) -> Vec<PipelineRecord> {
+        let mut records: Vec<PipelineRecord> = fs::read_dir(self.bucket(Bucket::Pipelines))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| fs::read(e.path()).ok())
+                    .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        records.sort_by(|a, b| a.view.cmp(&b.view));
+        records
+    }
+
+    /// Records (atomically) what the pipeline file of view `record.view` resolved to.
+    pub fn record_pipeline(&self, record: &PipelineRecord) -> Result<(), StoreError> {
+        let dir = self.bucket(Bucket::Pipelines);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let path = dir.join(format!("{}.json", record.view.replace('/', "__")));
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            std::process::id(),
+            PENDING_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| StoreError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))
+    }
+
+    /// The keys every view's links point at (`latest/` and each of `views/`), with the view.
+    pub fn view_keys(&self) -> Vec<(String, String, CacheKey)> {
+        let mut dirs = vec![PathBuf::from(Bucket::Latest.dir_name())];
+        if let Ok(entries) = fs::read_dir(self.bucket(Bucket::Views)) {
+            for e in entries.flatten() {
+                dirs.push(Path::new(Bucket::Views.dir_name()).join(e.file_name()));
+            }
+        }
+        let mut found = Vec::new();
+        for view in dirs {
+            let Ok(entries) = fs::read_dir(self.root.join(&view)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let key = fs::read_link(e.path())
+                    .ok()
+                    .and_then(|t| CacheKey::from_hex(&t.file_name()?.to_string_lossy()));
+                if let Some(key) = key {
+                    found.push((view.to_string_lossy().into_owned(), name, key));
+                }
+            }
+        }
+        found
     }
 
     pub fn root(&self) -> &Path {
@@ -243,7 +340,7 @@ impl ArtifactStore {
     }
 
     pub fn latest_link(&self, stage: &str) -> PathBuf {
-        self.bucket(Bucket::Latest).join(stage)
+        self.root.join(&self.view).join(stage)
     }
 
     /// The scratch directory for `key` (created if needed): survives a killed run, so a long
@@ -274,14 +371,19 @@ impl ArtifactStore {
     /// Points `latest/<stage>` at `key`'s object (atomically: a new link renamed over the old).
     pub fn set_latest(&self, stage: &str, key: &CacheKey) -> Result<(), StoreError> {
         let link = self.latest_link(stage);
-        let tmp = self.bucket(Bucket::Latest).join(format!(
+        let view_dir = self.root.join(&self.view);
+        fs::create_dir_all(&view_dir).map_err(io_err(&view_dir))?;
+        let tmp = view_dir.join(format!(
             ".{stage}.{}.{}",
             std::process::id(),
             PENDING_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let target = Path::new("..")
-            .join(Bucket::Objects.dir_name())
-            .join(key.hex());
+        // Relative, so the store can be moved or copied whole: one `..` per level of the view.
+        let mut target = PathBuf::new();
+        for _ in self.view.components() {
+            target.push("..");
+        }
+        let target = target.join(Bucket::Objects.dir_name()).join(key.hex());
         std::os::unix::fs::symlink(&target, &tmp).map_err(io_err(&tmp))?;
         fs::rename(&tmp, &link).map_err(io_err(&link))
     }
@@ -525,38 +627,59 @@ impl ArtifactStore {
 
     /// Removes objects that no `latest/` link needs (directly or as an upstream), leftover
     /// temporary directories and moved-aside corrupt objects. With `dry_run`, only reports.
-    pub fn gc(&self, dry_run: bool) -> Result<GcReport, StoreError> {
-        let mut keep: BTreeSet<CacheKey> = BTreeSet::new();
-        let mut stack: Vec<CacheKey> = fs::read_dir(self.bucket(Bucket::Latest))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter_map(|e| self.latest_key(&e.file_name().to_string_lossy()))
-                    .collect()
-            })
-            .unwrap_or_default();
+    /// Removes every object not in `keep` nor upstream of one, and leftovers of killed runs.
+    /// `keep` maps each root to keep to why (e.g. "pipeline.toml: captions"); the report lists
+    /// what goes, by stage, key and size, and why each kept object is kept.
+    pub fn gc(
+        &self,
+        keep: &std::collections::BTreeMap<CacheKey, Vec<String>>,
+        dry_run: bool,
+    ) -> Result<GcReport, StoreError> {
+        let mut why: std::collections::BTreeMap<CacheKey, Vec<String>> = keep.clone();
+        let mut stack: Vec<CacheKey> = keep.keys().copied().collect();
+        let mut seen: BTreeSet<CacheKey> = BTreeSet::new();
         while let Some(key) = stack.pop() {
-            if keep.insert(key) {
+            if seen.insert(key) {
                 if let Some(meta) = self.meta(&key) {
-                    stack.extend(
-                        meta.key_inputs
-                            .upstream
-                            .iter()
-                            .filter_map(|(_, k)| CacheKey::from_hex(k)),
-                    );
+                    for (_, hex) in &meta.key_inputs.upstream {
+                        if let Some(up) = CacheKey::from_hex(hex) {
+                            let entry = why.entry(up).or_default();
+                            let reason = format!("upstream of {} {}", meta.stage, key.short());
+                            if entry.len() < 3 && !entry.contains(&reason) {
+                                entry.push(reason);
+                            }
+                            stack.push(up);
+                        }
+                    }
                 }
             }
         }
+        let keep: BTreeSet<CacheKey> = why.keys().copied().collect();
         let mut report = GcReport {
             kept: keep.iter().filter(|k| self.has(k)).count(),
             ..GcReport::default()
         };
-        let mut doomed: Vec<PathBuf> = self
-            .object_keys()
-            .into_iter()
-            .filter(|k| !keep.contains(k))
-            .map(|k| self.object_dir(&k))
-            .collect();
+        for (key, reasons) in &why {
+            if let Some(meta) = self.meta(key) {
+                report.kept_objects.push(GcObject {
+                    stage: meta.stage,
+                    key: key.hex(),
+                    bytes: dir_bytes(&self.object_dir(key)),
+                    reasons: reasons.clone(),
+                });
+            }
+        }
+        let mut doomed: Vec<PathBuf> = Vec::new();
+        for key in self.object_keys().into_iter().filter(|k| !keep.contains(k)) {
+            let dir = self.object_dir(&key);
+            report.removed_objects.push(GcObject {
+                stage: self.meta(&key).map(|m| m.stage).unwrap_or_default(),
+                key: key.hex(),
+                bytes: dir_bytes(&dir),
+                reasons: Vec::new(),
+            });
+            doomed.push(dir);
+        }
         report.objects_removed = doomed.len();
         for sub in [Bucket::Tmp, Bucket::Scratch, Bucket::Corrupt] {
             if let Ok(entries) = fs::read_dir(self.bucket(sub)) {
@@ -721,6 +844,20 @@ pub struct GcReport {
     pub objects_removed: usize,
     pub leftovers_removed: usize,
     pub bytes: u64,
+    /// The objects removed (or that would be), by stage, key and size.
+    pub removed_objects: Vec<GcObject>,
+    /// The objects kept, with why.
+    pub kept_objects: Vec<GcObject>,
+}
+
+/// One object `gc` removed or kept.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GcObject {
+    pub stage: String,
+    pub key: String,
+    pub bytes: u64,
+    /// Why it is kept (empty for removed objects).
+    pub reasons: Vec<String>,
 }
 
 /// Regular files under `dir`, sorted, excluding the object's own metadata.
@@ -922,11 +1059,28 @@ mod tests {
         up_new.version = 9;
         commit(&store, "up", &up_new, b"5");
 
-        let dry = store.gc(true).unwrap();
+        // What the engine keeps by default: every view's newest outputs.
+        let keep: std::collections::BTreeMap<CacheKey, Vec<String>> = store
+            .view_keys()
+            .into_iter()
+            .map(|(view, stage, key)| (key, vec![format!("{view}/{stage}")]))
+            .collect();
+        let dry = store.gc(&keep, true).unwrap();
         assert_eq!(dry.objects_removed, 1);
         assert!(dry.bytes > 0);
+        assert_eq!(dry.removed_objects[0].key, old_up.hex());
+        assert_eq!(dry.removed_objects[0].stage, "up2");
+        let why = |key: &CacheKey| {
+            dry.kept_objects
+                .iter()
+                .find(|o| o.key == key.hex())
+                .map(|o| o.reasons.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(why(&down), ["latest/down"]);
+        assert_eq!(why(&up), [format!("upstream of down {}", down.short())]);
         assert!(store.has(&old_up), "dry run removes nothing");
-        store.gc(false).unwrap();
+        store.gc(&keep, false).unwrap();
         assert!(!store.has(&old_up));
         assert!(store.has(&up) && store.has(&down));
     }

@@ -362,7 +362,7 @@ print("ok", len(tables))
 }
 
 #[test]
-fn gc_dry_run_reports_bytes_and_gc_keeps_what_latest_needs() {
+fn gc_dry_run_reports_bytes_and_gc_keeps_what_the_pipeline_needs() {
     let p = Project::new(SMALL_DEMO);
     p.run(&[]);
     p.run(&["--set", "captions.min_count=2"]);
@@ -370,10 +370,13 @@ fn gc_dry_run_reports_bytes_and_gc_keeps_what_latest_needs() {
     assert!(dry.starts_with("would remove 1 object(s)"), "{dry}");
     let done = text(&p.onenet(&["gc"]));
     assert!(done.starts_with("removed 1 object(s)"), "{done}");
-    // The newest outputs are intact; the old min_count=1 captions are gone.
-    let acts = p.run(&["--set", "captions.min_count=2"]);
+    // What the pipeline file needs is intact; the one-off min_count=2 variant is gone.
+    let acts = p.run(&[]);
     assert!(all(&acts, "cached"), "{acts:?}");
-    assert_eq!(p.run(&[])["captions"], "computed");
+    assert_eq!(
+        p.run(&["--set", "captions.min_count=2"])["captions"],
+        "computed"
+    );
 }
 
 #[test]
@@ -456,4 +459,336 @@ print(n, m)
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("{0} {0}", lines.len())
     );
+}
+
+// The command line's conventions (clig.dev): output streams, exit codes, quiet and verbose.
+
+/// Starts `onenet args` with stdout piped, reads its first line, closes the pipe as `head -1`
+/// does, and returns the first line and how the process ended.
+fn first_line_then_close(p: &Project, args: &[&str]) -> (String, std::process::Output) {
+    use std::io::BufRead;
+    let mut child = p
+        .command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is dropped here: the pipe is closed.
+    let out = child.wait_with_output().unwrap();
+    (first, out)
+}
+
+#[test]
+fn a_closed_stdout_ends_status_quietly() {
+    // Enough stages that the output overflows the pipe's buffer after the reader has left.
+    let mut pipeline = String::new();
+    for i in 0..3000 {
+        pipeline.push_str(&format!("[stages.demo{i}]\nkind = \"demo_data\"\n"));
+    }
+    let p = Project::new(&pipeline);
+    let (first, out) = first_line_then_close(&p, &["status"]);
+    assert!(first.starts_with("demo0 "), "{first}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[test]
+fn a_closed_stdout_lets_a_run_finish_its_stages_quietly() {
+    let p = Project::new(&SMALL_DEMO.replace("images = 30", "images = 1000"));
+    let (first, out) = first_line_then_close(&p, &["run"]);
+    assert!(first.starts_with("computed  demo"), "{first}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    // Every stage was finished and committed whole.
+    let verify = p.onenet(&["verify"]);
+    assert!(verify.status.success(), "{}", text(&verify));
+    let again = p.run(&[]);
+    assert_eq!(again.len(), 3, "{again:?}");
+    assert!(all(&again, "cached"), "{again:?}");
+}
+
+#[test]
+fn a_failed_stage_is_reported_on_stderr_when_stdout_is_a_file() {
+    let p = project_with_data_folder(
+        r#"
+[stages.demo]
+kind = "demo_data"
+params = { images = 12, image_size = 32 }
+
+[stages.captions]
+kind = "captions"
+params = { root = "data" }
+"#,
+    );
+    fs::write(p.path().join("data/Flickr8k_text/Flickr8k.token.txt"), "").unwrap();
+    let log = p.path().join("log");
+    let out = p
+        .command(&["run"])
+        .stdout(fs::File::create(&log).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("FAILED    captions"), "{stderr}");
+    assert!(stderr.contains("Flickr8k.token.txt"), "{stderr}");
+    let results = fs::read_to_string(&log).unwrap();
+    assert!(results.contains("computed  demo"), "{results}");
+    assert!(results.contains("1 failed"), "{results}");
+    assert!(!results.contains("FAILED"), "{results}");
+}
+
+#[test]
+fn a_forced_dry_run_says_the_stage_would_be_computed() {
+    let p = Project::new(SMALL_DEMO);
+    p.run(&[]);
+    let out = p.onenet(&["run", "--dry-run", "--force", "captions"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let line = |name: &str| {
+        said.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("captions").contains("would compute"), "{said}");
+    assert!(line("demo").contains("would reuse"), "{said}");
+    let json = p.json(&["run", "--dry-run", "--force", "captions"]);
+    let acts = actions(&json);
+    assert_eq!(acts["captions"], "compute");
+    assert_eq!(acts["demo"], "cached");
+    assert_eq!(acts["images"], "cached");
+    // Nothing ran.
+    assert!(all(&p.run(&[]), "cached"));
+}
+
+#[test]
+fn status_exit_code_says_whether_everything_is_fresh() {
+    let p = Project::new(SMALL_DEMO);
+    let code = |args: &[&str]| p.onenet(args).status.code();
+    assert_eq!(code(&["status", "--exit-code"]), Some(1), "missing");
+    assert_eq!(code(&["status"]), Some(0));
+    p.run(&[]);
+    assert_eq!(code(&["status", "--exit-code"]), Some(0), "fresh");
+    assert_eq!(
+        code(&["status", "--exit-code", "--set", "captions.min_count=2"]),
+        Some(1),
+        "stale"
+    );
+    assert_eq!(
+        code(&["status", "--exit-code", "--format", "json"]),
+        Some(0)
+    );
+}
+
+#[test]
+fn a_run_logged_to_a_file_has_plain_progress_lines() {
+    let p = Project::new(
+        r#"
+[stages.demo]
+kind = "demo_data"
+params = { images = 1000, image_size = 48 }
+"#,
+    );
+    let log = fs::File::create(p.path().join("log")).unwrap();
+    let out = p
+        .command(&["run"])
+        .env("ONENET_PROGRESS_INTERVAL_MS", "50")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let log = fs::read_to_string(p.path().join("log")).unwrap();
+    let progress: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("demo: drawing demo images: "))
+        .collect();
+    assert!(progress.len() >= 2, "{log}");
+    assert!(
+        progress.last().unwrap().contains(" 1000/1000 ("),
+        "the end of the phase: {log}"
+    );
+    assert!(progress[0].ends_with("/s)"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "no terminal escapes in a log: {log:?}"
+    );
+    assert!(log.contains("computed  demo"), "{log}");
+}
+
+#[test]
+fn quiet_says_only_results_and_verbose_says_why() {
+    let p = Project::new(SMALL_DEMO);
+    let out = p
+        .command(&["run", "--quiet"])
+        .env("ONENET_PROGRESS_INTERVAL_MS", "0")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("computed  demo"), "{said}");
+    assert!(!said.contains("captions of 30 images"), "a note: {said}");
+
+    let out = p
+        .command(&["-v", "run", "--set", "captions.min_count=2"])
+        .env("ONENET_PROGRESS_INTERVAL_MS", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("computing captions: param min_count 1 → 2"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("captions: parsing "), "progress: {stderr}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("captions of 30 images"), "{said}");
+    // Notes of reused stages too.
+    assert!(said.contains("30 images ("), "{said}");
+}
+
+#[test]
+fn a_missing_pipeline_file_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_onenet"))
+        .current_dir(dir.path())
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let here = std::env::current_dir()
+        .map(|_| dir.path().canonicalize().unwrap())
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).replace(
+        &dir.path().display().to_string(),
+        &here.display().to_string(),
+    );
+    assert_eq!(
+        said,
+        format!(
+            "error: no pipeline file pipeline.toml in {} (give one with --pipeline FILE)\n",
+            here.display()
+        )
+    );
+}
+
+/// A pipeline whose last stage is `evaluate` (nothing of it run).
+const EVALUATE: &str = r#"
+[stages.features]
+kind = "features"
+inputs = ["images"]
+params = { backbone = "efficientnet_lite0", weights = "random" }
+
+[stages.order]
+kind = "order"
+inputs = ["captions", "features"]
+
+[stages.train]
+kind = "train"
+inputs = ["order", "features", "captions"]
+
+[stages.evaluate]
+kind = "evaluate"
+inputs = ["train", "features", "order"]
+"#;
+
+#[test]
+fn metrics_and_show_never_start_the_libtorch_worker() {
+    let no_worker = |p: &Project, args: &[&str]| {
+        let out = p
+            .command(args)
+            .env("ONENET_TORCH", "/nonexistent/onenet-torch")
+            .output()
+            .unwrap();
+        let said = text(&out);
+        assert!(!said.contains("worker"), "{said}");
+        assert!(!said.contains("nonexistent"), "{said}");
+        out
+    };
+    let p = Project::new(SMALL_DEMO);
+    let out = no_worker(&p, &["metrics"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("has no stage of kind `evaluate`"),
+        "{}",
+        text(&out)
+    );
+
+    let p = Project::new(&format!("{SMALL_DEMO}{EVALUATE}"));
+    let out = no_worker(&p, &["metrics"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("stage `evaluate` has not been run yet"),
+        "{}",
+        text(&out)
+    );
+    let out = no_worker(&p, &["show", "features"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("has no output yet"), "{}", text(&out));
+
+    // A stand-in for an evaluation's output: its metrics table, written by DuckDB.
+    let key = "ab".repeat(32);
+    let object = p.store().join("objects").join(&key);
+    fs::create_dir_all(&object).unwrap();
+    fs::create_dir_all(p.store().join("latest")).unwrap();
+    fs::write(object.join("_onenet.json"), "{}").unwrap();
+    std::os::unix::fs::symlink(
+        Path::new("../objects").join(&key),
+        p.store().join("latest/evaluate"),
+    )
+    .unwrap();
+    let sql = format!(
+        "copy (select metric, method, split, value::double as value from (values \
+         ('bleu4', 'greedy', 'test', 0.6469), ('r1', 'invert', 'test', 0.65)) \
+         t(metric, method, split, value)) to '{}' (format parquet)",
+        object.join("metrics.parquet").display()
+    );
+    let made = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+        .args(["-c", "import sys, duckdb; duckdb.sql(sys.argv[1])", &sql])
+        .output()
+        .expect("python3 (with duckdb: `make test-deps`)");
+    assert!(made.status.success(), "{}", text(&made));
+
+    let out = no_worker(&p, &["metrics"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "bleu4                    greedy           test  0.6469\n\
+         r1                       invert           test  0.6500\n"
+    );
+    let out = no_worker(&p, &["metrics", "--format", "json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["metrics"][0],
+        serde_json::json!({"name": "bleu4", "method": "greedy", "split": "test", "value": 0.6469})
+    );
+}
+
+#[test]
+fn completions_and_version() {
+    let p = Project::new(SMALL_DEMO);
+    let out = p.onenet(&["completions", "bash"]);
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("onenet"), "{script}");
+    assert!(script.contains("similar-images"), "{script}");
+
+    let out = p
+        .command(&["--version"])
+        .env("ONENET_TORCH", "/nonexistent/onenet-torch")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with(&format!("onenet {}\nlibtorch ", env!("CARGO_PKG_VERSION"))),
+        "{said}"
+    );
+    assert!(said.contains("device: unknown"), "{said}");
 }

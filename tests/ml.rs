@@ -805,3 +805,27 @@ fn the_worker_takes_a_job_larger_than_one_command_line_argument() {
     assert!(events.contains("\"event\":\"report\""), "{events}");
     assert!(out_dir.join("pairs.parquet").is_file());
 }
+
+#[test]
+fn metrics_stay_the_pipelines_own_after_a_variant_run() {
+    let t = trained();
+    let before = t.json(&["metrics"]);
+    let variant = t.json(&["run", "evaluate", "--set", "evaluate.queries=40"]);
+    let evaluate = variant["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "evaluate")
+        .unwrap()
+        .clone();
+    assert!(
+        matches!(evaluate["action"].as_str(), Some("computed" | "cached")),
+        "{evaluate}"
+    );
+    // The variant is in the store, but metrics and status still read the pipeline file's own.
+    assert_eq!(t.json(&["metrics"]), before);
+    let status = t.json(&["status"]);
+    for stage in status["stages"].as_array().unwrap() {
+        assert_eq!(stage["state"], "fresh", "{stage}");
+    }
+}

@@ -1,0 +1,105 @@
+//! The parts of the `onenet` command line that its commands share: arguments, output, renderers,
+//! progress, and opening the pipeline.
+
+pub mod args;
+pub mod out;
+pub mod progress;
+pub mod render;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use onenet::config::{self, ConfigError, Pipeline};
+use onenet::engine::{Engine, StageStatus};
+use onenet::plan;
+use onenet::store::ArtifactStore;
+
+use args::GlobalArgs;
+
+/// The pipeline file, checked; one clear line when there is none.
+pub fn load_pipeline(global: &GlobalArgs) -> Result<Pipeline> {
+    match config::load(&global.pipeline) {
+        Ok(pipeline) => Ok(pipeline),
+        Err(ConfigError::Io { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
+            let place = if path.is_absolute() {
+                String::new()
+            } else {
+                let here = std::env::current_dir().unwrap_or_default();
+                format!(" in {}", here.display())
+            };
+            let hint = if global.default_pipeline() {
+                " (give one with --pipeline FILE)"
+            } else {
+                ""
+            };
+            bail!("no pipeline file {}{place}{hint}", path.display())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The pipeline, with `--set` overrides, bound to its store.
+pub fn open_engine(global: &GlobalArgs, set: &[String]) -> Result<Engine> {
+    let mut pipeline = load_pipeline(global)?;
+    pipeline.apply_overrides(set)?;
+    Ok(Engine::open(pipeline)?)
+}
+
+/// The pipeline's store alone.
+pub fn open_store(global: &GlobalArgs) -> Result<ArtifactStore> {
+    Ok(ArtifactStore::open(&load_pipeline(global)?.store_dir)?)
+}
+
+/// A stage's state against the current pipeline, or why it is not known. Commands that read
+/// outputs (`show`) pass an engine made `without_worker`: the key of a stage that depends on the
+/// device a GPU-capable stage runs on is then only known when the store has the worker's answer
+/// cached (any earlier `run` or `status` leaves it).
+pub fn current_status(engine: &Engine, stage: &str) -> Result<StageStatus, String> {
+    let selection = plan::select(&engine.pipeline, &[stage.to_string()])?;
+    let planned = engine.plan(&selection).map_err(|e| e.to_string())?;
+    let current = planned
+        .into_iter()
+        .find(|p| p.name == stage)
+        .ok_or("stage missing from its own plan")?;
+    Ok(engine.status(std::slice::from_ref(&current)).remove(0))
+}
+
+/// Where `--version` keeps the worker's answer about the device when there is no store at hand:
+/// `$ONENET_CACHE`, else `$XDG_CACHE_HOME/onenet`, else `~/.cache/onenet` (where `make setup`
+/// puts libtorch), else the temporary folder.
+pub fn device_cache_file() -> PathBuf {
+    let env_dir = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let dir = env_dir("ONENET_CACHE")
+        .or_else(|| env_dir("XDG_CACHE_HOME").map(|d| d.join("onenet")))
+        .or_else(|| env_dir("HOME").map(|d| d.join(".cache/onenet")))
+        .filter(|d| std::fs::create_dir_all(d).is_ok())
+        .unwrap_or_else(std::env::temp_dir);
+    dir.join("device-cache.json")
+}
+
+/// The device a GPU-capable stage would run on here, or why it is not known.
+pub fn device_here() -> Result<String, String> {
+    let worker = onenet_stages::worker::worker_path();
+    if !Path::new(&worker).is_file() {
+        return Err(format!("libtorch worker {} not found", worker.display()));
+    }
+    onenet::environment::best_device(&device_cache_file()).map_err(|e| e.message)
+}
+
+/// An error and its causes on one line, each said once: a cause whose text its parent already
+/// quotes (`pipeline.toml: No such file…` over `No such file…`) is left out.
+pub fn error_message(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}

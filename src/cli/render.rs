@@ -1,0 +1,532 @@
+//! One renderer per kind of output: each writes itself as text for people or as JSON for
+//! scripts, on stdout, so commands only gather what to show.
+
+use std::io;
+use std::path::PathBuf;
+
+use onenet::config::StageDecl;
+use onenet::engine::{Action, PlannedStage, StageOutcome, StageState, StageStatus};
+use onenet::formats::FileSummary;
+use onenet::store::{GcReport, ObjectMeta, VerifyReport};
+use onenet::task_cli::Format;
+use onenet_stages::specs::evaluate::Metric;
+use onenet_stages::{DeviceUse, Effect, ParamDefault, StageKind};
+use serde_json::{json, Value};
+
+use super::out::out;
+
+/// An output that can be written as text or as JSON.
+pub trait Render {
+    /// Writes the text form, line by line, on stdout.
+    fn text(&self) -> io::Result<()>;
+    /// The JSON form.
+    fn json(&self) -> Value;
+}
+
+/// Writes `view` on stdout in `format`.
+pub fn emit(view: &dyn Render, format: Format) -> io::Result<()> {
+    match format {
+        Format::Text => view.text(),
+        // `{:#}` is serde_json's pretty printer, two-space indented.
+        Format::Json => out!("{:#}", view.json()),
+    }
+}
+
+pub fn state_word(state: StageState) -> &'static str {
+    match state {
+        StageState::Fresh => "fresh",
+        StageState::Stale => "stale",
+        StageState::Missing => "missing",
+    }
+}
+
+/// `status`, and `run --dry-run` (which says what the run would do instead of the state).
+pub struct StatusView<'a> {
+    pub statuses: &'a [StageStatus],
+    /// For a dry run, the stages `--force` names.
+    pub dry_run: Option<&'a [String]>,
+}
+
+impl StatusView<'_> {
+    /// Whether a dry run would compute the stage.
+    fn computes(&self, status: &StageStatus) -> Option<bool> {
+        self.dry_run
+            .map(|forced| status.state != StageState::Fresh || forced.contains(&status.name))
+    }
+
+    fn forced(&self, status: &StageStatus) -> bool {
+        self.dry_run
+            .is_some_and(|forced| forced.contains(&status.name))
+    }
+}
+
+impl Render for StatusView<'_> {
+    fn text(&self) -> io::Result<()> {
+        let width = self
+            .statuses
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(0);
+        for s in self.statuses {
+            let word = match self.computes(s) {
+                Some(true) => "would compute",
+                Some(false) => "would reuse",
+                None => state_word(s.state),
+            };
+            let mut reasons: Vec<String> = Vec::new();
+            if self.forced(s) {
+                reasons.push("--force".into());
+            }
+            if !s.reasons.is_empty() {
+                reasons.push(s.reasons_text());
+            }
+            let reasons = if reasons.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", reasons.join("; "))
+            };
+            out!("{:width$}  {word:<13}  {}{reasons}", s.name, &s.key[..12])?;
+        }
+        Ok(())
+    }
+
+    fn json(&self) -> Value {
+        let stages: Vec<Value> = self
+            .statuses
+            .iter()
+            .map(|s| {
+                let mut v = json!(s);
+                if let Some(computes) = self.computes(s) {
+                    v["action"] = json!(if computes { "compute" } else { "cached" });
+                    v["forced"] = json!(self.forced(s));
+                }
+                v
+            })
+            .collect();
+        json!({ "stages": stages })
+    }
+}
+
+/// `dag`: each stage's kind, inputs, key and state, in execution order.
+pub struct DagView<'a> {
+    pub rows: Vec<(&'a StageDecl, &'a PlannedStage, &'a StageStatus)>,
+}
+
+impl Render for DagView<'_> {
+    fn text(&self) -> io::Result<()> {
+        let width = self
+            .rows
+            .iter()
+            .map(|(d, _, _)| d.name.len())
+            .max()
+            .unwrap_or(0);
+        for (d, p, s) in &self.rows {
+            let inputs = if d.inputs.is_empty() {
+                String::new()
+            } else {
+                format!(" ← {}", d.inputs.join(", "))
+            };
+            out!(
+                "{:width$}  {:7}  {}  {}{inputs}",
+                d.name,
+                state_word(s.state),
+                p.key.short(),
+                d.kind.name,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn json(&self) -> Value {
+        let stages: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|(d, p, s)| {
+                json!({"name": d.name, "kind": d.kind.name, "inputs": d.inputs,
+                       "key": p.key.hex(), "state": s.state})
+            })
+            .collect();
+        json!({ "stages": stages })
+    }
+}
+
+/// `show`: a stage's newest output.
+pub struct ShowView<'a> {
+    pub stage: &'a str,
+    pub kind: &'a str,
+    /// The stage's state against the current pipeline, or why it is not known.
+    pub status: Result<StageStatus, String>,
+    pub meta: ObjectMeta,
+    /// `latest/<stage>`, and the object it points at.
+    pub latest: PathBuf,
+    pub object: PathBuf,
+    pub files: Vec<(String, u64, Result<FileSummary, String>)>,
+}
+
+impl Render for ShowView<'_> {
+    fn text(&self) -> io::Result<()> {
+        let meta = &self.meta;
+        out!("stage   {} ({})", self.stage, self.kind)?;
+        out!("key     {}", meta.key)?;
+        match &self.status {
+            Ok(status) => out!(
+                "state   {} {}",
+                state_word(status.state),
+                status.reasons_text()
+            )?,
+            Err(why) => out!("state   unknown: {why}")?,
+        }
+        out!("path    {}", self.latest.display())?;
+        out!("object  {}", self.object.display())?;
+        out!("took    {:.2}s", meta.seconds)?;
+        for note in &meta.notes {
+            out!("note    {note}")?;
+        }
+        for warning in &meta.warnings {
+            out!("warning {warning}")?;
+        }
+        // Large folders (thousands of images) are summarised, tables shown in full.
+        let mut others = 0usize;
+        let mut other_bytes = 0u64;
+        for (path, bytes, summary) in &self.files {
+            match summary {
+                Ok(FileSummary::Table { rows, columns }) => {
+                    out!("\n{path}  ({rows} rows, {})", human_bytes(*bytes))?;
+                    for (name, ty) in columns {
+                        out!("  {name}: {ty}")?;
+                    }
+                }
+                Ok(FileSummary::Tensors { tensors }) => {
+                    out!("\n{path}  ({})", human_bytes(*bytes))?;
+                    for (name, dtype, shape) in tensors {
+                        out!("  {name}: {dtype} {shape:?}")?;
+                    }
+                }
+                Ok(FileSummary::Other) => {
+                    others += 1;
+                    other_bytes += bytes;
+                }
+                Err(e) => out!("\n{path}: {e}")?,
+            }
+        }
+        if others > 0 {
+            out!("\n{others} other file(s), {}", human_bytes(other_bytes))?;
+        }
+        Ok(())
+    }
+
+    fn json(&self) -> Value {
+        let files: Vec<Value> = self
+            .files
+            .iter()
+            .map(|(path, bytes, summary)| {
+                let mut v = json!({"path": self.latest.join(path), "bytes": bytes});
+                match summary {
+                    Ok(FileSummary::Table { rows, columns }) => {
+                        v["rows"] = json!(rows);
+                        v["columns"] = json!(columns
+                            .iter()
+                            .map(|(n, t)| json!({"name": n, "type": t}))
+                            .collect::<Vec<_>>());
+                    }
+                    Ok(FileSummary::Tensors { tensors }) => {
+                        v["tensors"] = json!(tensors
+                            .iter()
+                            .map(|(n, d, s)| json!({"name": n, "dtype": d, "shape": s}))
+                            .collect::<Vec<_>>());
+                    }
+                    Ok(FileSummary::Other) => {}
+                    Err(e) => v["error"] = json!(e),
+                }
+                v
+            })
+            .collect();
+        let meta = &self.meta;
+        let state = match &self.status {
+            Ok(status) => json!(status.state),
+            Err(_) => Value::Null,
+        };
+        json!({
+            "name": self.stage, "kind": self.kind, "key": meta.key,
+            "state": state, "path": self.latest, "object": self.object,
+            "seconds": meta.seconds, "warnings": meta.warnings, "notes": meta.notes,
+            "files": files,
+        })
+    }
+}
+
+/// The end of a `run`: the summary line, or every stage's outcome as JSON. (The text form's
+/// per-stage lines are written by the observer as the stages finish.)
+pub struct RunView<'a> {
+    pub outcomes: &'a [StageOutcome],
+    pub seconds: f64,
+    /// Where the newest outputs are (`latest/`).
+    pub latest: PathBuf,
+}
+
+impl RunView<'_> {
+    fn count(&self, wanted: &[Action]) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|o| wanted.contains(&o.action))
+            .count()
+    }
+
+    pub fn failed(&self) -> usize {
+        self.count(&[Action::Failed, Action::Skipped])
+    }
+}
+
+impl Render for RunView<'_> {
+    fn text(&self) -> io::Result<()> {
+        out!(
+            "{} stage(s): {} computed, {} cached, {} failed, in {:.2}s; newest outputs in {}",
+            self.outcomes.len(),
+            self.count(&[Action::Computed]),
+            self.count(&[Action::Cached]),
+            self.failed(),
+            self.seconds,
+            self.latest.display()
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({ "stages": self.outcomes, "ok": self.failed() == 0 })
+    }
+}
+
+/// One stage's outcome as `run` prints it when the stage finishes (first line; the observer adds
+/// notes, warnings and the error under it).
+pub fn outcome_line(outcome: &StageOutcome) -> String {
+    let word = match outcome.action {
+        Action::Computed => "computed",
+        Action::Cached => "cached",
+        Action::Failed => "FAILED",
+        Action::Skipped => "skipped",
+    };
+    format!(
+        "{word:<9} {:<12} {:>7.2}s  {}",
+        outcome.name,
+        outcome.seconds,
+        &outcome.key[..12.min(outcome.key.len())]
+    )
+}
+
+/// `gc`.
+pub struct GcView {
+    pub report: GcReport,
+    pub dry_run: bool,
+}
+
+impl Render for GcView {
+    fn text(&self) -> io::Result<()> {
+        let verb = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        let r = &self.report;
+        out!(
+            "{verb} {} object(s) and {} leftover(s), {}; kept {} object(s) the newest outputs need",
+            r.objects_removed,
+            r.leftovers_removed,
+            human_bytes(r.bytes),
+            r.kept
+        )
+    }
+
+    fn json(&self) -> Value {
+        let mut v = json!(self.report);
+        v["dry_run"] = json!(self.dry_run);
+        v
+    }
+}
+
+/// `verify`.
+pub struct VerifyView(pub VerifyReport);
+
+impl Render for VerifyView {
+    fn text(&self) -> io::Result<()> {
+        for damaged in &self.0.damaged {
+            out!(
+                "damaged: stage {} (key {}), moved to {}; the next run recomputes it",
+                damaged.stage,
+                damaged.key.short(),
+                damaged.moved_to.display()
+            )?;
+            for problem in &damaged.problems {
+                out!("  {problem}")?;
+            }
+        }
+        out!(
+            "verified {} object(s): {} damaged",
+            self.0.checked,
+            self.0.damaged.len()
+        )
+    }
+
+    fn json(&self) -> Value {
+        let damaged: Vec<Value> = self
+            .0
+            .damaged
+            .iter()
+            .map(|d| {
+                json!({"stage": d.stage, "key": d.key.hex(), "moved_to": d.moved_to,
+                       "problems": d.problems})
+            })
+            .collect();
+        json!({ "checked": self.0.checked, "damaged": damaged })
+    }
+}
+
+/// `kinds`.
+pub struct KindsView<'a>(pub Vec<&'a StageKind>);
+
+fn default_text(default: ParamDefault) -> String {
+    match default {
+        ParamDefault::Int(v) => v.to_string(),
+        ParamDefault::Float(v) => format!("{v:?}"),
+        ParamDefault::Bool(v) => v.to_string(),
+        ParamDefault::Str(v) => format!("{v:?}"),
+        ParamDefault::Unset => "unset".into(),
+    }
+}
+
+fn device_word(device: DeviceUse) -> Option<&'static str> {
+    match device {
+        DeviceUse::NoLibtorch => None,
+        DeviceUse::Cpu => Some("cpu"),
+        DeviceUse::Best => Some("best"),
+    }
+}
+
+impl Render for KindsView<'_> {
+    fn text(&self) -> io::Result<()> {
+        for k in &self.0 {
+            out!("{} (version {}): {}", k.name, k.version, k.about)?;
+            match k.device {
+                DeviceUse::NoLibtorch => {}
+                DeviceUse::Cpu => out!("  runs on: the CPU (by design)")?,
+                DeviceUse::Best => {
+                    out!("  runs on: a CUDA GPU when libtorch can use one, else the CPU")?
+                }
+            }
+            if !k.inputs.kinds.is_empty() {
+                out!(
+                    "  inputs: {}..{} of kind {}",
+                    k.inputs.min,
+                    k.inputs.max,
+                    k.inputs.kinds.join(", ")
+                )?;
+            }
+            for p in k.params {
+                let keyed = match p.effect {
+                    Effect::Output => "",
+                    Effect::SpeedOnly => ", speed only: not in the key",
+                };
+                out!(
+                    "  {} ({}, default {}{keyed}): {}",
+                    p.name,
+                    p.ty.describe(),
+                    default_text(p.default),
+                    p.help
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn json(&self) -> Value {
+        let kinds: Vec<Value> = self
+            .0
+            .iter()
+            .map(|k| {
+                let params: Vec<Value> = k
+                    .params
+                    .iter()
+                    .map(|p| {
+                        json!({"name": p.name, "type": p.ty.describe(),
+                               "default": default_text(p.default),
+                               "in_key": p.effect == Effect::Output, "help": p.help})
+                    })
+                    .collect();
+                json!({"name": k.name, "version": k.version, "about": k.about,
+                       "device": device_word(k.device),
+                       "inputs": {"kinds": k.inputs.kinds, "min": k.inputs.min,
+                                  "max": k.inputs.max},
+                       "params": params})
+            })
+            .collect();
+        json!({ "kinds": kinds })
+    }
+}
+
+/// `metrics`: the newest evaluation's table (the same text and JSON the libtorch worker printed
+/// when it ran this command).
+pub struct MetricsView(pub Vec<Metric>);
+
+impl Render for MetricsView {
+    fn text(&self) -> io::Result<()> {
+        for m in &self.0 {
+            out!(
+                "{:<24} {:<16} {:<5} {:.4}",
+                m.name,
+                m.method,
+                m.split,
+                m.value
+            )?;
+        }
+        Ok(())
+    }
+
+    fn json(&self) -> Value {
+        let rows: Vec<Value> = self
+            .0
+            .iter()
+            .map(
+                |m| json!({"name": m.name, "method": m.method, "split": m.split, "value": m.value}),
+            )
+            .collect();
+        json!({ "metrics": rows })
+    }
+}
+
+/// `-V`/`--version`.
+pub struct VersionView {
+    pub onenet: &'static str,
+    pub libtorch: String,
+    /// The device, or why it is unknown.
+    pub device: Result<String, String>,
+}
+
+impl Render for VersionView {
+    fn text(&self) -> io::Result<()> {
+        out!("onenet {}", self.onenet)?;
+        out!("libtorch {}", self.libtorch)?;
+        match &self.device {
+            Ok(device) => out!("device: {device}"),
+            Err(why) => out!("device: unknown ({why})"),
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({"onenet": self.onenet, "libtorch": self.libtorch,
+               "device": self.device.as_ref().ok()})
+    }
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
