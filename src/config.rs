@@ -111,8 +111,12 @@ impl Pipeline {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             given.insert(param.to_string(), checked);
-            stage.params = Params::with_defaults(stage.kind.params, given);
-            self.overrides.push(assignment.clone());
+            let params = Params::with_defaults(stage.kind.params, given);
+            // Only a value that differs from the file's makes the run a variant.
+            if params != stage.params {
+                stage.params = params;
+                self.overrides.push(assignment.clone());
+            }
         }
         Ok(())
     }

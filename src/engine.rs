@@ -895,6 +895,60 @@ impl Engine {
         ))
     }
 
+    /// The stage of kind `kind` a task command reads, given the stage the user chose with
+    /// `--stage` (of that kind, or one it feeds or is fed by), or else the first in the file;
+    /// with a note naming the choice when the file has several of that kind.
+    pub fn task_output(
+        &self,
+        kind: &str,
+        chosen: Option<&str>,
+    ) -> Result<(String, PathBuf, Option<String>), String> {
+        let of_kind: Vec<usize> = (0..self.pipeline.stages.len())
+            .filter(|&i| self.pipeline.stages[i].kind.name == kind)
+            .collect();
+        let name = |i: usize| self.pipeline.stages[i].name.clone();
+        let picked = match chosen {
+            None => None,
+            Some(chosen) => {
+                let Some(c) = self.pipeline.stages.iter().position(|s| s.name == chosen) else {
+                    return Err(format!(
+                        "--stage {chosen}: no such stage in {}",
+                        self.pipeline.path.display()
+                    ));
+                };
+                if of_kind.contains(&c) {
+                    Some(c)
+                } else {
+                    // A stage of this kind upstream of the chosen one, else one downstream.
+                    let upstream = crate::plan::select(&self.pipeline, &[chosen.to_string()])?;
+                    let downstream = crate::plan::downstream(&self.pipeline, c);
+                    let found = of_kind
+                        .iter()
+                        .find(|i| upstream.contains(i))
+                        .or_else(|| of_kind.iter().find(|i| downstream.contains(i)));
+                    Some(*found.ok_or_else(|| {
+                        format!("stage `{chosen}` is not connected to any stage of kind `{kind}`")
+                    })?)
+                }
+            }
+        };
+        let note = match (picked, of_kind.len()) {
+            (None, n) if n > 1 => Some(format!(
+                "using stage `{}` of kind {kind}; the pipeline also has {} (choose with --stage)",
+                name(of_kind[0]),
+                of_kind[1..]
+                    .iter()
+                    .map(|&i| format!("`{}`", name(i)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            _ => None,
+        };
+        let stage = picked.map(name);
+        let (stage, dir) = self.output_of_kind(kind, stage.as_deref())?;
+        Ok((stage, dir, note))
+    }
+
     /// As `output_of_kind` for the first stage of that kind (the task commands' default).
     pub fn newest_output_of_kind(&self, kind: &str) -> Result<(String, PathBuf), String> {
         self.output_of_kind(kind, None)

@@ -17,6 +17,10 @@ pub enum TaskCommand {
     /// Caption image files with the trained network (features computed on the fly with the
     /// pipeline's backbone).
     Caption {
+        /// Which stage to read when the pipeline has several of a kind (e.g. `train_lstm`);
+        /// default: the first in the file.
+        #[arg(long, value_name = "STAGE")]
+        stage: Option<String>,
         #[arg(required = true)]
         images: Vec<PathBuf>,
         /// Beam width (1: greedy decoding).
@@ -28,6 +32,10 @@ pub enum TaskCommand {
     /// Images most similar to an image file or to a dataset image (cosine of image
     /// embeddings; the query itself is left out).
     SimilarImages {
+        /// Which stage to read when the pipeline has several of a kind (e.g. `train_lstm`);
+        /// default: the first in the file.
+        #[arg(long, value_name = "STAGE")]
+        stage: Option<String>,
         /// An image file.
         #[arg(required_unless_present = "id", conflicts_with = "id")]
         image: Option<PathBuf>,
@@ -41,6 +49,10 @@ pub enum TaskCommand {
     },
     /// Words most similar to a word (cosine of the learned word embeddings).
     SimilarWords {
+        /// Which stage to read when the pipeline has several of a kind (e.g. `train_lstm`);
+        /// default: the first in the file.
+        #[arg(long, value_name = "STAGE")]
+        stage: Option<String>,
         word: String,
         #[arg(short, default_value_t = 5)]
         k: usize,
@@ -50,6 +62,10 @@ pub enum TaskCommand {
     /// Captions most similar to a text (cosine of mean word embeddings); unknown words are
     /// reported and left out.
     SimilarCaptions {
+        /// Which stage to read when the pipeline has several of a kind (e.g. `train_lstm`);
+        /// default: the first in the file.
+        #[arg(long, value_name = "STAGE")]
+        stage: Option<String>,
         text: String,
         #[arg(short, default_value_t = 5)]
         k: usize,
@@ -61,6 +77,10 @@ pub enum TaskCommand {
     /// as one batch); the real images nearest the result are then re-ordered by how likely the
     /// captioner finds the caption given each (the score: mean log-likelihood per word).
     FindImages {
+        /// Which stage to read when the pipeline has several of a kind (e.g. `train_lstm`);
+        /// default: the first in the file.
+        #[arg(long, value_name = "STAGE")]
+        stage: Option<String>,
         #[arg(required = true)]
         texts: Vec<String>,
         #[arg(short, default_value_t = 5)]
@@ -86,4 +106,18 @@ pub enum TaskCommand {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+}
+
+impl TaskCommand {
+    /// The stage chosen with `--stage`, if any.
+    pub fn stage(&self) -> Option<&str> {
+        match self {
+            TaskCommand::Caption { stage, .. }
+            | TaskCommand::SimilarImages { stage, .. }
+            | TaskCommand::SimilarWords { stage, .. }
+            | TaskCommand::SimilarCaptions { stage, .. }
+            | TaskCommand::FindImages { stage, .. } => stage.as_deref(),
+            TaskCommand::Metrics { .. } => None,
+        }
+    }
 }

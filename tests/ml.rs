@@ -829,3 +829,46 @@ fn metrics_stay_the_pipelines_own_after_a_variant_run() {
         assert_eq!(stage["state"], "fresh", "{stage}");
     }
 }
+
+#[test]
+fn task_commands_choose_among_stages_of_one_kind_with_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = random_weights_pipeline(12, 1)
+        + r#"
+[stages.train_lstm]
+kind = "train"
+inputs = ["order", "features", "captions"]
+params = { rnn = "lstm", epochs = 1, hidden_dim = 32, image_dim = 16, embed_dim = 16, dev_images = 5 }
+"#;
+    std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+    let t = Trained {
+        dir: dir.path().to_path_buf(),
+    };
+    t.json(&["run", "train"]);
+    let image = std::fs::read_dir(dir.path().join("artifacts/latest/demo/Flicker8k_Dataset"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let image = image.to_str().unwrap();
+
+    // Without --stage: the first train stage, and a note saying so.
+    let out = t.onenet(&["caption", image]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("using stage `train` of kind train; the pipeline also has `train_lstm`"),
+        "{said}"
+    );
+    // --stage chooses the second, which has not been trained yet.
+    let out = t.onenet(&["caption", "--stage", "train_lstm", image]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("`train_lstm` has not been run yet"), "{said}");
+    t.json(&["run", "train_lstm"]);
+    let out = t.onenet(&["caption", "--stage", "train_lstm", image]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains("note:"), "{said}");
+}

@@ -1,5 +1,6 @@
 //! Evaluation metrics for the captioning tasks: corpus BLEU exactly as NLTK computes it, ranks and
-//! recall for cross-modal retrieval, and cosine-similarity search over embedding rows.
+//! recall for cross-modal retrieval, and cosine-similarity search over embedding rows (the
+//! [`SimilarityIndex`] the report and the task commands share).
 //!
 //! Everything here is plain arithmetic on slices, independent of libtorch, so that a task can score
 //! model outputs once the tensors are gone and the tests run on any machine.
@@ -355,10 +356,22 @@ pub fn top_k_cosine(
     k: usize,
     exclude: Option<usize>,
 ) -> Vec<(usize, f32)> {
+    top_k_cosine_where(query, rows, dim, k, |index| Some(index) != exclude)
+}
+
+/// As [`top_k_cosine`], among the rows for which `keep` holds: the same as ranking every row and
+/// keeping the first `k` that `keep` accepts, without sorting them all.
+pub fn top_k_cosine_where(
+    query: &[f32],
+    rows: &[f32],
+    dim: usize,
+    k: usize,
+    keep: impl Fn(usize) -> bool,
+) -> Vec<(usize, f32)> {
     let mut candidates: Vec<(usize, f32)> = cosine_scores(query, rows, dim)
         .into_iter()
         .enumerate()
-        .filter(|&(index, _)| Some(index) != exclude)
+        .filter(|&(index, _)| keep(index))
         .collect();
     let k = k.min(candidates.len());
     if k == 0 {
@@ -372,6 +385,112 @@ pub fn top_k_cosine(
     }
     candidates.sort_unstable_by(best_first);
     candidates
+}
+
+/// Cosine nearest neighbours over a set of vectors with one id each: the one similarity search
+/// of the report and the task commands (similar images, words and captions, images found for a
+/// caption). The vectors are L2-normalised once, here; searches rank as [`top_k_cosine`] does
+/// (ties by row index, NaN last).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimilarityIndex {
+    ids: Vec<String>,
+    vectors: Vec<f32>,
+    dim: usize,
+}
+
+impl SimilarityIndex {
+    /// An index of `ids` and their vectors (row-major, width `dim`, one row per id).
+    ///
+    /// # Panics
+    /// If the vectors are not one row of width `dim` per id (`dim` may be 0 only without ids).
+    pub fn new(ids: Vec<String>, mut vectors: Vec<f32>, dim: usize) -> SimilarityIndex {
+        assert_eq!(
+            ids.len() * dim,
+            vectors.len(),
+            "{} values are not {} rows of width {dim}",
+            vectors.len(),
+            ids.len()
+        );
+        if !ids.is_empty() {
+            l2_normalize_rows(&mut vectors, dim);
+        }
+        SimilarityIndex { ids, vectors, dim }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The width of the vectors.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The id of row `row`.
+    pub fn id(&self, row: usize) -> &str {
+        &self.ids[row]
+    }
+
+    /// Every id, in row order.
+    pub fn ids(&self) -> &[String] {
+        &self.ids
+    }
+
+    /// The first row whose id is `id`.
+    pub fn row_of(&self, id: &str) -> Option<usize> {
+        self.ids.iter().position(|i| i == id)
+    }
+
+    /// Row `row`'s vector, L2-normalised.
+    pub fn vector(&self, row: usize) -> &[f32] {
+        &self.vectors[row * self.dim..(row + 1) * self.dim]
+    }
+
+    /// Every vector, L2-normalised, row-major.
+    pub fn vectors(&self) -> &[f32] {
+        &self.vectors
+    }
+
+    /// The cosine similarity of `query` with every row.
+    pub fn scores(&self, query: &[f32]) -> Vec<f32> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        cosine_scores(query, &self.vectors, self.dim)
+    }
+
+    /// The `k` rows nearest `query`, best first, leaving out row `exclude`.
+    pub fn nearest(&self, query: &[f32], k: usize, exclude: Option<usize>) -> Vec<(usize, f32)> {
+        self.nearest_where(query, k, |row| Some(row) != exclude)
+    }
+
+    /// The `k` rows nearest `query`, best first, among the rows for which `keep` holds.
+    pub fn nearest_where(
+        &self,
+        query: &[f32],
+        k: usize,
+        keep: impl Fn(usize) -> bool,
+    ) -> Vec<(usize, f32)> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        top_k_cosine_where(query, &self.vectors, self.dim, k, keep)
+    }
+
+    /// The `k` rows nearest row `row`, best first: the row itself left out, and the rows for
+    /// which `keep` does not hold.
+    pub fn neighbours(
+        &self,
+        row: usize,
+        k: usize,
+        keep: impl Fn(usize) -> bool,
+    ) -> Vec<(usize, f32)> {
+        self.nearest_where(self.vector(row), k, |other| other != row && keep(other))
+    }
 }
 
 /// A total order on `(index, score)`: higher score first, NaN last, then lower index first.
@@ -863,6 +982,60 @@ json.dump([[float(corpus_bleu(c["references"], c["hypotheses"], weights=(1 / n,)
         // A zero query is similar to nothing: every score 0, rows in index order.
         let top = top_k_cosine(&[0.0, 0.0], &unit_rows(), 2, 3, None);
         assert_eq!(top, vec![(0, 0.0), (1, 0.0), (2, 0.0)]);
+    }
+
+    #[test]
+    fn top_k_cosine_where_is_the_filtered_ranking() {
+        let rows = unit_rows();
+        let everything = top_k_cosine(&[1.0, 0.5], &rows, 2, 100, None);
+        for k in 0..=5 {
+            let odd: Vec<(usize, f32)> = everything
+                .iter()
+                .copied()
+                .filter(|&(index, _)| index % 2 == 1)
+                .take(k)
+                .collect();
+            assert_eq!(
+                top_k_cosine_where(&[1.0, 0.5], &rows, 2, k, |i| i % 2 == 1),
+                odd
+            );
+        }
+    }
+
+    #[test]
+    fn similarity_index_finds_neighbours_by_id() {
+        let ids: Vec<String> = ["x", "y", "diagonal", "minus x", "x again"]
+            .map(String::from)
+            .into();
+        let raw = vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0, -1.0, 0.0, 2.0, 0.0];
+        let index = SimilarityIndex::new(ids, raw, 2);
+        assert_eq!(index.vectors(), unit_rows());
+        assert_eq!((index.len(), index.dim()), (5, 2));
+        let x = index.row_of("x").unwrap();
+        assert_eq!(index.row_of("z"), None);
+        // The query row is left out; the tie with "x again" would otherwise come first.
+        let near: Vec<&str> = index
+            .neighbours(x, 2, |_| true)
+            .into_iter()
+            .map(|(row, _)| index.id(row))
+            .collect();
+        assert_eq!(near, ["x again", "diagonal"]);
+        let near: Vec<usize> = index
+            .neighbours(x, 2, |row| row != 4)
+            .into_iter()
+            .map(|(row, _)| row)
+            .collect();
+        assert_eq!(near, [2, 1]);
+        assert_eq!(
+            index.nearest(index.vector(x), 3, Some(x)),
+            top_k_cosine(&unit_rows()[0..2], &unit_rows(), 2, 3, Some(0))
+        );
+        assert_eq!(
+            index.scores(&[0.0, 1.0]),
+            cosine_scores(&[0.0, 1.0], &unit_rows(), 2)
+        );
+        let empty = SimilarityIndex::new(Vec::new(), Vec::new(), 0);
+        assert!(empty.nearest(&[], 3, None).is_empty());
     }
 
     #[test]

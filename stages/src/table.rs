@@ -5,8 +5,8 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::Schema;
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -104,7 +104,6 @@ fn lists<A: 'static, T>(
     what: &str,
     convert: impl Fn(&A) -> Vec<T>,
 ) -> Result<Vec<Vec<T>>, StageError> {
-    use arrow::array::Array;
     let lists = column::<arrow::array::ListArray>(path, batch, name)?;
     (0..lists.len())
         .map(|i| {
@@ -201,7 +200,6 @@ pub fn embedding_rows(
     batch: &RecordBatch,
     name: &str,
 ) -> Result<(Vec<f32>, usize), StageError> {
-    use arrow::array::Array;
     let list = column::<arrow::array::FixedSizeListArray>(path, batch, name)?;
     let dim = list.value_length() as usize;
     let values = list
@@ -223,4 +221,79 @@ pub fn embedding_rows(
         ));
     }
     Ok((values.values().to_vec(), dim))
+}
+
+/// A u64 column.
+pub fn u64s(path: &Path, batch: &RecordBatch, name: &str) -> Result<Vec<u64>, StageError> {
+    Ok(column::<arrow::array::UInt64Array>(path, batch, name)?
+        .values()
+        .to_vec())
+}
+
+/// An f64 column.
+pub fn f64s(path: &Path, batch: &RecordBatch, name: &str) -> Result<Vec<f64>, StageError> {
+    Ok(column::<arrow::array::Float64Array>(path, batch, name)?
+        .values()
+        .to_vec())
+}
+
+/// A u32 column that may hold nulls.
+pub fn opt_u32s(
+    path: &Path,
+    batch: &RecordBatch,
+    name: &str,
+) -> Result<Vec<Option<u32>>, StageError> {
+    Ok(column::<arrow::array::UInt32Array>(path, batch, name)?
+        .iter()
+        .collect())
+}
+
+/// A utf8 column of `values`.
+pub fn string_column<S: AsRef<str>>(values: impl IntoIterator<Item = S>) -> ArrayRef {
+    Arc::new(arrow::array::StringArray::from_iter_values(values))
+}
+
+/// A u32 column of `values`.
+pub fn u32_column(values: impl IntoIterator<Item = u32>) -> ArrayRef {
+    Arc::new(arrow::array::UInt32Array::from_iter_values(values))
+}
+
+/// A u64 column of `values`.
+pub fn u64_column(values: impl IntoIterator<Item = u64>) -> ArrayRef {
+    Arc::new(arrow::array::UInt64Array::from_iter_values(values))
+}
+
+/// An f64 column of `values`.
+pub fn f64_column(values: impl IntoIterator<Item = f64>) -> ArrayRef {
+    Arc::new(arrow::array::Float64Array::from_iter_values(values))
+}
+
+/// A list<u32> column holding `lists`, one list per row (the list's items are not nullable).
+pub fn u32_list_column<'a>(lists: impl IntoIterator<Item = &'a [u32]>) -> ArrayRef {
+    let lists: Vec<&[u32]> = lists.into_iter().collect();
+    let item = Arc::new(Field::new_list_field(DataType::UInt32, false));
+    let offsets = arrow::buffer::OffsetBuffer::from_lengths(lists.iter().map(|l| l.len()));
+    let values = arrow::array::UInt32Array::from_iter_values(lists.into_iter().flatten().copied());
+    Arc::new(arrow::array::ListArray::new(
+        item,
+        offsets,
+        Arc::new(values),
+        None,
+    ))
+}
+
+/// A column that never holds nulls, named `name`, of the type of `values`.
+pub fn required(name: &str, values: ArrayRef) -> (Field, ArrayRef) {
+    (Field::new(name, values.data_type().clone(), false), values)
+}
+
+/// A column that may hold nulls, named `name`, of the type of `values`.
+pub fn nullable(name: &str, values: ArrayRef) -> (Field, ArrayRef) {
+    (Field::new(name, values.data_type().clone(), true), values)
+}
+
+/// Writes `columns` (from [`required`] and [`nullable`]), in order, as the table `path`.
+pub fn write_columns(path: &Path, columns: Vec<(Field, ArrayRef)>) -> Result<(), StageError> {
+    let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = columns.into_iter().unzip();
+    write_parquet(path, &batch(path, Arc::new(Schema::new(fields)), arrays)?)
 }

@@ -3,36 +3,31 @@
 //! embedding baseline (R@1/5/10, median rank), and an image→image sanity figure — and writes
 //! them as a metrics table, with example captions and per-query ranks and found images.
 
-use onenet_stages::specs::evaluate::{Metric, EXAMPLES_TABLE, METRICS_TABLE, RANKS_TABLE};
-use std::path::Path;
-use std::sync::Arc;
-
-use arrow::array::{ArrayRef, Float64Array, StringArray, UInt32Array};
-use arrow::datatypes::{DataType, Field, Schema};
 use tch::Tensor;
 
 use crate::embed::{flatten, mean_word_embedding, word_matrix};
-use crate::feature_table::FeatureMatrix;
+use crate::features::FeatureMatrix;
+use crate::input_dir;
 use crate::model::{invert, rank_by_likelihood};
-use crate::order::{read_pairs, Pair};
 use crate::runtime::Runtime;
 use crate::train::{captions_by_image, TrainedModel};
-use onenet_stages::metrics::{
-    corpus_bleu, cosine_scores, l2_normalize_rows, rank_of, top_k_cosine, RetrievalMetrics,
+use onenet_stages::metrics::{corpus_bleu, rank_of, RetrievalMetrics, SimilarityIndex};
+use onenet_stages::specs::evaluate::{
+    write_examples, write_metrics, write_ranks, Example, Metric, Rank,
 };
+use onenet_stages::specs::{self, order::read_pairs, order::Pair};
+use onenet_stages::{StageContext, StageError, StageReport};
 
-/// How many images `ranks.parquet` lists as found by inversion for each query, best first.
+/// How many images the ranks table lists as found by inversion for each query, best first.
 const FOUND_PER_QUERY: usize = 5;
-use onenet_stages::table::{batch, string_list_column, write_parquet};
-use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
 
 pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let p = &ctx.params;
     let device = Runtime::for_stage(ctx)?.device;
     let split = p.str("split")?.to_string();
-    let trained = TrainedModel::load(&input_of_kind(&ctx.inputs, "train")?.dir, device)?;
-    let features = FeatureMatrix::read(&input_of_kind(&ctx.inputs, "features")?.dir, device)?;
-    let pairs = read_pairs(&input_of_kind(&ctx.inputs, "order")?.dir)?;
+    let trained = TrainedModel::load(input_dir(ctx, &specs::train::KIND)?, device)?;
+    let features = FeatureMatrix::read(input_dir(ctx, &specs::features::KIND)?, device)?;
+    let pairs = read_pairs(input_dir(ctx, &specs::order::KIND)?)?;
     let eval: Vec<&Pair> = pairs.iter().filter(|p| p.split == split).collect();
     if eval.is_empty() {
         return Err(StageError::Input(format!(
@@ -93,8 +88,15 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         .map(|(i, (r, _))| (*r, i))
         .collect();
     let image_dim = embeddings.size()[1] as usize;
-    let mut image_vectors = flatten(&embeddings);
-    l2_normalize_rows(&mut image_vectors, image_dim);
+    // The split's images, in `by_image` order, by image id.
+    let images = SimilarityIndex::new(
+        by_image
+            .iter()
+            .map(|(r, _)| features.rows[*r as usize].image_id.clone())
+            .collect(),
+        flatten(&embeddings),
+        image_dim,
+    );
 
     tch::manual_seed(p.int("seed")?);
     let steps = p.int("invert_steps")? as usize;
@@ -112,20 +114,15 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         let z = flatten(&z);
         for (q, query) in chunk.iter().enumerate() {
             let found = &z[q * image_dim..(q + 1) * image_dim];
-            let scores = cosine_scores(found, &image_vectors, image_dim);
+            let scores = images.scores(found);
             let target = target_of[&query.image_row];
             nearest_ranks.push(rank_of(&scores, target));
             // The nearest `rerank` images (at least the ones listed), re-ordered by likelihood.
-            let nearest: Vec<usize> = top_k_cosine(
-                found,
-                &image_vectors,
-                image_dim,
-                rerank.max(FOUND_PER_QUERY),
-                None,
-            )
-            .into_iter()
-            .map(|(i, _)| i)
-            .collect();
+            let nearest: Vec<usize> = images
+                .nearest(found, rerank.max(FOUND_PER_QUERY), None)
+                .into_iter()
+                .map(|(i, _)| i)
+                .collect();
             let window = &nearest[..rerank.min(nearest.len())];
             let mut order: Vec<usize> =
                 rank_by_likelihood(model, &query.tokens, &embeddings, window)
@@ -141,7 +138,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
                 order
                     .iter()
                     .take(FOUND_PER_QUERY)
-                    .map(|&i| features.rows[by_image[i].0 as usize].image_id.clone())
+                    .map(|&i| images.id(i).to_string())
                     .collect(),
             );
         }
@@ -156,8 +153,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             .iter()
             .map(|q| {
                 let query = mean_word_embedding(&words, word_dim, &q.tokens);
-                let scores = cosine_scores(&query, &image_vectors, image_dim);
-                rank_of(&scores, target_of[&q.image_row])
+                rank_of(&images.scores(&query), target_of[&q.image_row])
             })
             .collect()
     } else {
@@ -180,8 +176,8 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     }
 
     // Image→image sanity: do nearest neighbours in embedding space have similar captions?
-    let neighbour_bleu = neighbour_caption_bleu(&image_vectors, image_dim, &references, false)?;
-    let shifted_bleu = neighbour_caption_bleu(&image_vectors, image_dim, &references, true)?;
+    let neighbour_bleu = neighbour_caption_bleu(&images, &references, false)?;
+    let shifted_bleu = neighbour_caption_bleu(&images, &references, true)?;
     metrics.push(metric(
         "neighbour_caption_bleu1",
         "image_nn",
@@ -193,23 +189,37 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         shifted_bleu,
     ));
 
-    write_metrics(&ctx.out_dir.join(METRICS_TABLE), &metrics)?;
-    write_examples(
-        &ctx.out_dir.join(EXAMPLES_TABLE),
-        &trained,
-        &features,
-        &by_image,
-        &greedy,
-        &beam,
-    )?;
-    write_ranks(
-        &ctx.out_dir.join(RANKS_TABLE),
-        &trained,
-        &queries,
-        &invert_ranks,
-        &invert_found,
-        &embed_ranks,
-    )?;
+    write_metrics(&ctx.out_dir, &metrics)?;
+    let vocab = &trained.vocab;
+    let examples: Vec<Example> = by_image
+        .iter()
+        .zip(greedy.iter().zip(&beam))
+        .map(|((row, captions), (greedy, beam))| {
+            let row = &features.rows[*row as usize];
+            Example {
+                image_id: row.image_id.clone(),
+                path: row.path.clone(),
+                greedy: vocab.decode(greedy),
+                beam: vocab.decode(beam),
+                reference: vocab.decode(&captions[0].tokens),
+            }
+        })
+        .collect();
+    write_examples(&ctx.out_dir, &examples)?;
+    let ranks: Vec<Rank> = queries
+        .iter()
+        .zip(invert_ranks.iter().zip(invert_found))
+        .enumerate()
+        .map(|(i, (query, (&invert_rank, invert_found)))| Rank {
+            image_id: query.image_id.clone(),
+            caption_no: query.caption_no,
+            caption: vocab.decode(&query.tokens),
+            invert_rank: invert_rank as u32,
+            invert_found,
+            embed_rank: embed_ranks.get(i).map(|&r| r as u32),
+        })
+        .collect();
+    write_ranks(&ctx.out_dir, &ranks)?;
 
     let get = |name: &str, method: &str| {
         metrics
@@ -256,8 +266,7 @@ pub fn words_of(tokens: &[u32]) -> Vec<u32> {
 /// BLEU-1 of each image's nearest neighbour's first caption against the image's own captions
 /// (or, with `unrelated`, of the next image in split order: the chance level to compare with).
 fn neighbour_caption_bleu(
-    vectors: &[f32],
-    dim: usize,
+    images: &SimilarityIndex,
     references: &[Vec<Vec<u32>>],
     unrelated: bool,
 ) -> Result<f64, StageError> {
@@ -270,129 +279,15 @@ fn neighbour_caption_bleu(
         let other = if unrelated {
             (i + 1) % n
         } else {
-            onenet_stages::metrics::top_k_cosine(
-                &vectors[i * dim..(i + 1) * dim],
-                vectors,
-                dim,
-                1,
-                Some(i),
-            )
-            .first()
-            .map(|(j, _)| *j)
-            .unwrap_or((i + 1) % n)
+            images
+                .neighbours(i, 1, |_| true)
+                .first()
+                .map(|(j, _)| *j)
+                .unwrap_or((i + 1) % n)
         };
         hypotheses.push(references[other][0].clone());
     }
     corpus_bleu(references, &hypotheses, 1)
         .map(|s| s.get(1).unwrap_or(0.0))
         .map_err(|e| StageError::Input(format!("BLEU: {e}")))
-}
-
-fn write_metrics(path: &Path, metrics: &[Metric]) -> Result<(), StageError> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("metric", DataType::Utf8, false),
-        Field::new("method", DataType::Utf8, false),
-        Field::new("split", DataType::Utf8, false),
-        Field::new("value", DataType::Float64, false),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(
-            metrics.iter().map(|m| &m.name),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            metrics.iter().map(|m| &m.method),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            metrics.iter().map(|m| &m.split),
-        )),
-        Arc::new(Float64Array::from_iter_values(
-            metrics.iter().map(|m| m.value),
-        )),
-    ];
-    write_parquet(path, &batch(path, schema, columns)?)
-}
-
-fn write_examples(
-    path: &Path,
-    trained: &TrainedModel,
-    features: &FeatureMatrix,
-    by_image: &[(u32, Vec<&Pair>)],
-    greedy: &[Vec<u32>],
-    beam: &[Vec<u32>],
-) -> Result<(), StageError> {
-    let vocab = &trained.vocab;
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("image_id", DataType::Utf8, false),
-        Field::new("path", DataType::Utf8, false),
-        Field::new("greedy", DataType::Utf8, false),
-        Field::new("beam", DataType::Utf8, false),
-        Field::new("reference", DataType::Utf8, false),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(
-            by_image
-                .iter()
-                .map(|(r, _)| &features.rows[*r as usize].image_id),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            by_image
-                .iter()
-                .map(|(r, _)| &features.rows[*r as usize].path),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            greedy.iter().map(|t| vocab.decode(t)),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            beam.iter().map(|t| vocab.decode(t)),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            by_image
-                .iter()
-                .map(|(_, caps)| vocab.decode(&caps[0].tokens)),
-        )),
-    ];
-    write_parquet(path, &batch(path, schema, columns)?)
-}
-
-fn write_ranks(
-    path: &Path,
-    trained: &TrainedModel,
-    queries: &[&Pair],
-    invert_ranks: &[usize],
-    invert_found: &[Vec<String>],
-    embed_ranks: &[usize],
-) -> Result<(), StageError> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("image_id", DataType::Utf8, false),
-        Field::new("caption_no", DataType::UInt32, false),
-        Field::new("caption", DataType::Utf8, false),
-        Field::new("invert_rank", DataType::UInt32, false),
-        Field::new(
-            "invert_found",
-            DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
-            false,
-        ),
-        Field::new("embed_rank", DataType::UInt32, true),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(
-            queries.iter().map(|q| &q.image_id),
-        )),
-        Arc::new(UInt32Array::from_iter_values(
-            queries.iter().map(|q| q.caption_no),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            queries.iter().map(|q| trained.vocab.decode(&q.tokens)),
-        )),
-        Arc::new(UInt32Array::from_iter_values(
-            invert_ranks.iter().map(|&r| r as u32),
-        )),
-        string_list_column(invert_found),
-        Arc::new(UInt32Array::from(
-            (0..queries.len())
-                .map(|i| embed_ranks.get(i).map(|&r| r as u32))
-                .collect::<Vec<_>>(),
-        )),
-    ];
-    write_parquet(path, &batch(path, schema, columns)?)
 }

@@ -6,8 +6,10 @@
 //! however many images there are. Features are reused per image content hash from this stage's
 //! previous output when the backbone and weights are the same, so adding ten images to a folder
 //! computes ten.
+//!
+//! The files it writes, and how to write and read them, are `onenet_stages::specs::features`;
+//! [`FeatureMatrix`] reads them into a tensor for the stages and tasks that run the network.
 
-use onenet_stages::specs::features::weights_path;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -17,17 +19,67 @@ use image::imageops::{self, FilterType};
 use image::RgbImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use crate::backbone::{Backbone, BackboneKind};
-use crate::feature_table::{FeatureMatrix, FeatureRow};
 use crate::runtime::Runtime;
 use onenet_stages::images::IMAGES_TABLE;
-use onenet_stages::table::{read_parquet, strings};
-use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
+use onenet_stages::specs::features::{
+    read_row_columns, read_rows, weights_path, write_matrix, FeatureRow, EXTRACTOR_FILE,
+    FEATURES_FILE, FEATURES_TENSOR, KIND, ROWS_TABLE,
+};
+use onenet_stages::{StageContext, StageError, StageReport};
 
-/// Says which extractor produced a features output, so a later run knows what it may reuse.
-const EXTRACTOR_FILE: &str = "extractor.json";
+/// The features of every image, in row order, as the stages that read a `features` output use
+/// them.
+pub struct FeatureMatrix {
+    pub rows: Vec<FeatureRow>,
+    /// [N, D] f32.
+    pub features: Tensor,
+}
+
+impl FeatureMatrix {
+    /// Reads the matrix a `features` stage wrote into `dir`, onto `device`.
+    pub fn read(dir: &Path, device: Device) -> Result<FeatureMatrix, StageError> {
+        let rows = read_rows(dir)?;
+        let features_path = dir.join(FEATURES_FILE);
+        let tensors = Tensor::read_safetensors(&features_path)
+            .map_err(|e| StageError::file(&features_path, e.to_string()))?;
+        let features = tensors
+            .into_iter()
+            .find(|(name, _)| name == FEATURES_TENSOR)
+            .map(|(_, t)| t)
+            .ok_or_else(|| {
+                StageError::file(
+                    &features_path,
+                    format!("no tensor named `{FEATURES_TENSOR}`"),
+                )
+            })?;
+        let size = features.size();
+        if size.len() != 2 || size[0] != rows.len() as i64 {
+            return Err(StageError::file(
+                &features_path,
+                format!(
+                    "shape {size:?} does not match the {} rows of {ROWS_TABLE}",
+                    rows.len()
+                ),
+            ));
+        }
+        Ok(FeatureMatrix {
+            rows,
+            features: features.to_device(device),
+        })
+    }
+
+    /// Row index of each image id.
+    pub fn row_of(&self) -> HashMap<&str, usize> {
+        self.rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.image_id.as_str(), i))
+            .collect()
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Extractor {
@@ -58,24 +110,13 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             Some(path) => onenet_stages::hash_file(path)?,
             None => format!("random, seed {}", p.int("seed")?),
         },
-        version: onenet_stages::specs::features::KIND.version,
+        version: KIND.version,
     };
     let batch_size = p.int("batch_size")? as usize;
 
-    let images_path = input_of_kind(&ctx.inputs, "images")?.dir.join(IMAGES_TABLE);
-    let table = read_parquet(&images_path)?;
-    let rows: Vec<FeatureRow> = strings(&images_path, &table, "image_id")?
-        .into_iter()
-        .zip(strings(&images_path, &table, "hash")?)
-        .zip(strings(&images_path, &table, "split")?)
-        .zip(strings(&images_path, &table, "path")?)
-        .map(|(((image_id, hash), split), path)| FeatureRow {
-            image_id,
-            hash,
-            split,
-            path,
-        })
-        .collect();
+    // Each image's row: its columns of the images table, copied.
+    let images = crate::input_dir(ctx, &onenet_stages::images::KIND)?;
+    let rows = read_row_columns(&images.join(IMAGES_TABLE))?;
     if rows.is_empty() {
         return Err(StageError::Input(
             "the images table has no usable image".into(),
@@ -126,7 +167,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         rate = pending.len() as f64 / start.elapsed().as_secs_f64();
     }
 
-    FeatureMatrix::write(&ctx.out_dir, &rows, &matrix, dim as usize)?;
+    write_matrix(&ctx.out_dir, &rows, &matrix, dim as usize)?;
     let extractor_path = ctx.out_dir.join(EXTRACTOR_FILE);
     std::fs::write(
         &extractor_path,

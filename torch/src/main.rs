@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use onenet::config;
 use onenet::engine::Engine;
 use onenet::task_cli::{Format, TaskCommand};
+use onenet_stages::specs;
 use serde_json::json;
 
 /// The libtorch worker of onenet; run `onenet` instead.
@@ -36,9 +37,26 @@ enum WorkerCommand {
     Task(TaskCommand),
 }
 
+/// `println!` that returns the write error instead of panicking, so a closed pipe
+/// (`onenet caption … | head -1`) ends the task quietly.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
+
 fn main() -> ExitCode {
     match real_main() {
         Ok(code) => code,
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
@@ -51,7 +69,7 @@ fn real_main() -> Result<ExitCode> {
     let task = match cli.command {
         WorkerCommand::RunStage => return run_stage(),
         WorkerCommand::Device => {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "device": onenet_torch::runtime::best_device_name(),
@@ -62,24 +80,26 @@ fn real_main() -> Result<ExitCode> {
         }
         WorkerCommand::Task(task) => task,
     };
+    let _ = CHOSEN_STAGE.set(task.stage().map(str::to_string));
     match task {
         TaskCommand::Caption {
             images,
             beam,
             format,
+            ..
         } => {
             let engine = open_engine(&cli.pipeline)?;
             let trained = load_trained(&engine)?;
             let extractor = load_extractor(&engine)?;
             let results = onenet_torch::tasks::caption_files(&trained, &extractor, &images, beam)?;
             match format {
-                Format::Json => println!(
+                Format::Json => outln!(
                     "{}",
                     serde_json::to_string_pretty(&json!({ "results": results }))?
                 ),
                 Format::Text => {
                     for r in results {
-                        println!("{}: {}", r.path, r.caption);
+                        outln!("{}: {}", r.path, r.caption);
                     }
                 }
             }
@@ -90,11 +110,10 @@ fn real_main() -> Result<ExitCode> {
             id,
             k,
             format,
+            ..
         } => {
             let engine = open_engine(&cli.pipeline)?;
-            let (_, embed_dir) = engine
-                .newest_output_of_kind("embed")
-                .map_err(anyhow::Error::msg)?;
+            let embed_dir = output_dir(&engine, specs::embed::KIND.name)?;
             let index = onenet_torch::tasks::ImageIndex::read(&embed_dir)?;
             let (query, exclude, label) = match (image, id) {
                 (_, Some(id)) => {
@@ -109,13 +128,8 @@ fn real_main() -> Result<ExitCode> {
                     let vector = onenet_torch::tasks::embed_file(&trained, &extractor, &path)?;
                     // The query file itself, if it is one of the dataset's images.
                     let hash = onenet_stages::hash_file(&path)?;
-                    let (_, features_dir) = engine
-                        .newest_output_of_kind("features")
-                        .map_err(anyhow::Error::msg)?;
-                    let rows =
-                        onenet_torch::feature_table::FeatureMatrix::read(&features_dir, tch_cpu())?
-                            .rows;
-                    let exclude = rows
+                    let features_dir = output_dir(&engine, specs::features::KIND.name)?;
+                    let exclude = specs::features::read_rows(&features_dir)?
                         .iter()
                         .find(|r| r.hash == hash)
                         .and_then(|r| index.row_of(&r.image_id));
@@ -127,21 +141,21 @@ fn real_main() -> Result<ExitCode> {
             print_matches(&[(label, matches, Vec::new())], format)?;
             Ok(ExitCode::SUCCESS)
         }
-        TaskCommand::SimilarWords { word, k, format } => {
+        TaskCommand::SimilarWords {
+            word, k, format, ..
+        } => {
             let engine = open_engine(&cli.pipeline)?;
-            let (_, embed_dir) = engine
-                .newest_output_of_kind("embed")
-                .map_err(anyhow::Error::msg)?;
+            let embed_dir = output_dir(&engine, specs::embed::KIND.name)?;
             let matches = onenet_torch::tasks::similar_words(&embed_dir, &word, k)?;
             print_matches(&[(word, matches, Vec::new())], format)?;
             Ok(ExitCode::SUCCESS)
         }
-        TaskCommand::SimilarCaptions { text, k, format } => {
+        TaskCommand::SimilarCaptions {
+            text, k, format, ..
+        } => {
             let engine = open_engine(&cli.pipeline)?;
             let trained = load_trained(&engine)?;
-            let (_, embed_dir) = engine
-                .newest_output_of_kind("embed")
-                .map_err(anyhow::Error::msg)?;
+            let embed_dir = output_dir(&engine, specs::embed::KIND.name)?;
             let (matches, unknown) =
                 onenet_torch::tasks::similar_captions(&trained, &embed_dir, &text, k)?;
             print_matches(&[(text, matches, unknown)], format)?;
@@ -155,12 +169,11 @@ fn real_main() -> Result<ExitCode> {
             rerank,
             seed,
             format,
+            ..
         } => {
             let engine = open_engine(&cli.pipeline)?;
             let trained = load_trained(&engine)?;
-            let (_, embed_dir) = engine
-                .newest_output_of_kind("embed")
-                .map_err(anyhow::Error::msg)?;
+            let embed_dir = output_dir(&engine, specs::embed::KIND.name)?;
             let index = onenet_torch::tasks::ImageIndex::read(&embed_dir)?;
             tch::manual_seed(seed);
             let results = onenet_torch::tasks::find_images(
@@ -170,7 +183,7 @@ fn real_main() -> Result<ExitCode> {
                 k,
                 steps,
                 restarts,
-                onenet_stages::specs::evaluate::DEFAULT_INVERT_LEARNING_RATE,
+                specs::evaluate::DEFAULT_INVERT_LEARNING_RATE,
                 rerank,
             )?;
             let labelled: Vec<_> = texts
@@ -183,26 +196,27 @@ fn real_main() -> Result<ExitCode> {
         }
         TaskCommand::Metrics { format } => {
             let engine = open_engine(&cli.pipeline)?;
-            let (_, dir) = engine
-                .newest_output_of_kind("evaluate")
-                .map_err(anyhow::Error::msg)?;
-            let metrics = onenet_stages::specs::evaluate::read_metrics(&dir)?;
+            let dir = output_dir(&engine, specs::evaluate::KIND.name)?;
+            let metrics = specs::evaluate::read_metrics(&dir)?;
             match format {
                 Format::Json => {
                     let rows: Vec<_> = metrics
                         .iter()
                         .map(|m| json!({"name": m.name, "method": m.method, "split": m.split, "value": m.value}))
                         .collect();
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::to_string_pretty(&json!({ "metrics": rows }))?
                     );
                 }
                 Format::Text => {
                     for m in metrics {
-                        println!(
+                        outln!(
                             "{:<24} {:<16} {:<5} {:.4}",
-                            m.name, m.method, m.split, m.value
+                            m.name,
+                            m.method,
+                            m.split,
+                            m.value
                         );
                     }
                 }
@@ -240,20 +254,41 @@ fn tch_cpu() -> tch::Device {
     tch::Device::Cpu
 }
 
+/// The stage chosen with `--stage`, for the one task this process runs.
+static CHOSEN_STAGE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// The output folder of the stage of kind `kind` the task reads: the one `--stage` chose (or
+/// the one connected to it), else the first in the file — saying so when there are several.
+fn output_dir(engine: &Engine, kind: &str) -> Result<PathBuf> {
+    Ok(output_stage(engine, kind)?.1)
+}
+
+fn output_stage(engine: &Engine, kind: &str) -> Result<(String, PathBuf)> {
+    let chosen = CHOSEN_STAGE.get().cloned().flatten();
+    let (stage, dir, note) = engine
+        .task_output(kind, chosen.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
+    Ok((stage, dir))
+}
+
 fn load_trained(engine: &Engine) -> Result<onenet_torch::train::TrainedModel> {
-    let (_, dir) = engine
-        .newest_output_of_kind("train")
+    let dir = output_dir(engine, specs::train::KIND.name)
         .map_err(|e| anyhow::anyhow!("the model is not trained yet: {e}"))?;
     Ok(onenet_torch::train::TrainedModel::load(&dir, tch_cpu())?)
 }
 
 /// The backbone of the pipeline's `features` stage, with the same weights.
 fn load_extractor(engine: &Engine) -> Result<onenet_torch::tasks::FeatureExtractor> {
+    let chosen = CHOSEN_STAGE.get().cloned().flatten();
+    let (name, _, _) = engine
+        .task_output(specs::features::KIND.name, chosen.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let decl = engine
         .pipeline
-        .stages
-        .iter()
-        .find(|s| s.kind.name == "features")
+        .stage(&name)
         .context("the pipeline has no features stage")?;
     let backbone = decl.params.str("backbone")?;
     let weights = match decl.params.opt_str("weights") {
@@ -278,22 +313,22 @@ fn print_matches(
                 .iter()
                 .map(|(q, m, u)| json!({"query": q, "matches": m, "unknown_words": u}))
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&json!({ "results": rows }))?
             );
         }
         Format::Text => {
             for (query, matches, unknown) in results {
-                println!("{query}");
+                outln!("{query}");
                 if !unknown.is_empty() {
-                    println!("  (unknown words left out: {})", unknown.join(", "));
+                    outln!("  (unknown words left out: {})", unknown.join(", "));
                 }
                 for m in matches {
                     if m.detail.is_empty() {
-                        println!("  {:>2}. {:.3}  {}", m.rank, m.score, m.id);
+                        outln!("  {:>2}. {:.3}  {}", m.rank, m.score, m.id);
                     } else {
-                        println!("  {:>2}. {:.3}  {}  {}", m.rank, m.score, m.id, m.detail);
+                        outln!("  {:>2}. {:.3}  {}  {}", m.rank, m.score, m.id, m.detail);
                     }
                 }
             }

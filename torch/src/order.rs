@@ -1,38 +1,23 @@
 //! Stage kind `order`: the training set as (feature row, caption tokens) pairs per split, the
-//! train split shuffled with a seed, so training reads a fixed, reproducible order.
+//! train split shuffled with a seed, so training reads a fixed, reproducible order. The pairs
+//! table and its reader are `onenet_stages::specs::order`.
 
-use onenet_stages::specs::order::PAIRS_TABLE;
-use std::path::Path;
-use std::sync::Arc;
-
-use arrow::array::{ArrayRef, ListArray, StringArray, UInt32Array};
-use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, Schema};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::feature_table::FeatureMatrix;
+use crate::features::FeatureMatrix;
+use crate::input_dir;
 use onenet_stages::captions::CAPTIONS_TABLE;
-use onenet_stages::table::{batch, read_parquet, strings, u32_lists, u32s, write_parquet};
-use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
-
-/// One caption of one image, ready for training or evaluation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Pair {
-    pub split: String,
-    pub image_row: u32,
-    pub image_id: String,
-    pub caption_no: u32,
-    pub tokens: Vec<u32>,
-}
+use onenet_stages::specs;
+use onenet_stages::specs::order::{write_pairs, Pair};
+use onenet_stages::table::{read_parquet, strings, u32_lists, u32s};
+use onenet_stages::{captions, StageContext, StageError, StageReport};
 
 pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let seed = ctx.params.int("seed")? as u64;
-    let captions_path = input_of_kind(&ctx.inputs, "captions")?
-        .dir
-        .join(CAPTIONS_TABLE);
+    let captions_path = input_dir(ctx, &captions::KIND)?.join(CAPTIONS_TABLE);
     let device = crate::runtime::Runtime::for_stage(ctx)?.device;
-    let features = FeatureMatrix::read(&input_of_kind(&ctx.inputs, "features")?.dir, device)?;
+    let features = FeatureMatrix::read(input_dir(ctx, &specs::features::KIND)?, device)?;
     let row_of = features.row_of();
 
     let table = read_parquet(&captions_path)?;
@@ -71,7 +56,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         .iter()
         .flat_map(|(_, p)| p.iter().cloned())
         .collect();
-    write_pairs(&ctx.out_dir.join(PAIRS_TABLE), &pairs)?;
+    write_pairs(&ctx.out_dir, &pairs)?;
 
     let mut report = StageReport::default();
     report.notes.push(format!(
@@ -94,67 +79,4 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         ));
     }
     Ok(report)
-}
-
-fn write_pairs(path: &Path, pairs: &[Pair]) -> Result<(), StageError> {
-    let item = Arc::new(Field::new("item", DataType::UInt32, false));
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("split", DataType::Utf8, false),
-        Field::new("image_row", DataType::UInt32, false),
-        Field::new("image_id", DataType::Utf8, false),
-        Field::new("caption_no", DataType::UInt32, false),
-        Field::new("tokens", DataType::List(item.clone()), false),
-    ]));
-    let offsets = OffsetBuffer::from_lengths(pairs.iter().map(|p| p.tokens.len()));
-    let values = UInt32Array::from_iter_values(pairs.iter().flat_map(|p| p.tokens.iter().copied()));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(
-            pairs.iter().map(|p| &p.split),
-        )),
-        Arc::new(UInt32Array::from_iter_values(
-            pairs.iter().map(|p| p.image_row),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            pairs.iter().map(|p| &p.image_id),
-        )),
-        Arc::new(UInt32Array::from_iter_values(
-            pairs.iter().map(|p| p.caption_no),
-        )),
-        Arc::new(
-            ListArray::try_new(item, offsets, Arc::new(values), None).map_err(|e| {
-                StageError::Table {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                }
-            })?,
-        ),
-    ];
-    write_parquet(path, &batch(path, schema, columns)?)
-}
-
-/// Reads the pairs an `order` stage wrote into `dir`, in stored order.
-pub fn read_pairs(dir: &Path) -> Result<Vec<Pair>, StageError> {
-    let path = dir.join(PAIRS_TABLE);
-    let table = read_parquet(&path)?;
-    let splits = strings(&path, &table, "split")?;
-    let rows = u32s(&path, &table, "image_row")?;
-    let ids = strings(&path, &table, "image_id")?;
-    let numbers = u32s(&path, &table, "caption_no")?;
-    let tokens = u32_lists(&path, &table, "tokens")?;
-    Ok(splits
-        .into_iter()
-        .zip(rows)
-        .zip(ids)
-        .zip(numbers)
-        .zip(tokens)
-        .map(
-            |((((split, image_row), image_id), caption_no), tokens)| Pair {
-                split,
-                image_row,
-                image_id,
-                caption_no,
-                tokens,
-            },
-        )
-        .collect())
 }

@@ -8,19 +8,19 @@ use serde::Serialize;
 use tch::{Device, Tensor};
 
 use crate::backbone::{Backbone, BackboneKind};
-use crate::embed::{flatten, mean_word_embedding, word_matrix, EmbeddingTable};
+use crate::embed::{flatten, mean_word_embedding, word_matrix};
 use crate::features::decode_resized;
 use crate::model::{invert, rank_by_likelihood};
 use crate::train::TrainedModel;
-use onenet_stages::metrics::{l2_normalize_rows, top_k_cosine};
-use onenet_stages::specs::embed::{CAPTION_EMBEDDINGS, IMAGE_EMBEDDINGS, WORD_EMBEDDINGS};
+use onenet_stages::metrics::SimilarityIndex;
+use onenet_stages::specs::embed::{CaptionEmbeddings, ImageEmbeddings, WordEmbeddings};
 use onenet_stages::StageError;
 
 /// One retrieved item with its similarity.
 #[derive(Debug, Clone, Serialize)]
 pub struct Match {
     pub rank: usize,
-    /// Image id, word, or "image_id#caption_no".
+    /// Image id, word, or the image id of the caption.
     pub id: String,
     /// Image path or caption text.
     pub detail: String,
@@ -34,58 +34,65 @@ pub struct Captioned {
     pub caption: String,
 }
 
-/// The image embeddings of every image, L2-normalised, with ids and paths.
+/// Ranked `(row, score)` pairs as matches, with each row's id and detail.
+fn matches(
+    ranked: impl IntoIterator<Item = (usize, f32)>,
+    id: impl Fn(usize) -> String,
+    detail: impl Fn(usize) -> String,
+) -> Vec<Match> {
+    ranked
+        .into_iter()
+        .enumerate()
+        .map(|(i, (row, score))| Match {
+            rank: i + 1,
+            id: id(row),
+            detail: detail(row),
+            score,
+        })
+        .collect()
+}
+
+/// The image embeddings of every image, searchable by cosine, with ids and paths.
 pub struct ImageIndex {
-    pub ids: Vec<String>,
+    /// By image id.
+    pub index: SimilarityIndex,
     pub paths: Vec<String>,
-    pub vectors: Vec<f32>,
-    pub dim: usize,
     /// The embeddings as the model made them (not normalised): what the captioner reads.
     pub raw: Vec<f32>,
 }
 
 impl ImageIndex {
     pub fn read(embed_dir: &Path) -> Result<ImageIndex, StageError> {
-        let mut table =
-            EmbeddingTable::read(&embed_dir.join(IMAGE_EMBEDDINGS), &["image_id", "path"])?;
-        let raw = table.vectors.clone();
-        l2_normalize_rows(&mut table.vectors, table.dim);
-        let paths = table.keys.pop().unwrap_or_default();
-        let ids = table.keys.pop().unwrap_or_default();
+        let table = ImageEmbeddings::read(embed_dir)?;
+        let raw = table.vectors.values.clone();
         Ok(ImageIndex {
-            ids,
-            paths,
-            vectors: table.vectors,
-            dim: table.dim,
+            index: table.vectors.into_index(table.image_ids),
+            paths: table.paths,
             raw,
         })
     }
 
     /// The `k` images nearest `query` by cosine, leaving out row `exclude`.
     pub fn nearest(&self, query: &[f32], k: usize, exclude: Option<usize>) -> Vec<Match> {
-        self.matches(top_k_cosine(query, &self.vectors, self.dim, k, exclude))
+        self.matches(self.index.nearest(query, k, exclude))
     }
 
     /// Ranked `(row, score)` pairs as matches.
     fn matches(&self, ranked: impl IntoIterator<Item = (usize, f32)>) -> Vec<Match> {
-        ranked
-            .into_iter()
-            .enumerate()
-            .map(|(i, (row, score))| Match {
-                rank: i + 1,
-                id: self.ids[row].clone(),
-                detail: self.paths[row].clone(),
-                score,
-            })
-            .collect()
+        matches(
+            ranked,
+            |row| self.index.id(row).to_string(),
+            |row| self.paths[row].clone(),
+        )
     }
 
     pub fn row_of(&self, image_id: &str) -> Option<usize> {
-        self.ids.iter().position(|i| i == image_id)
+        self.index.row_of(image_id)
     }
 
+    /// Row `row`'s embedding, L2-normalised.
     pub fn vector(&self, row: usize) -> &[f32] {
-        &self.vectors[row * self.dim..(row + 1) * self.dim]
+        self.index.vector(row)
     }
 }
 
@@ -162,35 +169,19 @@ pub fn embed_file(
 
 /// The `k` words nearest `word` by cosine of their embeddings.
 pub fn similar_words(embed_dir: &Path, word: &str, k: usize) -> Result<Vec<Match>, StageError> {
-    let path = embed_dir.join(WORD_EMBEDDINGS);
-    let mut table = EmbeddingTable::read(&path, &["token"])?;
-    l2_normalize_rows(&mut table.vectors, table.dim);
-    let tokens = &table.keys[0];
+    let table = WordEmbeddings::read(embed_dir)?;
+    let words = table.vectors.into_index(table.tokens);
     let normalized = word.trim().to_lowercase();
-    let row = tokens
-        .iter()
-        .position(|t| *t == normalized)
-        .ok_or_else(|| {
-            StageError::Input(format!("unknown word {word:?}: not in the vocabulary"))
-        })?;
-    let dim = table.dim;
-    let query = table.vectors[row * dim..(row + 1) * dim].to_vec();
-    // Special tokens are not words anyone asks about.
+    let row = words.row_of(&normalized).ok_or_else(|| {
+        StageError::Input(format!("unknown word {word:?}: not in the vocabulary"))
+    })?;
+    // Special tokens (the first token ids) are not words anyone asks about.
     let specials = onenet_stages::captions::SPECIAL_TOKENS.len();
-    Ok(
-        top_k_cosine(&query, &table.vectors, dim, k + specials, Some(row))
-            .into_iter()
-            .filter(|(r, _)| *r >= specials)
-            .take(k)
-            .enumerate()
-            .map(|(i, (r, score))| Match {
-                rank: i + 1,
-                id: tokens[r].clone(),
-                detail: String::new(),
-                score,
-            })
-            .collect(),
-    )
+    Ok(matches(
+        words.neighbours(row, k, |other| other >= specials),
+        |r| words.id(r).to_string(),
+        |_| String::new(),
+    ))
 }
 
 /// The `k` captions nearest `text` by cosine of caption embeddings (mean word embeddings), and
@@ -216,20 +207,14 @@ pub fn similar_captions(
         .collect();
     let dim = trained.model.config.embed_dim as usize;
     let query = mean_word_embedding(&word_matrix(trained), dim, &tokens);
-    let path = embed_dir.join(CAPTION_EMBEDDINGS);
-    let mut table = EmbeddingTable::read(&path, &["image_id", "caption"])?;
-    l2_normalize_rows(&mut table.vectors, table.dim);
-    let matches = top_k_cosine(&query, &table.vectors, table.dim, k, None)
-        .into_iter()
-        .enumerate()
-        .map(|(i, (r, score))| Match {
-            rank: i + 1,
-            id: table.keys[0][r].clone(),
-            detail: table.keys[1][r].clone(),
-            score,
-        })
-        .collect();
-    Ok((matches, unknown))
+    let table = CaptionEmbeddings::read(embed_dir)?;
+    let captions = table.vectors.into_index(table.image_ids);
+    let found = matches(
+        captions.nearest(&query, k, None),
+        |r| captions.id(r).to_string(),
+        |r| table.captions[r].clone(),
+    );
+    Ok((found, unknown))
 }
 
 /// The images found for one caption, and its words not in the vocabulary.
@@ -270,22 +255,24 @@ pub fn find_images(
     let (z, _) = invert(&trained.model, &slices, steps, restarts, learning_rate);
     let z = flatten(&z);
     // What the captioner scores candidates on; only needed when re-ordering.
+    let dim = index.index.dim();
     let embeddings = (rerank > 0).then(|| {
         Tensor::from_slice(&index.raw)
-            .view([-1, index.dim as i64])
+            .view([-1, dim as i64])
             .to_device(trained.model.device())
     });
     Ok(unknowns
         .into_iter()
         .enumerate()
         .map(|(q, unknown)| {
-            let found = &z[q * index.dim..(q + 1) * index.dim];
+            let found = &z[q * dim..(q + 1) * dim];
             let matches = if let Some(embeddings) = &embeddings {
-                let rows: Vec<usize> =
-                    top_k_cosine(found, &index.vectors, index.dim, rerank.max(k), None)
-                        .into_iter()
-                        .map(|(row, _)| row)
-                        .collect();
+                let rows: Vec<usize> = index
+                    .index
+                    .nearest(found, rerank.max(k), None)
+                    .into_iter()
+                    .map(|(row, _)| row)
+                    .collect();
                 let ranked = rank_by_likelihood(&trained.model, slices[q], embeddings, &rows);
                 index.matches(ranked.into_iter().take(k).map(|(r, s)| (r, s as f32)))
             } else {

@@ -2,27 +2,25 @@
 //! measuring dev loss and dev BLEU-4 every epoch, checkpointing every epoch so a killed run
 //! resumes, and writing the model (safetensors + JSON config + its vocabulary) and a training log.
 
-use onenet_stages::specs::train::{MODEL_FILE, MODEL_INFO, TRAIN_LOG};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, Float64Array, UInt32Array};
-use arrow::datatypes::{DataType, Field, Schema};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use crate::feature_table::FeatureMatrix;
+use crate::features::FeatureMatrix;
+use crate::input_dir;
 use crate::model::{pad_tokens, CaptionModel, ModelConfig};
 use crate::optim::Adam;
-use crate::order::{read_pairs, Pair};
-use onenet_stages::captions::{Vocabulary, VOCAB_TABLE};
+use onenet_stages::captions::{self, Vocabulary, VOCAB_TABLE};
 use onenet_stages::metrics::corpus_bleu;
-use onenet_stages::table::{batch, write_parquet};
-use onenet_stages::{input_of_kind, StageContext, StageError, StageReport};
+use onenet_stages::specs;
+use onenet_stages::specs::order::{read_pairs, Pair};
+use onenet_stages::specs::train::{write_log, EpochLog, MODEL_FILE, MODEL_INFO};
+use onenet_stages::{StageContext, StageError, StageReport};
 
 const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 const CHECKPOINT_INFO: &str = "checkpoint.json";
@@ -36,17 +34,6 @@ pub struct ModelInfo {
     pub vocab_hash: String,
     pub max_length: usize,
     pub hyper_parameters: BTreeMap<String, String>,
-}
-
-/// One epoch of the training log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochLog {
-    pub epoch: u32,
-    pub train_loss: f64,
-    pub dev_loss: f64,
-    pub dev_bleu4: f64,
-    pub seconds: f64,
-    pub samples_per_second: f64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -97,11 +84,9 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let batch_size = p.int("batch_size")? as usize;
     let max_length = p.int("max_length")? as usize;
 
-    let pairs = read_pairs(&input_of_kind(&ctx.inputs, "order")?.dir)?;
-    let features = FeatureMatrix::read(&input_of_kind(&ctx.inputs, "features")?.dir, device)?;
-    let vocab_path = input_of_kind(&ctx.inputs, "captions")?
-        .dir
-        .join(VOCAB_TABLE);
+    let pairs = read_pairs(input_dir(ctx, &specs::order::KIND)?)?;
+    let features = FeatureMatrix::read(input_dir(ctx, &specs::features::KIND)?, device)?;
+    let vocab_path = input_dir(ctx, &captions::KIND)?.join(VOCAB_TABLE);
     let vocab = Vocabulary::read(&vocab_path)?;
     let glove = match glove_dir(p, &ctx.base_dir) {
         Some(dir) => Some(crate::glove::vectors_for(&dir, &vocab)?),
@@ -196,7 +181,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     .map_err(|e| StageError::io(&info_path, e))?;
     std::fs::copy(&vocab_path, ctx.out_dir.join(VOCAB_TABLE))
         .map_err(|e| StageError::io(&vocab_path, e))?;
-    write_log(&ctx.out_dir.join(TRAIN_LOG), &log)?;
+    write_log(&ctx.out_dir, &log)?;
 
     let mut report = StageReport::default();
     if let Some(glove) = &glove {
@@ -378,29 +363,6 @@ fn save_checkpoint(
     )
     .map_err(|e| StageError::io(&info_tmp, e))?;
     std::fs::rename(&info_tmp, &info_path).map_err(|e| StageError::io(&info_path, e))
-}
-
-fn write_log(path: &Path, log: &[EpochLog]) -> Result<(), StageError> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("epoch", DataType::UInt32, false),
-        Field::new("train_loss", DataType::Float64, false),
-        Field::new("dev_loss", DataType::Float64, false),
-        Field::new("dev_bleu4", DataType::Float64, false),
-        Field::new("seconds", DataType::Float64, false),
-        Field::new("samples_per_second", DataType::Float64, false),
-    ]));
-    let f = |get: fn(&EpochLog) -> f64| -> ArrayRef {
-        Arc::new(Float64Array::from_iter_values(log.iter().map(get)))
-    };
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(UInt32Array::from_iter_values(log.iter().map(|l| l.epoch))),
-        f(|l| l.train_loss),
-        f(|l| l.dev_loss),
-        f(|l| l.dev_bleu4),
-        f(|l| l.seconds),
-        f(|l| l.samples_per_second),
-    ];
-    write_parquet(path, &batch(path, schema, columns)?)
 }
 
 /// Distinct image rows of `pairs` with all their captions, in first-seen order.

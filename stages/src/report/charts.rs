@@ -9,6 +9,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::canvas::{draw_error, render, FONT_FAMILY};
+use crate::specs::train::EpochLog;
 use crate::StageError;
 
 /// One box of the pipeline graph.
@@ -158,19 +159,10 @@ fn arrow_head(from: (i32, i32), to: (i32, i32)) -> Polygon<(i32, i32)> {
     Polygon::new(vec![to, corner(1.0), corner(-1.0)], BLACK.filled())
 }
 
-/// One epoch of the training log.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EpochPoint {
-    pub epoch: u32,
-    pub train_loss: f64,
-    pub dev_loss: f64,
-    pub dev_bleu4: f64,
-}
-
 pub const TRAINING_SIZE: (u32, u32) = (1200, 420);
 
 /// Draws the loss curves (left) and the dev BLEU-4 curve (right) into `path` (PNG).
-pub fn training_curves(path: &Path, log: &[EpochPoint]) -> Result<(), StageError> {
+pub fn training_curves(path: &Path, log: &[EpochLog]) -> Result<(), StageError> {
     render(path, TRAINING_SIZE, |root| {
         let err = |e| draw_error(path, e);
         let (left, right) = root.split_horizontally(TRAINING_SIZE.0 / 2);
@@ -318,12 +310,14 @@ mod tests {
         assert_eq!((picture.width(), picture.height()), (width, height));
 
         let curves = dir.path().join("curves.png");
-        let log: Vec<EpochPoint> = (1..=3)
-            .map(|e| EpochPoint {
+        let log: Vec<EpochLog> = (1..=3)
+            .map(|e| EpochLog {
                 epoch: e,
                 train_loss: 2.0 / e as f64,
                 dev_loss: 2.5 / e as f64,
                 dev_bleu4: 0.1 * e as f64,
+                seconds: 1.0,
+                samples_per_second: 100.0,
             })
             .collect();
         training_curves(&curves, &log).unwrap();
@@ -332,11 +326,13 @@ mod tests {
         // Something was drawn: not every pixel is the white background.
         assert!(picture.pixels().any(|p| p.0 != [255, 255, 255]));
         // A log with one epoch and NaN dev figures (no dev split) still draws.
-        let single = [EpochPoint {
+        let single = [EpochLog {
             epoch: 1,
             train_loss: 1.0,
             dev_loss: f64::NAN,
             dev_bleu4: f64::NAN,
+            seconds: 1.0,
+            samples_per_second: f64::NAN,
         }];
         training_curves(&curves, &single).unwrap();
     }

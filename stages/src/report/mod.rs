@@ -14,20 +14,17 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
 
-use arrow::array::{Float64Array, UInt32Array, UInt64Array};
-
 use crate::captions::SPECIAL_TOKENS;
-use crate::metrics::{l2_normalize_rows, top_k_cosine};
-use crate::specs::embed::{IMAGE_EMBEDDINGS, WORD_EMBEDDINGS};
-use crate::specs::evaluate::{read_metrics, Metric, EXAMPLES_TABLE, RANKS_TABLE};
-use crate::specs::train::TRAIN_LOG;
-use crate::table::{column, embedding_rows, read_parquet, string_lists, strings, u32s};
+use crate::metrics::SimilarityIndex;
+use crate::specs::embed::{ImageEmbeddings, WordEmbeddings};
+use crate::specs::evaluate::{read_examples, read_metrics, read_ranks, Example, Metric, Rank};
+use crate::specs::train::{read_log, EpochLog};
 use crate::tsne::{IMAGE_PLOT, WORD_PLOT};
 use crate::{
     input_of_kind, Effect, InputRule, ParamDefault, ParamSpec, ParamType, StageContext, StageError,
     StageKind, StageReport, UpstreamRecord,
 };
-use charts::{EpochPoint, GraphNode, NodeState};
+use charts::{GraphNode, NodeState};
 use html::{data_uri, escape};
 
 pub const KIND: StageKind = StageKind {
@@ -201,57 +198,6 @@ impl<'a> Thumbnails<'a> {
     }
 }
 
-/// One test picture with its captions, from the evaluation's examples table.
-struct Example {
-    image_id: String,
-    greedy: String,
-    beam: String,
-    reference: String,
-}
-
-/// One retrieval query of the evaluation: a caption, the picture it was written for, where
-/// inversion ranked that picture and what it found.
-struct Query {
-    image_id: String,
-    caption: String,
-    rank: u32,
-    found: Vec<String>,
-}
-
-/// A table of embeddings: one key per row, rows L2-normalised.
-struct Embeddings {
-    keys: Vec<String>,
-    vectors: Vec<f32>,
-    dim: usize,
-}
-
-impl Embeddings {
-    fn read(path: &Path, key: &str) -> Result<(Self, arrow::array::RecordBatch), StageError> {
-        let table = read_parquet(path)?;
-        let keys = strings(path, &table, key)?;
-        let (mut vectors, dim) = embedding_rows(path, &table, "embedding")?;
-        if dim == 0 && !keys.is_empty() {
-            return Err(StageError::file(path, "the embeddings have width 0"));
-        }
-        l2_normalize_rows(&mut vectors, dim.max(1));
-        Ok((Embeddings { keys, vectors, dim }, table))
-    }
-
-    fn row_of(&self, key: &str) -> Option<usize> {
-        self.keys.iter().position(|k| k == key)
-    }
-
-    /// The `k` rows nearest to row `row` (itself excluded), best first, with their cosine.
-    fn nearest(&self, row: usize, k: usize, allowed: impl Fn(usize) -> bool) -> Vec<(usize, f32)> {
-        let query = &self.vectors[row * self.dim..(row + 1) * self.dim];
-        top_k_cosine(query, &self.vectors, self.dim, self.keys.len(), Some(row))
-            .into_iter()
-            .filter(|&(i, _)| allowed(i))
-            .take(k)
-            .collect()
-    }
-}
-
 fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let settings = Settings::from_params(&ctx.params)?;
     let train_dir = &input_of_kind(&ctx.inputs, "train")?.dir;
@@ -263,23 +209,21 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         .find(|i| i.kind == "tsne")
         .map(|i| i.dir.as_path());
 
-    let log = read_training_log(&train_dir.join(TRAIN_LOG))?;
+    let log = read_log(train_dir)?;
     let metrics = read_metrics(evaluate_dir)?;
-    let examples = read_examples(&evaluate_dir.join(EXAMPLES_TABLE))?;
-    let queries = read_queries(&evaluate_dir.join(RANKS_TABLE))?;
-    let image_path = embed_dir.join(IMAGE_EMBEDDINGS);
-    let (images, image_table) = Embeddings::read(&image_path, "image_id")?;
-    let image_files = strings(&image_path, &image_table, "path")?;
-    let word_path = embed_dir.join(WORD_EMBEDDINGS);
-    let (words, word_table) = Embeddings::read(&word_path, "token")?;
-    let word_counts = column::<UInt64Array>(&word_path, &word_table, "count")?
-        .values()
-        .to_vec();
+    let examples = read_examples(evaluate_dir)?;
+    let queries = read_ranks(evaluate_dir)?;
+    let image_table = ImageEmbeddings::read(embed_dir)?;
+    let image_files = image_table.paths;
+    let images = image_table.vectors.into_index(image_table.image_ids);
+    let word_table = WordEmbeddings::read(embed_dir)?;
+    let word_counts = word_table.counts;
+    let words = word_table.vectors.into_index(word_table.tokens);
 
     let mut warnings = Vec::new();
     let mut thumbnails = Thumbnails {
         paths: images
-            .keys
+            .ids()
             .iter()
             .map(String::as_str)
             .zip(image_files.iter().map(String::as_str))
@@ -476,69 +420,6 @@ fn lineage_row(record: &UpstreamRecord) -> String {
     )
 }
 
-fn read_training_log(path: &Path) -> Result<Vec<EpochPoint>, StageError> {
-    let table = read_parquet(path)?;
-    let epochs = column::<UInt32Array>(path, &table, "epoch")?;
-    let floats =
-        |name: &str| column::<Float64Array>(path, &table, name).map(|c| c.values().to_vec());
-    let (train, dev, bleu) = (
-        floats("train_loss")?,
-        floats("dev_loss")?,
-        floats("dev_bleu4")?,
-    );
-    Ok(epochs
-        .values()
-        .iter()
-        .enumerate()
-        .map(|(i, &epoch)| EpochPoint {
-            epoch,
-            train_loss: train[i],
-            dev_loss: dev[i],
-            dev_bleu4: bleu[i],
-        })
-        .collect())
-}
-
-fn read_examples(path: &Path) -> Result<Vec<Example>, StageError> {
-    let table = read_parquet(path)?;
-    let ids = strings(path, &table, "image_id")?;
-    let greedy = strings(path, &table, "greedy")?;
-    let beam = strings(path, &table, "beam")?;
-    let reference = strings(path, &table, "reference")?;
-    Ok(ids
-        .into_iter()
-        .zip(greedy)
-        .zip(beam)
-        .zip(reference)
-        .map(|(((image_id, greedy), beam), reference)| Example {
-            image_id,
-            greedy,
-            beam,
-            reference,
-        })
-        .collect())
-}
-
-fn read_queries(path: &Path) -> Result<Vec<Query>, StageError> {
-    let table = read_parquet(path)?;
-    let ids = strings(path, &table, "image_id")?;
-    let captions = strings(path, &table, "caption")?;
-    let ranks = u32s(path, &table, "invert_rank")?;
-    let found = string_lists(path, &table, "invert_found")?;
-    Ok(ids
-        .into_iter()
-        .zip(captions)
-        .zip(ranks)
-        .zip(found)
-        .map(|(((image_id, caption), rank), found)| Query {
-            image_id,
-            caption,
-            rank,
-            found,
-        })
-        .collect())
-}
-
 fn number_text(value: f64) -> String {
     if value.is_nan() {
         "–".to_string()
@@ -624,7 +505,7 @@ fn metrics_section(metrics: &[Metric], body: &mut String) {
 
 fn training_section(
     ctx: &StageContext,
-    log: &[EpochPoint],
+    log: &[EpochLog],
     body: &mut String,
 ) -> Result<(), StageError> {
     section_start(
@@ -735,7 +616,7 @@ fn figure(thumbnails: &mut Thumbnails, id: &str, caption: &str, class: &str) -> 
 
 fn similar_images_section(
     examples: &[Example],
-    images: &Embeddings,
+    images: &SimilarityIndex,
     settings: &Settings,
     thumbnails: &mut Thumbnails,
     body: &mut String,
@@ -758,8 +639,8 @@ fn similar_images_section(
             &format!("query<br>{}", escape(&example.image_id)),
             "query",
         ));
-        for (i, score) in images.nearest(row, settings.neighbours, |_| true) {
-            let id = &images.keys[i];
+        for (i, score) in images.neighbours(row, settings.neighbours, |_| true) {
+            let id = images.id(i);
             body.push_str(&figure(
                 thumbnails,
                 id,
@@ -775,7 +656,7 @@ fn similar_images_section(
 /// The words to show: those the params name, else the most frequent words of four letters or more
 /// (short words are mostly function words).
 fn chosen_words(
-    words: &Embeddings,
+    words: &SimilarityIndex,
     counts: &[u64],
     settings: &Settings,
     warnings: &mut Vec<String>,
@@ -795,10 +676,8 @@ fn chosen_words(
             })
             .collect();
     }
-    let mut rows: Vec<usize> = (0..words.keys.len())
-        .filter(|&i| {
-            !SPECIAL_TOKENS.contains(&words.keys[i].as_str()) && words.keys[i].chars().count() >= 4
-        })
+    let mut rows: Vec<usize> = (0..words.len())
+        .filter(|&i| !SPECIAL_TOKENS.contains(&words.id(i)) && words.id(i).chars().count() >= 4)
         .collect();
     rows.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
     rows.truncate(settings.queries.max(1));
@@ -806,7 +685,7 @@ fn chosen_words(
 }
 
 fn similar_words_section(
-    words: &Embeddings,
+    words: &SimilarityIndex,
     counts: &[u64],
     settings: &Settings,
     body: &mut String,
@@ -819,17 +698,17 @@ fn similar_words_section(
         "Words whose learned embeddings are nearest (cosine), special tokens left out.",
     );
     body.push_str("<table>\n<tr><th>word</th><th>nearest words (cosine)</th></tr>\n");
-    let is_word = |i: usize| !SPECIAL_TOKENS.contains(&words.keys[i].as_str());
+    let is_word = |i: usize| !SPECIAL_TOKENS.contains(&words.id(i));
     for row in chosen_words(words, counts, settings, warnings) {
         let neighbours: Vec<String> = words
-            .nearest(row, settings.neighbours, is_word)
+            .neighbours(row, settings.neighbours, is_word)
             .into_iter()
-            .map(|(i, score)| format!("{} ({score:.3})", escape(&words.keys[i])))
+            .map(|(i, score)| format!("{} ({score:.3})", escape(words.id(i))))
             .collect();
         let _ = writeln!(
             body,
             "<tr><td><b>{}</b></td><td>{}</td></tr>",
-            escape(&words.keys[row]),
+            escape(words.id(row)),
             neighbours.join(", ")
         );
     }
@@ -837,7 +716,7 @@ fn similar_words_section(
 }
 
 fn find_images_section(
-    queries: &[Query],
+    queries: &[Rank],
     settings: &Settings,
     thumbnails: &mut Thumbnails,
     body: &mut String,
@@ -863,7 +742,7 @@ fn find_images_section(
             body,
             "<p><b>“{}”</b> — the right picture ranks {}</p>\n<div class=\"row\">",
             escape(&query.caption),
-            query.rank
+            query.invert_rank
         );
         body.push_str(&figure(
             thumbnails,
@@ -871,7 +750,12 @@ fn find_images_section(
             &format!("written for<br>{}", escape(&query.image_id)),
             "query",
         ));
-        for (i, id) in query.found.iter().take(settings.neighbours).enumerate() {
+        for (i, id) in query
+            .invert_found
+            .iter()
+            .take(settings.neighbours)
+            .enumerate()
+        {
             let class = if *id == query.image_id { "hit" } else { "" };
             body.push_str(&figure(
                 thumbnails,

@@ -5,35 +5,28 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, StringArray, UInt32Array, UInt64Array};
-use arrow::datatypes::{Field, Schema};
+use arrow::array::UInt32Array;
 use base64::Engine as _;
 
 use super::*;
 use crate::params::ParamValue;
-use crate::specs::evaluate::METRICS_TABLE;
-use crate::table::{batch, embedding_column, embedding_type, string_list_column, write_parquet};
+use crate::specs::embed::Vectors;
+use crate::specs::evaluate::{
+    ranks_columns, write_examples, write_metrics, write_ranks, RANKS_TABLE,
+};
+use crate::specs::train::write_log;
+use crate::table::{nullable, required, string_column, u32_column, write_columns};
 use crate::{NoProgress, Params, StageInput, StageJob};
 
-fn write_table(path: &Path, columns: Vec<(&str, ArrayRef)>) {
-    let schema = Arc::new(Schema::new(
-        columns
-            .iter()
-            .map(|(name, array)| Field::new(*name, array.data_type().clone(), true))
-            .collect::<Vec<_>>(),
-    ));
-    let arrays = columns.into_iter().map(|(_, a)| a).collect();
-    write_parquet(path, &batch(path, schema, arrays).unwrap()).unwrap();
+fn strings_of(values: &[&str]) -> Vec<String> {
+    values.iter().map(|s| s.to_string()).collect()
 }
 
-fn strs(values: &[&str]) -> ArrayRef {
-    Arc::new(StringArray::from_iter_values(values))
-}
-
-fn embeddings(rows: &[[f32; 3]]) -> ArrayRef {
-    let column = embedding_column(3, rows.iter().flatten().copied().collect()).unwrap();
-    assert_eq!(column.data_type(), &embedding_type(3));
-    column
+fn vectors(rows: &[[f32; 3]]) -> Vectors {
+    Vectors {
+        values: rows.iter().flatten().copied().collect(),
+        dim: 3,
+    }
 }
 
 /// Upstream outputs of a tiny pipeline: five readable pictures and one corrupt file.
@@ -47,6 +40,8 @@ struct Upstream {
 
 const IDS: [&str; 6] = ["img0", "img1", "img2", "img3", "img4", "broken"];
 
+/// With `ranks_have_found` false, the ranks table is one an older `evaluate` wrote: without the
+/// pictures inversion found.
 fn upstream(ranks_have_found: bool) -> Upstream {
     let root = tempfile::tempdir().unwrap();
     let dir = |name: &str| {
@@ -79,118 +74,109 @@ fn upstream(ranks_have_found: bool) -> Upstream {
             .save(tsne.join(plot))
             .unwrap();
     }
-    let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
 
     // img1 is img0's nearest picture; img3 is img2's.
-    write_table(
-        &embed.join(IMAGE_EMBEDDINGS),
-        vec![
-            ("image_id", strs(&IDS)),
-            ("split", strs(&["test"; 6])),
-            ("path", strs(&path_refs)),
-            (
-                "embedding",
-                embeddings(&[
-                    [1.0, 0.0, 0.0],
-                    [0.9, 0.2, 0.0],
-                    [0.0, 1.0, 0.0],
-                    [0.1, 0.9, 0.1],
-                    [0.0, 0.0, 1.0],
-                    [0.5, 0.5, 0.5],
-                ]),
-            ),
+    ImageEmbeddings {
+        image_ids: strings_of(&IDS),
+        splits: strings_of(&["test"; 6]),
+        paths: paths.clone(),
+        vectors: vectors(&[
+            [1.0, 0.0, 0.0],
+            [0.9, 0.2, 0.0],
+            [0.0, 1.0, 0.0],
+            [0.1, 0.9, 0.1],
+            [0.0, 0.0, 1.0],
+            [0.5, 0.5, 0.5],
+        ]),
+    }
+    .write(&embed)
+    .unwrap();
+    WordEmbeddings {
+        tokens: strings_of(&[
+            "<pad>", "<start>", "<end>", "<unk>", "red", "crimson", "blue", "a",
+        ]),
+        counts: vec![0, 0, 0, 0, 9, 2, 7, 30],
+        vectors: vectors(&[
+            [1.0, 0.0, 0.0],
+            [1.0, 0.01, 0.0],
+            [0.0, 0.0, 1.0],
+            [0.0, 1.0, 1.0],
+            [0.0, 1.0, 0.0],
+            [0.1, 0.95, 0.0],
+            [0.0, 0.0, 1.0],
+            [1.0, 1.0, 0.0],
+        ]),
+    }
+    .write(&embed)
+    .unwrap();
+    let epoch = |epoch: u32, train_loss: f64, dev_loss: f64, dev_bleu4: f64| EpochLog {
+        epoch,
+        train_loss,
+        dev_loss,
+        dev_bleu4,
+        seconds: 60.0,
+        samples_per_second: 500.0,
+    };
+    write_log(
+        &train,
+        &[
+            epoch(1, 2.0, 2.1, 0.1),
+            epoch(2, 1.2, 1.5, 0.3),
+            epoch(3, 0.9, 1.3, 0.4),
         ],
-    );
-    write_table(
-        &embed.join(WORD_EMBEDDINGS),
-        vec![
-            ("token_id", Arc::new(UInt32Array::from_iter_values(0..8))),
-            (
-                "token",
-                strs(&[
-                    "<pad>", "<start>", "<end>", "<unk>", "red", "crimson", "blue", "a",
-                ]),
-            ),
-            (
-                "count",
-                Arc::new(UInt64Array::from_iter_values([0, 0, 0, 0, 9, 2, 7, 30])),
-            ),
-            (
-                "embedding",
-                embeddings(&[
-                    [1.0, 0.0, 0.0],
-                    [1.0, 0.01, 0.0],
-                    [0.0, 0.0, 1.0],
-                    [0.0, 1.0, 1.0],
-                    [0.0, 1.0, 0.0],
-                    [0.1, 0.95, 0.0],
-                    [0.0, 0.0, 1.0],
-                    [1.0, 1.0, 0.0],
-                ]),
-            ),
+    )
+    .unwrap();
+    let metric = |name: &str, method: &str, value: f64| Metric {
+        name: name.into(),
+        method: method.into(),
+        split: "test".into(),
+        value,
+    };
+    write_metrics(
+        &evaluate,
+        &[
+            metric("bleu4", "greedy", 0.614),
+            metric("bleu4", "beam", 0.658),
+            metric("r1", "invert", 0.505),
+            metric("median_rank", "invert", 1.0),
+            metric("odd", "x", 0.25),
         ],
-    );
-    write_table(
-        &train.join(TRAIN_LOG),
-        vec![
-            ("epoch", Arc::new(UInt32Array::from_iter_values(1..=3))),
-            (
-                "train_loss",
-                Arc::new(Float64Array::from(vec![2.0, 1.2, 0.9])),
-            ),
-            (
-                "dev_loss",
-                Arc::new(Float64Array::from(vec![2.1, 1.5, 1.3])),
-            ),
-            (
-                "dev_bleu4",
-                Arc::new(Float64Array::from(vec![0.1, 0.3, 0.4])),
-            ),
+    )
+    .unwrap();
+    let example = |row: usize, greedy: &str, beam: &str, reference: &str| Example {
+        image_id: IDS[row].into(),
+        path: paths[row].clone(),
+        greedy: greedy.into(),
+        beam: beam.into(),
+        reference: reference.into(),
+    };
+    write_examples(
+        &evaluate,
+        &[
+            example(0, "a <b>bold</b> dog", "a dog runs", "a dog"),
+            example(2, "a cat", "a cat sits", "a cat"),
+            example(5, "a thing", "a thing", "something"),
         ],
-    );
-    write_table(
-        &evaluate.join(METRICS_TABLE),
-        vec![
-            (
-                "metric",
-                strs(&["bleu4", "bleu4", "r1", "median_rank", "odd"]),
-            ),
-            ("method", strs(&["greedy", "beam", "invert", "invert", "x"])),
-            ("split", strs(&["test"; 5])),
-            (
-                "value",
-                Arc::new(Float64Array::from(vec![0.614, 0.658, 0.505, 1.0, 0.25])),
-            ),
-        ],
-    );
-    write_table(
-        &evaluate.join(EXAMPLES_TABLE),
-        vec![
-            ("image_id", strs(&["img0", "img2", "broken"])),
-            ("path", strs(&[path_refs[0], path_refs[2], path_refs[5]])),
-            ("greedy", strs(&["a <b>bold</b> dog", "a cat", "a thing"])),
-            ("beam", strs(&["a dog runs", "a cat sits", "a thing"])),
-            ("reference", strs(&["a dog", "a cat", "something"])),
-        ],
-    );
-    let mut ranks: Vec<(&str, ArrayRef)> = vec![
-        ("image_id", strs(&["img0", "img0", "img2"])),
-        ("caption_no", Arc::new(UInt32Array::from(vec![0, 1, 0]))),
-        ("caption", strs(&["a dog", "a brown dog", "a cat"])),
-        ("invert_rank", Arc::new(UInt32Array::from(vec![1, 2, 4]))),
+    )
+    .unwrap();
+    let rank = |image_id: &str, caption_no: u32, caption: &str, invert_rank, found: &[&str]| Rank {
+        image_id: image_id.into(),
+        caption_no,
+        caption: caption.into(),
+        invert_rank,
+        invert_found: strings_of(found),
+        embed_rank: None,
+    };
+    let ranks = [
+        rank("img0", 0, "a dog", 1, &["img0", "img1", "img4"]),
+        rank("img0", 1, "a brown dog", 2, &["img1", "img0", "img4"]),
+        rank("img2", 0, "a cat", 4, &["img1", "img4", "img3"]),
     ];
     if ranks_have_found {
-        let found = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        ranks.push((
-            "invert_found",
-            string_list_column(&[
-                found(&["img0", "img1", "img4"]),
-                found(&["img1", "img0", "img4"]),
-                found(&["img1", "img4", "img3"]),
-            ]),
-        ));
+        write_ranks(&evaluate, &ranks).unwrap();
+    } else {
+        write_old_ranks(&evaluate.join(RANKS_TABLE), &ranks);
     }
-    write_table(&evaluate.join(RANKS_TABLE), ranks);
     Upstream {
         _root: root,
         train,
@@ -198,6 +184,25 @@ fn upstream(ranks_have_found: bool) -> Upstream {
         embed,
         tsne,
     }
+}
+
+/// The ranks table as it was before it listed the pictures inversion found.
+fn write_old_ranks(path: &Path, ranks: &[Rank]) {
+    use ranks_columns::*;
+    write_columns(
+        path,
+        vec![
+            required(IMAGE_ID, string_column(ranks.iter().map(|r| &r.image_id))),
+            required(CAPTION_NO, u32_column(ranks.iter().map(|r| r.caption_no))),
+            required(CAPTION, string_column(ranks.iter().map(|r| &r.caption))),
+            required(INVERT_RANK, u32_column(ranks.iter().map(|r| r.invert_rank))),
+            nullable(
+                EMBED_RANK,
+                Arc::new(UInt32Array::from_iter(ranks.iter().map(|r| r.embed_rank))),
+            ),
+        ],
+    )
+    .unwrap();
 }
 
 fn lineage() -> Vec<UpstreamRecord> {
@@ -439,7 +444,7 @@ fn without_tsne_the_page_says_so_and_an_old_ranks_table_is_named() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains(RANKS_TABLE) && err.contains("invert_found"),
+        err.contains(RANKS_TABLE) && err.contains(ranks_columns::INVERT_FOUND),
         "{err}"
     );
 }

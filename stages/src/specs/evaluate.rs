@@ -1,11 +1,16 @@
-//! The `evaluate` stage kind as the engine sees it, the tables it writes and the inversion
-//! defaults the `find-images` task shares; it runs in the libtorch worker.
+//! The `evaluate` stage kind as the engine sees it, the inversion defaults the `find-images` task
+//! shares, and the tables it writes (names, columns, writers and readers: the stage, the report and
+//! the `metrics` command all go through these); it runs in the libtorch worker.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use arrow::array::Float64Array;
+use arrow::array::UInt32Array;
 
-use crate::table::{column, read_parquet, strings};
+use crate::table::{
+    f64_column, f64s, nullable, opt_u32s, read_parquet, required, string_column,
+    string_list_column, string_lists, strings, u32_column, u32s, write_columns,
+};
 use crate::{Effect, InputRule, ParamDefault, ParamSpec, ParamType, StageError, StageKind};
 
 pub const KIND: StageKind = StageKind {
@@ -93,9 +98,40 @@ pub const DEFAULT_INVERT_RESTARTS: i64 = 4;
 pub const DEFAULT_INVERT_LEARNING_RATE: f64 = 0.1;
 pub const DEFAULT_RERANK: i64 = 10;
 pub const DEFAULT_INVERT_SEED: i64 = 7;
+
+/// The evaluation's figures: one row per (metric, method) on the evaluated split.
 pub const METRICS_TABLE: &str = "metrics.parquet";
+/// Every evaluated image with its generated captions and its first reference caption.
 pub const EXAMPLES_TABLE: &str = "examples.parquet";
+/// Every retrieval query with the rank of its image and the images inversion found for it.
 pub const RANKS_TABLE: &str = "ranks.parquet";
+
+/// The columns of `METRICS_TABLE`, in order.
+pub mod metrics_columns {
+    pub const METRIC: &str = "metric";
+    pub const METHOD: &str = "method";
+    pub const SPLIT: &str = "split";
+    pub const VALUE: &str = "value";
+}
+
+/// The columns of `EXAMPLES_TABLE`, in order.
+pub mod examples_columns {
+    pub const IMAGE_ID: &str = "image_id";
+    pub const PATH: &str = "path";
+    pub const GREEDY: &str = "greedy";
+    pub const BEAM: &str = "beam";
+    pub const REFERENCE: &str = "reference";
+}
+
+/// The columns of `RANKS_TABLE`, in order.
+pub mod ranks_columns {
+    pub const IMAGE_ID: &str = "image_id";
+    pub const CAPTION_NO: &str = "caption_no";
+    pub const CAPTION: &str = "caption";
+    pub const INVERT_RANK: &str = "invert_rank";
+    pub const INVERT_FOUND: &str = "invert_found";
+    pub const EMBED_RANK: &str = "embed_rank";
+}
 
 /// One row of the metrics table.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,24 +142,145 @@ pub struct Metric {
     pub value: f64,
 }
 
+/// Writes the metrics table into `dir`.
+pub fn write_metrics(dir: &Path, metrics: &[Metric]) -> Result<(), StageError> {
+    use metrics_columns::*;
+    write_columns(
+        &dir.join(METRICS_TABLE),
+        vec![
+            required(METRIC, string_column(metrics.iter().map(|m| &m.name))),
+            required(METHOD, string_column(metrics.iter().map(|m| &m.method))),
+            required(SPLIT, string_column(metrics.iter().map(|m| &m.split))),
+            required(VALUE, f64_column(metrics.iter().map(|m| m.value))),
+        ],
+    )
+}
+
 /// Reads the metrics table an `evaluate` stage wrote into `dir`.
 pub fn read_metrics(dir: &Path) -> Result<Vec<Metric>, StageError> {
+    use metrics_columns::*;
     let path = dir.join(METRICS_TABLE);
     let table = read_parquet(&path)?;
-    let names = strings(&path, &table, "metric")?;
-    let methods = strings(&path, &table, "method")?;
-    let splits = strings(&path, &table, "split")?;
-    let values = column::<Float64Array>(&path, &table, "value")?;
+    let names = strings(&path, &table, METRIC)?;
+    let methods = strings(&path, &table, METHOD)?;
+    let splits = strings(&path, &table, SPLIT)?;
+    let values = f64s(&path, &table, VALUE)?;
     Ok(names
         .into_iter()
         .zip(methods)
         .zip(splits)
-        .zip(values.values().iter())
-        .map(|(((name, method), split), &value)| Metric {
+        .zip(values)
+        .map(|(((name, method), split), value)| Metric {
             name,
             method,
             split,
             value,
         })
+        .collect())
+}
+
+/// One row of the examples table: an evaluated image and its captions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub image_id: String,
+    pub path: String,
+    pub greedy: String,
+    pub beam: String,
+    pub reference: String,
+}
+
+/// Writes the examples table into `dir`.
+pub fn write_examples(dir: &Path, examples: &[Example]) -> Result<(), StageError> {
+    use examples_columns::*;
+    let column = |get: fn(&Example) -> &str| string_column(examples.iter().map(get));
+    write_columns(
+        &dir.join(EXAMPLES_TABLE),
+        vec![
+            required(IMAGE_ID, column(|e| &e.image_id)),
+            required(PATH, column(|e| &e.path)),
+            required(GREEDY, column(|e| &e.greedy)),
+            required(BEAM, column(|e| &e.beam)),
+            required(REFERENCE, column(|e| &e.reference)),
+        ],
+    )
+}
+
+/// Reads the examples table an `evaluate` stage wrote into `dir`.
+pub fn read_examples(dir: &Path) -> Result<Vec<Example>, StageError> {
+    use examples_columns::*;
+    let path = dir.join(EXAMPLES_TABLE);
+    let table = read_parquet(&path)?;
+    let column = |name| strings(&path, &table, name);
+    Ok(column(IMAGE_ID)?
+        .into_iter()
+        .zip(column(PATH)?)
+        .zip(column(GREEDY)?)
+        .zip(column(BEAM)?)
+        .zip(column(REFERENCE)?)
+        .map(|((((image_id, path), greedy), beam), reference)| Example {
+            image_id,
+            path,
+            greedy,
+            beam,
+            reference,
+        })
+        .collect())
+}
+
+/// One row of the ranks table: a retrieval query (a caption of an image), where inversion ranked
+/// its image, the images it found, best first, and where the embedding baseline ranked it (None
+/// when the baseline was not run).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rank {
+    pub image_id: String,
+    pub caption_no: u32,
+    pub caption: String,
+    pub invert_rank: u32,
+    pub invert_found: Vec<String>,
+    pub embed_rank: Option<u32>,
+}
+
+/// Writes the ranks table into `dir`.
+pub fn write_ranks(dir: &Path, ranks: &[Rank]) -> Result<(), StageError> {
+    use ranks_columns::*;
+    let found: Vec<Vec<String>> = ranks.iter().map(|r| r.invert_found.clone()).collect();
+    write_columns(
+        &dir.join(RANKS_TABLE),
+        vec![
+            required(IMAGE_ID, string_column(ranks.iter().map(|r| &r.image_id))),
+            required(CAPTION_NO, u32_column(ranks.iter().map(|r| r.caption_no))),
+            required(CAPTION, string_column(ranks.iter().map(|r| &r.caption))),
+            required(INVERT_RANK, u32_column(ranks.iter().map(|r| r.invert_rank))),
+            required(INVERT_FOUND, string_list_column(&found)),
+            nullable(
+                EMBED_RANK,
+                Arc::new(UInt32Array::from_iter(ranks.iter().map(|r| r.embed_rank))),
+            ),
+        ],
+    )
+}
+
+/// Reads the ranks table an `evaluate` stage wrote into `dir`.
+pub fn read_ranks(dir: &Path) -> Result<Vec<Rank>, StageError> {
+    use ranks_columns::*;
+    let path = dir.join(RANKS_TABLE);
+    let table = read_parquet(&path)?;
+    Ok(strings(&path, &table, IMAGE_ID)?
+        .into_iter()
+        .zip(u32s(&path, &table, CAPTION_NO)?)
+        .zip(strings(&path, &table, CAPTION)?)
+        .zip(u32s(&path, &table, INVERT_RANK)?)
+        .zip(string_lists(&path, &table, INVERT_FOUND)?)
+        .zip(opt_u32s(&path, &table, EMBED_RANK)?)
+        .map(
+            |(((((image_id, caption_no), caption), invert_rank), invert_found), embed_rank)| Rank {
+                image_id,
+                caption_no,
+                caption,
+                invert_rank,
+                invert_found,
+                embed_rank,
+            },
+        )
         .collect())
 }

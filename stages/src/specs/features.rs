@@ -1,8 +1,11 @@
-//! The `features` stage kind as the engine sees it: params, inputs, the weights file it reads.
-//! It runs in the libtorch worker (`onenet-torch`).
+//! The `features` stage kind as the engine sees it: params, inputs, the weights file it reads,
+//! and the files it writes (names, columns, the writer and the row reader: the stage, the stages
+//! that read its matrix and the task commands go through these). It runs in the libtorch worker
+//! (`onenet-torch`), which reads the matrix itself into a tensor.
 
 use std::path::{Path, PathBuf};
 
+use crate::table::{read_parquet, required, string_column, strings, u32_column, write_columns};
 use crate::{
     Effect, InputRule, ParamDefault, ParamSpec, ParamType, Params, PathKind, Source, StageError,
     StageInput, StageKind,
@@ -90,4 +93,152 @@ fn sources(
         .map(|path| Source::param_file("weights", path))
         .into_iter()
         .collect())
+}
+
+/// The feature matrix: a safetensors file holding one [N, D] f32 tensor, `FEATURES_TENSOR`.
+pub const FEATURES_FILE: &str = "features.safetensors";
+/// The tensor name inside `FEATURES_FILE`.
+pub const FEATURES_TENSOR: &str = "features";
+/// The matrix's rows: which image each row describes.
+pub const ROWS_TABLE: &str = "rows.parquet";
+/// Which backbone and weights computed the features (JSON), so that a later run knows what it
+/// may reuse.
+pub const EXTRACTOR_FILE: &str = "extractor.json";
+
+/// The columns of `ROWS_TABLE`, in order. All but `row` are the images table's columns of the
+/// same name, copied.
+pub mod rows_columns {
+    pub const ROW: &str = "row";
+    pub const IMAGE_ID: &str = "image_id";
+    pub const HASH: &str = "hash";
+    pub const SPLIT: &str = "split";
+    pub const PATH: &str = "path";
+}
+
+/// One image's row in the feature matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureRow {
+    pub image_id: String,
+    pub hash: String,
+    pub split: String,
+    pub path: String,
+}
+
+/// The rows of the matrix a `features` stage wrote into `dir`, in row order.
+pub fn read_rows(dir: &Path) -> Result<Vec<FeatureRow>, StageError> {
+    read_row_columns(&dir.join(ROWS_TABLE))
+}
+
+/// The image_id, hash, split and path columns of the table `path` as rows: the rows table, or
+/// the images table they are copied from.
+pub fn read_row_columns(path: &Path) -> Result<Vec<FeatureRow>, StageError> {
+    use rows_columns::*;
+    let table = read_parquet(path)?;
+    let column = |name| strings(path, &table, name);
+    Ok(column(IMAGE_ID)?
+        .into_iter()
+        .zip(column(HASH)?)
+        .zip(column(SPLIT)?)
+        .zip(column(PATH)?)
+        .map(|(((image_id, hash), split), path)| FeatureRow {
+            image_id,
+            hash,
+            split,
+            path,
+        })
+        .collect())
+}
+
+/// Writes `rows` and their features, row-major `values` of width `dim`, into `dir`. The
+/// safetensors file is written straight from `values`, without a second in-memory copy.
+pub fn write_matrix(
+    dir: &Path,
+    rows: &[FeatureRow],
+    values: &[f32],
+    dim: usize,
+) -> Result<(), StageError> {
+    use rows_columns::*;
+    write_f32_safetensors(
+        &dir.join(FEATURES_FILE),
+        FEATURES_TENSOR,
+        values,
+        [rows.len(), dim],
+    )?;
+    let column = |get: fn(&FeatureRow) -> &str| string_column(rows.iter().map(get));
+    write_columns(
+        &dir.join(ROWS_TABLE),
+        vec![
+            required(ROW, u32_column(0..rows.len() as u32)),
+            required(IMAGE_ID, column(|r| &r.image_id)),
+            required(HASH, column(|r| &r.hash)),
+            required(SPLIT, column(|r| &r.split)),
+            required(PATH, column(|r| &r.path)),
+        ],
+    )
+}
+
+/// Writes one f32 matrix as a safetensors file: an 8-byte header length, the JSON header
+/// (padded with spaces to a multiple of 8), then the little-endian data.
+fn write_f32_safetensors(
+    path: &Path,
+    name: &str,
+    values: &[f32],
+    shape: [usize; 2],
+) -> Result<(), StageError> {
+    use std::io::Write;
+    if shape[0] * shape[1] != values.len() {
+        return Err(StageError::file(
+            path,
+            format!("{} values do not fill shape {shape:?}", values.len()),
+        ));
+    }
+    let bytes = values.len() * 4;
+    let mut header = format!(
+        r#"{{"{name}":{{"dtype":"F32","shape":[{},{}],"data_offsets":[0,{bytes}]}}}}"#,
+        shape[0], shape[1]
+    );
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let io = |e| StageError::io(path, e);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    out.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    out.write_all(header.as_bytes()).map_err(io)?;
+    for chunk in values.chunks(8192) {
+        let mut buf = Vec::with_capacity(chunk.len() * 4);
+        for v in chunk {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        out.write_all(&buf).map_err(io)?;
+    }
+    out.flush().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_read_back_and_the_matrix_is_little_endian_f32() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = |id: &str| FeatureRow {
+            image_id: id.into(),
+            hash: format!("hash of {id}"),
+            split: "train".into(),
+            path: format!("pictures/{id}"),
+        };
+        let rows = [row("a.jpg"), row("b.jpg")];
+        write_matrix(dir.path(), &rows, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3).unwrap();
+        assert_eq!(read_rows(dir.path()).unwrap(), rows);
+        let bytes = std::fs::read(dir.path().join(FEATURES_FILE)).unwrap();
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+        assert_eq!(header[FEATURES_TENSOR]["shape"], serde_json::json!([2, 3]));
+        assert_eq!(bytes.len(), 8 + header_len + 6 * 4);
+        assert_eq!(bytes[8 + header_len..][20..24], 6f32.to_le_bytes());
+
+        let err = write_matrix(dir.path(), &rows, &[1.0], 3).unwrap_err();
+        assert!(err.to_string().contains(FEATURES_FILE), "{err}");
+    }
 }

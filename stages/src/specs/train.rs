@@ -1,7 +1,12 @@
-//! The `train` stage kind as the engine sees it, and the names of the files it writes; it runs in
-//! the libtorch worker.
+//! The `train` stage kind as the engine sees it, the files it writes, and its training log (name,
+//! columns, writer and reader: the stage and the report go through these); it runs in the
+//! libtorch worker.
 
 use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::table::{f64_column, f64s, read_parquet, required, u32_column, u32s, write_columns};
 
 use crate::{
     Effect, InputRule, ParamDefault, ParamSpec, ParamType, Params, PathKind, Source, StageError,
@@ -143,6 +148,75 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec::threads(crate::params::LIBTORCH_THREADS_HELP),
 ];
 
+/// The trained weights.
 pub const MODEL_FILE: &str = "model.safetensors";
+/// The network's shape, the hash of its vocabulary and every hyper-parameter (JSON).
 pub const MODEL_INFO: &str = "model.json";
+/// One row per epoch: losses, dev BLEU-4 and speed.
 pub const TRAIN_LOG: &str = "train_log.parquet";
+
+/// The columns of `TRAIN_LOG`, in order.
+pub mod train_log_columns {
+    pub const EPOCH: &str = "epoch";
+    pub const TRAIN_LOSS: &str = "train_loss";
+    pub const DEV_LOSS: &str = "dev_loss";
+    pub const DEV_BLEU4: &str = "dev_bleu4";
+    pub const SECONDS: &str = "seconds";
+    pub const SAMPLES_PER_SECOND: &str = "samples_per_second";
+}
+
+/// One epoch of the training log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    pub epoch: u32,
+    pub train_loss: f64,
+    pub dev_loss: f64,
+    pub dev_bleu4: f64,
+    pub seconds: f64,
+    pub samples_per_second: f64,
+}
+
+/// Writes the training log into `dir`.
+pub fn write_log(dir: &Path, log: &[EpochLog]) -> Result<(), StageError> {
+    use train_log_columns::*;
+    let f = |get: fn(&EpochLog) -> f64| f64_column(log.iter().map(get));
+    write_columns(
+        &dir.join(TRAIN_LOG),
+        vec![
+            required(EPOCH, u32_column(log.iter().map(|l| l.epoch))),
+            required(TRAIN_LOSS, f(|l| l.train_loss)),
+            required(DEV_LOSS, f(|l| l.dev_loss)),
+            required(DEV_BLEU4, f(|l| l.dev_bleu4)),
+            required(SECONDS, f(|l| l.seconds)),
+            required(SAMPLES_PER_SECOND, f(|l| l.samples_per_second)),
+        ],
+    )
+}
+
+/// Reads the training log a `train` stage wrote into `dir`.
+pub fn read_log(dir: &Path) -> Result<Vec<EpochLog>, StageError> {
+    use train_log_columns::*;
+    let path = dir.join(TRAIN_LOG);
+    let table = read_parquet(&path)?;
+    let f = |name| f64s(&path, &table, name);
+    Ok(u32s(&path, &table, EPOCH)?
+        .into_iter()
+        .zip(f(TRAIN_LOSS)?)
+        .zip(f(DEV_LOSS)?)
+        .zip(f(DEV_BLEU4)?)
+        .zip(f(SECONDS)?)
+        .zip(f(SAMPLES_PER_SECOND)?)
+        .map(
+            |(((((epoch, train_loss), dev_loss), dev_bleu4), seconds), samples_per_second)| {
+                EpochLog {
+                    epoch,
+                    train_loss,
+                    dev_loss,
+                    dev_bleu4,
+                    seconds,
+                    samples_per_second,
+                }
+            },
+        )
+        .collect())
+}

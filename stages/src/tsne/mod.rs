@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float32Array, StringArray, UInt64Array};
+use arrow::array::{ArrayRef, Float32Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -25,8 +25,8 @@ use rayon::prelude::*;
 
 use crate::captions::SPECIAL_TOKENS;
 use crate::demo_data::SCENES_TABLE;
-use crate::specs::embed::{IMAGE_EMBEDDINGS, WORD_EMBEDDINGS};
-use crate::table::{batch, column, embedding_rows, read_parquet, strings, write_parquet};
+use crate::specs::embed::{ImageEmbeddings, Vectors, WordEmbeddings};
+use crate::table::{batch, read_parquet, strings, write_parquet};
 use crate::{
     input_of_kind, Effect, InputRule, ParamDefault, ParamSpec, ParamType, Params, RawValue,
     StageContext, StageError, StageKind, StageReport,
@@ -341,19 +341,6 @@ fn gather(vectors: &[f32], dim: usize, rows: &[usize]) -> Vec<f32> {
         .collect()
 }
 
-/// An embedding table's vectors and their width, refusing zero-width vectors (which would leave
-/// nothing to measure distances on).
-fn read_embeddings(
-    path: &Path,
-    table: &arrow::array::RecordBatch,
-) -> Result<(Vec<f32>, usize), StageError> {
-    let (vectors, dim) = embedding_rows(path, table, "embedding")?;
-    if dim == 0 && table.num_rows() > 0 {
-        return Err(StageError::file(path, "the embeddings have width 0"));
-    }
-    Ok((vectors, dim))
-}
-
 /// Writes a map table: a key column, the coordinates and a label per point.
 fn write_map(
     path: &Path,
@@ -393,12 +380,15 @@ fn map_images(
     scene_labels: Option<&HashMap<String, String>>,
     warnings: &mut Vec<String>,
 ) -> Result<MapSummary, StageError> {
-    let path = embed_dir.join(IMAGE_EMBEDDINGS);
-    let table = read_parquet(&path)?;
-    let ids = strings(&path, &table, "image_id")?;
-    let splits = strings(&path, &table, "split")?;
-    let image_paths = strings(&path, &table, "path")?;
-    let (vectors, dim) = read_embeddings(&path, &table)?;
+    let ImageEmbeddings {
+        image_ids: ids,
+        splits,
+        paths: image_paths,
+        vectors: Vectors {
+            values: vectors,
+            dim,
+        },
+    } = ImageEmbeddings::read(embed_dir)?;
 
     let rows = sample_rows(
         ids.len(),
@@ -479,11 +469,14 @@ fn map_words(
     settings: &Settings,
     embed_dir: &Path,
 ) -> Result<MapSummary, StageError> {
-    let path = embed_dir.join(WORD_EMBEDDINGS);
-    let table = read_parquet(&path)?;
-    let tokens = strings(&path, &table, "token")?;
-    let counts = column::<UInt64Array>(&path, &table, "count")?.values();
-    let (vectors, dim) = read_embeddings(&path, &table)?;
+    let WordEmbeddings {
+        tokens,
+        counts,
+        vectors: Vectors {
+            values: vectors,
+            dim,
+        },
+    } = WordEmbeddings::read(embed_dir)?;
 
     // Padding, start, end and unknown are not words: they would only crowd the map.
     let words: Vec<usize> = (0..tokens.len())
@@ -535,9 +528,9 @@ fn map_words(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::{embedding_column, embedding_type};
+    use crate::specs::embed::IMAGE_EMBEDDINGS;
+    use crate::table::column;
     use crate::{NoProgress, ParamValue, StageInput};
-    use arrow::array::UInt32Array;
 
     /// Writes a small embed output: `images` image rows in three clusters whose files are real
     /// JPEGs (but the last, which is missing), and a vocabulary with the special tokens.
@@ -564,21 +557,18 @@ mod tests {
         let vectors: Vec<f32> = (0..images)
             .flat_map(|i| (0..dim).map(move |d| ((i % 3) * 10 + d) as f32 + (i as f32) * 0.01))
             .collect();
-        let path = dir.join(IMAGE_EMBEDDINGS);
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("image_id", DataType::Utf8, false),
-            Field::new("split", DataType::Utf8, false),
-            Field::new("path", DataType::Utf8, false),
-            Field::new("embedding", embedding_type(dim as i32), false),
-        ]));
         let splits = (0..images).map(|i| if i % 4 == 0 { "test" } else { "train" });
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(&ids)),
-            Arc::new(StringArray::from_iter_values(splits)),
-            Arc::new(StringArray::from_iter_values(&paths)),
-            embedding_column(dim as i32, vectors).unwrap(),
-        ];
-        write_parquet(&path, &batch(&path, schema, columns).unwrap()).unwrap();
+        ImageEmbeddings {
+            image_ids: ids.clone(),
+            splits: splits.map(String::from).collect(),
+            paths,
+            vectors: Vectors {
+                values: vectors,
+                dim,
+            },
+        }
+        .write(dir)
+        .unwrap();
 
         let words = [
             "<pad>", "<start>", "<end>", "<unk>", "a", "red", "blue", "circle", "square", "star",
@@ -588,20 +578,16 @@ mod tests {
         let word_vectors: Vec<f32> = (0..words.len())
             .flat_map(|i| (0..4).map(move |d| ((i * 7 + d * 3) % 11) as f32))
             .collect();
-        let path = dir.join(WORD_EMBEDDINGS);
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("token_id", DataType::UInt32, false),
-            Field::new("token", DataType::Utf8, false),
-            Field::new("count", DataType::UInt64, false),
-            Field::new("embedding", embedding_type(4), false),
-        ]));
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(UInt32Array::from_iter_values(0..words.len() as u32)),
-            Arc::new(StringArray::from_iter_values(words)),
-            Arc::new(UInt64Array::from_iter_values(counts)),
-            embedding_column(4, word_vectors).unwrap(),
-        ];
-        write_parquet(&path, &batch(&path, schema, columns).unwrap()).unwrap();
+        WordEmbeddings {
+            tokens: words.map(String::from).into(),
+            counts,
+            vectors: Vectors {
+                values: word_vectors,
+                dim: 4,
+            },
+        }
+        .write(dir)
+        .unwrap();
         ids
     }
 
