@@ -113,6 +113,9 @@ pub trait RunObserver: Sync {
     /// Another process holds the key's lock.
     fn waiting_for_lock(&self, name: &str, lock: &Path);
     fn stage_finished(&self, outcome: &StageOutcome);
+    /// A problem with the store itself that the user should see whatever the verbosity (a torn
+    /// run record repaired, a record that could not be written).
+    fn store_warning(&self, _text: &str) {}
 }
 
 /// A pipeline bound to its store.
@@ -175,7 +178,7 @@ impl Engine {
                     message,
                 })
         })
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.message)
     }
 
     /// Keys for the stages at `indices` (in execution order, upstream included).
@@ -449,13 +452,10 @@ impl Engine {
             warnings: outcome.warnings.len(),
             error: outcome.error.clone(),
         };
-        let mut outcome = outcome;
         match self.store.append_record(&record) {
             Ok(None) => {}
-            Ok(Some(repaired)) => outcome.warnings.push(repaired),
-            Err(e) => outcome
-                .warnings
-                .push(format!("could not record the run: {e}")),
+            Ok(Some(repaired)) => observer.store_warning(&repaired),
+            Err(e) => observer.store_warning(&format!("could not record the run: {e}")),
         }
         outcome
     }
@@ -633,9 +633,20 @@ impl Engine {
         }
         for record in &records {
             let file = record.path.display();
+            let gone = if record.path.is_file() {
+                String::new()
+            } else {
+                format!(
+                    "; the file is gone: delete {} to let gc collect these",
+                    self.store
+                        .bucket(crate::store::Bucket::Pipelines)
+                        .join(format!("{}.json", record.view.replace('/', "__")))
+                        .display()
+                )
+            };
             for (stage, hex) in &record.keys {
                 if let Some(key) = CacheKey::from_hex(hex) {
-                    add(key, format!("{file}: {stage} (its last run)"));
+                    add(key, format!("{file}: {stage} (its last run{gone})"));
                 }
             }
             let resolved =

@@ -332,26 +332,31 @@ impl fmt::Display for Reason {
                     Some(param) => write!(f, "param {param}: ")?,
                     None => {}
                 }
+                // Each count with its own examples, so no name is ambiguous.
+                let short = |p: &String| -> String {
+                    if *param_is_file {
+                        p.clone()
+                    } else {
+                        p.rsplit('/').next().unwrap_or(p).to_string()
+                    }
+                };
                 let mut parts = Vec::new();
                 for (list, word) in [(added, "added"), (changed, "changed"), (removed, "removed")] {
-                    if !list.is_empty() {
-                        let noun = if list.len() == 1 { "file" } else { "files" };
-                        parts.push(format!("{} {noun} {word}", list.len()));
+                    if list.is_empty() {
+                        continue;
                     }
+                    let noun = if list.len() == 1 { "file" } else { "files" };
+                    let mut names: Vec<String> = list.iter().take(3).map(short).collect();
+                    if list.len() > 3 {
+                        names.push("…".into());
+                    }
+                    parts.push(format!(
+                        "{} {noun} {word} ({})",
+                        list.len(),
+                        names.join(", ")
+                    ));
                 }
-                let total = added.len() + changed.len() + removed.len();
-                let examples: Vec<&str> = added
-                    .iter()
-                    .chain(changed)
-                    .chain(removed)
-                    .take(3)
-                    .map(|p| match param_is_file {
-                        true => p.as_str(),
-                        false => p.rsplit('/').next().unwrap_or(p),
-                    })
-                    .collect();
-                let more = if total > 3 { ", …" } else { "" };
-                write!(f, "{} ({}{more})", parts.join(", "), examples.join(", "))
+                write!(f, "{}", parts.join(", "))
             }
             Reason::Upstream { stage } => write!(f, "upstream {stage} changed"),
             Reason::Input { stage, change } if change == "added" => {
@@ -559,7 +564,7 @@ mod tests {
             [
                 "param min_count 1 → 3",
                 "upstream demo changed",
-                "param root: 1 file added, 1 file changed (b.jpg, a.jpg)",
+                "param root: 1 file added (b.jpg), 1 file changed (a.jpg)",
                 "param weights: 1 file added (w/lite0.pth)",
             ]
         );

@@ -130,7 +130,7 @@ fn run_stages(global: &GlobalArgs, args: &RunArgs) -> Result<ExitCode> {
     let view = render::RunView {
         outcomes: &outcomes,
         seconds: start.elapsed().as_secs_f64(),
-        latest: engine.store.root().join("latest"),
+        latest: engine.store.root().join(engine.store.view()),
     };
     out::ignore_closed(emit(&view, args.format))?;
     Ok(ok_if(view.failed() == 0))

@@ -231,6 +231,10 @@ impl RunObserver for RunProgress {
         self.mode.start(name)
     }
 
+    fn store_warning(&self, text: &str) {
+        self.mode.print(|| diag!("warning: {text}"));
+    }
+
     fn waiting_for_lock(&self, name: &str, lock: &Path) {
         if out::verbosity() == Verbosity::Quiet {
             return;

@@ -328,12 +328,32 @@ impl Render for GcView {
         };
         let r = &self.report;
         out!(
-            "{verb} {} object(s) and {} leftover(s), {}; kept {} object(s) the newest outputs need",
+            "{verb} {} object(s) and {} leftover(s), {}; kept {} object(s) the pipeline files need",
             r.objects_removed,
             r.leftovers_removed,
             human_bytes(r.bytes),
             r.kept
-        )
+        )?;
+        if self.dry_run {
+            for o in &r.removed_objects {
+                out!(
+                    "  remove  {:<12} {}  {}",
+                    o.stage,
+                    &o.key[..12.min(o.key.len())],
+                    human_bytes(o.bytes)
+                )?;
+            }
+            for o in &r.kept_objects {
+                out!(
+                    "  keep    {:<12} {}  {}  ({})",
+                    o.stage,
+                    &o.key[..12.min(o.key.len())],
+                    human_bytes(o.bytes),
+                    o.reasons.join("; ")
+                )?;
+            }
+        }
+        Ok(())
     }
 
     fn json(&self) -> Value {
