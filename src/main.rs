@@ -28,6 +28,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         // The reader of our output has gone (`onenet status | head -1`): not an error.
         Err(e) if out::is_closed_pipe(&e) => ExitCode::SUCCESS,
+        // A command line that names what does not exist, like clap's own usage errors.
+        Err(e) if cli::is_usage_error(&e) => {
+            diag!("error: {}", cli::error_message(&e));
+            ExitCode::from(2)
+        }
         Err(e) => {
             diag!("error: {}", cli::error_message(&e));
             ExitCode::from(1)
@@ -80,13 +85,14 @@ fn engine_for_run(global: &GlobalArgs, args: &RunArgs) -> Result<(Engine, Vec<us
     let engine = cli::open_engine(global, &args.set)?;
     for name in &args.force {
         if engine.pipeline.stage(name).is_none() {
-            bail!(
+            return Err(cli::UsageError(format!(
                 "--force {name}: no such stage in {}",
                 global.pipeline.display()
-            );
+            ))
+            .into());
         }
     }
-    let selection = plan::select(&engine.pipeline, &args.stages).map_err(anyhow::Error::msg)?;
+    let selection = plan::select(&engine.pipeline, &args.stages).map_err(cli::UsageError)?;
     Ok((engine, selection))
 }
 

@@ -258,6 +258,27 @@ fn malformed_pipelines_name_file_line_and_column() {
         "{}",
         text(&out)
     );
+    // A command line naming what does not exist is a usage error (status 2), as clap's are.
+    for args in [
+        &["run", "--set", "captions.min_cont=2"][..],
+        &["run", "--set", "captions.min_count"],
+        &["run", "--set", "nosuch.x=1"],
+        &["run", "--force", "nosuch"],
+        &["run", "nosuch"],
+        &["status", "--set", "captions.min_count=x"],
+    ] {
+        let out = p.onenet(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).starts_with("error: "),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    assert!(
+        !p.store().join("runs.jsonl").exists(),
+        "a usage error ran something"
+    );
 }
 
 #[test]

@@ -233,9 +233,11 @@ impl ParamType {
     /// Parses a command-line value (`--set stage.param=VALUE`) as this type.
     pub fn parse_cli(&self, text: &str) -> RawValue {
         match self {
+            // A float where an integer is expected is reported as a float, not as a string.
             ParamType::Int { .. } => text
                 .parse::<i64>()
                 .map(RawValue::Int)
+                .or_else(|_| text.parse::<f64>().map(RawValue::Float))
                 .unwrap_or_else(|_| RawValue::Str(text.to_string())),
             ParamType::Float { .. } => text
                 .parse::<f64>()
@@ -366,6 +368,8 @@ mod tests {
             .contains("out of range"));
         let err = ty.check(&RawValue::Str("3".into())).unwrap_err();
         assert_eq!(err, "expected integer >= 1, found string");
+        let float_for_int = ty.check(&ty.parse_cli("2.0")).unwrap_err();
+        assert_eq!(float_for_int, "expected integer >= 1, found float");
         let choice = ParamType::Choice(&["raw", "lemma"]);
         assert!(choice.check(&RawValue::Str("lemmas".into())).is_err());
     }

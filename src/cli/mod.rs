@@ -103,3 +103,19 @@ pub fn error_message(error: &anyhow::Error) -> String {
     }
     text
 }
+
+/// A command line naming a stage or param that does not exist, or malformed: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Whether `e` is a usage error: ours, or a malformed `--set`.
+pub fn is_usage_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<UsageError>()
+            || matches!(
+                c.downcast_ref::<onenet::config::ConfigError>(),
+                Some(onenet::config::ConfigError::Override { .. })
+            )
+    })
+}
