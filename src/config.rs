@@ -58,6 +58,8 @@ pub struct Pipeline {
     pub store_dir: PathBuf,
     /// Stages in declaration order (see `plan` for execution order).
     pub stages: Vec<StageDecl>,
+    /// The stage kinds it was checked against.
+    pub kinds: &'static [StageKind],
     /// The `STAGE.PARAM=VALUE` overrides applied (`--set`): a pipeline with any is a variant,
     /// whose outputs never become the file's own newest outputs.
     pub overrides: Vec<String>,
@@ -147,19 +149,24 @@ struct RawStage {
     params: BTreeMap<String, Spanned<toml::Value>>,
 }
 
-/// Reads and checks the pipeline file at `path`.
-pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
+/// Reads and checks the pipeline file at `path` against the stage kinds `kinds` (the binaries
+/// pass the registry of `onenet-stages`; the engine itself knows only the contract).
+pub fn load(path: &Path, kinds: &'static [StageKind]) -> Result<Pipeline, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
     })?;
     // Absolute paths, so that paths printed or written into tables work from any directory.
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    parse(&path, &text)
+    parse(&path, &text, kinds)
 }
 
 /// Checks pipeline text; `path` is used for messages and to resolve relative paths.
-pub fn parse(path: &Path, text: &str) -> Result<Pipeline, ConfigError> {
+pub fn parse(
+    path: &Path,
+    text: &str,
+    kinds: &'static [StageKind],
+) -> Result<Pipeline, ConfigError> {
     let at = |span: Range<usize>, message: String| {
         let (line, column) = line_column(text, span.start);
         ConfigError::At {
@@ -209,17 +216,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Pipeline, ConfigError> {
             ));
         }
         let kind_name = raw_stage.kind.get_ref();
-        let kind = onenet_stages::kind(kind_name).ok_or_else(|| {
+        let kind = kinds.iter().find(|k| k.name == kind_name).ok_or_else(|| {
             at(
                 raw_stage.kind.span(),
                 format!(
                     "unknown stage kind `{kind_name}`{}; the kinds are: {}",
-                    did_you_mean(kind_name, onenet_stages::kinds().iter().map(|k| k.name)),
-                    onenet_stages::kinds()
-                        .iter()
-                        .map(|k| k.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    did_you_mean(kind_name, kinds.iter().map(|k| k.name)),
+                    kinds.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
                 ),
             )
         })?;
@@ -334,6 +337,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Pipeline, ConfigError> {
         store_dir,
         stages,
         overrides: Vec::new(),
+        kinds,
     })
 }
 
@@ -447,7 +451,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        parse(Path::new("p.toml"), text).unwrap_err().to_string()
+        parse(Path::new("p.toml"), text, onenet_stages::kinds())
+            .unwrap_err()
+            .to_string()
     }
 
     const GOOD: &str = r#"
@@ -463,7 +469,7 @@ params = { min_count = 2 }
 
     #[test]
     fn good_file_fills_defaults() {
-        let p = parse(Path::new("dir/p.toml"), GOOD).unwrap();
+        let p = parse(Path::new("dir/p.toml"), GOOD, onenet_stages::kinds()).unwrap();
         assert_eq!(p.stages.len(), 2);
         assert_eq!(p.store_dir, Path::new("dir/artifacts"));
         let captions = p.stage("captions").unwrap();
@@ -521,7 +527,7 @@ inputs = ["a"]
 
     #[test]
     fn overrides_are_checked_like_the_file() {
-        let mut p = parse(Path::new("p.toml"), GOOD).unwrap();
+        let mut p = parse(Path::new("p.toml"), GOOD, onenet_stages::kinds()).unwrap();
         p.apply_overrides(&["captions.min_count=3".into()]).unwrap();
         assert_eq!(
             p.stage("captions")

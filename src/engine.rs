@@ -653,7 +653,7 @@ impl Engine {
                 if record.path == self.pipeline.path && self.pipeline.overrides.is_empty() {
                     self.resolve_all()
                 } else {
-                    crate::config::load(&record.path)
+                    crate::config::load(&record.path, self.pipeline.kinds)
                         .ok()
                         .and_then(|p| Engine::open(p).ok())
                         .and_then(|e| e.resolve_all())
@@ -1030,7 +1030,9 @@ inputs = ["demo"]
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pipeline.toml");
         std::fs::write(&path, PIPELINE).unwrap();
-        let engine = Engine::open(crate::config::parse(&path, PIPELINE).unwrap()).unwrap();
+        let engine =
+            Engine::open(crate::config::parse(&path, PIPELINE, onenet_stages::kinds()).unwrap())
+                .unwrap();
         let order = crate::plan::select(&engine.pipeline, &[]).unwrap();
         let planned = engine.plan(&order).unwrap();
         let options = RunOptions {

@@ -1,6 +1,7 @@
 //! onenet's engine: reads `pipeline.toml`, plans the stage graph, computes content-hashed cache
-//! keys, and runs stale stages into a persistent artifact store. The stage kinds themselves live
-//! in the `onenet-stages` crate and know nothing of caching.
+//! keys, and runs stale stages into a persistent artifact store. It knows stages only through
+//! the `onenet-contract` crate; the kinds themselves (`onenet-stages`, `onenet-torch`) know
+//! nothing of caching, and the binaries hand the engine their registry.
 
 pub mod config;
 pub mod engine;

@@ -104,7 +104,7 @@ kind = "demo_data"
 [stages.other]
 kind = "demo_data"
 "#;
-        crate::config::parse(Path::new("p.toml"), text).unwrap()
+        crate::config::parse(Path::new("p.toml"), text, onenet_stages::kinds()).unwrap()
     }
 
     fn names(p: &Pipeline, idx: &[usize]) -> Vec<String> {

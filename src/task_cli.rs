@@ -85,19 +85,22 @@ pub enum TaskCommand {
         texts: Vec<String>,
         #[arg(short, default_value_t = 5)]
         k: usize,
-        /// Optimisation steps.
-        #[arg(long, default_value_t = onenet_stages::specs::evaluate::DEFAULT_INVERT_STEPS as usize)]
-        steps: usize,
-        /// Random starting embeddings per caption; the one the model likes best is kept.
-        #[arg(long, default_value_t = onenet_stages::specs::evaluate::DEFAULT_INVERT_RESTARTS as usize)]
-        restarts: usize,
+        /// Optimisation steps [default: the evaluate stage's `invert_steps` default].
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Random starting embeddings per caption; the one the model likes best is kept
+        /// [default: the evaluate stage's `invert_restarts` default].
+        #[arg(long)]
+        restarts: Option<usize>,
         /// How many of the nearest images (at least k) are re-ordered by the caption's likelihood;
-        /// 0 keeps the nearest by cosine, with cosine scores.
-        #[arg(long, default_value_t = onenet_stages::specs::evaluate::DEFAULT_RERANK as usize)]
-        rerank: usize,
-        /// Seed of the random starting embeddings: the same seed finds the same images.
-        #[arg(long, default_value_t = onenet_stages::specs::evaluate::DEFAULT_INVERT_SEED)]
-        seed: i64,
+        /// 0 keeps the nearest by cosine, with cosine scores [default: the evaluate stage's
+        /// `rerank` default].
+        #[arg(long)]
+        rerank: Option<usize>,
+        /// Seed of the random starting embeddings: the same seed finds the same images
+        /// [default: the evaluate stage's `seed` default].
+        #[arg(long)]
+        seed: Option<i64>,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },

@@ -18,7 +18,7 @@ use args::GlobalArgs;
 
 /// The pipeline file, checked; one clear line when there is none.
 pub fn load_pipeline(global: &GlobalArgs) -> Result<Pipeline> {
-    match config::load(&global.pipeline) {
+    match config::load(&global.pipeline, onenet_stages::kinds()) {
         Ok(pipeline) => Ok(pipeline),
         Err(ConfigError::Io { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
             let place = if path.is_absolute() {

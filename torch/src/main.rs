@@ -81,86 +81,27 @@ fn real_main() -> Result<ExitCode> {
         WorkerCommand::Task(task) => task,
     };
     let _ = CHOSEN_STAGE.set(task.stage().map(str::to_string));
+    let engine = open_engine(&cli.pipeline)?;
     match task {
         TaskCommand::Caption {
             images,
             beam,
             format,
             ..
-        } => {
-            let engine = open_engine(&cli.pipeline)?;
-            let trained = load_trained(&engine)?;
-            let extractor = load_extractor(&engine)?;
-            let results = onenet_torch::tasks::caption_files(&trained, &extractor, &images, beam)?;
-            match format {
-                Format::Json => outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({ "results": results }))?
-                ),
-                Format::Text => {
-                    for r in results {
-                        outln!("{}: {}", r.path, r.caption);
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => caption(&engine, &images, beam, format),
         TaskCommand::SimilarImages {
             image,
             id,
             k,
             format,
             ..
-        } => {
-            let engine = open_engine(&cli.pipeline)?;
-            let embed_dir = output_dir(&engine, specs::embed::KIND.name)?;
-            let index = onenet_torch::tasks::ImageIndex::read(&embed_dir)?;
-            let (query, exclude, label) = match (image, id) {
-                (_, Some(id)) => {
-                    let row = index.row_of(&id).with_context(|| {
-                        format!("no image with id {id:?} in the pipeline's images")
-                    })?;
-                    (index.vector(row).to_vec(), Some(row), id)
-                }
-                (Some(path), None) => {
-                    let trained = load_trained(&engine)?;
-                    let extractor = load_extractor(&engine)?;
-                    let vector = onenet_torch::tasks::embed_file(&trained, &extractor, &path)?;
-                    // The query file itself, if it is one of the dataset's images.
-                    let hash = onenet_stages::hash_file(&path)?;
-                    let features_dir = output_dir(&engine, specs::features::KIND.name)?;
-                    let exclude = specs::features::read_rows(&features_dir)?
-                        .iter()
-                        .find(|r| r.hash == hash)
-                        .and_then(|r| index.row_of(&r.image_id));
-                    (vector, exclude, path.display().to_string())
-                }
-                (None, None) => bail!("give an image file or --id IMAGE_ID"),
-            };
-            let matches = index.nearest(&query, k, exclude);
-            print_matches(&[(label, matches, Vec::new())], format)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => similar_images(&engine, image, id, k, format),
         TaskCommand::SimilarWords {
             word, k, format, ..
-        } => {
-            let engine = open_engine(&cli.pipeline)?;
-            let embed_dir = output_dir(&engine, specs::embed::KIND.name)?;
-            let matches = onenet_torch::tasks::similar_words(&embed_dir, &word, k)?;
-            print_matches(&[(word, matches, Vec::new())], format)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => similar_words(&engine, word, k, format),
         TaskCommand::SimilarCaptions {
             text, k, format, ..
-        } => {
-            let engine = open_engine(&cli.pipeline)?;
-            let trained = load_trained(&engine)?;
-            let embed_dir = output_dir(&engine, specs::embed::KIND.name)?;
-            let (matches, unknown) =
-                onenet_torch::tasks::similar_captions(&trained, &embed_dir, &text, k)?;
-            print_matches(&[(text, matches, unknown)], format)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => similar_captions(&engine, text, k, format),
         TaskCommand::FindImages {
             texts,
             k,
@@ -171,59 +112,124 @@ fn real_main() -> Result<ExitCode> {
             format,
             ..
         } => {
-            let engine = open_engine(&cli.pipeline)?;
-            let trained = load_trained(&engine)?;
-            let embed_dir = output_dir(&engine, specs::embed::KIND.name)?;
-            let index = onenet_torch::tasks::ImageIndex::read(&embed_dir)?;
-            tch::manual_seed(seed);
-            let results = onenet_torch::tasks::find_images(
-                &trained,
-                &index,
-                &texts,
-                k,
-                steps,
-                restarts,
-                specs::evaluate::DEFAULT_INVERT_LEARNING_RATE,
-                rerank,
-            )?;
-            let labelled: Vec<_> = texts
-                .into_iter()
-                .zip(results)
-                .map(|(t, found)| (t, found.matches, found.unknown))
-                .collect();
-            print_matches(&labelled, format)?;
-            Ok(ExitCode::SUCCESS)
+            let inversion = Inversion {
+                steps: steps.unwrap_or(specs::evaluate::DEFAULT_INVERT_STEPS as usize),
+                restarts: restarts.unwrap_or(specs::evaluate::DEFAULT_INVERT_RESTARTS as usize),
+                rerank: rerank.unwrap_or(specs::evaluate::DEFAULT_RERANK as usize),
+                seed: seed.unwrap_or(specs::evaluate::DEFAULT_INVERT_SEED),
+            };
+            find_images(&engine, texts, k, &inversion, format)
         }
-        TaskCommand::Metrics { format } => {
-            let engine = open_engine(&cli.pipeline)?;
-            let dir = output_dir(&engine, specs::evaluate::KIND.name)?;
-            let metrics = specs::evaluate::read_metrics(&dir)?;
-            match format {
-                Format::Json => {
-                    let rows: Vec<_> = metrics
-                        .iter()
-                        .map(|m| json!({"name": m.name, "method": m.method, "split": m.split, "value": m.value}))
-                        .collect();
-                    outln!(
-                        "{}",
-                        serde_json::to_string_pretty(&json!({ "metrics": rows }))?
-                    );
-                }
-                Format::Text => {
-                    for m in metrics {
-                        outln!(
-                            "{:<24} {:<16} {:<5} {:.4}",
-                            m.name,
-                            m.method,
-                            m.split,
-                            m.value
-                        );
-                    }
-                }
+        // `onenet` answers `metrics` itself, from the table, without starting this worker.
+        TaskCommand::Metrics { .. } => bail!("`metrics` is answered by `onenet` itself"),
+    }
+}
+
+fn caption(engine: &Engine, images: &[PathBuf], beam: usize, format: Format) -> Result<ExitCode> {
+    let trained = load_trained(engine)?;
+    let extractor = load_extractor(engine)?;
+    let results = onenet_torch::tasks::caption_files(&trained, &extractor, images, beam)?;
+    match format {
+        Format::Json => outln!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "results": results }))?
+        ),
+        Format::Text => {
+            for r in results {
+                outln!("{}: {}", r.path, r.caption);
             }
-            Ok(ExitCode::SUCCESS)
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn similar_images(
+    engine: &Engine,
+    image: Option<PathBuf>,
+    id: Option<String>,
+    k: usize,
+    format: Format,
+) -> Result<ExitCode> {
+    let embed_dir = output_dir(engine, specs::embed::KIND.name)?;
+    let index = onenet_torch::tasks::ImageIndex::read(&embed_dir)?;
+    let (query, exclude, label) = match (image, id) {
+        (_, Some(id)) => {
+            let row = index
+                .row_of(&id)
+                .with_context(|| format!("no image with id {id:?} in the pipeline's images"))?;
+            (index.vector(row).to_vec(), Some(row), id)
+        }
+        (Some(path), None) => {
+            let trained = load_trained(engine)?;
+            let extractor = load_extractor(engine)?;
+            let vector = onenet_torch::tasks::embed_file(&trained, &extractor, &path)?;
+            // The query file itself, if it is one of the dataset's images.
+            let hash = onenet_stages::hash_file(&path)?;
+            let features_dir = output_dir(engine, specs::features::KIND.name)?;
+            let exclude = specs::features::read_rows(&features_dir)?
+                .iter()
+                .find(|r| r.hash == hash)
+                .and_then(|r| index.row_of(&r.image_id));
+            (vector, exclude, path.display().to_string())
+        }
+        (None, None) => bail!("give an image file or --id IMAGE_ID"),
+    };
+    let matches = index.nearest(&query, k, exclude);
+    print_matches(&[(label, matches, Vec::new())], format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn similar_words(engine: &Engine, word: String, k: usize, format: Format) -> Result<ExitCode> {
+    let embed_dir = output_dir(engine, specs::embed::KIND.name)?;
+    let matches = onenet_torch::tasks::similar_words(&embed_dir, &word, k)?;
+    print_matches(&[(word, matches, Vec::new())], format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn similar_captions(engine: &Engine, text: String, k: usize, format: Format) -> Result<ExitCode> {
+    let trained = load_trained(engine)?;
+    let embed_dir = output_dir(engine, specs::embed::KIND.name)?;
+    let (matches, unknown) = onenet_torch::tasks::similar_captions(&trained, &embed_dir, &text, k)?;
+    print_matches(&[(text, matches, unknown)], format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `find-images`' settings, each defaulting to the `evaluate` stage's.
+struct Inversion {
+    steps: usize,
+    restarts: usize,
+    rerank: usize,
+    seed: i64,
+}
+
+fn find_images(
+    engine: &Engine,
+    texts: Vec<String>,
+    k: usize,
+    inversion: &Inversion,
+    format: Format,
+) -> Result<ExitCode> {
+    let trained = load_trained(engine)?;
+    let embed_dir = output_dir(engine, specs::embed::KIND.name)?;
+    let index = onenet_torch::tasks::ImageIndex::read(&embed_dir)?;
+    tch::manual_seed(inversion.seed);
+    let results = onenet_torch::tasks::find_images(
+        &trained,
+        &index,
+        &texts,
+        k,
+        inversion.steps,
+        inversion.restarts,
+        specs::evaluate::DEFAULT_INVERT_LEARNING_RATE,
+        inversion.rerank,
+    )?;
+    let labelled: Vec<_> = texts
+        .into_iter()
+        .zip(results)
+        .map(|(t, found)| (t, found.matches, found.unknown))
+        .collect();
+    print_matches(&labelled, format)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_stage() -> Result<ExitCode> {
@@ -247,7 +253,10 @@ fn run_stage() -> Result<ExitCode> {
 }
 
 fn open_engine(pipeline: &Path) -> Result<Engine> {
-    Ok(Engine::open(config::load(pipeline)?)?)
+    Ok(Engine::open(config::load(
+        pipeline,
+        onenet_stages::kinds(),
+    )?)?)
 }
 
 fn tch_cpu() -> tch::Device {
