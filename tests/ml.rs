@@ -872,3 +872,35 @@ params = { rnn = "lstm", epochs = 1, hidden_dim = 32, image_dim = 16, embed_dim 
     assert!(out.status.success(), "{said}");
     assert!(!said.contains("note:"), "{said}");
 }
+
+#[test]
+fn metrics_and_caption_end_quietly_when_their_reader_stops_early() {
+    use std::io::BufRead;
+    let t = trained();
+    let image = t
+        .dir
+        .join("artifacts/latest/demo/Flicker8k_Dataset/demo_000011.jpg");
+    let image = image.to_str().unwrap().to_string();
+    for args in [
+        vec!["metrics"],
+        vec!["caption", image.as_str(), image.as_str()],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_onenet"))
+            .current_dir(&t.dir)
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        // The reader is gone, as after `| head -1`.
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!first.is_empty(), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+    }
+}
