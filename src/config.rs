@@ -63,6 +63,66 @@ pub struct Pipeline {
     /// The `STAGE.PARAM=VALUE` overrides applied (`--set`): a pipeline with any is a variant,
     /// whose outputs never become the file's own newest outputs.
     pub overrides: Vec<String>,
+    /// The sweeps declared in `[sweeps.NAME]` tables, checked, in file order.
+    pub sweeps: IndexMap<String, Vec<SweepAxis>>,
+}
+
+/// One param a sweep varies, with the values it takes (as `--set` spells them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepAxis {
+    /// `STAGE.PARAM`.
+    pub target: String,
+    pub values: Vec<String>,
+}
+
+impl SweepAxis {
+    /// The axes of `--set` assignments: a value with commas (`train.rnn=gru,lstm`) is one axis
+    /// per value, any other assignment an axis of one value. A list with an empty value
+    /// (`train.epochs=`, `a=1,,2`) is refused here; a value of the wrong type is refused when
+    /// the variants are checked.
+    pub fn from_assignments(assignments: &[String]) -> Result<Vec<SweepAxis>, ConfigError> {
+        assignments
+            .iter()
+            .map(|assignment| {
+                let err = |message: &str| ConfigError::Override {
+                    assignment: assignment.clone(),
+                    message: message.to_string(),
+                };
+                let (target, values) = assignment
+                    .split_once('=')
+                    .ok_or_else(|| err("expected STAGE.PARAM=VALUE"))?;
+                let values: Vec<String> = values.split(',').map(str::to_string).collect();
+                if values.iter().any(String::is_empty) {
+                    return Err(err(
+                        "empty value (give one, or several separated by commas: STAGE.PARAM=A,B)",
+                    ));
+                }
+                Ok(SweepAxis {
+                    target: target.to_string(),
+                    values,
+                })
+            })
+            .collect()
+    }
+
+    /// Every combination of one value per axis (the grid), each as `--set` assignments, the
+    /// last axis varying fastest. Axes naming the same param: the later one wins.
+    pub fn grid(axes: &[SweepAxis]) -> Vec<Vec<String>> {
+        let mut variants: Vec<Vec<String>> = vec![Vec::new()];
+        for axis in axes {
+            variants = variants
+                .into_iter()
+                .flat_map(|done| {
+                    axis.values.iter().map(move |value| {
+                        let mut next = done.clone();
+                        next.push(format!("{}={value}", axis.target));
+                        next
+                    })
+                })
+                .collect();
+        }
+        variants
+    }
 }
 
 impl Pipeline {
@@ -131,6 +191,9 @@ struct RawPipeline {
     store: Option<RawStore>,
     #[serde(default)]
     stages: IndexMap<String, Spanned<RawStage>>,
+    /// `[sweeps.NAME]` with `STAGE.PARAM = [values]` (TOML's dotted keys: stage → param).
+    #[serde(default)]
+    sweeps: IndexMap<String, Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -331,12 +394,106 @@ pub fn parse(
         return Err(mismatch);
     }
 
+    let mut sweeps = IndexMap::new();
+    for (sweep, by_stage) in &raw.sweeps {
+        if crate::store::check_name(sweep).is_err() {
+            return Err(at(
+                by_stage.span(),
+                format!("sweep name `{sweep}` must be letters, digits, `.`, `_` or `-`"),
+            ));
+        }
+        let mut axes = Vec::new();
+        let toml::Value::Table(by_stage_table) = by_stage.get_ref() else {
+            return Err(at(
+                by_stage.span(),
+                format!("sweep `{sweep}`: expected a table of `STAGE.PARAM = [values]`"),
+            ));
+        };
+        // Where `STAGE.PARAM` is written in the sweep's table, for messages (toml keeps no
+        // spans inside a dotted-key table).
+        let place = |stage: &str, param: &str| {
+            let from = by_stage.span().start;
+            let found = text[from..]
+                .find(&format!("{stage}.{param}"))
+                .or_else(|| text[from..].find(stage));
+            found.map_or(by_stage.span(), |i| from + i..from + i + 1)
+        };
+        for (stage_name, params) in by_stage_table {
+            let decl = stages
+                .iter()
+                .find(|s| &s.name == stage_name)
+                .ok_or_else(|| {
+                    at(
+                        place(stage_name, ""),
+                        format!(
+                        "sweep `{sweep}` varies stage `{stage_name}`, which is not in this file{}",
+                        did_you_mean(stage_name, stages.iter().map(|s| s.name.as_str()))
+                    ),
+                    )
+                })?;
+            let toml::Value::Table(table) = params else {
+                return Err(at(
+                    place(stage_name, ""),
+                    format!(
+                        "sweep `{sweep}`: expected `{stage_name}.PARAM = [values]` (TOML's dotted keys)"
+                    ),
+                ));
+            };
+            for (param, list) in table {
+                let span = place(stage_name, param);
+                let spec = decl.kind.params.iter().find(|p| p.name == param).ok_or_else(|| {
+                    at(
+                        span.clone(),
+                        format!(
+                            "sweep `{sweep}`: stage `{stage_name}` (kind {}) has no param `{param}`{}",
+                            decl.kind.name,
+                            did_you_mean(param, decl.kind.params.iter().map(|p| p.name))
+                        ),
+                    )
+                })?;
+                let toml::Value::Array(list) = list else {
+                    return Err(at(
+                        span.clone(),
+                        format!(
+                            "sweep `{sweep}`: `{stage_name}.{param}` must be a list of values, e.g. [1, 2]"
+                        ),
+                    ));
+                };
+                if list.is_empty() {
+                    return Err(at(
+                        span.clone(),
+                        format!("sweep `{sweep}`: `{stage_name}.{param}` lists no values"),
+                    ));
+                }
+                let mut texts = Vec::new();
+                for value in list {
+                    spec.ty.check(&raw_value(value)).map_err(|m| {
+                        at(
+                            span.clone(),
+                            format!("sweep `{sweep}`: `{stage_name}.{param}`: {m}"),
+                        )
+                    })?;
+                    texts.push(match value {
+                        toml::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    });
+                }
+                axes.push(SweepAxis {
+                    target: format!("{stage_name}.{param}"),
+                    values: texts,
+                });
+            }
+        }
+        sweeps.insert(sweep.clone(), axes);
+    }
+
     Ok(Pipeline {
         path: path.to_path_buf(),
         base_dir,
         store_dir,
         stages,
         overrides: Vec::new(),
+        sweeps,
         kinds,
     })
 }

@@ -561,6 +561,7 @@ impl Engine {
                 notes: report.notes,
                 seconds,
                 device: report.device.clone(),
+                metrics: report.metrics,
             },
         )?;
         self.set_newest(stage)?;
@@ -613,8 +614,13 @@ impl Engine {
 
     /// Removes what no pipeline file that ran against the store resolves to (each file as it
     /// reads now, and as it last ran), nor any view's newest outputs, nor anything upstream of
-    /// those. `dry_run` only reports.
-    pub fn gc(&self, dry_run: bool) -> Result<crate::store::GcReport, EngineError> {
+    /// those, nor any pin, nor (with `keep_sweeps`) any experiment's objects. `dry_run` only
+    /// reports.
+    pub fn gc(
+        &self,
+        dry_run: bool,
+        keep_sweeps: bool,
+    ) -> Result<crate::store::GcReport, EngineError> {
         let mut keep: std::collections::BTreeMap<CacheKey, Vec<String>> = Default::default();
         let mut add = |key: CacheKey, why: String| {
             let reasons = keep.entry(key).or_default();
@@ -664,6 +670,26 @@ impl Engine {
         }
         for (view, stage, key) in self.store.view_keys() {
             add(key, format!("{view}/{stage}"));
+        }
+        for pin in self.store.named(crate::store::Bucket::Pins) {
+            for (stage, hex) in &pin.keys {
+                if let Some(key) = CacheKey::from_hex(hex) {
+                    add(key, format!("pin {}: {stage}", pin.name));
+                }
+            }
+        }
+        if keep_sweeps {
+            for exp in self.store.named(crate::store::Bucket::Experiments) {
+                let label = match &exp.sweep {
+                    Some(sweep) => format!("sweep {sweep}, experiment {}", exp.name),
+                    None => format!("experiment {}", exp.name),
+                };
+                for (stage, hex) in &exp.keys {
+                    if let Some(key) = CacheKey::from_hex(hex) {
+                        add(key, format!("{label}: {stage}"));
+                    }
+                }
+            }
         }
         Ok(self.store.gc(&keep, dry_run)?)
     }

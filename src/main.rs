@@ -11,13 +11,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser};
-use onenet::engine::{latest_dir, Engine, RunOptions, StageState};
+use std::collections::BTreeMap;
+
+use onenet::config::SweepAxis;
+use onenet::engine::{latest_dir, Action, Engine, RunOptions, StageOutcome, StageState};
+use onenet::experiments;
+use onenet::key::CacheKey;
 use onenet::plan;
 use onenet::store::describe_object;
+use onenet::store::Bucket;
 use onenet::task_cli::{Format, TaskCommand};
 
-use cli::args::{Cli, Command, GlobalArgs, RunArgs};
-use cli::out::{self, diag, Verbosity};
+use cli::args::{Cli, Command, ExpCommand, ExpShowArgs, GlobalArgs, RunArgs, TableFormat};
+use cli::out::{self, diag, out, Verbosity};
 use cli::progress::{ProgressMode, RunProgress};
 use cli::render::{self, emit};
 
@@ -54,8 +60,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             .exit()
     };
     match command {
-        Command::Run(args) if args.dry_run => dry_run(global, &args),
-        Command::Run(args) => run_stages(global, &args),
+        Command::Run(args) => run_command(global, &args),
         Command::Status {
             set,
             exit_code,
@@ -63,7 +68,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => status(global, &set, exit_code, format),
         Command::Dag { format } => dag(global, format),
         Command::Show { stage, format } => show(global, &stage, format),
-        Command::Gc { dry_run, format } => gc(global, dry_run, format),
+        Command::Gc {
+            dry_run,
+            keep_sweeps,
+            format,
+        } => gc(global, dry_run, keep_sweeps, format),
+        Command::Exp(ExpCommand::Show(args)) => exp_show(global, &args),
+        Command::Exp(ExpCommand::Diff {
+            a,
+            b,
+            stage,
+            format,
+        }) => exp_diff(global, &a, &b, stage.as_deref(), format),
+        Command::Pin {
+            name,
+            stage,
+            key,
+            set,
+            format,
+        } => pin(
+            global,
+            &name,
+            stage.as_deref(),
+            key.as_deref(),
+            &set,
+            format,
+        ),
+        Command::Pins { format } => pins(global, format),
+        Command::Unpin { name } => unpin(global, &name),
         Command::Verify { format } => verify(global, format),
         Command::Kinds { kind, format } => kinds(kind.as_deref(), format),
         Command::Completions { shell } => completions(shell),
@@ -80,9 +112,41 @@ fn ok_if(ok: bool) -> ExitCode {
     }
 }
 
+/// `run`: one run of the pipeline (with any `--set` values), or a sweep when a `--set` lists
+/// several values or `--sweep` names one.
+fn run_command(global: &GlobalArgs, args: &RunArgs) -> Result<ExitCode> {
+    let pipeline = cli::load_pipeline(global)?;
+    let mut axes = match &args.sweep {
+        None => Vec::new(),
+        Some(name) => pipeline.sweeps.get(name).cloned().ok_or_else(|| {
+            cli::UsageError(format!(
+                "--sweep {name}: no [sweeps.{name}] in {}{}",
+                global.pipeline.display(),
+                onenet::config::did_you_mean(name, pipeline.sweeps.keys().map(String::as_str))
+            ))
+        })?,
+    };
+    axes.extend(SweepAxis::from_assignments(&args.set)?);
+    let variants = SweepAxis::grid(&axes);
+    if args.sweep.is_none() && variants.len() == 1 {
+        return if args.dry_run {
+            dry_run(global, args)
+        } else {
+            run_stages(global, args)
+        };
+    }
+    run_sweep(global, args, pipeline, variants)
+}
+
 /// The engine for `run`, with every `--force` checked against the pipeline.
 fn engine_for_run(global: &GlobalArgs, args: &RunArgs) -> Result<(Engine, Vec<usize>)> {
     let engine = cli::open_engine(global, &args.set)?;
+    let selection = selection(&engine, global, args)?;
+    Ok((engine, selection))
+}
+
+/// Checks `--force` and the stages named against `engine`'s pipeline; the stages to run.
+fn selection(engine: &Engine, global: &GlobalArgs, args: &RunArgs) -> Result<Vec<usize>> {
     for name in &args.force {
         if engine.pipeline.stage(name).is_none() {
             return Err(cli::UsageError(format!(
@@ -92,8 +156,7 @@ fn engine_for_run(global: &GlobalArgs, args: &RunArgs) -> Result<(Engine, Vec<us
             .into());
         }
     }
-    let selection = plan::select(&engine.pipeline, &args.stages).map_err(cli::UsageError)?;
-    Ok((engine, selection))
+    Ok(plan::select(&engine.pipeline, &args.stages).map_err(cli::UsageError)?)
 }
 
 fn dry_run(global: &GlobalArgs, args: &RunArgs) -> Result<ExitCode> {
@@ -133,6 +196,20 @@ fn run_stages(global: &GlobalArgs, args: &RunArgs) -> Result<ExitCode> {
     };
     let start = Instant::now();
     let outcomes = engine.run(&planned, &options, &observer);
+    // A variant run (or a named one) is an experiment: `exp show` names it, `--exp` reads it.
+    if !engine.pipeline.overrides.is_empty() || args.name.is_some() {
+        let name = args
+            .name
+            .clone()
+            .unwrap_or_else(|| experiment_name("exp", &engine.pipeline.overrides));
+        if let Err(e) = engine.record_experiment(&name, None, ran_keys(&outcomes)) {
+            diag!("warning: could not record the experiment `{name}`: {e}");
+        } else {
+            out::note(&format!(
+                "recorded as experiment `{name}` (read it with --exp {name}; compare with `onenet exp show`)"
+            ));
+        }
+    }
     let view = render::RunView {
         outcomes: &outcomes,
         seconds: start.elapsed().as_secs_f64(),
@@ -140,6 +217,176 @@ fn run_stages(global: &GlobalArgs, args: &RunArgs) -> Result<ExitCode> {
     };
     out::ignore_closed(emit(&view, args.format))?;
     Ok(ok_if(view.failed() == 0))
+}
+
+/// The keys of the stages a run computed or reused.
+fn ran_keys(outcomes: &[StageOutcome]) -> BTreeMap<String, String> {
+    outcomes
+        .iter()
+        .filter(|o| matches!(o.action, Action::Computed | Action::Cached))
+        .map(|o| (o.name.clone(), o.key.clone()))
+        .collect()
+}
+
+/// A name for an unnamed experiment or sweep: the same overrides give the same name.
+fn experiment_name(prefix: &str, assignments: &[String]) -> String {
+    let mut sorted = assignments.to_vec();
+    sorted.sort();
+    let hash = blake3::hash(sorted.join("\n").as_bytes()).to_hex();
+    format!("{prefix}-{}", &hash[..8])
+}
+
+/// One variant's stage outcomes and seconds.
+type VariantRun = (Vec<StageOutcome>, f64);
+
+/// A sweep: one run per variant (every combination of the values given), each recorded as the
+/// experiment `<sweep>-<n>`; stages the variants share are computed once (the later variants
+/// find them in the store, or wait for the variant computing them). Every variant is checked
+/// before anything runs. Prints the sweep's experiments table at the end.
+fn run_sweep(
+    global: &GlobalArgs,
+    args: &RunArgs,
+    pipeline: onenet::config::Pipeline,
+    variants: Vec<Vec<String>>,
+) -> Result<ExitCode> {
+    let mut runs = Vec::with_capacity(variants.len());
+    for assignments in &variants {
+        let mut variant = pipeline.clone();
+        variant.apply_overrides(assignments)?;
+        let engine = Engine::open(variant)?;
+        let selection = selection(&engine, global, args)?;
+        runs.push((assignments, engine, selection));
+    }
+    let everything: Vec<String> = variants.iter().flatten().cloned().collect();
+    let sweep = match (&args.name, &args.sweep) {
+        (Some(name), _) | (None, Some(name)) => name.clone(),
+        (None, None) => experiment_name("sweep", &everything),
+    };
+    onenet::store::check_name(&sweep).map_err(|e| cli::UsageError(e.to_string()))?;
+    let total = runs.len();
+    let header = |i: usize, assignments: &[String]| {
+        format!(
+            "variant {}/{total} ({sweep}-{}): {}",
+            i + 1,
+            i + 1,
+            if assignments.is_empty() {
+                "as the file reads".to_string()
+            } else {
+                assignments.join(" ")
+            }
+        )
+    };
+    if args.dry_run {
+        let mut ok = true;
+        for (i, (assignments, engine, selection)) in runs.iter().enumerate() {
+            let statuses = engine.status(&engine.plan(selection)?);
+            if args.format == Format::Text {
+                out!("{}", header(i, assignments))?;
+            }
+            ok &= emit(
+                &render::StatusView {
+                    statuses: &statuses,
+                    dry_run: Some(&args.force),
+                },
+                args.format,
+            )
+            .is_ok();
+        }
+        return Ok(ok_if(ok));
+    }
+    let options = RunOptions {
+        force: args.force.clone(),
+        lock_timeout: Duration::from_secs(args.wait),
+    };
+    let mode = ProgressMode::detect();
+    let text = args.format == Format::Text;
+    let jobs = usize::from(args.jobs).min(total);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<Option<VariantRun>>> =
+        std::sync::Mutex::new(vec![None; total]);
+    let start = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        let mut handles = Vec::new();
+        for _ in 0..jobs {
+            handles.push(scope.spawn(|| -> Result<()> {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some((assignments, engine, selection)) = runs.get(i) else {
+                        return Ok(());
+                    };
+                    // One variant at a time: its stage lines under its header, as they finish.
+                    if text && jobs == 1 {
+                        mode.print(|| {
+                            let _ = out!("{}", header(i, assignments));
+                        });
+                    }
+                    let observer =
+                        RunProgress::with_mode(mode.clone(), text && jobs == 1, HashMap::new());
+                    let began = Instant::now();
+                    let planned = engine.plan(selection)?;
+                    let outcomes = engine.run(&planned, &options, &observer);
+                    let seconds = began.elapsed().as_secs_f64();
+                    let name = format!("{sweep}-{}", i + 1);
+                    if let Err(e) =
+                        engine.record_experiment(&name, Some(&sweep), ran_keys(&outcomes))
+                    {
+                        diag!("warning: could not record the experiment `{name}`: {e}");
+                    }
+                    if text && jobs > 1 {
+                        mode.print(|| {
+                            let _ = out!("{}", header(i, assignments));
+                            for outcome in &outcomes {
+                                let _ = out!("{}", render::outcome_line(outcome));
+                            }
+                        });
+                    }
+                    results.lock().unwrap_or_else(|e| e.into_inner())[i] =
+                        Some((outcomes, seconds));
+                }
+            }));
+        }
+        for handle in handles {
+            handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("a sweep worker thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let results: Vec<VariantRun> = results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .flatten()
+        .collect();
+    let failed = results
+        .iter()
+        .flat_map(|(o, _)| o)
+        .filter(|o| matches!(o.action, Action::Failed | Action::Skipped))
+        .count();
+    let table = cli::open_engine(global, &[])?
+        .without_worker()
+        .exp_rows(None, Some(&sweep))
+        .unwrap_or_default();
+    let view = render::SweepView {
+        sweep: &sweep,
+        variants: runs
+            .iter()
+            .zip(&results)
+            .enumerate()
+            .map(
+                |(i, ((assignments, _, _), (outcomes, seconds)))| render::SweepVariant {
+                    name: format!("{sweep}-{}", i + 1),
+                    assignments: assignments.to_vec(),
+                    outcomes: outcomes.clone(),
+                    seconds: *seconds,
+                },
+            )
+            .collect(),
+        table: render::ExpTable::new(table, false),
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    out::ignore_closed(emit(&view, args.format))?;
+    Ok(ok_if(failed == 0))
 }
 
 fn status(
@@ -215,8 +462,8 @@ fn show(global: &GlobalArgs, stage: &str, format: Format) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn gc(global: &GlobalArgs, dry_run: bool, format: Format) -> Result<ExitCode> {
-    let report = cli::open_engine(global, &[])?.gc(dry_run)?;
+fn gc(global: &GlobalArgs, dry_run: bool, keep_sweeps: bool, format: Format) -> Result<ExitCode> {
+    let report = cli::open_engine(global, &[])?.gc(dry_run, keep_sweeps)?;
     emit(&render::GcView { report, dry_run }, format)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -264,6 +511,100 @@ fn metrics(global: &GlobalArgs, format: Format) -> Result<ExitCode> {
         .map_err(anyhow::Error::msg)?;
     let metrics = onenet_stages::specs::evaluate::read_metrics(&dir)?;
     emit(&render::MetricsView(metrics), format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the store only: never starts the libtorch worker.
+fn exp_show(global: &GlobalArgs, query: &ExpShowArgs) -> Result<ExitCode> {
+    let engine = cli::open_engine(global, &[])?.without_worker();
+    let rows = engine
+        .exp_rows(query.stage.as_deref(), query.sweep.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let mut rows = experiments::filter(rows, &query.filters).map_err(cli::usage)?;
+    if let Some(metric) = &query.sort {
+        experiments::sort_by_metric(&mut rows, metric, query.ascending).map_err(cli::usage)?;
+    }
+    let table = render::ExpTable::new(rows, query.all_params);
+    match query.format {
+        TableFormat::Text => emit(&table, Format::Text)?,
+        TableFormat::Json => emit(&table, Format::Json)?,
+        TableFormat::Csv => out::bytes(&table.csv()?)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn exp_diff(
+    global: &GlobalArgs,
+    a: &str,
+    b: &str,
+    stage: Option<&str>,
+    format: Format,
+) -> Result<ExitCode> {
+    let engine = cli::open_engine(global, &[])?.without_worker();
+    let a = engine.exp_object(a, stage).map_err(anyhow::Error::msg)?;
+    let b = engine.exp_object(b, stage).map_err(anyhow::Error::msg)?;
+    let diff = experiments::diff(&a, &b);
+    emit(&render::ExpDiffView { a, b, diff }, format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pin(
+    global: &GlobalArgs,
+    name: &str,
+    stage: Option<&str>,
+    key: Option<&str>,
+    set: &[String],
+    format: Format,
+) -> Result<ExitCode> {
+    let engine = cli::open_engine(global, set)?;
+    if let Some(stage) = stage {
+        if engine.pipeline.stage(stage).is_none() {
+            return Err(cli::UsageError(format!(
+                "--stage {stage}: no such stage in {}",
+                global.pipeline.display()
+            ))
+            .into());
+        }
+    }
+    let pin = engine.pin(name, stage, key).map_err(anyhow::Error::msg)?;
+    emit(&render::PinsView(vec![(pin, true)]), format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pins(global: &GlobalArgs, format: Format) -> Result<ExitCode> {
+    let store = cli::open_store(global)?;
+    let pins = store
+        .named(Bucket::Pins)
+        .into_iter()
+        .map(|pin| {
+            let present = pin
+                .keys
+                .values()
+                .all(|hex| CacheKey::from_hex(hex).is_some_and(|k| store.has(&k)));
+            (pin, present)
+        })
+        .collect();
+    emit(&render::PinsView(pins), format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn unpin(global: &GlobalArgs, name: &str) -> Result<ExitCode> {
+    let store = cli::open_store(global)?;
+    if !store.remove_named(Bucket::Pins, name)? {
+        let known: Vec<String> = store
+            .named(Bucket::Pins)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        return Err(cli::UsageError(format!(
+            "no pin named `{name}`{}",
+            onenet::config::did_you_mean(name, known.iter().map(String::as_str))
+        ))
+        .into());
+    }
+    out::note(&format!(
+        "unpinned `{name}`; `onenet gc` may now remove its outputs"
+    ));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,6 +12,10 @@
 //!   scratch/<key>/          checkpoints of a stage being computed, kept if it is killed
 //!   locks/<key>.lock        held while a process computes that key
 //!   corrupt/<key>/          objects `verify` found damaged, moved aside
+//!   views/<name>/<stage>    newest-output links of other pipeline files sharing the store
+//!   pipelines/<view>.json   which pipeline files use the store, and what they resolved to
+//!   pins/<name>.json        named sets of objects `gc` keeps (`onenet pin`)
+//!   experiments/<name>.json variant runs (`run --set`, sweeps), for `exp show` and `--exp`
 //! ```
 //!
 //! Each folder and file is named once, by `Bucket` and `StoreFile`.
@@ -72,6 +76,15 @@ pub enum StoreError {
         lock: PathBuf,
         waited: Duration,
     },
+    #[error(
+        "`{0}` cannot name a pin or an experiment: use letters, digits, `.`, `_` and `-`, not \
+         starting with `.` or `-`"
+    )]
+    BadName(String),
+    #[error("no object in the store has a key starting with `{0}`")]
+    UnknownKey(String),
+    #[error("`{prefix}` starts {count} keys in the store: give more of the key")]
+    AmbiguousKey { prefix: String, count: usize },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -104,6 +117,9 @@ pub struct ObjectMeta {
     /// The device a libtorch stage ran on, as its worker reported it (None: plain Rust).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// The stage's headline numbers, for comparing runs (`exp show`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metrics: std::collections::BTreeMap<String, f64>,
 }
 
 /// What a stage said about an output besides its files, recorded with it at commit.
@@ -115,6 +131,8 @@ pub struct CommitInfo {
     pub seconds: f64,
     /// The device it ran on (libtorch stages).
     pub device: Option<String>,
+    /// Its headline numbers.
+    pub metrics: std::collections::BTreeMap<String, f64>,
 }
 
 /// One line of `runs.jsonl`: a stage's outcome in one run.
@@ -154,6 +172,10 @@ pub enum Bucket {
     Views,
     /// `pipelines/<view>.json`: which pipeline files use this store, and what they resolved to.
     Pipelines,
+    /// `pins/<name>.json`: named sets of objects that `gc` keeps.
+    Pins,
+    /// `experiments/<name>.json`: variant runs, each a named set of objects.
+    Experiments,
 }
 
 impl Bucket {
@@ -167,6 +189,8 @@ impl Bucket {
             Bucket::Corrupt => "corrupt",
             Bucket::Views => "views",
             Bucket::Pipelines => "pipelines",
+            Bucket::Pins => "pins",
+            Bucket::Experiments => "experiments",
         }
     }
 }
@@ -214,6 +238,39 @@ pub struct PipelineRecord {
     pub updated_unix: u64,
 }
 
+/// A named set of objects, one per stage: a pin (`gc` keeps it) or an experiment (a variant
+/// run, kept by `gc --keep-sweeps`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedKeys {
+    pub name: String,
+    /// The pipeline file it came from (absolute).
+    pub pipeline: PathBuf,
+    /// The run's `--set` overrides (empty: the file as it read).
+    #[serde(default)]
+    pub overrides: Vec<String>,
+    /// The sweep the run belonged to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<String>,
+    /// Stage name → key hex.
+    pub keys: std::collections::BTreeMap<String, String>,
+    pub created_unix: u64,
+}
+
+/// Whether `name` can name a pin or experiment: it becomes a file name.
+pub fn check_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadName(name.to_string()))
+    }
+}
+
 /// A held per-key lock; released on drop.
 pub struct KeyLock {
     _file: File,
@@ -253,30 +310,57 @@ impl ArtifactStore {
 
     /// Every pipeline file recorded as using this store.
     pub fn pipeline_records(&self) -> Vec<PipelineRecord> {
-        let mut records: Vec<PipelineRecord> = fs::read_dir(self.bucket(Bucket::Pipelines))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter_map(|e| fs::read(e.path()).ok())
-                    .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut records: Vec<PipelineRecord> = read_json_files(&self.bucket(Bucket::Pipelines));
         records.sort_by(|a, b| a.view.cmp(&b.view));
         records
     }
 
     /// Records (atomically) what the pipeline file of view `record.view` resolved to.
     pub fn record_pipeline(&self, record: &PipelineRecord) -> Result<(), StoreError> {
-        let dir = self.bucket(Bucket::Pipelines);
+        let file = format!("{}.json", record.view.replace('/', "__"));
+        self.write_json(Bucket::Pipelines, &file, record)
+    }
+
+    /// Every named set of objects in `bucket` (`Pins` or `Experiments`), by name.
+    pub fn named(&self, bucket: Bucket) -> Vec<NamedKeys> {
+        let mut sets: Vec<NamedKeys> = read_json_files(&self.bucket(bucket));
+        sets.sort_by(|a, b| a.name.cmp(&b.name));
+        sets
+    }
+
+    /// Writes (atomically, replacing one of the same name) a named set of objects.
+    pub fn write_named(&self, bucket: Bucket, set: &NamedKeys) -> Result<(), StoreError> {
+        check_name(&set.name)?;
+        self.write_json(bucket, &format!("{}.json", set.name), set)
+    }
+
+    /// Removes a named set of objects; false if there was none of that name.
+    pub fn remove_named(&self, bucket: Bucket, name: &str) -> Result<bool, StoreError> {
+        check_name(name)?;
+        let path = self.bucket(bucket).join(format!("{name}.json"));
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Writes `value` as `<bucket>/<file>` by a rename, so a reader sees the old or new whole.
+    fn write_json<T: Serialize>(
+        &self,
+        bucket: Bucket,
+        file: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let dir = self.bucket(bucket);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let path = dir.join(format!("{}.json", record.view.replace('/', "__")));
+        let path = dir.join(file);
         let tmp = dir.join(format!(
             ".{}.{}.tmp",
             std::process::id(),
             PENDING_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let bytes = serde_json::to_vec_pretty(record).map_err(|e| StoreError::Io {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Io {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
@@ -488,6 +572,7 @@ impl ArtifactStore {
             seconds: info.seconds,
             created_unix: now_unix() as u64,
             device: info.device,
+            metrics: info.metrics,
         };
         let meta_path = pending.dir.join(OBJECT_META);
         write_synced(
@@ -570,6 +655,27 @@ impl ArtifactStore {
             Err(e) => return Err(io_err(&path)(e)),
         };
         Ok(parse_run_log(&path, &bytes))
+    }
+
+    /// The object whose key starts with `prefix` (hex, any case).
+    pub fn key_by_prefix(&self, prefix: &str) -> Result<CacheKey, StoreError> {
+        let wanted = prefix.to_ascii_lowercase();
+        let found: Vec<CacheKey> = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            self.object_keys()
+                .into_iter()
+                .filter(|k| k.hex().starts_with(&wanted))
+                .collect()
+        };
+        match found.as_slice() {
+            [key] => Ok(*key),
+            [] => Err(StoreError::UnknownKey(prefix.to_string())),
+            many => Err(StoreError::AmbiguousKey {
+                prefix: prefix.to_string(),
+                count: many.len(),
+            }),
+        }
     }
 
     /// Keys of all complete objects.
@@ -914,6 +1020,25 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(io_err(dir))
+}
+
+/// Every `*.json` file directly in `dir` that parses as a `T` (others, and temporary files, are
+/// skipped: these are bookkeeping files that a reader must not fail on).
+fn read_json_files<T: serde::de::DeserializeOwned>(dir: &Path) -> Vec<T> {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.ends_with(".json") && !name.starts_with('.')
+                })
+                .filter_map(|e| fs::read(e.path()).ok())
+                .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Seconds since the Unix epoch.

@@ -457,6 +457,20 @@ fn random_weights_pipeline(images: u32, epochs: u32) -> String {
     )
 }
 
+/// A temporary project holding `random_weights_pipeline(images, epochs)`.
+fn random_weights_project(images: u32, epochs: u32) -> (tempfile::TempDir, Trained) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        random_weights_pipeline(images, epochs),
+    )
+    .unwrap();
+    let t = Trained {
+        dir: dir.path().to_path_buf(),
+    };
+    (dir, t)
+}
+
 fn notes_of(run: &Value, stage: &str) -> String {
     run["stages"]
         .as_array()
@@ -469,15 +483,7 @@ fn notes_of(run: &Value, stage: &str) -> String {
 
 #[test]
 fn adding_images_computes_features_for_the_new_ones_only() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("pipeline.toml"),
-        random_weights_pipeline(20, 1),
-    )
-    .unwrap();
-    let t = Trained {
-        dir: dir.path().to_path_buf(),
-    };
+    let (_dir, t) = random_weights_project(20, 1);
     let first = t.json(&["run", "features"]);
     assert!(
         notes_of(&first, "features").contains("20 computed, 0 reused"),
@@ -903,4 +909,104 @@ fn metrics_and_caption_end_quietly_when_their_reader_stops_early() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
     }
+}
+
+#[test]
+fn runs_of_two_train_settings_and_a_sweep_compare_in_exp_show_and_diff() {
+    let (_dir, t) = random_weights_project(12, 1);
+    t.json(&["run", "train"]);
+    t.json(&["run", "train", "--set", "train.epochs=2", "--name", "two"]);
+    // The default table is the furthest-downstream stage with metrics: train here.
+    let table = t.json(&["exp", "show"]);
+    let rows = table.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{table:#}");
+    for row in rows {
+        let params = row["params"].as_object().unwrap();
+        assert_eq!(params.keys().collect::<Vec<_>>(), ["train.epochs"], "{row}");
+        for metric in ["train_loss", "dev_loss", "dev_bleu4"] {
+            assert!(row["metrics"][metric].is_number(), "{metric}: {row}");
+        }
+    }
+    let epochs: Vec<i64> = rows
+        .iter()
+        .map(|r| r["params"]["train.epochs"].as_i64().unwrap())
+        .collect();
+    assert_eq!(epochs, [1, 2]);
+    assert!(rows[0]["marks"].to_string().contains("latest"), "{table:#}");
+    assert!(
+        rows[1]["marks"].to_string().contains("exp:two"),
+        "{table:#}"
+    );
+    // Filter and sort.
+    let only = t.json(&["exp", "show", "--where", "train.epochs=2"]);
+    assert_eq!(only.as_array().unwrap().len(), 1);
+    let sorted = t.json(&["exp", "show", "--sort", "dev_loss", "--ascending"]);
+    let losses: Vec<f64> = sorted
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["metrics"]["dev_loss"].as_f64().unwrap())
+        .collect();
+    assert!(losses[0] <= losses[1], "{losses:?}");
+    let out = t.onenet(&["exp", "show", "--sort", "cider"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the rows have: dev_bleu4"));
+    // CSV: a header and two records.
+    let out = t.onenet(&["exp", "show", "--format", "csv"]);
+    let csv = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(
+        lines[0].starts_with("key,created,marks,train.epochs,"),
+        "{csv}"
+    );
+
+    // exp diff by experiment name and key prefix: exactly the changed param.
+    let first = rows[0]["key"].as_str().unwrap();
+    let diff = t.json(&["exp", "diff", &first[..10], "two"]);
+    assert_eq!(diff["params"].as_array().unwrap().len(), 1, "{diff:#}");
+    assert_eq!(diff["params"][0]["name"], "train.epochs");
+    assert_eq!(diff["params"][0]["a"], 1);
+    assert_eq!(diff["params"][0]["b"], 2);
+    let out = t.onenet(&["exp", "diff", &first[..10], "two"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("train.epochs") && said.contains("dev_loss"),
+        "{said}"
+    );
+
+    // A 2×2 sweep: four trainings, the stages upstream of train computed by none of them.
+    let grid = [
+        "run",
+        "train",
+        "--set",
+        "train.epochs=1,2",
+        "--set",
+        "train.hidden_dim=64,32",
+        "--name",
+        "grid",
+    ];
+    let sweep = t.json(&grid);
+    let stages: Vec<&Value> = sweep["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|v| v["stages"].as_array().unwrap())
+        .collect();
+    let computed: Vec<&str> = stages
+        .iter()
+        .filter(|s| s["action"] == "computed")
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    // Two of the four settings ran above already (epochs 1 and 2 at hidden_dim 64).
+    assert_eq!(computed, ["train", "train"], "{sweep:#}");
+    assert_eq!(sweep["table"].as_array().unwrap().len(), 4, "{sweep:#}");
+    let again = t.json(&grid);
+    assert!(
+        !again.to_string().contains("\"computed\""),
+        "a repeated sweep computed something: {again:#}"
+    );
+    let out = t.onenet(&["exp", "show", "--sweep", "grid"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(said.lines().count(), 5, "{said}");
 }

@@ -161,6 +161,9 @@ pub struct StageReport {
     /// The device a libtorch stage ran on (`cpu`, `cuda`), as the worker reports it; None for
     /// plain Rust stages. The engine refuses to commit an output whose key names another device.
     pub device: Option<String>,
+    /// Headline numbers for comparing runs (`onenet exp show`), e.g. `bleu4_beam` → 0.61: a
+    /// name of lower-case letters, digits and `_`, each a column of the experiments table.
+    pub metrics: std::collections::BTreeMap<String, f64>,
 }
 
 /// How many upstream stages a kind reads, and of which kinds.

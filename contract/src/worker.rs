@@ -41,6 +41,8 @@ pub enum WorkerEvent {
         /// The device the stage ran on, as the worker's runtime decided it.
         #[serde(default)]
         device: Option<String>,
+        #[serde(default)]
+        metrics: std::collections::BTreeMap<String, f64>,
     },
     Error {
         error: WireError,
@@ -180,11 +182,13 @@ pub fn run_in_worker(ctx: &StageContext) -> Result<StageReport, StageError> {
                     warnings,
                     notes,
                     device,
+                    metrics,
                 }) => {
                     outcome = Some(Ok(StageReport {
                         warnings,
                         notes,
                         device,
+                        metrics,
                     }))
                 }
                 Ok(WorkerEvent::Error { error }) => outcome = Some(Err(error.into())),
@@ -248,6 +252,7 @@ pub fn serve(job: &StageJob, run: crate::RunFn, device: &str) -> bool {
                 warnings: report.warnings,
                 notes: report.notes,
                 device: Some(device.to_string()),
+                metrics: report.metrics,
             });
             true
         }

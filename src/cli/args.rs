@@ -104,11 +104,18 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
-    /// Remove store objects that no stage's newest output needs, and leftovers of killed runs.
+    /// Remove store objects that no pipeline file needs, and leftovers of killed runs.
+    ///
+    /// Kept: what every pipeline file that ran against the store resolves to (as it reads now,
+    /// and as it last ran), every view's newest outputs, every pin, with `--keep-sweeps` every
+    /// experiment's outputs, and everything upstream of those.
     Gc {
         /// Report what would be removed, and how many bytes, without removing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Also keep the outputs of every variant run and sweep (`onenet exp show` lists them).
+        #[arg(long)]
+        keep_sweeps: bool,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -124,6 +131,35 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Compare runs: the experiments table, and the difference of two runs.
+    #[command(subcommand)]
+    Exp(ExpCommand),
+    /// Keep a run's outputs (and everything upstream of them) from `gc`, under a name.
+    ///
+    /// Pins what the pipeline (with any `--set`) resolves to now: every stage, or one with
+    /// `--stage`; or one object with `--key`. Pinning an existing name replaces that pin.
+    Pin {
+        /// The pin's name (letters, digits, `.`, `_`, `-`).
+        name: String,
+        /// Pin only this stage's output.
+        #[arg(long, conflicts_with = "key")]
+        stage: Option<String>,
+        /// Pin the object whose key starts with this.
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+        /// Pin the variant these overrides make (as `run --set`).
+        #[arg(long = "set", value_name = "STAGE.PARAM=VALUE", conflicts_with = "key")]
+        set: Vec<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// List the pins: name, stage, key, and whether the object is still in the store.
+    Pins {
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Remove a pin (its objects stay until a `gc` finds nothing else keeping them).
+    Unpin { name: String },
     /// Print a completion script for a shell, e.g. `onenet completions bash >
     /// ~/.local/share/bash-completion/completions/onenet`.
     Completions { shell: clap_complete::Shell },
@@ -151,6 +187,45 @@ pub struct RunArgs {
     /// Seconds to wait for another onenet process computing the same stage.
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     pub wait: u64,
+    /// Run the sweep declared as `[sweeps.NAME]` in the pipeline file.
+    #[arg(long, value_name = "NAME")]
+    pub sweep: Option<String>,
+    /// Name this variant run (or sweep), for `exp show`, `--exp` and `pin` (default: a name
+    /// made from its overrides).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Run up to this many variants of a sweep at once (each also runs its independent stages
+    /// in parallel; stages the variants share are computed once).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
+}
+
+/// Output format of a table: readable text, JSON (an array of rows) or CSV.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableFormat {
+    Text,
+    Json,
+    Csv,
+}
+
+#[derive(Subcommand)]
+pub enum ExpCommand {
+    /// One row per output of a stage (default: every output of the pipeline's last stage that
+    /// reports metrics, e.g. every `evaluate`), with the params that differ between the rows —
+    /// its own and its upstream stages' — and its metrics. Rows are marked `latest` (the
+    /// pipeline's own), `pin:NAME` or `exp:NAME`.
+    Show(ExpShowArgs),
+    /// The params and metrics that differ between two runs, each given as a key prefix, a pin
+    /// or an experiment name.
+    Diff {
+        a: String,
+        b: String,
+        /// The stage compared when A or B is a pin or experiment (default as for `exp show`).
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
 }
 
 /// The arguments the libtorch worker gets for a task: ours without the flags only `onenet`
@@ -184,4 +259,29 @@ mod tests {
             ["caption", "x.jpg", "--", "-v"].map(std::ffi::OsString::from)
         );
     }
+}
+
+/// What `exp show` shows.
+#[derive(Args)]
+pub struct ExpShowArgs {
+    /// The stage whose outputs are the rows.
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// Only the runs of this sweep.
+    #[arg(long)]
+    pub sweep: Option<String>,
+    /// Sort by this metric, largest first.
+    #[arg(long, value_name = "METRIC")]
+    pub sort: Option<String>,
+    /// With --sort: smallest first (for losses).
+    #[arg(long, requires = "sort")]
+    pub ascending: bool,
+    /// Keep rows whose param has this value, e.g. `--where train.rnn=lstm` (repeatable).
+    #[arg(long = "where", value_name = "STAGE.PARAM=VALUE")]
+    pub filters: Vec<String>,
+    /// Show every param, not only those that differ.
+    #[arg(long)]
+    pub all_params: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: TableFormat,
 }

@@ -109,6 +109,11 @@ pub fn error_message(error: &anyhow::Error) -> String {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// A usage error from any error that says what is wrong with the command line.
+pub fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+    UsageError(e.to_string()).into()
+}
+
 /// Whether `e` is a usage error: ours, or a malformed `--set`.
 pub fn is_usage_error(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {

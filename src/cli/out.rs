@@ -94,6 +94,13 @@ pub fn diag_line(args: fmt::Arguments) {
     let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
 }
 
+/// A note for people on stderr (not a result): left out with `--quiet`.
+pub fn note(text: &str) {
+    if verbosity() != Verbosity::Quiet {
+        diag_line(format_args!("{text}"));
+    }
+}
+
 /// `out!("…", args)`: one line of results on stdout; returns `io::Result<()>`.
 macro_rules! out {
     ($($arg:tt)*) => {

@@ -214,8 +214,17 @@ pub struct RunProgress {
 
 impl RunProgress {
     pub fn new(text: bool, reasons: HashMap<String, String>) -> RunProgress {
+        RunProgress::with_mode(ProgressMode::detect(), text, reasons)
+    }
+
+    /// Drawing into `mode`, which runs going on at the same time share (a sweep's variants).
+    pub fn with_mode(
+        mode: ProgressMode,
+        text: bool,
+        reasons: HashMap<String, String>,
+    ) -> RunProgress {
         RunProgress {
-            mode: ProgressMode::detect(),
+            mode,
             text,
             reasons,
         }

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use onenet::config::StageDecl;
 use onenet::engine::{Action, PlannedStage, StageOutcome, StageState, StageStatus};
+use onenet::experiments::{self, ExpDiff, ExpRow};
 use onenet::formats::FileSummary;
-use onenet::store::{GcReport, ObjectMeta, VerifyReport};
+use onenet::store::{GcReport, NamedKeys, ObjectMeta, VerifyReport};
 use onenet::task_cli::Format;
 use onenet_stages::specs::evaluate::Metric;
 use onenet_stages::{DeviceUse, Effect, ParamDefault, StageKind};
@@ -548,5 +549,282 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The experiments table (`exp show`, the end of a sweep): one row per object, the params that
+/// differ (or all), and the metrics.
+pub struct ExpTable {
+    pub rows: Vec<ExpRow>,
+    pub params: Vec<String>,
+    pub metrics: Vec<String>,
+}
+
+impl ExpTable {
+    pub fn new(rows: Vec<ExpRow>, all_params: bool) -> ExpTable {
+        let params = if all_params {
+            let names: std::collections::BTreeSet<&String> =
+                rows.iter().flat_map(|r| r.params.keys()).collect();
+            names.into_iter().cloned().collect()
+        } else {
+            experiments::differing_params(&rows)
+        };
+        let metrics = experiments::metric_names(&rows);
+        ExpTable {
+            rows,
+            params,
+            metrics,
+        }
+    }
+
+    fn header(&self) -> Vec<String> {
+        let mut header: Vec<String> = ["key", "created", "marks"].map(String::from).to_vec();
+        header.extend(self.params.iter().cloned());
+        header.extend(self.metrics.iter().cloned());
+        header
+    }
+
+    fn cells(&self, row: &ExpRow) -> Vec<String> {
+        let mut cells = vec![
+            row.key.short(),
+            onenet_stages::report::utc_text(row.created_unix),
+            row.marks.join(" "),
+        ];
+        cells.extend(self.params.iter().map(|p| {
+            row.params
+                .get(p)
+                .map(experiments::param_text)
+                .unwrap_or_else(|| "-".into())
+        }));
+        cells.extend(self.metrics.iter().map(|m| {
+            row.metrics
+                .get(m)
+                .map(|v| metric_text(*v))
+                .unwrap_or_else(|| "-".into())
+        }));
+        cells
+    }
+
+    /// The table as CSV (RFC 4180): a header, then one record per row, full keys.
+    pub fn csv(&self) -> io::Result<Vec<u8>> {
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        writer.write_record(self.header())?;
+        for row in &self.rows {
+            let mut cells = self.cells(row);
+            cells[0] = row.key.hex();
+            writer.write_record(cells)?;
+        }
+        writer.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+/// A metric as a table cell: whole numbers as such, others to 3 decimals.
+fn metric_text(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e12 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+/// Rows of cells as aligned columns, two spaces apart.
+fn aligned(rows: &[Vec<String>]) -> Vec<String> {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        })
+        .collect()
+}
+
+impl Render for ExpTable {
+    fn text(&self) -> io::Result<()> {
+        if self.rows.is_empty() {
+            return out!("no runs to show");
+        }
+        let mut lines = vec![self.header()];
+        lines.extend(self.rows.iter().map(|r| self.cells(r)));
+        for line in aligned(&lines) {
+            out!("{line}")?;
+        }
+        Ok(())
+    }
+
+    fn json(&self) -> Value {
+        Value::Array(
+            self.rows
+                .iter()
+                .map(|r| experiments::row_json(r, &self.params))
+                .collect(),
+        )
+    }
+}
+
+/// `exp diff`.
+pub struct ExpDiffView {
+    pub a: ExpRow,
+    pub b: ExpRow,
+    pub diff: ExpDiff,
+}
+
+impl Render for ExpDiffView {
+    fn text(&self) -> io::Result<()> {
+        let (a, b) = (self.a.key.short(), self.b.key.short());
+        out!("{} {a} → {} {b}", self.a.stage, self.b.stage)?;
+        if self.diff.params.is_empty() && self.diff.metrics.is_empty() {
+            return out!("no differences in params or metrics");
+        }
+        let text = |v: &Option<onenet::key::KeyParam>| {
+            v.as_ref()
+                .map(experiments::param_text)
+                .unwrap_or_else(|| "-".into())
+        };
+        let number = |v: &Option<f64>| v.map(metric_text).unwrap_or_else(|| "-".into());
+        let mut lines = vec![vec!["".to_string(), a.clone(), b.clone(), String::new()]];
+        for (name, x, y) in &self.diff.params {
+            lines.push(vec![name.clone(), text(x), text(y), String::new()]);
+        }
+        for (name, x, y) in &self.diff.metrics {
+            let change = match (x, y) {
+                (Some(x), Some(y)) => format!("{:+.3}", y - x),
+                _ => String::new(),
+            };
+            lines.push(vec![name.clone(), number(x), number(y), change]);
+        }
+        for line in aligned(&lines) {
+            out!("  {line}")?;
+        }
+        Ok(())
+    }
+
+    fn json(&self) -> Value {
+        let params: Vec<Value> = self
+            .diff
+            .params
+            .iter()
+            .map(|(name, x, y)| {
+                let typed = |v: &Option<onenet::key::KeyParam>| v.as_ref().map(|v| v.to_json());
+                json!({"name": name, "a": typed(x), "b": typed(y)})
+            })
+            .collect();
+        let metrics: Vec<Value> = self
+            .diff
+            .metrics
+            .iter()
+            .map(|(name, x, y)| json!({"name": name, "a": x, "b": y}))
+            .collect();
+        json!({
+            "a": self.a.key.hex(),
+            "b": self.b.key.hex(),
+            "params": params,
+            "metrics": metrics,
+        })
+    }
+}
+
+/// `pins`, and the pin `pin` made: each with whether all its objects are still in the store.
+pub struct PinsView(pub Vec<(NamedKeys, bool)>);
+
+impl Render for PinsView {
+    fn text(&self) -> io::Result<()> {
+        if self.0.is_empty() {
+            return out!("no pins");
+        }
+        let mut lines = Vec::new();
+        for (pin, present) in &self.0 {
+            for (stage, key) in &pin.keys {
+                lines.push(vec![
+                    pin.name.clone(),
+                    stage.clone(),
+                    key[..12.min(key.len())].to_string(),
+                    onenet_stages::report::utc_text(pin.created_unix),
+                    if *present {
+                        ""
+                    } else {
+                        "(gone from the store)"
+                    }
+                    .to_string(),
+                ]);
+            }
+        }
+        for line in aligned(&lines) {
+            out!("{line}")?;
+        }
+        Ok(())
+    }
+
+    fn json(&self) -> Value {
+        Value::Array(
+            self.0
+                .iter()
+                .map(|(pin, present)| {
+                    json!({"name": pin.name, "keys": pin.keys, "overrides": pin.overrides,
+                           "created_unix": pin.created_unix, "present": present,
+                           "pipeline": pin.pipeline})
+                })
+                .collect(),
+        )
+    }
+}
+
+/// One variant of a sweep, as run.
+pub struct SweepVariant {
+    pub name: String,
+    pub assignments: Vec<String>,
+    pub outcomes: Vec<StageOutcome>,
+    pub seconds: f64,
+}
+
+/// The end of a sweep: a summary and the sweep's experiments table (text), or every variant's
+/// outcomes and the table (JSON).
+pub struct SweepView<'a> {
+    pub sweep: &'a str,
+    pub variants: Vec<SweepVariant>,
+    pub table: ExpTable,
+    pub seconds: f64,
+}
+
+impl Render for SweepView<'_> {
+    fn text(&self) -> io::Result<()> {
+        let all: Vec<&StageOutcome> = self.variants.iter().flat_map(|v| &v.outcomes).collect();
+        let count = |a: Action| all.iter().filter(|o| o.action == a).count();
+        out!(
+            "sweep {}: {} variant(s), {} stage run(s): {} computed, {} cached, {} failed, in {:.2}s",
+            self.sweep,
+            self.variants.len(),
+            all.len(),
+            count(Action::Computed),
+            count(Action::Cached),
+            count(Action::Failed) + count(Action::Skipped),
+            self.seconds
+        )?;
+        self.table.text()
+    }
+
+    fn json(&self) -> Value {
+        let variants: Vec<Value> = self
+            .variants
+            .iter()
+            .map(|v| {
+                json!({"name": v.name, "set": v.assignments, "stages": v.outcomes,
+                       "seconds": v.seconds})
+            })
+            .collect();
+        json!({"sweep": self.sweep, "variants": variants, "table": self.table.json()})
     }
 }

@@ -230,6 +230,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     };
     Ok(StageReport {
         device: None,
+        metrics: specs::evaluate::headline(&metrics),
         warnings: Vec::new(),
         notes: vec![
             format!(

@@ -187,6 +187,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     }
     Ok(StageReport {
         device: None,
+        metrics: Default::default(),
         warnings: Vec::new(),
         notes,
     })

@@ -194,6 +194,14 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         ));
     }
     if let Some(last) = log.last() {
+        report.metrics = [
+            ("train_loss", last.train_loss),
+            ("dev_loss", last.dev_loss),
+            ("dev_bleu4", last.dev_bleu4),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect();
         report.notes.push(format!(
             "{} epochs: train loss {:.3}, dev loss {:.3}, dev BLEU-4 {:.3}, {:.0} samples/s",
             log.len(),

@@ -261,6 +261,7 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let train = settings.images - settings.dev - settings.test;
     Ok(StageReport {
         device: None,
+        metrics: Default::default(),
         warnings: Vec::new(),
         notes: vec![format!(
             "{} images ({train} train, {} dev, {} test), {} captions",

@@ -276,6 +276,7 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     std::fs::write(&path, &page).map_err(|e| StageError::io(&path, e))?;
     Ok(StageReport {
         device: None,
+        metrics: Default::default(),
         warnings,
         notes: vec![format!(
             "{REPORT_FILE}: {} KiB, {} pictures inlined",
@@ -292,7 +293,7 @@ fn now_unix() -> u64 {
 }
 
 /// `unix` seconds as "YYYY-MM-DD HH:MM UTC".
-fn utc_text(unix: u64) -> String {
+pub fn utc_text(unix: u64) -> String {
     // Days since 1970-01-01 to a civil date, by the usual era arithmetic (400-year cycles).
     let days = (unix / 86_400) as i64;
     let z = days + 719_468;

@@ -156,6 +156,15 @@ pub fn write_metrics(dir: &Path, metrics: &[Metric]) -> Result<(), StageError> {
     )
 }
 
+/// The metrics as the experiments table names them: `<metric>_<method>` (e.g. `bleu4_beam`,
+/// `r1_invert`), one number each; the split is the stage's own, so it is left out.
+pub fn headline(metrics: &[Metric]) -> std::collections::BTreeMap<String, f64> {
+    metrics
+        .iter()
+        .map(|m| (format!("{}_{}", m.name, m.method), m.value))
+        .collect()
+}
+
 /// Reads the metrics table an `evaluate` stage wrote into `dir`.
 pub fn read_metrics(dir: &Path) -> Result<Vec<Metric>, StageError> {
     use metrics_columns::*;

@@ -304,6 +304,7 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             warnings,
             notes,
             device: None,
+            metrics: Default::default(),
         })
     })
 }
