@@ -15,14 +15,20 @@ pub enum Format {
 #[derive(Subcommand, Debug)]
 pub enum TaskCommand {
     /// Caption image files with the trained network (features computed on the fly with the
-    /// pipeline's backbone).
+    /// pipeline's backbone), or dataset images by id. Every readable file is captioned; the
+    /// unreadable ones are reported and make the exit status 1.
     Caption {
         /// Which stage to read when the pipeline has several of a kind (e.g. `train_lstm`);
         /// default: the first in the file.
         #[arg(long, value_name = "STAGE")]
         stage: Option<String>,
-        #[arg(required = true)]
+        /// Image files (JPEG or PNG, whatever their extension).
+        #[arg(required_unless_present = "id")]
         images: Vec<PathBuf>,
+        /// A dataset image id, e.g. demo_000123.jpg (repeatable): captioned from the features
+        /// the pipeline computed for it.
+        #[arg(long, value_name = "IMAGE_ID")]
+        id: Vec<String>,
         /// Beam width (1: greedy decoding).
         #[arg(long, default_value_t = 1)]
         beam: usize,

@@ -1010,3 +1010,222 @@ fn runs_of_two_train_settings_and_a_sweep_compare_in_exp_show_and_diff() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert_eq!(said.lines().count(), 5, "{said}");
 }
+
+/// The images of `table` (an `images.parquet`) with their width and height.
+fn image_sizes(table: &Path) -> std::collections::BTreeMap<String, (u32, u32)> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::RowAccessor;
+    let reader = SerializedFileReader::new(std::fs::File::open(table).unwrap()).unwrap();
+    reader
+        .get_row_iter(None)
+        .unwrap()
+        .map(|row| {
+            let row = row.unwrap();
+            let id = row.get_string(0).unwrap().clone();
+            (id, (row.get_uint(4).unwrap(), row.get_uint(5).unwrap()))
+        })
+        .collect()
+}
+
+fn text_of(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x * y)).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(x * x)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// Files that are fine although they look odd go through `images` and `features` with the real
+/// backbone: PNG bytes named `.jpg`, a photo stored sideways with EXIF orientation 6 (its features
+/// are those of the upright one), a 16-bit grey PNG, a palette PNG with transparency; a macOS
+/// `._` file beside them is ignored.
+#[test]
+fn odd_image_files_get_features_as_displayed() {
+    use onenet_stages::image_file::samples;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let images = data.join("Flicker8k_Dataset");
+    let text = data.join("Flickr8k_text");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&text).unwrap();
+    let upright = samples::scene(240, 160);
+    let files: [(&str, Vec<u8>); 5] = [
+        ("grey16.png", samples::grey16_png(120, 90)),
+        ("palette.png", samples::palette_alpha_png(64, 64)),
+        (
+            "png_bytes.jpg",
+            samples::png(&image::DynamicImage::ImageRgb8(upright.clone())),
+        ),
+        ("sideways.jpg", samples::jpeg_stored_rotated(&upright)),
+        ("upright.jpg", samples::jpeg(&upright, Some(1))),
+    ];
+    let mut tokens = String::new();
+    for (name, bytes) in &files {
+        std::fs::write(images.join(name), bytes).unwrap();
+        tokens.push_str(&format!("{name}#0\ta picture .\n"));
+    }
+    std::fs::write(
+        images.join("._upright.jpg"),
+        b"\x00\x05\x16\x07\x00\x02\x00\x00",
+    )
+    .unwrap();
+    std::fs::write(text.join("Flickr8k.token.txt"), tokens).unwrap();
+    let names: Vec<&str> = files.iter().map(|(name, _)| *name).collect();
+    std::fs::write(text.join("Flickr_8k.trainImages.txt"), names.join("\n")).unwrap();
+    std::fs::write(text.join("Flickr_8k.devImages.txt"), "").unwrap();
+    std::fs::write(text.join("Flickr_8k.testImages.txt"), "").unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        format!(
+            r#"
+[stages.images]
+kind = "images"
+params = {{ root = "data", strict = true }}
+
+[stages.features]
+kind = "features"
+inputs = ["images"]
+params = {{ weights = "{}", batch_size = 8 }}
+"#,
+            weights().display()
+        ),
+    )
+    .unwrap();
+    let t = Trained {
+        dir: dir.path().to_path_buf(),
+    };
+    let run = t.json(&["run", "features"]);
+    assert!(
+        notes_of(&run, "images").contains("ignored 1 hidden or system files: ._upright.jpg"),
+        "{run}"
+    );
+    assert!(notes_of(&run, "features").contains("5 images"), "{run}");
+
+    let sizes = image_sizes(&dir.path().join("artifacts/latest/images/images.parquet"));
+    assert_eq!(sizes["sideways.jpg"], (240, 160));
+    assert_eq!(sizes["upright.jpg"], (240, 160));
+    assert_eq!(sizes["png_bytes.jpg"], (240, 160));
+
+    let features_dir = dir.path().join("artifacts/latest/features");
+    let rows = onenet_stages::specs::features::read_rows(&features_dir).unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r.image_id.as_str()).collect();
+    assert_eq!(ids, names);
+    let matrix = tensors(&features_dir.join("features.safetensors"));
+    let values: Vec<f32> = matrix
+        .values()
+        .next()
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let dim = values.len() / rows.len();
+    let row = |name: &str| {
+        let i = ids.iter().position(|id| *id == name).unwrap();
+        &values[i * dim..(i + 1) * dim]
+    };
+    let same = cosine(row("upright.jpg"), row("sideways.jpg"));
+    let png = cosine(row("upright.jpg"), row("png_bytes.jpg"));
+    println!("cosine upright/sideways {same:.4}, upright/png {png:.4}");
+    assert!(same >= 0.99, "upright vs sideways: cosine {same}");
+    // The PNG holds the exact pixels, the JPEG loses some on the scene's sharp colour edges
+    // (chroma subsampling): close, not equal.
+    assert!(png >= 0.95, "upright vs PNG: cosine {png}");
+    for name in ["grey16.png", "palette.png"] {
+        assert!(row(name).iter().all(|v| v.is_finite()), "{name}");
+        assert!(row(name).iter().any(|v| *v != 0.0), "{name}");
+    }
+}
+
+/// `caption` reads files as the stages do: a photo stored sideways with EXIF orientation 6 gets
+/// the upright one's caption; in a batch, every readable file is captioned, a truncated one
+/// with a warning, and the unreadable one is reported with exit status 1; `--id` captions a
+/// dataset image.
+#[test]
+fn caption_reads_files_as_the_stages_do() {
+    use onenet_stages::image_file::{self, samples};
+    let t = trained();
+    let original = t
+        .dir
+        .join("artifacts/latest/demo/Flicker8k_Dataset/demo_000011.jpg");
+    let picture = image_file::read(&original).unwrap().rgb;
+    let dir = tempfile::tempdir().unwrap();
+    let upright = dir.path().join("upright.jpg");
+    let sideways = dir.path().join("sideways.JPG");
+    let noise = dir.path().join("noise.jpg");
+    let cut = dir.path().join("cut.jpg");
+    let whole = samples::jpeg(&picture, Some(1));
+    std::fs::write(&upright, &whole).unwrap();
+    std::fs::write(&sideways, samples::jpeg_stored_rotated(&picture)).unwrap();
+    std::fs::write(&noise, b"this is no picture at all").unwrap();
+    std::fs::write(&cut, &whole[..whole.len() * 9 / 10]).unwrap();
+    let paths: Vec<&str> = [&upright, &noise, &sideways, &cut]
+        .iter()
+        .map(|p| p.to_str().unwrap())
+        .collect();
+
+    let mut args = vec!["caption"];
+    args.extend(&paths);
+    args.extend(["--format", "json"]);
+    let out = t.onenet(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let json: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let results = json["results"].as_array().unwrap();
+    let captioned: Vec<&str> = results
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(captioned, [paths[0], paths[2], paths[3]]);
+    assert_eq!(
+        results[0]["caption"], results[1]["caption"],
+        "upright and sideways captioned differently"
+    );
+    assert_eq!(json["unreadable"][0]["path"], paths[1]);
+    assert!(json["unreadable"][0]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("not an image"));
+    assert!(
+        stderr.contains(&format!("warning: {}: truncated", paths[3])),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("error: {}: not an image", paths[1])),
+        "{stderr}"
+    );
+
+    // Text: the captions of the others still printed.
+    let mut args = vec!["caption"];
+    args.extend(&paths);
+    let out = t.onenet(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    assert!(stdout.starts_with(&format!("{}: ", paths[0])), "{stdout}");
+
+    // similar-images reads the same way: the sideways photo finds what the upright one finds.
+    let nearest = |path: &str| {
+        t.json(&["similar-images", path, "-k", "1"])["results"][0]["matches"][0]["id"].clone()
+    };
+    assert_eq!(nearest(paths[0]), nearest(paths[2]));
+    let out = t.onenet(&["similar-images", paths[1]]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text_of(&out).contains("not an image"), "{}", text_of(&out));
+
+    // A dataset image by id: captioned from the pipeline's features of the same file.
+    let by_id = t.json(&["caption", "--id", "demo_000011.jpg"]);
+    let by_file = t.json(&["caption", original.to_str().unwrap()]);
+    assert_eq!(by_id["results"][0]["id"], "demo_000011.jpg");
+    assert_eq!(
+        by_id["results"][0]["caption"],
+        by_file["results"][0]["caption"]
+    );
+    let unknown = t.onenet(&["caption", "--id", "nothing.jpg"]);
+    assert_eq!(unknown.status.code(), Some(1));
+}

@@ -3,16 +3,15 @@
 //! later stages use as the list of usable images, with a table of the problems it found.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
-use image::{ImageFormat, ImageReader};
 use rayon::prelude::*;
 
 use crate::flickr::{self, Splits};
+use crate::image_file;
 use crate::table::{batch, write_parquet};
 use crate::{
     Effect, ParamDefault, ParamSpec, ParamType, Params, PathKind, Source, StageContext, StageError,
@@ -21,7 +20,7 @@ use crate::{
 
 pub const KIND: StageKind = StageKind {
     name: "images",
-    version: 1,
+    version: 2,
     about: "Hash, measure and check every image of a Flickr8k dataset",
     params: PARAMS,
     inputs: flickr::DATASET_INPUTS,
@@ -58,23 +57,18 @@ pub const PROBLEMS_TABLE: &str = "problems.parquet";
 pub const MISSING: &str = "missing";
 pub const CORRUPT: &str = "corrupt";
 
-/// File extensions read as images (compared case-insensitively); other files are ignored.
-const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
-
-/// Whether `path` has an image extension.
-fn has_image_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|ext| ext.to_str())
-        .is_some_and(|ext| {
-            IMAGE_EXTENSIONS
-                .iter()
-                .any(|known| ext.eq_ignore_ascii_case(known))
-        })
+/// The files of an image folder: the image files, and the hidden and operating-system files
+/// (`._x.jpg`, `.DS_Store`, `Thumbs.db`) that were passed over.
+#[derive(Debug, Default)]
+pub struct ImageListing {
+    pub files: Vec<PathBuf>,
+    pub ignored: Vec<String>,
 }
 
 /// The image files directly in `dir` (not in subfolders), sorted by path so that listings and
-/// cache keys do not depend on directory order.
-pub fn list_image_files(dir: &Path) -> Result<Vec<PathBuf>, StageError> {
+/// cache keys do not depend on directory order. Hidden and system files are left out, whatever
+/// their extension: they are never pictures (a `._x.jpg` is macOS's AppleDouble metadata).
+pub fn list_image_files(dir: &Path) -> Result<ImageListing, StageError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -82,16 +76,20 @@ pub fn list_image_files(dir: &Path) -> Result<Vec<PathBuf>, StageError> {
         }
         Err(e) => return Err(StageError::io(dir, e)),
     };
-    let mut files = Vec::new();
+    let mut listing = ImageListing::default();
     for entry in entries {
         let path = entry.map_err(|e| StageError::io(dir, e))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if let Some(name) = name.filter(|n| image_file::is_ignored_name(n)) {
+            listing.ignored.push(name);
         // `is_file` follows symlinks, so linked images count and linked folders do not.
-        if has_image_extension(&path) && path.is_file() {
-            files.push(path);
+        } else if image_file::has_image_extension(&path) && path.is_file() {
+            listing.files.push(path);
         }
     }
-    files.sort();
-    Ok(files)
+    listing.files.sort();
+    listing.ignored.sort();
+    Ok(listing)
 }
 
 fn sources(
@@ -102,7 +100,7 @@ fn sources(
     let Some(root) = flickr::external_root(params, inputs, base_dir)? else {
         return Ok(Vec::new());
     };
-    let mut files = list_image_files(&flickr::image_dir(&root))?;
+    let mut files = list_image_files(&flickr::image_dir(&root))?.files;
     files.extend(flickr::split_paths(&root));
     files.push(flickr::text_file(&root, flickr::TOKEN_FILE));
     Ok(files
@@ -116,92 +114,30 @@ fn sources(
 struct ImageFacts {
     hash: String,
     bytes: u64,
+    /// As displayed: after the EXIF orientation.
     width: u32,
     height: u32,
+    /// What the reader forgave (junk between JPEG segments).
+    notes: Vec<String>,
 }
 
-/// Reads, hashes and fully decodes one image; the error is a message for the problems table.
+/// Reads, hashes and fully decodes one image with the project's reader; the error is a message
+/// for the problems table.
 fn inspect_image(path: &Path) -> Result<ImageFacts, String> {
     let data = std::fs::read(path).map_err(|e| format!("unreadable: {e}"))?;
     let hash = blake3::hash(&data).to_hex().to_string();
-    // The format comes from the content, not the extension: a PNG named .jpg is still an image.
-    let reader = ImageReader::new(Cursor::new(&data))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
-    let format = reader.format();
-    let decoded = reader.decode().map_err(|e| e.to_string())?;
-    if format == Some(ImageFormat::Jpeg) {
-        // The JPEG decoder forgives a file cut short and fills the rest with grey, so a truncated
-        // download would pass as a valid image: check the structure ourselves.
-        check_jpeg_complete(&data)?;
+    let picture = image_file::decode(&data).map_err(|e| e.to_string())?;
+    // The decoder filled the missing part with grey: such a picture would train on grey.
+    if let Some(why) = picture.truncated {
+        return Err(format!("truncated: {why}"));
     }
     Ok(ImageFacts {
         hash,
         bytes: data.len() as u64,
-        width: decoded.width(),
-        height: decoded.height(),
+        width: picture.rgb.width(),
+        height: picture.rgb.height(),
+        notes: picture.notes,
     })
-}
-
-/// Checks that a JPEG's marker structure runs all the way to its end-of-image marker: segments
-/// are skipped by their lengths and entropy-coded data is scanned to the next real marker. Bytes
-/// after the end-of-image marker are allowed (some cameras append data there).
-fn check_jpeg_complete(data: &[u8]) -> Result<(), String> {
-    const TRUNCATED: &str = "truncated: the JPEG data ends before its end-of-image marker";
-    if !data.starts_with(&[0xFF, 0xD8]) {
-        return Err("not a JPEG: no start-of-image marker".to_string());
-    }
-    let mut pos = 2;
-    loop {
-        if data.get(pos) != Some(&0xFF) {
-            return match data.get(pos) {
-                None => Err(TRUNCATED.to_string()),
-                Some(_) => Err(format!("corrupt JPEG: expected a marker at byte {pos}")),
-            };
-        }
-        // A marker is 0xFF, optional 0xFF fill bytes, then its code.
-        while data.get(pos) == Some(&0xFF) {
-            pos += 1;
-        }
-        let Some(&code) = data.get(pos) else {
-            return Err(TRUNCATED.to_string());
-        };
-        pos += 1;
-        match code {
-            0xD9 => return Ok(()),
-            // Restart markers and TEM stand alone, without a length.
-            0xD0..=0xD7 | 0x01 => continue,
-            _ => {}
-        }
-        let (Some(&high), Some(&low)) = (data.get(pos), data.get(pos + 1)) else {
-            return Err(TRUNCATED.to_string());
-        };
-        let length = usize::from(u16::from_be_bytes([high, low]));
-        if length < 2 {
-            return Err(format!("corrupt JPEG: bad segment length at byte {pos}"));
-        }
-        pos += length;
-        if code == 0xDA {
-            // Start of scan: entropy-coded data follows, in which 0xFF 0x00 is an escaped 0xFF
-            // and 0xFF 0xD0..=0xD7 are restart markers; any other 0xFF pair starts a marker.
-            loop {
-                let Some(offset) = data
-                    .get(pos..)
-                    .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
-                else {
-                    return Err(TRUNCATED.to_string());
-                };
-                pos += offset;
-                match data.get(pos + 1) {
-                    None => return Err(TRUNCATED.to_string()),
-                    Some(0x00 | 0xD0..=0xD7) => pos += 2,
-                    // Fill byte: the marker code comes later.
-                    Some(0xFF) => pos += 1,
-                    Some(_) => break,
-                }
-            }
-        }
-    }
 }
 
 /// One image left out of the table, or named but not on disk.
@@ -234,7 +170,8 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     // files or written to the table, so it is left out with a warning.
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     let mut unnamed = Vec::new();
-    for path in list_image_files(&image_dir)? {
+    let listing = list_image_files(&image_dir)?;
+    for path in listing.files {
         match path.file_name().and_then(|name| name.to_str()) {
             Some(name) => files.push((name.to_string(), path.clone())),
             None => unnamed.push(path.display().to_string()),
@@ -354,6 +291,25 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             .notes
             .push(format!("{} problems in {PROBLEMS_TABLE}", problems.len()));
     }
+    if !listing.ignored.is_empty() {
+        report.notes.push(format!(
+            "ignored {} hidden or system files: {}",
+            listing.ignored.len(),
+            flickr::preview_names(&listing.ignored, listing.ignored.len())
+        ));
+    }
+    let forgiven: Vec<String> = rows
+        .iter()
+        .filter(|row| !row.facts.notes.is_empty())
+        .map(|row| format!("{} ({})", row.image_id, row.facts.notes.join("; ")))
+        .collect();
+    if !forgiven.is_empty() {
+        report.notes.push(format!(
+            "{} images read despite flaws the decoders forgive: {}",
+            forgiven.len(),
+            flickr::preview_names(&forgiven, forgiven.len())
+        ));
+    }
     Ok(report)
 }
 
@@ -460,7 +416,9 @@ fn write_problems(out_dir: &Path, problems: &[Problem]) -> Result<(), StageError
 mod tests {
     use std::fs;
 
-    use image::{Rgb, RgbImage};
+    use std::io::Cursor;
+
+    use image::{ImageFormat, Rgb, RgbImage};
 
     use super::*;
     use crate::flickr::testing::{
@@ -689,29 +647,77 @@ mod tests {
             .is_empty());
     }
 
+    /// A folder of files that are fine although they look odd: PNG bytes named `.jpg`, a phone
+    /// photo stored sideways with EXIF orientation 6, a JPEG with junk between two segments,
+    /// 16-bit grey and palette-with-alpha PNGs; and files that are no pictures at all: macOS
+    /// `._` files, `.DS_Store`, `Thumbs.db`.
     #[test]
-    fn jpeg_completeness_check() {
-        let whole = encode(&busy_image(48, 40), ImageFormat::Jpeg);
-        assert_eq!(check_jpeg_complete(&whole), Ok(()));
-        let mut trailing = whole.clone();
-        trailing.extend_from_slice(b"camera trailer");
-        assert_eq!(check_jpeg_complete(&trailing), Ok(()));
-        for cut in [3, 100, whole.len() / 2, whole.len() - 1] {
-            let err = check_jpeg_complete(&whole[..cut]).unwrap_err();
-            assert!(err.starts_with("truncated"), "cut at {cut}: {err}");
-        }
-        assert!(check_jpeg_complete(b"GIF89a").is_err());
-        // The full inspection catches the cut file too, and reads the whole one.
+    fn odd_but_readable_files_are_read_and_system_files_ignored() {
+        use crate::image_file::samples;
         let dir = tempfile::tempdir().unwrap();
-        let cut = dir.path().join("cut.jpg");
-        fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
-        assert!(inspect_image(&cut).unwrap_err().starts_with("truncated"));
-        let good = dir.path().join("good.jpg");
-        fs::write(&good, &whole).unwrap();
-        let facts = inspect_image(&good).unwrap();
-        assert_eq!(
-            (facts.width, facts.height, facts.bytes),
-            (48, 40, whole.len() as u64)
+        let root = dir.path().join("data");
+        write_text_files(
+            &root,
+            "u.jpg#0\tA picture .\n",
+            ["g.png\nj.jpg\np.jpg\npal.png\nr.jpg\nu.jpg\n", "", ""],
         );
+        let images = root.join(flickr::IMAGE_DIR);
+        let upright = samples::scene(64, 40);
+        let files: [(&str, Vec<u8>); 6] = [
+            ("g.png", samples::grey16_png(30, 20)),
+            (
+                "j.jpg",
+                samples::with_junk_between_segments(&samples::jpeg(&upright, None)),
+            ),
+            (
+                "p.jpg",
+                samples::png(&image::DynamicImage::ImageRgb8(upright.clone())),
+            ),
+            ("pal.png", samples::palette_alpha_png(8, 4)),
+            ("r.jpg", samples::jpeg_stored_rotated(&upright)),
+            ("u.jpg", samples::jpeg(&upright, Some(1))),
+        ];
+        for (name, bytes) in &files {
+            fs::write(images.join(name), bytes).unwrap();
+        }
+        // AppleDouble header bytes, then nothing a decoder knows.
+        fs::write(
+            images.join("._r.jpg"),
+            b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X",
+        )
+        .unwrap();
+        fs::write(images.join(".DS_Store"), b"\x00\x00\x00\x01Bud1").unwrap();
+        fs::write(images.join("Thumbs.db"), noise_bytes(100)).unwrap();
+
+        let out = dir.path().join("out");
+        let strict = [("strict", ParamValue::Bool(true))];
+        let report = run_on_root(&KIND, &root, &strict, &out).unwrap();
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        let table = read_parquet(&out.join(IMAGES_TABLE));
+        assert_eq!(
+            strings(&table, "image_id"),
+            ["g.png", "j.jpg", "p.jpg", "pal.png", "r.jpg", "u.jpg"]
+        );
+        // Sizes as displayed: the sideways photo has the upright one's.
+        assert_eq!(u32s(&table, "width"), [30, 64, 64, 8, 64, 64]);
+        assert_eq!(u32s(&table, "height"), [20, 40, 40, 4, 40, 40]);
+        assert!(read_parquet(&out.join(PROBLEMS_TABLE)).num_rows() == 0);
+        let notes = report.notes.join("\n");
+        assert!(
+            notes.contains("ignored 3 hidden or system files: .DS_Store, ._r.jpg, Thumbs.db"),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("1 images read despite flaws the decoders forgive: j.jpg (7 junk bytes"),
+            "{notes}"
+        );
+        // Ignored files are no sources either: adding one changes no key.
+        let mut given = std::collections::BTreeMap::new();
+        given.insert("root".to_string(), ParamValue::Str("data".into()));
+        let params = Params::with_defaults(KIND.params, given);
+        let sources = (KIND.sources)(&params, &[], dir.path()).unwrap();
+        assert!(sources.iter().all(|s| !s.label().contains("._")
+            && !s.label().contains("DS_Store")
+            && !s.label().contains("Thumbs")));
     }
 }

@@ -6,6 +6,7 @@ pub mod canvas;
 pub mod captions;
 pub mod demo_data;
 pub mod flickr;
+pub mod image_file;
 pub mod images;
 pub mod metrics;
 pub mod report;

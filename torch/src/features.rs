@@ -23,6 +23,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::backbone::{Backbone, BackboneKind};
 use crate::runtime::Runtime;
+use onenet_stages::image_file;
 use onenet_stages::images::IMAGES_TABLE;
 use onenet_stages::specs::features::{
     read_row_columns, read_rows, weights_path, write_matrix, FeatureRow, EXTRACTOR_FILE,
@@ -283,14 +284,19 @@ fn extract(
     })
 }
 
-/// An image file decoded to RGB and resized to `size`×`size` (whole image, no crop).
+/// An image file read with the project's reader (`onenet_stages::image_file`: format from the
+/// content, EXIF orientation applied, alpha on white) and resized to `size`×`size`.
 pub fn decode_resized(path: &Path, size: u32) -> Result<RgbImage, StageError> {
-    let image = image::open(path)
-        .map_err(|e| StageError::file(path, format!("cannot decode image: {e}")))?
-        .to_rgb8();
+    let picture = image_file::read(path)
+        .map_err(|e| StageError::file(path, format!("cannot read image: {e}")))?;
+    Ok(resized(picture.rgb, size))
+}
+
+/// `image` resized to `size`×`size`: the whole picture, squeezed, no crop.
+pub fn resized(image: RgbImage, size: u32) -> RgbImage {
     if image.dimensions() == (size, size) {
-        Ok(image)
+        image
     } else {
-        Ok(imageops::resize(&image, size, size, FilterType::Triangle))
+        imageops::resize(&image, size, size, FilterType::Triangle)
     }
 }

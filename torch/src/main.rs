@@ -85,10 +85,11 @@ fn real_main() -> Result<ExitCode> {
     match task {
         TaskCommand::Caption {
             images,
+            id,
             beam,
             format,
             ..
-        } => caption(&engine, &images, beam, format),
+        } => caption(&engine, &images, &id, beam, format),
         TaskCommand::SimilarImages {
             image,
             id,
@@ -125,22 +126,89 @@ fn real_main() -> Result<ExitCode> {
     }
 }
 
-fn caption(engine: &Engine, images: &[PathBuf], beam: usize, format: Format) -> Result<ExitCode> {
+/// Captions every readable file of `images` and every dataset image of `ids`, in that order;
+/// unreadable files are reported after the captions of the others, and make the status 1.
+fn caption(
+    engine: &Engine,
+    images: &[PathBuf],
+    ids: &[String],
+    beam: usize,
+    format: Format,
+) -> Result<ExitCode> {
     let trained = load_trained(engine)?;
-    let extractor = load_extractor(engine)?;
-    let results = onenet_torch::tasks::caption_files(&trained, &extractor, images, beam)?;
+    let mut results = Vec::new();
+    let read = onenet_torch::tasks::read_files(images);
+    for warning in &read.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if !read.pictures.is_empty() {
+        let extractor = load_extractor(engine)?;
+        let features = extractor.features(read.pictures.iter().map(|(_, picture)| picture));
+        let captions = onenet_torch::tasks::caption_features(&trained, &features, beam);
+        results.extend(
+            read.pictures
+                .iter()
+                .zip(captions)
+                .map(|((path, _), caption)| onenet_torch::tasks::Captioned {
+                    path: path.clone(),
+                    id: None,
+                    caption,
+                }),
+        );
+    }
+    if !ids.is_empty() {
+        // The features the pipeline computed: the same reader read the same file.
+        let features_dir = output_dir(engine, specs::features::KIND.name)?;
+        let matrix = onenet_torch::features::FeatureMatrix::read(&features_dir, tch_cpu())?;
+        let row_of = matrix.row_of();
+        let rows = ids
+            .iter()
+            .map(|id| {
+                row_of
+                    .get(id.as_str())
+                    .map(|&row| row as i64)
+                    .with_context(|| format!("no image with id {id:?} in the pipeline's images"))
+            })
+            .collect::<Result<Vec<i64>>>()?;
+        let features = matrix
+            .features
+            .index_select(0, &tch::Tensor::from_slice(&rows));
+        let captions = onenet_torch::tasks::caption_features(&trained, &features, beam);
+        results.extend(rows.iter().zip(captions).map(|(&row, caption)| {
+            let row = &matrix.rows[row as usize];
+            onenet_torch::tasks::Captioned {
+                path: row.path.clone(),
+                id: Some(row.image_id.clone()),
+                caption,
+            }
+        }));
+    }
     match format {
         Format::Json => outln!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "results": results }))?
+            serde_json::to_string_pretty(&json!({
+                "results": results,
+                "unreadable": read.unreadable,
+                "warnings": read.warnings,
+            }))?
         ),
         Format::Text => {
-            for r in results {
-                outln!("{}: {}", r.path, r.caption);
+            for r in &results {
+                match &r.id {
+                    Some(id) => outln!("{id}: {}", r.caption),
+                    None => outln!("{}: {}", r.path, r.caption),
+                }
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    for failed in &read.unreadable {
+        eprintln!("error: {}: {}", failed.path, failed.error);
+    }
+    Ok(if read.unreadable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn similar_images(
@@ -160,9 +228,17 @@ fn similar_images(
             (index.vector(row).to_vec(), Some(row), id)
         }
         (Some(path), None) => {
+            let read = onenet_torch::tasks::read_files(std::slice::from_ref(&path));
+            for warning in &read.warnings {
+                eprintln!("warning: {warning}");
+            }
+            let Some((_, picture)) = read.pictures.first() else {
+                let failed = read.unreadable.first().map(|u| u.error.as_str());
+                bail!("{}: {}", path.display(), failed.unwrap_or("unreadable"));
+            };
             let trained = load_trained(engine)?;
             let extractor = load_extractor(engine)?;
-            let vector = onenet_torch::tasks::embed_file(&trained, &extractor, &path)?;
+            let vector = onenet_torch::tasks::embed_picture(&trained, &extractor, picture);
             // The query file itself, if it is one of the dataset's images.
             let hash = onenet_stages::hash_file(&path)?;
             let features_dir = output_dir(engine, specs::features::KIND.name)?;

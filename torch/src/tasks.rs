@@ -4,14 +4,16 @@
 
 use std::path::{Path, PathBuf};
 
+use image::RgbImage;
 use serde::Serialize;
 use tch::{Device, Tensor};
 
 use crate::backbone::{Backbone, BackboneKind};
 use crate::embed::{flatten, mean_word_embedding, word_matrix};
-use crate::features::decode_resized;
+use crate::features::resized;
 use crate::model::{invert, rank_by_likelihood};
 use crate::train::TrainedModel;
+use onenet_stages::image_file;
 use onenet_stages::metrics::SimilarityIndex;
 use onenet_stages::specs::embed::{CaptionEmbeddings, ImageEmbeddings, WordEmbeddings};
 use onenet_stages::StageError;
@@ -27,11 +29,53 @@ pub struct Match {
     pub score: f32,
 }
 
-/// A generated caption for one image file.
+/// A generated caption for one image file, or for a dataset image named by its id.
 #[derive(Debug, Clone, Serialize)]
 pub struct Captioned {
     pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub caption: String,
+}
+
+/// An image file a task was given that could not be read, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unreadable {
+    pub path: String,
+    pub error: String,
+}
+
+/// The image files a task was given, read with the project's reader (`image_file`).
+#[derive(Debug, Default)]
+pub struct ReadFiles {
+    /// The readable ones, in the order given: path and picture as displayed.
+    pub pictures: Vec<(String, RgbImage)>,
+    pub unreadable: Vec<Unreadable>,
+    /// Files read despite a flaw: truncated ones (their missing part is grey).
+    pub warnings: Vec<String>,
+}
+
+/// Reads every file of `paths`, keeping the readable ones and saying why the others are not.
+pub fn read_files(paths: &[PathBuf]) -> ReadFiles {
+    let mut read = ReadFiles::default();
+    for path in paths {
+        let label = path.display().to_string();
+        match image_file::read(path) {
+            Ok(picture) => {
+                if let Some(why) = &picture.truncated {
+                    read.warnings.push(format!(
+                        "{label}: truncated ({why}); its missing part reads as grey"
+                    ));
+                }
+                read.pictures.push((label, picture.rgb));
+            }
+            Err(e) => read.unreadable.push(Unreadable {
+                path: label,
+                error: e.to_string(),
+            }),
+        }
+    }
+    read
 }
 
 /// Ranked `(row, score)` pairs as matches, with each row's id and detail.
@@ -113,58 +157,45 @@ impl FeatureExtractor {
         Ok(FeatureExtractor { backbone })
     }
 
-    /// CNN features [N, D] of image files.
-    pub fn features(&self, paths: &[PathBuf]) -> Result<Tensor, StageError> {
+    /// CNN features [N, D] of pictures, resized as the `features` stage resizes them.
+    pub fn features<'a>(&self, pictures: impl IntoIterator<Item = &'a RgbImage>) -> Tensor {
         let size = self.backbone.input_size();
-        let inputs = paths
-            .iter()
-            .map(|p| decode_resized(p, size).map(|im| self.backbone.preprocess(&im)))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(self.backbone.features(&Tensor::stack(&inputs, 0)))
+        let inputs: Vec<Tensor> = pictures
+            .into_iter()
+            .map(|picture| self.backbone.preprocess(&resized(picture.clone(), size)))
+            .collect();
+        self.backbone.features(&Tensor::stack(&inputs, 0))
     }
 }
 
-/// Captions for image files: greedy, or beam search when `beam` > 1.
-pub fn caption_files(
-    trained: &TrainedModel,
-    extractor: &FeatureExtractor,
-    paths: &[PathBuf],
-    beam: usize,
-) -> Result<Vec<Captioned>, StageError> {
-    let features = extractor.features(paths)?;
-    let embedding = tch::no_grad(|| trained.model.encode_images(&features));
+/// Captions of images given by their CNN features [N, D], in order: greedy, or beam search when
+/// `beam` > 1.
+pub fn caption_features(trained: &TrainedModel, features: &Tensor, beam: usize) -> Vec<String> {
+    let embedding = tch::no_grad(|| trained.model.encode_images(features));
     let max_length = trained.info.max_length;
+    let count = features.size()[0];
     let tokens: Vec<Vec<u32>> = if beam > 1 {
-        (0..paths.len())
+        (0..count)
             .map(|i| {
                 trained
                     .model
-                    .beam_search(&embedding.get(i as i64), beam, max_length)
+                    .beam_search(&embedding.get(i), beam, max_length)
             })
             .collect()
     } else {
         trained.model.greedy(&embedding, max_length)
     };
-    Ok(paths
-        .iter()
-        .zip(tokens)
-        .map(|(p, t)| Captioned {
-            path: p.display().to_string(),
-            caption: trained.vocab.decode(&t),
-        })
-        .collect())
+    tokens.iter().map(|t| trained.vocab.decode(t)).collect()
 }
 
-/// The image embedding of an image file, as the trained model computes it.
-pub fn embed_file(
+/// The image embedding of a picture, as the trained model computes it.
+pub fn embed_picture(
     trained: &TrainedModel,
     extractor: &FeatureExtractor,
-    path: &Path,
-) -> Result<Vec<f32>, StageError> {
-    let features = extractor.features(&[path.to_path_buf()])?;
-    Ok(flatten(&tch::no_grad(|| {
-        trained.model.encode_images(&features)
-    })))
+    picture: &RgbImage,
+) -> Vec<f32> {
+    let features = extractor.features([picture]);
+    flatten(&tch::no_grad(|| trained.model.encode_images(&features)))
 }
 
 /// The `k` words nearest `word` by cosine of their embeddings.

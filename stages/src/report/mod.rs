@@ -29,7 +29,7 @@ use html::{data_uri, escape};
 
 pub const KIND: StageKind = StageKind {
     name: "report",
-    version: 1,
+    version: 2,
     about: "One self-contained HTML page: pipeline, metrics, training curves, t-SNE maps, \
             example captions and retrievals",
     params: PARAMS,
@@ -188,8 +188,12 @@ impl<'a> Thumbnails<'a> {
             .get(id)
             .ok_or_else(|| "not in the image embeddings table".to_string())?;
         let file = self.base_dir.join(path);
-        let picture = image::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let small = picture.thumbnail(self.size, self.size).to_rgb8();
+        // The project's reader: the thumbnail shows what the network was fed, as displayed.
+        let picture =
+            crate::image_file::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let small = image::DynamicImage::ImageRgb8(picture.rgb)
+            .thumbnail(self.size, self.size)
+            .into_rgb8();
         let mut jpeg = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
             .encode_image(&small)

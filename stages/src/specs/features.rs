@@ -13,7 +13,7 @@ use crate::{
 
 pub const KIND: StageKind = StageKind {
     name: "features",
-    version: 2,
+    version: 3,
     about: "Pooled features of every image from a frozen CNN backbone",
     params: PARAMS,
     inputs: InputRule {

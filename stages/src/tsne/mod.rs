@@ -36,7 +36,7 @@ pub use optimise::{tsne, TsneMap, TsneSettings};
 
 pub const KIND: StageKind = StageKind {
     name: "tsne",
-    version: 1,
+    version: 2,
     about: "Map image and word embeddings to 2-D with Barnes-Hut t-SNE: tables and plots",
     params: PARAMS,
     inputs: InputRule {

@@ -48,10 +48,13 @@ pub struct Thumbnail {
     pub rgb: Vec<u8>,
 }
 
-/// Reads and scales down the image at `path`; the error says why it could not be read.
+/// Reads (with the project's reader, so as displayed) and scales down the image at `path`; the
+/// error says why it could not be read.
 pub fn load_thumbnail(path: &Path) -> Result<Thumbnail, String> {
-    let image = image::open(path).map_err(|e| e.to_string())?;
-    let small = image.thumbnail(THUMBNAIL_SIZE, THUMBNAIL_SIZE).to_rgb8();
+    let picture = crate::image_file::read(path).map_err(|e| e.to_string())?;
+    let small = image::DynamicImage::ImageRgb8(picture.rgb)
+        .thumbnail(THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+        .into_rgb8();
     Ok(Thumbnail {
         width: small.width(),
         height: small.height(),

@@ -39,9 +39,9 @@ fn efficientnet_weights() -> PathBuf {
 
 fn photo(name: &str) -> RgbImage {
     let path = repo_root().join("tests/fixtures/photos").join(name);
-    image::open(&path)
+    onenet_stages::image_file::read(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .to_rgb8()
+        .rgb
 }
 
 /// The five most probable classes of an image, as (class id, probability).
