@@ -867,6 +867,7 @@ impl Engine {
         &self,
         kind: &str,
         stage: Option<&str>,
+        choice: &crate::experiments::Choice,
     ) -> Result<(String, PathBuf), String> {
         let of_kind: Vec<&crate::config::StageDecl> = self
             .pipeline
@@ -892,6 +893,9 @@ impl Engine {
                     )
                 })?,
             };
+        if let Some(dir) = self.chosen_object(&decl.name, kind, choice)? {
+            return Ok((decl.name.clone(), dir));
+        }
         let order = crate::plan::select(&self.pipeline, std::slice::from_ref(&decl.name))?;
         let planned = match self.plan(&order) {
             Ok(planned) => planned,
@@ -939,6 +943,7 @@ impl Engine {
         &self,
         kind: &str,
         chosen: Option<&str>,
+        choice: &crate::experiments::Choice,
     ) -> Result<(String, PathBuf, Option<String>), String> {
         let of_kind: Vec<usize> = (0..self.pipeline.stages.len())
             .filter(|&i| self.pipeline.stages[i].kind.name == kind)
@@ -982,13 +987,8 @@ impl Engine {
             _ => None,
         };
         let stage = picked.map(name);
-        let (stage, dir) = self.output_of_kind(kind, stage.as_deref())?;
+        let (stage, dir) = self.output_of_kind(kind, stage.as_deref(), choice)?;
         Ok((stage, dir, note))
-    }
-
-    /// As `output_of_kind` for the first stage of that kind (the task commands' default).
-    pub fn newest_output_of_kind(&self, kind: &str) -> Result<(String, PathBuf), String> {
-        self.output_of_kind(kind, None)
     }
 }
 

@@ -20,7 +20,7 @@ use onenet::key::CacheKey;
 use onenet::plan;
 use onenet::store::describe_object;
 use onenet::store::Bucket;
-use onenet::task_cli::{Format, TaskCommand};
+use onenet::task_cli::{Format, Pick, TaskCommand};
 
 use cli::args::{Cli, Command, ExpCommand, ExpShowArgs, GlobalArgs, RunArgs, TableFormat};
 use cli::out::{self, diag, out, Verbosity};
@@ -99,7 +99,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify { format } => verify(global, format),
         Command::Kinds { kind, format } => kinds(kind.as_deref(), format),
         Command::Completions { shell } => completions(shell),
-        Command::Task(TaskCommand::Metrics { format }) => metrics(global, format),
+        Command::Task(TaskCommand::Metrics { pick, format }) => metrics(global, &pick, format),
         Command::Task(_) => task(),
     }
 }
@@ -504,11 +504,14 @@ fn kinds(kind: Option<&str>, format: Format) -> Result<ExitCode> {
 }
 
 /// Reads the evaluation's table itself: no libtorch needed, so no worker started.
-fn metrics(global: &GlobalArgs, format: Format) -> Result<ExitCode> {
-    let engine = cli::open_engine(global, &[])?.without_worker();
-    let (_, dir) = engine
-        .newest_output_of_kind("evaluate")
+fn metrics(global: &GlobalArgs, pick: &Pick, format: Format) -> Result<ExitCode> {
+    let engine = cli::open_engine(global, &pick.set)?.without_worker();
+    let (_, dir, note) = engine
+        .task_output("evaluate", pick.stage.as_deref(), &pick.choice())
         .map_err(anyhow::Error::msg)?;
+    if let Some(note) = note {
+        out::note(&format!("note: {note}"));
+    }
     let metrics = onenet_stages::specs::evaluate::read_metrics(&dir)?;
     emit(&render::MetricsView(metrics), format)?;
     Ok(ExitCode::SUCCESS)

@@ -18,10 +18,8 @@ pub enum TaskCommand {
     /// pipeline's backbone), or dataset images by id. Every readable file is captioned; the
     /// unreadable ones are reported and make the exit status 1.
     Caption {
-        /// Which stage to read when the pipeline has several of a kind (e.g. `train_lstm`);
-        /// default: the first in the file.
-        #[arg(long, value_name = "STAGE")]
-        stage: Option<String>,
+        #[command(flatten)]
+        pick: Pick,
         /// Image files (JPEG or PNG, whatever their extension).
         #[arg(required_unless_present = "id")]
         images: Vec<PathBuf>,
@@ -38,10 +36,8 @@ pub enum TaskCommand {
     /// Images most similar to an image file or to a dataset image (cosine of image
     /// embeddings; the query itself is left out).
     SimilarImages {
-        /// Which stage to read when the pipeline has several of a kind (e.g. `train_lstm`);
-        /// default: the first in the file.
-        #[arg(long, value_name = "STAGE")]
-        stage: Option<String>,
+        #[command(flatten)]
+        pick: Pick,
         /// An image file.
         #[arg(required_unless_present = "id", conflicts_with = "id")]
         image: Option<PathBuf>,
@@ -55,10 +51,8 @@ pub enum TaskCommand {
     },
     /// Words most similar to a word (cosine of the learned word embeddings).
     SimilarWords {
-        /// Which stage to read when the pipeline has several of a kind (e.g. `train_lstm`);
-        /// default: the first in the file.
-        #[arg(long, value_name = "STAGE")]
-        stage: Option<String>,
+        #[command(flatten)]
+        pick: Pick,
         word: String,
         #[arg(short, default_value_t = 5)]
         k: usize,
@@ -68,10 +62,8 @@ pub enum TaskCommand {
     /// Captions most similar to a text (cosine of mean word embeddings); unknown words are
     /// reported and left out.
     SimilarCaptions {
-        /// Which stage to read when the pipeline has several of a kind (e.g. `train_lstm`);
-        /// default: the first in the file.
-        #[arg(long, value_name = "STAGE")]
-        stage: Option<String>,
+        #[command(flatten)]
+        pick: Pick,
         text: String,
         #[arg(short, default_value_t = 5)]
         k: usize,
@@ -83,10 +75,8 @@ pub enum TaskCommand {
     /// as one batch); the real images nearest the result are then re-ordered by how likely the
     /// captioner finds the caption given each (the score: mean log-likelihood per word).
     FindImages {
-        /// Which stage to read when the pipeline has several of a kind (e.g. `train_lstm`);
-        /// default: the first in the file.
-        #[arg(long, value_name = "STAGE")]
-        stage: Option<String>,
+        #[command(flatten)]
+        pick: Pick,
         #[arg(required = true)]
         texts: Vec<String>,
         #[arg(short, default_value_t = 5)]
@@ -112,21 +102,54 @@ pub enum TaskCommand {
     },
     /// The newest evaluation: BLEU of generated captions and caption→image retrieval.
     Metrics {
+        #[command(flatten)]
+        pick: Pick,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
 }
 
+/// Which outputs a task command reads: by default what the pipeline file resolves to (exactly
+/// what `status` calls fresh), the first stage of each kind.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct Pick {
+    /// Which stage to read when the pipeline has several of a kind (e.g. `train_lstm`);
+    /// default: the first in the file.
+    #[arg(long, value_name = "STAGE")]
+    pub stage: Option<String>,
+    /// Read the outputs of the variant run recorded as this experiment (`onenet exp show`
+    /// lists them).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["key", "set"])]
+    pub exp: Option<String>,
+    /// Read the object whose key starts with this, and what is upstream of it.
+    #[arg(long, value_name = "KEY", conflicts_with = "set")]
+    pub key: Option<String>,
+    /// Read the variant these overrides make, as `run --set` would (repeatable).
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl Pick {
+    /// The explicit choice of objects, if any (`--set` works through the pipeline instead).
+    pub fn choice(&self) -> crate::experiments::Choice {
+        match (&self.exp, &self.key) {
+            (Some(name), _) => crate::experiments::Choice::Exp(name.clone()),
+            (None, Some(key)) => crate::experiments::Choice::Key(key.clone()),
+            (None, None) => crate::experiments::Choice::File,
+        }
+    }
+}
+
 impl TaskCommand {
-    /// The stage chosen with `--stage`, if any.
-    pub fn stage(&self) -> Option<&str> {
+    /// Which outputs the task reads.
+    pub fn pick(&self) -> &Pick {
         match self {
-            TaskCommand::Caption { stage, .. }
-            | TaskCommand::SimilarImages { stage, .. }
-            | TaskCommand::SimilarWords { stage, .. }
-            | TaskCommand::SimilarCaptions { stage, .. }
-            | TaskCommand::FindImages { stage, .. } => stage.as_deref(),
-            TaskCommand::Metrics { .. } => None,
+            TaskCommand::Caption { pick, .. }
+            | TaskCommand::SimilarImages { pick, .. }
+            | TaskCommand::SimilarWords { pick, .. }
+            | TaskCommand::SimilarCaptions { pick, .. }
+            | TaskCommand::FindImages { pick, .. }
+            | TaskCommand::Metrics { pick, .. } => pick,
         }
     }
 }

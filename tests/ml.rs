@@ -816,7 +816,14 @@ fn the_worker_takes_a_job_larger_than_one_command_line_argument() {
 fn metrics_stay_the_pipelines_own_after_a_variant_run() {
     let t = trained();
     let before = t.json(&["metrics"]);
-    let variant = t.json(&["run", "evaluate", "--set", "evaluate.queries=40"]);
+    let variant = t.json(&[
+        "run",
+        "evaluate",
+        "--set",
+        "evaluate.queries=40",
+        "--name",
+        "q40",
+    ]);
     let evaluate = variant["stages"]
         .as_array()
         .unwrap()
@@ -830,6 +837,12 @@ fn metrics_stay_the_pipelines_own_after_a_variant_run() {
     );
     // The variant is in the store, but metrics and status still read the pipeline file's own.
     assert_eq!(t.json(&["metrics"]), before);
+    // Chosen explicitly, by its experiment name or by the same --set, it is read.
+    let chosen = t.json(&["metrics", "--exp", "q40"]);
+    assert_eq!(chosen, t.json(&["metrics", "--set", "evaluate.queries=40"]));
+    let out = t.onenet(&["metrics", "--exp", "q41"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("known: "));
     let status = t.json(&["status"]);
     for stage in status["stages"].as_array().unwrap() {
         assert_eq!(stage["state"], "fresh", "{stage}");
@@ -974,6 +987,27 @@ fn runs_of_two_train_settings_and_a_sweep_compare_in_exp_show_and_diff() {
         said.contains("train.epochs") && said.contains("dev_loss"),
         "{said}"
     );
+
+    // The task commands read a variant when told to.
+    let image = std::fs::read_dir(t.dir.join("artifacts/latest/demo/Flicker8k_Dataset"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let image = image.to_str().unwrap();
+    let second = rows[1]["key"].as_str().unwrap();
+    for pick in [["--exp", "two"], ["--key", &second[..12]]] {
+        let out = t.onenet(&["caption", pick[0], pick[1], image]);
+        assert!(
+            out.status.success(),
+            "{pick:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = t.onenet(&["caption", "--key", "ffffffffffff", image]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no object in the store"));
 
     // A 2×2 sweep: four trainings, the stages upstream of train computed by none of them.
     let grid = [

@@ -9,7 +9,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use onenet::config;
 use onenet::engine::Engine;
-use onenet::task_cli::{Format, TaskCommand};
+use onenet::experiments::Choice;
+use onenet::task_cli::{Format, Pick, TaskCommand};
 use onenet_stages::specs;
 use serde_json::json;
 
@@ -80,8 +81,8 @@ fn real_main() -> Result<ExitCode> {
         }
         WorkerCommand::Task(task) => task,
     };
-    let _ = CHOSEN_STAGE.set(task.stage().map(str::to_string));
-    let engine = open_engine(&cli.pipeline)?;
+    let _ = CHOSEN.set(task.pick().clone());
+    let engine = open_engine(&cli.pipeline, &task.pick().set)?;
     match task {
         TaskCommand::Caption {
             images,
@@ -328,19 +329,24 @@ fn run_stage() -> Result<ExitCode> {
     })
 }
 
-fn open_engine(pipeline: &Path) -> Result<Engine> {
-    Ok(Engine::open(config::load(
-        pipeline,
-        onenet_stages::kinds(),
-    )?)?)
+fn open_engine(pipeline: &Path, set: &[String]) -> Result<Engine> {
+    let mut pipeline = config::load(pipeline, onenet_stages::kinds())?;
+    pipeline.apply_overrides(set)?;
+    Ok(Engine::open(pipeline)?)
 }
 
 fn tch_cpu() -> tch::Device {
     tch::Device::Cpu
 }
 
-/// The stage chosen with `--stage`, for the one task this process runs.
-static CHOSEN_STAGE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+/// The outputs chosen with `--stage`, `--exp`, `--key`, for the one task this process runs.
+static CHOSEN: std::sync::OnceLock<Pick> = std::sync::OnceLock::new();
+
+/// `--stage` and the explicit choice of objects.
+fn chosen() -> (Option<String>, Choice) {
+    let pick = CHOSEN.get().cloned().unwrap_or_default();
+    (pick.stage.clone(), pick.choice())
+}
 
 /// The output folder of the stage of kind `kind` the task reads: the one `--stage` chose (or
 /// the one connected to it), else the first in the file — saying so when there are several.
@@ -349,9 +355,9 @@ fn output_dir(engine: &Engine, kind: &str) -> Result<PathBuf> {
 }
 
 fn output_stage(engine: &Engine, kind: &str) -> Result<(String, PathBuf)> {
-    let chosen = CHOSEN_STAGE.get().cloned().flatten();
+    let (stage, choice) = chosen();
     let (stage, dir, note) = engine
-        .task_output(kind, chosen.as_deref())
+        .task_output(kind, stage.as_deref(), &choice)
         .map_err(anyhow::Error::msg)?;
     if let Some(note) = note {
         eprintln!("note: {note}");
@@ -367,9 +373,9 @@ fn load_trained(engine: &Engine) -> Result<onenet_torch::train::TrainedModel> {
 
 /// The backbone of the pipeline's `features` stage, with the same weights.
 fn load_extractor(engine: &Engine) -> Result<onenet_torch::tasks::FeatureExtractor> {
-    let chosen = CHOSEN_STAGE.get().cloned().flatten();
+    let (stage, choice) = chosen();
     let (name, _, _) = engine
-        .task_output(specs::features::KIND.name, chosen.as_deref())
+        .task_output(specs::features::KIND.name, stage.as_deref(), &choice)
         .map_err(anyhow::Error::msg)?;
     let decl = engine
         .pipeline
