@@ -88,8 +88,35 @@ pub fn rows(
             marks: marks.get(&key).cloned().unwrap_or_default(),
         })
         .collect();
-    rows.sort_by_key(|r| (r.created_unix, r.key));
+    // Rows made in the same second (a quick sweep) keep their experiments' order.
+    rows.sort_by_cached_key(|r| {
+        let exp = r.marks.iter().find(|m| m.starts_with("exp:")).cloned();
+        (r.created_unix, exp.map(|e| natural_key(&e)), r.key)
+    });
     rows
+}
+
+/// `grid-10` after `grid-9`: the text split into runs of digits (compared as numbers) and
+/// other characters.
+fn natural_key(text: &str) -> Vec<(String, u64)> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits > 0 {
+            parts.push((String::new(), rest[..digits].parse().unwrap_or(u64::MAX)));
+            rest = &rest[digits..];
+        } else {
+            let other = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            parts.push((rest[..other].to_string(), 0));
+            rest = &rest[other..];
+        }
+    }
+    parts
 }
 
 /// The params whose values are not the same in every row (a param some rows lack counts as
@@ -272,6 +299,12 @@ mod tests {
             d.metrics,
             [("bleu4_beam".to_string(), Some(0.5), Some(0.6))]
         );
+    }
+
+    #[test]
+    fn sweep_variants_sort_by_number() {
+        assert!(natural_key("grid-9") < natural_key("grid-10"));
+        assert!(natural_key("a-2") < natural_key("b-1"));
     }
 
     #[test]
