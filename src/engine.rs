@@ -691,7 +691,22 @@ impl Engine {
                 }
             }
         }
-        Ok(self.store.gc(&keep, dry_run)?)
+        let report = self.store.gc(&keep, dry_run)?;
+        if !dry_run {
+            // An experiment some of whose outputs were removed can no longer be read or
+            // compared whole: forget it, so that `--exp` and `exp show` do not offer it.
+            for exp in self.store.named(crate::store::Bucket::Experiments) {
+                let whole = exp
+                    .keys
+                    .values()
+                    .all(|hex| CacheKey::from_hex(hex).is_some_and(|key| self.store.has(&key)));
+                if !whole {
+                    self.store
+                        .remove_named(crate::store::Bucket::Experiments, &exp.name)?;
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// Every stage's key as the pipeline reads now, or None if it cannot be planned (a source

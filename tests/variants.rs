@@ -166,6 +166,11 @@ fn a_pin_keeps_its_objects_and_their_upstream_through_gc() {
         !left.contains(&variant_key),
         "the unpinned variant survived gc"
     );
+    // Its experiment record named only what gc removed: it is forgotten too.
+    let experiments: Vec<_> = fs::read_dir(p.store().join("experiments"))
+        .unwrap()
+        .collect();
+    assert!(experiments.is_empty(), "{experiments:?}");
 
     let pins = p.json(&["pins"]);
     assert_eq!(pins[0]["name"], "base");
