@@ -66,18 +66,16 @@ pub fn lineage_params(store: &ArtifactStore, meta: &ObjectMeta) -> BTreeMap<Stri
     params
 }
 
-/// The rows for the objects `select` picks, oldest first, with their lineage params and
-/// metrics; `marks` names each key.
+/// The rows for the objects `objects` (their metadata, already read), oldest first, with their
+/// lineage params and metrics; `marks` names each key.
 pub fn rows(
     store: &ArtifactStore,
-    select: &dyn Fn(&ObjectMeta) -> bool,
+    objects: Vec<ObjectMeta>,
     marks: &BTreeMap<CacheKey, Vec<String>>,
 ) -> Vec<ExpRow> {
-    let mut rows: Vec<ExpRow> = store
-        .object_keys()
+    let mut rows: Vec<ExpRow> = objects
         .into_iter()
-        .filter_map(|key| store.meta(&key).map(|meta| (key, meta)))
-        .filter(|(_, meta)| select(meta))
+        .filter_map(|meta| CacheKey::from_hex(&meta.key).map(|key| (key, meta)))
         .map(|(key, meta)| ExpRow {
             key,
             params: lineage_params(store, &meta),
@@ -420,7 +418,7 @@ impl crate::engine::Engine {
             .filter_map(|k| self.store.meta(k))
             .filter(|m| in_sweep.as_ref().is_none_or(|keys| keys.contains(&m.key)))
             .collect();
-        let chosen: Vec<String> = match stage {
+        let chosen: Vec<ObjectMeta> = match stage {
             Some(stage) => {
                 if !metas.iter().any(|m| m.stage == stage) {
                     let known: BTreeSet<&str> = metas.iter().map(|m| m.stage.as_str()).collect();
@@ -436,11 +434,7 @@ impl crate::engine::Engine {
                         }
                     ));
                 }
-                metas
-                    .iter()
-                    .filter(|m| m.stage == stage)
-                    .map(|m| m.key.clone())
-                    .collect()
+                metas.into_iter().filter(|m| m.stage == stage).collect()
             }
             None => {
                 // The furthest-downstream kind that reports metrics, else that has outputs.
@@ -468,19 +462,14 @@ impl crate::engine::Engine {
                             .to_string(),
                     );
                 };
+                let kind = kind.to_string();
                 metas
-                    .iter()
+                    .into_iter()
                     .filter(|m| m.key_inputs.kind == kind)
-                    .map(|m| m.key.clone())
                     .collect()
             }
         };
-        let chosen: BTreeSet<String> = chosen.into_iter().collect();
-        Ok(rows(
-            &self.store,
-            &|m| chosen.contains(&m.key),
-            &self.marks(),
-        ))
+        Ok(rows(&self.store, chosen, &self.marks()))
     }
 
     /// The object that `name` means for `exp diff`: a pin's or experiment's object of the stage
@@ -507,7 +496,7 @@ impl crate::engine::Engine {
         }
         let key = self.store.key_by_prefix(name).map_err(|e| e.to_string())?;
         let meta = self.store.meta(&key).ok_or("object metadata unreadable")?;
-        Ok(rows(&self.store, &|m| m.key == meta.key, &self.marks())
+        Ok(rows(&self.store, vec![meta], &self.marks())
             .pop()
             .ok_or("object metadata unreadable")?)
     }
