@@ -245,6 +245,17 @@ impl Progress for WorkerProgress {
 /// The worker side: runs `job` with `run` and reports the outcome as the last event, with the
 /// `device` the worker's runtime decided for it. Returns whether the stage succeeded.
 pub fn serve(job: &StageJob, run: crate::RunFn, device: &str) -> bool {
+    // A worker of a killed run may take a moment to die after its engine; until it has, it may
+    // still be writing checkpoints, which this one must not read half-replaced.
+    let _scratch_lock = match lock_scratch(job) {
+        Ok(lock) => lock,
+        Err(e) => {
+            WorkerProgress::send(&WorkerEvent::Error {
+                error: WireError::from(&e),
+            });
+            return false;
+        }
+    };
     let ctx = StageContext::new(job, &WorkerProgress);
     match run(&ctx) {
         Ok(report) => {
@@ -263,6 +274,27 @@ pub fn serve(job: &StageJob, run: crate::RunFn, device: &str) -> bool {
             false
         }
     }
+}
+
+/// The lock file a worker holds in its scratch directory while it runs.
+pub const SCRATCH_LOCK: &str = ".worker.lock";
+
+/// Takes the scratch directory's lock for the worker's lifetime, waiting for a previous holder
+/// (the kernel drops it when that process dies). None when the scratch directory is the output
+/// directory (one-off jobs), which must not gain a stray file.
+fn lock_scratch(job: &StageJob) -> Result<Option<std::fs::File>, StageError> {
+    if job.scratch_dir == job.out_dir {
+        return Ok(None);
+    }
+    let path = job.scratch_dir.join(SCRATCH_LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StageError::io(&path, e))?;
+    file.lock().map_err(|e| StageError::io(&path, e))?;
+    Ok(Some(file))
 }
 
 #[cfg(test)]
@@ -301,4 +333,34 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_worker_waits_for_the_scratch_lock_of_a_worker_still_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, scratch) = (dir.path().join("out"), dir.path().join("scratch"));
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::create_dir_all(&scratch).unwrap();
+        let mut job = StageJob::new("k", "s", crate::Params::default(), Vec::new(), dir.path(), &out);
+        job.scratch_dir = scratch.clone();
+        let first = lock_scratch(&job).unwrap();
+        assert!(first.is_some());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = std::thread::spawn(move || {
+            let lock = lock_scratch(&job);
+            tx.send(()).unwrap();
+            lock.map(|l| l.is_some())
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300)).is_err(),
+            "the second worker did not wait"
+        );
+        drop(first);
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+        assert!(waiting.join().unwrap().unwrap());
+        // One-off jobs write nothing beside their outputs.
+        let one_off = StageJob::new("k", "s", crate::Params::default(), Vec::new(), dir.path(), &out);
+        assert!(lock_scratch(&one_off).unwrap().is_none());
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    }
+
 }

@@ -213,7 +213,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     }
     if resumed > 0 {
         report.notes.push(format!(
-            "resumed after epoch {resumed} from a checkpoint (Adam's moment estimates restart)"
+            "resumed after epoch {resumed} from a checkpoint of the weights and the optimiser state"
         ));
     }
     Ok(report)
