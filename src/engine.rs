@@ -499,8 +499,12 @@ impl Engine {
             .filter_map(|(name, hex)| CacheKey::from_hex(hex).map(|k| self.stage_input(name, &k)))
             .collect();
         let pending = self.store.begin(&stage.key)?;
+        // A forced stage starts from scratch: no checkpoint of a killed run and nothing of its
+        // earlier output is reused.
+        if forced {
+            let _ = std::fs::remove_dir_all(self.store.scratch_dir(&stage.key)?);
+        }
         let scratch_dir = self.store.scratch_dir(&stage.key)?;
-        // A forced stage starts from scratch: nothing of its earlier output is reused.
         let previous = if forced {
             None
         } else {

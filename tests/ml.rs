@@ -540,19 +540,22 @@ fn a_killed_training_resumes_from_its_last_checkpoint() {
     assert!(notes.contains("resumed after epoch"), "{notes}");
 
     // And ends exactly where an uninterrupted training ends: the checkpoint kept the optimiser's
-    // state along with the weights.
-    let straight_dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        straight_dir.path().join("pipeline.toml"),
-        random_weights_pipeline(60, 40),
-    )
-    .unwrap();
-    let straight = Trained {
-        dir: straight_dir.path().to_path_buf(),
-    };
-    straight.json(&["run", "train"]);
+    // state along with the weights. The uninterrupted training is a forced rerun in the same
+    // project, so both read the very same upstream objects; forcing also drops any checkpoint.
     let model = |dir: &Path| tensors(&dir.join("artifacts/latest/train/model.safetensors"));
-    let (resumed, uninterrupted) = (model(dir.path()), model(straight_dir.path()));
+    let resumed = model(dir.path());
+    let forced = t.json(&["run", "train", "--force", "train"]);
+    let forced_train = forced["stages"]
+        .as_array()
+        .and_then(|stages| stages.iter().find(|s| s["name"] == "train"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        forced_train["action"] == "computed"
+            && !forced_train["notes"].to_string().contains("resumed"),
+        "{forced}"
+    );
+    let uninterrupted = model(dir.path());
     assert!(!resumed.is_empty());
     for (name, bytes) in &resumed {
         let other = uninterrupted.get(name).cloned().unwrap_or_default();
