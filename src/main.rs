@@ -22,10 +22,13 @@ use onenet::store::describe_object;
 use onenet::store::Bucket;
 use onenet::task_cli::{Format, Pick, TaskCommand};
 
-use cli::args::{Cli, Command, ExpCommand, ExpShowArgs, GlobalArgs, RunArgs, TableFormat};
+use cli::args::{
+    Cli, Command, ExpCommand, ExpShowArgs, GlobalArgs, QueryArgs, QueryFormat, RunArgs, TableFormat,
+};
 use cli::out::{self, diag, out, Verbosity};
 use cli::progress::{ProgressMode, RunProgress};
 use cli::render::{self, emit};
+use onenet_query::{OutputFormat, QueryError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -98,6 +101,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Unpin { name } => unpin(global, &name),
         Command::Verify { format } => verify(global, format),
         Command::Kinds { kind, format } => kinds(kind.as_deref(), format),
+        Command::Query(args) => query(global, &args),
         Command::Completions { shell } => completions(shell),
         Command::Task(TaskCommand::Metrics { pick, format }) => metrics(global, &pick, format),
         Command::Task(_) => task(),
@@ -534,6 +538,83 @@ fn exp_show(global: &GlobalArgs, query: &ExpShowArgs) -> Result<ExitCode> {
         TableFormat::Csv => out::bytes(&table.csv()?)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn query(global: &GlobalArgs, args: &QueryArgs) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    let format = match args.format {
+        QueryFormat::Text => OutputFormat::Text,
+        QueryFormat::Json => OutputFormat::Json,
+        QueryFormat::Csv => OutputFormat::Csv,
+        QueryFormat::Parquet => OutputFormat::Parquet,
+    };
+    if format == OutputFormat::Parquet && args.output.is_none() && std::io::stdout().is_terminal() {
+        return Err(cli::usage(
+            "Parquet is binary: give --output FILE or redirect stdout to a file",
+        ));
+    }
+    let engine = cli::open_engine(global, &[])?.without_worker();
+    let (catalog, warnings) = cli::tables::catalog(&engine);
+    for warning in warnings {
+        diag!("warning: {warning}");
+    }
+    let mut result = match onenet_query::query(&catalog, &args.sql) {
+        Ok(result) => result,
+        Err(QueryError::UnknownTable { name, known }) => {
+            // Every output in the store has its own names; list those only when asked for one.
+            let older = name.contains('@');
+            let listed: Vec<&str> = known
+                .iter()
+                .map(String::as_str)
+                .filter(|k| older || !k.contains('@'))
+                .collect();
+            let hint = if older {
+                String::new()
+            } else {
+                format!(
+                    "; older outputs are `<stage>@<key{}>.<table>` (`onenet exp show` lists keys)",
+                    cli::tables::KEY_PREFIX_LEN
+                )
+            };
+            return Err(cli::usage(format!(
+                "unknown table `{name}`{}; known tables: {}{hint}",
+                onenet::config::did_you_mean(&name, listed.iter().copied()),
+                if listed.is_empty() {
+                    "none (run the pipeline first)".to_string()
+                } else {
+                    listed.join(", ")
+                }
+            )));
+        }
+        Err(e @ QueryError::Sql(_)) => return Err(cli::usage(e)),
+        Err(e) => return Err(e.into()),
+    };
+    let mut bytes = Vec::new();
+    onenet_query::write(&mut result, format, &mut bytes)?;
+    match &args.output {
+        Some(path) => write_whole(path, &bytes)?,
+        None => out::bytes(&bytes)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Replaces `path` with `bytes` by writing a temporary file beside it and renaming it, so a
+/// failed write leaves the old file (or none), never half a result.
+fn write_whole(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write into {}", dir.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.as_file().sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 fn exp_diff(

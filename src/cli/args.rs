@@ -160,6 +160,14 @@ pub enum Command {
     },
     /// Remove a pin (its objects stay until a `gc` finds nothing else keeping them).
     Unpin { name: String },
+    /// Run SQL over the store's tables (Polars' SQL dialect) and print the result.
+    ///
+    /// Tables: `<stage>.<table>` for the output each stage of the pipeline file resolves to
+    /// (e.g. `captions.captions`, `evaluate.metrics`); `<stage>@<key12>.<table>` for any output
+    /// in the store, by the first twelve hex digits of its key as `run` and `status` print it
+    /// (quoted: `"train@1a2b3c4d5e6f".log`); and `runs` for the run log. Example:
+    /// `onenet query "select split, count(*) as n from captions.captions group by split"`.
+    Query(QueryArgs),
     /// Print a completion script for a shell, e.g. `onenet completions bash >
     /// ~/.local/share/bash-completion/completions/onenet`.
     Completions { shell: clap_complete::Shell },
@@ -206,6 +214,29 @@ pub enum TableFormat {
     Text,
     Json,
     Csv,
+}
+
+#[derive(Args)]
+pub struct QueryArgs {
+    /// One SQL statement.
+    pub sql: String,
+    /// text: a table for people; json: an array of row objects; csv: RFC 4180 with a header;
+    /// parquet: a Parquet file (needs --output or a redirected stdout).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: QueryFormat,
+    /// Write the result to this file (replaced whole, only once the query has succeeded)
+    /// instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// Output format of `query`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueryFormat {
+    Text,
+    Json,
+    Csv,
+    Parquet,
 }
 
 #[derive(Subcommand)]

@@ -5,6 +5,7 @@ pub mod args;
 pub mod out;
 pub mod progress;
 pub mod render;
+pub mod tables;
 
 use std::path::{Path, PathBuf};
 

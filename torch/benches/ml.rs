@@ -118,7 +118,7 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 const PROGRESS_EVERY: Duration = Duration::from_secs(20);
 
 /// The parts of the benchmark to run: `ONENET_BENCH_PARTS` (comma-separated), else all.
-const PARTS: [&str; 4] = ["features", "training", "inversion", "memory"];
+const PARTS: [&str; 5] = ["features", "training", "inversion", "beam", "memory"];
 
 fn parts() -> Vec<&'static str> {
     match std::env::var("ONENET_BENCH_PARTS") {
@@ -154,19 +154,29 @@ fn main() {
     tch::set_num_threads(threads);
     let started = Instant::now();
 
-    println!("\n== building the release binaries (cargo build --release)");
-    let onenet = build_release(&repo, &target);
-    println!(
-        "\n== PyTorch environment: {}",
-        target.join("bench-venv").display()
-    );
-    let python = ensure_venv(&target);
+    let parts = parts();
+    // The CLI runs of features and memory need the release binaries; the PyTorch peers, the
+    // virtual environment. Parts that need neither start at once.
+    let onenet = if parts.iter().any(|p| ["features", "memory"].contains(p)) {
+        println!("\n== building the release binaries (cargo build --release)");
+        build_release(&repo, &target)
+    } else {
+        PathBuf::new()
+    };
+    let python = if parts.iter().any(|p| ["features", "training"].contains(p)) {
+        println!(
+            "\n== PyTorch environment: {}",
+            target.join("bench-venv").display()
+        );
+        ensure_venv(&target)
+    } else {
+        PathBuf::new()
+    };
     let reference = repo
         .join("torch")
         .join("benches")
         .join("pytorch_reference.py");
 
-    let parts = parts();
     let mut rows = Vec::new();
     if parts.contains(&"features") {
         rows.extend(bench_features(
@@ -182,6 +192,9 @@ fn main() {
     }
     if parts.contains(&"inversion") {
         rows.extend(bench_invert());
+    }
+    if parts.contains(&"beam") {
+        bench_beam();
     }
     let memory = if parts.contains(&"memory") {
         bench_memory(&onenet, &bench_data)
@@ -596,6 +609,53 @@ fn bench_invert() -> Vec<Row> {
         Row::latency("find-images inversion, 16 queries", batch, Some(1.0)),
         Row::latency("find-images inversion, 1 query, frozen", frozen, None),
     ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3b. Beam search: one image at a time against all images together
+
+/// Beam search: test images, beam width, longest caption, and a Flickr8k-sized vocabulary
+/// (Flickr8k's train split has 2,020 words at `min_count = 5`).
+const BEAM_IMAGES: i64 = 1000;
+const BEAM_WIDTH: usize = 3;
+const BEAM_MAX_LENGTH: usize = 20;
+const BEAM_VOCAB: i64 = 2020;
+
+fn bench_beam() {
+    println!(
+        "\n== 3b. beam search: {BEAM_IMAGES} images, width {BEAM_WIDTH}, up to {BEAM_MAX_LENGTH} \
+         tokens, vocabulary {BEAM_VOCAB}, untrained model (one image at a time, as `evaluate` \
+         decoded before, against all images together)"
+    );
+    tch::manual_seed(2);
+    let model = CaptionModel::new(
+        ModelConfig {
+            vocab_size: BEAM_VOCAB,
+            ..default_config()
+        },
+        Device::Cpu,
+    )
+    .unwrap_or_else(|e| panic!("building the model: {e}"));
+    let embeddings = Tensor::randn([BEAM_IMAGES, IMAGE_DIM], (Kind::Float, Device::Cpu));
+    let start = Instant::now();
+    let one_by_one: Vec<Vec<u32>> = (0..BEAM_IMAGES)
+        .map(|i| model.beam_search(&embeddings.get(i), BEAM_WIDTH, BEAM_MAX_LENGTH))
+        .collect();
+    let loop_rate = BEAM_IMAGES as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let batched = model.beam_search_batch(&embeddings, BEAM_WIDTH, BEAM_MAX_LENGTH, &mut |_| {});
+    let batch_rate = BEAM_IMAGES as f64 / start.elapsed().as_secs_f64();
+    let same = one_by_one
+        .iter()
+        .zip(&batched)
+        .filter(|(a, b)| a == b)
+        .count();
+    println!("  one image at a time:  {loop_rate:8.1} images/s");
+    println!("  all images together:  {batch_rate:8.1} images/s");
+    println!(
+        "  batched / one at a time: {:.2}x; same caption for {same} of {BEAM_IMAGES} images",
+        batch_rate / loop_rate
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         value,
     };
 
-    // Captions: greedy for all images at once, beam search image by image.
+    // Captions: greedy and beam search, each for all images at once.
     let rows: Vec<i64> = by_image.iter().map(|(r, _)| *r as i64).collect();
     let image_index = Tensor::from_slice(&rows).to_device(device);
     let embeddings =
@@ -53,13 +53,8 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let greedy = model.greedy(&embeddings, max_length);
     ctx.progress.start(by_image.len() as u64, "beam search");
     let width = p.int("beam_width")? as usize;
-    let beam: Vec<Vec<u32>> = (0..by_image.len())
-        .map(|i| {
-            let out = model.beam_search(&embeddings.get(i as i64), width, max_length);
-            ctx.progress.inc(1);
-            out
-        })
-        .collect();
+    let beam =
+        model.beam_search_batch(&embeddings, width, max_length, &mut |n| ctx.progress.inc(n));
     let references: Vec<Vec<Vec<u32>>> = by_image
         .iter()
         .map(|(_, caps)| caps.iter().map(|c| words_of(&c.tokens)).collect())

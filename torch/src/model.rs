@@ -79,6 +79,89 @@ impl RecurrentState {
     }
 }
 
+/// Images a beam search decodes together at most: the step's log-probabilities are
+/// [images × width, vocabulary] doubles, which must stay small at a real vocabulary.
+pub const BEAM_CHUNK: i64 = 128;
+
+/// One image's beam search: its open beams (tokens, summed log-probability) and its finished
+/// captions (tokens, log-probability per token counting `<end>`).
+struct ImageBeams {
+    open: Vec<(Vec<u32>, f64)>,
+    finished: Vec<(Vec<u32>, f64)>,
+    done: bool,
+}
+
+impl ImageBeams {
+    fn new() -> ImageBeams {
+        ImageBeams {
+            open: vec![(Vec::new(), 0.0)],
+            finished: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Takes one step from the best continuations (`top_scores`, and `top_index` = open beam ×
+    /// vocabulary + token, best first): an `<end>` finishes a caption, anything else extends a
+    /// beam, until `width` beams are open. Returns the open beam each new beam continues, and
+    /// marks the search done once no open beam can beat the best finished caption (or at the
+    /// last step).
+    fn advance(
+        &mut self,
+        top_scores: &[f64],
+        top_index: &[i64],
+        vocab: i64,
+        width: i64,
+        last_step: bool,
+    ) -> Vec<i64> {
+        let mut next = Vec::new();
+        let mut rows = Vec::new();
+        for (&score, &index) in top_scores.iter().zip(top_index) {
+            let (row, token) = (index / vocab, index % vocab);
+            let mut tokens = self.open[row as usize].0.clone();
+            if token == END_ID as i64 {
+                let length = (tokens.len() + 1) as f64;
+                self.finished.push((tokens, score / length));
+            } else {
+                tokens.push(token as u32);
+                next.push((tokens, score));
+                rows.push(row);
+            }
+            if next.len() as i64 == width {
+                break;
+            }
+        }
+        let best_finished = self.finished.iter().map(|f| f.1).fold(f64::MIN, f64::max);
+        let open_best = next
+            .iter()
+            .map(|(t, s)| s / (t.len() + 1) as f64)
+            .fold(f64::MIN, f64::max);
+        if next.is_empty()
+            || (self.finished.len() as i64 >= width && open_best < best_finished)
+            || last_step
+        {
+            if self.finished.is_empty() {
+                self.finished.extend(next.into_iter().map(|(t, s)| {
+                    let l = t.len().max(1) as f64;
+                    (t, s / l)
+                }));
+            }
+            self.done = true;
+            return Vec::new();
+        }
+        self.open = next;
+        rows
+    }
+
+    /// The best finished caption.
+    fn best(self) -> Vec<u32> {
+        self.finished
+            .into_iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(t, _)| t)
+            .unwrap_or_default()
+    }
+}
+
 /// The captioning network.
 pub struct CaptionModel {
     pub config: ModelConfig,
@@ -339,76 +422,105 @@ impl CaptionModel {
         })
     }
 
-    /// Beam search for one image embedding [image_dim]: the best caption by log-probability
-    /// divided by its length (counting `<end>`), so long captions are not penalised merely for
-    /// having more words.
+    /// Beam search for one image embedding [image_dim]: see [`CaptionModel::beam_search_batch`].
     pub fn beam_search(&self, image_embedding: &Tensor, width: usize, max_len: usize) -> Vec<u32> {
+        self.beam_search_batch(&image_embedding.unsqueeze(0), width, max_len, &mut |_| {})
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Beam search for image embeddings [B, image_dim], all images decoded together: each step
+    /// runs the network once on the open beams of every unfinished image (at most `width` each),
+    /// and each image then keeps its own best `width` continuations. The caption kept is the one
+    /// with the best log-probability divided by its length (counting `<end>`), so long captions
+    /// are not penalised merely for having more words; an image stops once no open beam can
+    /// beat its best finished one. Images go through in chunks of [`BEAM_CHUNK`], so memory
+    /// stays bounded for any B. `on_finished(n)` is told each time n more images are done.
+    pub fn beam_search_batch(
+        &self,
+        image_embeddings: &Tensor,
+        width: usize,
+        max_len: usize,
+        on_finished: &mut dyn FnMut(u64),
+    ) -> Vec<Vec<u32>> {
+        let count = image_embeddings.size()[0];
+        let mut out = Vec::with_capacity(count as usize);
+        let mut start = 0;
+        while start < count {
+            let chunk = image_embeddings.narrow(0, start, BEAM_CHUNK.min(count - start));
+            out.extend(self.beam_search_chunk(&chunk, width, max_len, on_finished));
+            start += BEAM_CHUNK;
+        }
+        out
+    }
+
+    fn beam_search_chunk(
+        &self,
+        image_embeddings: &Tensor,
+        width: usize,
+        max_len: usize,
+        on_finished: &mut dyn FnMut(u64),
+    ) -> Vec<Vec<u32>> {
         tch::no_grad(|| {
             let width = width.max(1) as i64;
             let device = self.device();
-            let mut beams: Vec<(Vec<u32>, f64)> = vec![(Vec::new(), 0.0)];
-            let mut state = self.zero_state(1);
-            let mut finished: Vec<(Vec<u32>, f64)> = Vec::new();
+            let vocab = self.config.vocab_size;
+            let images = image_embeddings.size()[0] as usize;
+            let mut searches: Vec<ImageBeams> = (0..images).map(|_| ImageBeams::new()).collect();
+            let mut state = self.zero_state(images as i64);
             for step in 0..max_len {
-                let n = beams.len() as i64;
-                let image = image_embedding.unsqueeze(0).expand([n, -1], false);
-                let previous: Vec<i64> = beams
-                    .iter()
-                    .map(|(t, _)| t.last().map(|&x| x as i64).unwrap_or(START_ID as i64))
-                    .collect();
-                let previous = Tensor::from_slice(&previous).to_device(device);
-                let (log_probs, next_state) = self.step(&image, &previous, &state);
-                let scores: Vec<f64> = beams.iter().map(|(_, s)| *s).collect();
-                let total = log_probs.to_kind(Kind::Double)
-                    + Tensor::from_slice(&scores).to_device(device).unsqueeze(1);
-                let vocab = self.config.vocab_size;
-                let k = (width * 2).min(n * vocab);
-                let (top_scores, top_index) = total.reshape([-1]).topk(k, 0, true, true);
-                let top_scores = Vec::<f64>::try_from(&top_scores).unwrap_or_default();
-                let top_index = Vec::<i64>::try_from(&top_index).unwrap_or_default();
-                let mut next_beams = Vec::new();
-                let mut rows = Vec::new();
-                for (score, index) in top_scores.into_iter().zip(top_index) {
-                    let (row, token) = (index / vocab, index % vocab);
-                    let mut tokens = beams[row as usize].0.clone();
-                    if token == END_ID as i64 {
-                        let length = (tokens.len() + 1) as f64;
-                        finished.push((tokens, score / length));
-                    } else {
-                        tokens.push(token as u32);
-                        next_beams.push((tokens, score));
-                        rows.push(row);
-                    }
-                    if next_beams.len() as i64 == width {
-                        break;
-                    }
-                }
-                // Stop once no open beam can still beat the best finished one.
-                let best_finished = finished.iter().map(|f| f.1).fold(f64::MIN, f64::max);
-                let open_best = next_beams
-                    .iter()
-                    .map(|(t, s)| s / (t.len() + 1) as f64)
-                    .fold(f64::MIN, f64::max);
-                if next_beams.is_empty()
-                    || (finished.len() as i64 >= width && open_best < best_finished)
-                    || step + 1 == max_len
-                {
-                    if finished.is_empty() {
-                        finished.extend(next_beams.into_iter().map(|(t, s)| {
-                            let l = t.len().max(1) as f64;
-                            (t, s / l)
-                        }));
-                    }
+                // The open beams of the unfinished images, image by image: the state's rows.
+                let active: Vec<usize> = (0..images).filter(|&i| !searches[i].done).collect();
+                if active.is_empty() {
                     break;
                 }
-                state = next_state.select(&Tensor::from_slice(&rows).to_device(device));
-                beams = next_beams;
+                let mut image_rows = Vec::new();
+                let mut previous = Vec::new();
+                let mut scores = Vec::new();
+                for &i in &active {
+                    for (tokens, score) in &searches[i].open {
+                        image_rows.push(i as i64);
+                        previous.push(tokens.last().map_or(START_ID as i64, |&t| t as i64));
+                        scores.push(*score);
+                    }
+                }
+                let image = image_embeddings
+                    .index_select(0, &Tensor::from_slice(&image_rows).to_device(device));
+                let previous = Tensor::from_slice(&previous).to_device(device);
+                let (log_probs, next_state) = self.step(&image, &previous, &state);
+                let total = log_probs.to_kind(Kind::Double)
+                    + Tensor::from_slice(&scores).to_device(device).unsqueeze(1);
+                let last_step = step + 1 == max_len;
+                let mut next_rows: Vec<i64> = Vec::new();
+                let mut finished_now = 0;
+                let mut offset = 0i64;
+                for &i in &active {
+                    let search = &mut searches[i];
+                    let n = search.open.len() as i64;
+                    let k = (width * 2).min(n * vocab);
+                    let (top_scores, top_index) = total
+                        .narrow(0, offset, n)
+                        .reshape([-1])
+                        .topk(k, 0, true, true);
+                    let top_scores = Vec::<f64>::try_from(&top_scores).unwrap_or_default();
+                    let top_index = Vec::<i64>::try_from(&top_index).unwrap_or_default();
+                    let rows = search.advance(&top_scores, &top_index, vocab, width, last_step);
+                    if search.done {
+                        finished_now += 1;
+                    } else {
+                        next_rows.extend(rows.into_iter().map(|row| offset + row));
+                    }
+                    offset += n;
+                }
+                if finished_now > 0 {
+                    on_finished(finished_now);
+                }
+                if next_rows.is_empty() {
+                    break;
+                }
+                state = next_state.select(&Tensor::from_slice(&next_rows).to_device(device));
             }
-            finished
-                .into_iter()
-                .max_by(|a, b| a.1.total_cmp(&b.1))
-                .map(|(t, _)| t)
-                .unwrap_or_default()
+            searches.into_iter().map(ImageBeams::best).collect()
         })
     }
 
@@ -546,6 +658,42 @@ mod tests {
             Device::Cpu,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn batched_beam_search_finds_what_one_image_at_a_time_finds() {
+        for rnn in ["gru", "lstm"] {
+            tch::manual_seed(11);
+            let model = CaptionModel::new(
+                ModelConfig {
+                    vocab_size: 40,
+                    feature_dim: 6,
+                    image_dim: 8,
+                    embed_dim: 8,
+                    hidden_dim: 16,
+                    rnn: rnn.into(),
+                    pretrained_dim: 0,
+                },
+                Device::Cpu,
+            )
+            .unwrap();
+            // More images than one chunk, so the chunking is crossed too.
+            let images = BEAM_CHUNK + 9;
+            let embeddings = Tensor::randn([images, 8], (Kind::Float, Device::Cpu)) * 3.0;
+            for width in [1, 3, 5] {
+                let mut finished = 0;
+                let batched =
+                    model.beam_search_batch(&embeddings, width, 12, &mut |n| finished += n);
+                assert_eq!(finished, images as u64, "{rnn}");
+                let one_by_one: Vec<Vec<u32>> = (0..images)
+                    .map(|i| model.beam_search(&embeddings.get(i), width, 12))
+                    .collect();
+                assert_eq!(batched, one_by_one, "{rnn}, width {width}");
+                // The captions differ between images: the rows were not mixed up.
+                let distinct: std::collections::HashSet<_> = batched.iter().collect();
+                assert!(distinct.len() > 5, "{rnn}: {distinct:?}");
+            }
+        }
     }
 
     /// Two images, each with its own caption; a few hundred steps must fit them exactly.

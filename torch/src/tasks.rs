@@ -173,15 +173,10 @@ impl FeatureExtractor {
 pub fn caption_features(trained: &TrainedModel, features: &Tensor, beam: usize) -> Vec<String> {
     let embedding = tch::no_grad(|| trained.model.encode_images(features));
     let max_length = trained.info.max_length;
-    let count = features.size()[0];
     let tokens: Vec<Vec<u32>> = if beam > 1 {
-        (0..count)
-            .map(|i| {
-                trained
-                    .model
-                    .beam_search(&embedding.get(i), beam, max_length)
-            })
-            .collect()
+        trained
+            .model
+            .beam_search_batch(&embedding, beam, max_length, &mut |_| {})
     } else {
         trained.model.greedy(&embedding, max_length)
     };
