@@ -482,6 +482,52 @@ fn notes_of(run: &Value, stage: &str) -> String {
 }
 
 #[test]
+fn a_lemma_pipeline_reads_unlemmatised_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = random_weights_pipeline(40, 1).replace(
+        "kind = \"captions\"\ninputs = [\"demo\"]",
+        "kind = \"captions\"\ninputs = [\"demo\"]\nparams = { variant = \"lemma\" }",
+    ) + r#"
+[stages.embed]
+kind = "embed"
+inputs = ["train", "features", "captions"]
+"#;
+    assert!(pipeline.contains("variant = \"lemma\""));
+    std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+    let t = Trained {
+        dir: dir.path().to_path_buf(),
+    };
+    let run = t.json(&["run", "embed"]);
+    assert!(notes_of(&run, "captions").contains("lemma table"), "{run}");
+    assert!(dir
+        .path()
+        .join("artifacts/latest/train/lemmas.parquet")
+        .is_file());
+
+    // The vocabulary holds lemmas: "be", never "is". The query's "Is" finds "be" through the
+    // lemma table, and only the word no caption has is unknown.
+    let query = "a circle Is red zebra";
+    let out = t.json(&[
+        "find-images",
+        query,
+        "-k",
+        "3",
+        "--steps",
+        "5",
+        "--restarts",
+        "1",
+    ]);
+    assert_eq!(
+        out["results"][0]["unknown_words"],
+        serde_json::json!(["zebra"]),
+        "{out}"
+    );
+    assert_eq!(out["results"][0]["matches"].as_array().unwrap().len(), 3);
+    let out = t.json(&["similar-words", "IS", "-k", "2"]);
+    assert_eq!(out["results"][0]["matches"].as_array().unwrap().len(), 2);
+}
+
+#[test]
 fn adding_images_computes_features_for_the_new_ones_only() {
     let (_dir, t) = random_weights_project(20, 1);
     let first = t.json(&["run", "features"]);

@@ -1,5 +1,7 @@
-//! Stage kind `captions`: parses a Flickr8k caption file, tokenises every caption, builds the
-//! vocabulary from the train split and writes captions, vocabulary and skipped lines as Parquet.
+//! Stage kind `captions`: parses a Flickr8k caption file, tokenises every caption (`tokenize`),
+//! builds the vocabulary from the train split and writes captions, vocabulary and skipped lines
+//! as Parquet; for the lemma variant also the word → lemma table that lets queries written in
+//! plain words find the lemmas.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -9,8 +11,9 @@ use arrow::array::{ArrayRef, ListArray, StringArray, UInt32Array, UInt64Array};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema};
 
-use crate::flickr::{self, CaptionFile, Splits};
+use crate::flickr::{self, CaptionFile, SkipReason, SkippedLine, Splits};
 use crate::table::{batch, write_parquet};
+use crate::tokenize::{self, words};
 use crate::{
     Effect, ParamDefault, ParamSpec, ParamType, Params, PathKind, Source, StageContext, StageError,
     StageInput, StageKind, StageReport,
@@ -18,7 +21,7 @@ use crate::{
 
 pub const KIND: StageKind = StageKind {
     name: "captions",
-    version: 1,
+    version: kind_version(tokenize::VERSION),
     about: "Tokenise Flickr8k captions and build a vocabulary from the train split",
     params: PARAMS,
     inputs: flickr::DATASET_INPUTS,
@@ -57,10 +60,22 @@ const PARAMS: &[ParamSpec] = &[
     },
 ];
 
+/// The version of this stage's own logic; the kind's version combines it with the tokenizer's.
+const LOGIC_VERSION: u32 = 2;
+
+/// The kind's version for a tokenizer version: both enter the cache key, so a new tokenizer
+/// re-runs the stage (tokenizer versions stay below 100).
+const fn kind_version(tokenizer: u32) -> u32 {
+    assert!(tokenizer < 100);
+    LOGIC_VERSION * 100 + tokenizer
+}
+
 /// Output file names.
 pub const CAPTIONS_TABLE: &str = "captions.parquet";
 pub const VOCAB_TABLE: &str = "vocab.parquet";
 pub const SKIPPED_TABLE: &str = "skipped.parquet";
+/// Word → lemma, learned from the raw and lemmatised caption files (`variant = "lemma"` only).
+pub const LEMMA_TABLE: &str = "lemmas.parquet";
 
 /// The special tokens, at fixed ids: every vocabulary starts with them in this order.
 pub const PAD: &str = "<pad>";
@@ -96,24 +111,22 @@ fn sources(
     let Some(root) = flickr::external_root(params, inputs, base_dir)? else {
         return Ok(Vec::new());
     };
-    let mut files = vec![caption_path(params, &root)?];
+    let caption_file = caption_path(params, &root)?;
+    let mut files = vec![caption_file.clone()];
+    if params.str("variant")? == "lemma" {
+        // The lemma table is learned from both files.
+        files.push(flickr::text_file(&root, flickr::TOKEN_FILE));
+    }
     files.extend(flickr::split_paths(&root));
+    // An image that a `<name>.1` caption key is read as changes the output: hash it too. (An
+    // unreadable caption file is left to `run`, which reports it.)
+    if let Ok(text) = flickr::read_text(&caption_file) {
+        files.extend(numbered_copy_targets(&text, &flickr::image_dir(&root)));
+    }
     Ok(files
         .into_iter()
         .map(|path| Source::in_param_folder("root", &root, path))
         .collect())
-}
-
-/// The words of a caption: lower-cased runs of `[a-z0-9']`, everything else separates words, and
-/// runs of apostrophes alone (quotes) are dropped. Keeping apostrophes inside words keeps the
-/// dataset's `'s` tokens (`woman 's`) as words of their own.
-pub fn words(caption: &str) -> Vec<String> {
-    caption
-        .to_lowercase()
-        .split(|c: char| !matches!(c, 'a'..='z' | '0'..='9' | '\''))
-        .filter(|word| !word.is_empty() && !word.chars().all(|c| c == '\''))
-        .map(str::to_string)
-        .collect()
 }
 
 /// The caption as stored: trimmed, without the dataset's trailing " ." (which every other
@@ -129,6 +142,9 @@ pub struct Vocabulary {
     /// Tokens in id order, specials first; counts are 0 for specials.
     pub tokens: Vec<(String, u64)>,
     ids: HashMap<String, u32>,
+    /// Word → lemma, for a vocabulary of lemmas (empty otherwise): how query words find their
+    /// token. Not part of `hash`, which is about the tokens alone.
+    lemmas: HashMap<String, String>,
 }
 
 impl Vocabulary {
@@ -158,7 +174,16 @@ impl Vocabulary {
             .enumerate()
             .map(|(id, (token, _))| (token.clone(), id as u32))
             .collect();
-        Vocabulary { tokens, ids }
+        Vocabulary {
+            tokens,
+            ids,
+            lemmas: HashMap::new(),
+        }
+    }
+
+    /// How many words the word → lemma map holds (0 for a vocabulary of words).
+    pub fn lemma_count(&self) -> usize {
+        self.lemmas.len()
     }
 
     /// The id of `word`, `UNK_ID` if it is not in the vocabulary.
@@ -196,17 +221,24 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let caption_file_path = caption_path(&ctx.params, &root)?;
     // Split lists first: a missing one is a setup error worth reporting before a long parse.
     let splits = Splits::read(&root)?;
-    let file = flickr::read_caption_file(&caption_file_path, ctx.progress)?;
+    let mut file = flickr::read_caption_file(&caption_file_path, ctx.progress)?;
+    let image_dir = flickr::image_dir(&root);
+    let renamed = read_numbered_copies(&mut file, &image_dir);
+    let caption_words = take_words(&mut file)?;
+    let lemmas = match ctx.params.str("variant")? {
+        "lemma" => {
+            let raw_path = flickr::text_file(&root, flickr::TOKEN_FILE);
+            let mut raw = flickr::read_caption_file(&raw_path, ctx.progress)?;
+            read_numbered_copies(&mut raw, &image_dir);
+            Some(LemmaTable::learn(&raw, &file, &caption_words))
+        }
+        _ => None,
+    };
 
     let caption_splits: Vec<&'static str> = file
         .captions
         .iter()
         .map(|caption| splits.split_of(&caption.image))
-        .collect();
-    let caption_words: Vec<Vec<String>> = file
-        .captions
-        .iter()
-        .map(|caption| words(clean_caption(&caption.text)))
         .collect();
     let train_words = caption_words
         .iter()
@@ -219,6 +251,9 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     write_captions(&ctx.out_dir, &file, &caption_splits, &tokens)?;
     write_vocab(&ctx.out_dir, &vocab)?;
     write_skipped(&ctx.out_dir, &file)?;
+    if let Some(lemmas) = &lemmas {
+        lemmas.write(&ctx.out_dir.join(LEMMA_TABLE))?;
+    }
 
     let mut report = StageReport::default();
     report.warnings.extend(file.skip_summary());
@@ -237,7 +272,214 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     report.notes.push(format!(
         "longest caption {max_len} tokens with <start> and <end>"
     ));
+    report.notes.push(format!(
+        "tokenizer version {} (NFKC, lower case, Unicode word boundaries)",
+        tokenize::VERSION
+    ));
+    if let Some(lemmas) = &lemmas {
+        report.notes.push(format!(
+            "lemma table {} words, learned from {} of {} captions aligned word by word with {}",
+            lemmas.entries.len(),
+            lemmas.aligned,
+            lemmas.paired,
+            flickr::TOKEN_FILE
+        ));
+    }
+    if !renamed.is_empty() {
+        let names: Vec<String> = renamed
+            .iter()
+            .map(|(from, to)| format!("{from} as {to}"))
+            .collect();
+        report.notes.push(format!(
+            "read captions of {} numbered copies as the image file they copy, \
+             which has no captions of its own: {}",
+            renamed.len(),
+            flickr::preview_names(&names, names.len())
+        ));
+    }
     Ok(report)
+}
+
+/// The image a caption key like `<name>.jpg.1` (a numbered copy, as real Flickr8k has) stands
+/// for: `<name>.jpg`. `None` for every other name.
+fn numbered_copy_of(image: &str) -> Option<&str> {
+    let (stem, number) = image.rsplit_once('.')?;
+    let numbered = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
+    (numbered && stem.contains('.')).then_some(stem)
+}
+
+/// The image files that numbered copies in a caption file's text may be read as: those present
+/// in `image_dir`.
+fn numbered_copy_targets(text: &str, image_dir: &Path) -> Vec<PathBuf> {
+    let mut targets: Vec<PathBuf> = flickr::numbered_lines(text)
+        .filter_map(|(_, line)| line.split_once('\t')?.0.trim().rsplit_once('#'))
+        .filter_map(|(image, _)| numbered_copy_of(image.trim()))
+        .map(|stem| image_dir.join(stem))
+        .filter(|path| path.is_file())
+        .collect();
+    targets.sort();
+    targets.dedup();
+    targets
+}
+
+/// Reads the captions of a numbered copy `<name>.jpg.1` as captions of `<name>.jpg` when the
+/// image folder has that file, has no `<name>.jpg.1` file, and `<name>.jpg` has no captions of
+/// its own: the copy's captions then describe that image. Returns the (copy, image) pairs read
+/// this way, sorted.
+fn read_numbered_copies(file: &mut CaptionFile, image_dir: &Path) -> Vec<(String, String)> {
+    let captioned: HashSet<String> = file.image_names().into_iter().map(String::from).collect();
+    let mut renamed: Vec<(String, String)> = captioned
+        .iter()
+        .filter_map(|image| Some((image, numbered_copy_of(image)?)))
+        .filter(|(image, stem)| {
+            !captioned.contains(*stem)
+                && image_dir.join(stem).is_file()
+                && !image_dir.join(image).exists()
+        })
+        .map(|(image, stem)| (image.clone(), stem.to_string()))
+        .collect();
+    renamed.sort();
+    let by_copy: HashMap<&str, &str> = renamed
+        .iter()
+        .map(|(from, to)| (from.as_str(), to.as_str()))
+        .collect();
+    for caption in &mut file.captions {
+        if let Some(stem) = by_copy.get(caption.image.as_str()) {
+            caption.image = stem.to_string();
+        }
+    }
+    renamed
+}
+
+/// The words of every caption of `file`, in order. Captions without a word (only punctuation,
+/// symbols or emoji) are moved to the file's skipped lines, since they would train nothing and
+/// leave an image with a caption that says nothing. An error if no caption has a word.
+fn take_words(file: &mut CaptionFile) -> Result<Vec<Vec<String>>, StageError> {
+    let mut kept = Vec::with_capacity(file.captions.len());
+    let mut kept_words = Vec::with_capacity(file.captions.len());
+    let mut wordless = Vec::new();
+    for caption in std::mem::take(&mut file.captions) {
+        let caption_words = words(clean_caption(&caption.text));
+        if caption_words.is_empty() {
+            wordless.push(SkippedLine {
+                line: caption.line,
+                reason: SkipReason::NoWords,
+                // The line rebuilt from its parts (the parser keeps no copy of it).
+                text: format!("{}#{}\t{}", caption.image, caption.number, caption.text),
+            });
+        } else {
+            kept.push(caption);
+            kept_words.push(caption_words);
+        }
+    }
+    file.captions = kept;
+    if !wordless.is_empty() {
+        file.skipped.extend(wordless);
+        // Summaries name the first line of each reason: keep file order.
+        file.skipped.sort_by_key(|skipped| skipped.line);
+    }
+    if file.captions.is_empty() {
+        return Err(StageError::file(
+            &file.path,
+            format!(
+                "no caption has a word ({} lines skipped)",
+                file.skipped.len()
+            ),
+        ));
+    }
+    Ok(kept_words)
+}
+
+/// Word → lemma, learned from a dataset's raw and lemmatised captions of the same keys.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LemmaTable {
+    /// (word, lemma, how often the word was aligned with that lemma), sorted by word.
+    pub entries: Vec<(String, String, u64)>,
+    /// Captions whose raw and lemma words could be aligned (same number of words).
+    pub aligned: usize,
+    /// Captions present in both files.
+    pub paired: usize,
+}
+
+impl LemmaTable {
+    /// Aligns each lemma caption with the raw caption of the same image and number, word by
+    /// word, where both have the same number of words (the lemmatiser changes words, not their
+    /// number, so other captions were written differently and are left out). Each raw word maps
+    /// to the lemma it was aligned with most often; ties go to the alphabetically first lemma.
+    pub fn learn(raw: &CaptionFile, lemma: &CaptionFile, lemma_words: &[Vec<String>]) -> Self {
+        let raw_by_key: HashMap<(&str, u32), &str> = raw
+            .captions
+            .iter()
+            .map(|c| ((c.image.as_str(), c.number), c.text.as_str()))
+            .collect();
+        let mut pairs: HashMap<(String, String), u64> = HashMap::new();
+        let (mut paired, mut aligned) = (0, 0);
+        for (caption, lemma_words) in lemma.captions.iter().zip(lemma_words) {
+            let Some(raw_text) = raw_by_key.get(&(caption.image.as_str(), caption.number)) else {
+                continue;
+            };
+            paired += 1;
+            let raw_words = words(clean_caption(raw_text));
+            if raw_words.len() != lemma_words.len() {
+                continue;
+            }
+            aligned += 1;
+            for (word, lemma) in raw_words.into_iter().zip(lemma_words) {
+                *pairs.entry((word, lemma.clone())).or_default() += 1;
+            }
+        }
+        let mut best: HashMap<String, (String, u64)> = HashMap::new();
+        for ((word, lemma), count) in pairs {
+            match best.get_mut(&word) {
+                Some(chosen) if count > chosen.1 || (count == chosen.1 && lemma < chosen.0) => {
+                    *chosen = (lemma, count)
+                }
+                Some(_) => {}
+                None => {
+                    best.insert(word, (lemma, count));
+                }
+            }
+        }
+        let mut entries: Vec<(String, String, u64)> = best
+            .into_iter()
+            .map(|(word, (lemma, count))| (word, lemma, count))
+            .collect();
+        entries.sort();
+        LemmaTable {
+            entries,
+            aligned,
+            paired,
+        }
+    }
+
+    /// Writes the table: columns `word`, `lemma` (UTF-8) and `count` (u64), sorted by word.
+    fn write(&self, path: &Path) -> Result<(), StageError> {
+        let schema = Arc::new(Schema::new(vec![
+            utf8_field("word"),
+            utf8_field("lemma"),
+            Field::new("count", DataType::UInt64, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                self.entries.iter().map(|(word, _, _)| word.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                self.entries.iter().map(|(_, lemma, _)| lemma.as_str()),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                self.entries.iter().map(|(_, _, count)| *count),
+            )),
+        ];
+        write_parquet(path, &batch(path, schema, columns)?)
+    }
+
+    /// Reads the word → lemma map of a table `write` wrote.
+    fn read_map(path: &Path) -> Result<HashMap<String, String>, StageError> {
+        let table = crate::table::read_parquet(path)?;
+        let words = crate::table::strings(path, &table, "word")?;
+        let lemmas = crate::table::strings(path, &table, "lemma")?;
+        Ok(words.into_iter().zip(lemmas).collect())
+    }
 }
 
 /// Warnings about images the captions and split lists disagree on: captioned images no list
@@ -369,7 +611,9 @@ fn write_skipped(out_dir: &Path, file: &CaptionFile) -> Result<(), StageError> {
 }
 
 impl Vocabulary {
-    /// Reads the vocabulary table this stage writes.
+    /// Reads the vocabulary table this stage writes, with the lemma table beside it
+    /// (`LEMMA_TABLE` in the same folder) when there is one. Errors name the file that is
+    /// missing or not such a table.
     pub fn read(path: &Path) -> Result<Vocabulary, StageError> {
         let table = crate::table::read_parquet(path)?;
         let tokens = crate::table::strings(path, &table, "token")?;
@@ -391,12 +635,19 @@ impl Vocabulary {
             .enumerate()
             .map(|(id, token)| (token.clone(), id as u32))
             .collect();
+        let lemma_path = path.with_file_name(LEMMA_TABLE);
+        let lemmas = if lemma_path.is_file() {
+            LemmaTable::read_map(&lemma_path)?
+        } else {
+            HashMap::new()
+        };
         Ok(Vocabulary {
             tokens: tokens
                 .into_iter()
                 .zip(counts.values().iter().copied())
                 .collect(),
             ids,
+            lemmas,
         })
     }
 
@@ -413,16 +664,33 @@ impl Vocabulary {
             .unwrap_or(UNK)
     }
 
-    /// `<start>` + the ids of the words of `text` + `<end>`, and the words not in the
-    /// vocabulary (which become `<unk>`).
+    /// The token a query word stands for: its lemma when the lemma map has one that is in the
+    /// vocabulary, else the word itself when it is in the vocabulary; `None` when neither is.
+    pub fn token_of<'a>(&'a self, word: &'a str) -> Option<&'a str> {
+        self.lemmas
+            .get(word)
+            .map(String::as_str)
+            .filter(|lemma| self.contains(lemma))
+            .or_else(|| self.contains(word).then_some(word))
+    }
+
+    /// `<start>` + the ids of the words of `text` (split by `tokenize::words`, each read as its
+    /// lemma when the vocabulary has a lemma map) + `<end>`, and the words that have no token
+    /// (which become `<unk>`), as written in `text` after tokenising.
     pub fn encode_text(&self, text: &str) -> (Vec<u32>, Vec<String>) {
-        let words = words(text);
-        let unknown = words
-            .iter()
-            .filter(|w| !self.contains(w))
-            .cloned()
-            .collect();
-        (self.encode(&words), unknown)
+        let mut ids = vec![START_ID];
+        let mut unknown = Vec::new();
+        for word in words(text) {
+            match self.token_of(&word) {
+                Some(token) => ids.push(self.id(token)),
+                None => {
+                    ids.push(UNK_ID);
+                    unknown.push(word);
+                }
+            }
+        }
+        ids.push(END_ID);
+        (ids, unknown)
     }
 
     /// The words of `ids`, specials left out, joined by spaces.
@@ -462,12 +730,13 @@ mod tests {
     }
 
     #[test]
-    fn words_are_lowercase_alphanumeric_runs_with_apostrophes() {
+    fn captions_split_with_the_tokenizer() {
         assert_eq!(
-            words("A man 's  \"quoted\" T-shirt, 2 dogs ' '' café."),
-            ["a", "man", "'s", "quoted", "t", "shirt", "2", "dogs", "caf"]
+            words(clean_caption(
+                "A man 's  \"quoted\" T-shirt, 2 dogs ' '' café ."
+            )),
+            ["a", "man", "'s", "quoted", "t", "shirt", "2", "dogs", "café"]
         );
-        assert!(words(" . , ").is_empty());
     }
 
     #[test]
@@ -664,6 +933,212 @@ mod tests {
         assert_eq!(strings(&captions, "caption"), ["A dog", "A cat"]);
     }
 
+    #[test]
+    fn captions_without_a_word_are_skipped_with_their_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("wordless");
+        let captions = "a.jpg#0\tA dog .\n\
+                        a.jpg#1\t... !!! ?\n\
+                        a.jpg#2\t🐶 🎉\n\
+                        b.jpg#0\tUn café près de la fenêtre\n";
+        write_text_files(&root, captions, ["a.jpg\nb.jpg\n", "", ""]);
+        let out = dir.path().join("out");
+        let report = run_on_root(&KIND, &root, &[], &out).unwrap();
+        assert_eq!(
+            report.warnings,
+            ["Flickr8k.token.txt: skipped 2 lines: 2 without a word \
+              (only punctuation, symbols or emoji) (first at line 2)"]
+        );
+        let skipped = read_parquet(&out.join(SKIPPED_TABLE));
+        assert_eq!(u64s(&skipped, "line"), [2, 3]);
+        assert_eq!(strings(&skipped, "reason"), ["no words", "no words"]);
+        assert_eq!(
+            strings(&skipped, "text"),
+            ["a.jpg#1\t... !!! ?", "a.jpg#2\t🐶 🎉"]
+        );
+        let captions = read_parquet(&out.join(CAPTIONS_TABLE));
+        assert_eq!(u32s(&captions, "caption_no"), [0, 0]);
+        let vocab: Vec<String> = vocab_table(&out).into_iter().map(|(_, t, _)| t).collect();
+        assert!(vocab.contains(&"café".to_string()), "{vocab:?}");
+        assert!(vocab.contains(&"fenêtre".to_string()), "{vocab:?}");
+    }
+
+    #[test]
+    fn a_file_of_wordless_captions_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("wordless");
+        write_text_files(&root, "a.jpg#0\t. . .\n", ["a.jpg\n", "", ""]);
+        let err = run_on_root(&KIND, &root, &[], &dir.path().join("out")).unwrap_err();
+        assert!(err.to_string().contains("no caption has a word"), "{err}");
+    }
+
+    #[test]
+    fn kind_version_follows_the_tokenizer_version() {
+        assert_eq!(KIND.version, kind_version(tokenize::VERSION));
+        assert_ne!(
+            kind_version(tokenize::VERSION),
+            kind_version(tokenize::VERSION + 1)
+        );
+        // Before the Unicode tokenizer the kind was at version 1.
+        assert_ne!(KIND.version, 1);
+    }
+
+    #[test]
+    fn numbered_copies_are_read_as_the_image_they_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("copies");
+        let captions = "a.jpg.1#0\tA dog .\n\
+                        b.jpg.1#0\tA cat .\n\
+                        b.jpg#0\tA cat of its own .\n\
+                        c.jpg.1#0\tA bird .\n";
+        write_text_files(&root, captions, ["a.jpg\nb.jpg\n", "", ""]);
+        // a.jpg exists and has no captions: read as a.jpg. b.jpg has captions of its own, and
+        // c.jpg is not in the image folder: both stay as named.
+        for image in ["a.jpg", "b.jpg"] {
+            fs::write(flickr::image_dir(&root).join(image), b"jpeg").unwrap();
+        }
+        let out = dir.path().join("out");
+        let report = run_on_root(&KIND, &root, &[], &out).unwrap();
+        let captions = read_parquet(&out.join(CAPTIONS_TABLE));
+        assert_eq!(
+            strings(&captions, "image_id"),
+            ["a.jpg", "b.jpg.1", "b.jpg", "c.jpg.1"]
+        );
+        assert_eq!(strings(&captions, "split")[0], "train");
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.contains("1 numbered copies") && n.contains("a.jpg.1 as a.jpg")),
+            "{:?}",
+            report.notes
+        );
+        // The image the copy is read as is a source: replacing it re-runs the stage.
+        let defaults = Params::with_defaults(
+            KIND.params,
+            [("root".to_string(), ParamValue::Str("copies".into()))].into(),
+        );
+        let sources = (KIND.sources)(&defaults, &[], dir.path()).unwrap();
+        let labels: Vec<String> = sources.iter().map(Source::label).collect();
+        assert!(
+            labels.contains(&"root/Flicker8k_Dataset/a.jpg".to_string()),
+            "{labels:?}"
+        );
+        assert!(!labels.iter().any(|l| l.ends_with("c.jpg")), "{labels:?}");
+    }
+
+    #[test]
+    fn lemma_table_is_learned_from_aligned_captions() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = small_root(dir.path());
+        fs::write(
+            flickr::text_file(&root, flickr::LEMMA_FILE),
+            "a.jpg#0\ta dog run .\n\
+             a.jpg#1\ta dog sit\n\
+             b.jpg#0\tthe dog run extra words\n\
+             c.jpg#0\ta cat fly .\n\
+             d.jpg#0\ta bird .\n",
+        )
+        .unwrap();
+        let out = dir.path().join("out");
+        let variant = ("variant", ParamValue::Str("lemma".into()));
+        let report = run_on_root(&KIND, &root, &[variant], &out).unwrap();
+        let table = read_parquet(&out.join(LEMMA_TABLE));
+        assert_eq!(column_names(&table), ["word", "lemma", "count"]);
+        // b.jpg#0 has more lemma words than raw words: not aligned. d.jpg has no raw caption.
+        assert_eq!(
+            strings(&table, "word"),
+            ["a", "cat", "dog", "flies", "runs", "sits"]
+        );
+        assert_eq!(
+            strings(&table, "lemma"),
+            ["a", "cat", "dog", "fly", "run", "sit"]
+        );
+        assert_eq!(u64s(&table, "count"), [3, 1, 2, 1, 1, 1]);
+        assert!(
+            report.notes.iter().any(|n| n
+                == "lemma table 6 words, learned from 3 of 4 captions aligned \
+                              word by word with Flickr8k.token.txt"),
+            "{:?}",
+            report.notes
+        );
+
+        // The vocabulary read back carries the table: raw query words find their lemmas.
+        let vocab = Vocabulary::read(&out.join(VOCAB_TABLE)).unwrap();
+        assert_eq!(vocab.lemma_count(), 6);
+        let (ids, unknown) = vocab.encode_text("A dog runs past a zebra");
+        assert_eq!(unknown, ["past", "zebra"]);
+        assert_eq!(
+            vocab.decode(&ids),
+            "a dog run <unk> a <unk>",
+            "runs is read as run"
+        );
+        // A raw vocabulary has no table and does not know "runs" as "run".
+        let raw_out = dir.path().join("raw");
+        run_on_root(&KIND, &root, &[], &raw_out).unwrap();
+        assert!(!raw_out.join(LEMMA_TABLE).exists());
+        let raw_vocab = Vocabulary::read(&raw_out.join(VOCAB_TABLE)).unwrap();
+        assert_eq!(raw_vocab.lemma_count(), 0);
+        assert_eq!(raw_vocab.encode_text("runs").1, Vec::<String>::new());
+        assert_eq!(raw_vocab.encode_text("run").1, ["run"]);
+    }
+
+    #[test]
+    fn lemma_ties_go_to_the_alphabetically_first_lemma() {
+        let caption = |image: &str, text: &str| flickr::CaptionLine {
+            line: 1,
+            image: image.to_string(),
+            number: 0,
+            text: text.to_string(),
+        };
+        let file = |captions| CaptionFile {
+            path: PathBuf::from("f"),
+            captions,
+            skipped: Vec::new(),
+        };
+        let raw = file(vec![caption("a", "saw"), caption("b", "saw")]);
+        let lemma = file(vec![caption("b", "see"), caption("a", "saw")]);
+        let lemma_words = vec![words("see"), words("saw")];
+        let table = LemmaTable::learn(&raw, &lemma, &lemma_words);
+        assert_eq!(table.entries, [("saw".to_string(), "saw".to_string(), 1)]);
+    }
+
+    #[test]
+    fn real_lemma_file_gives_a_table_of_common_lemmas() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("flickr");
+        let train_list = fs::read_to_string(fixture("Flickr_8k.trainImages.txt")).unwrap();
+        let tokens = fs::read_to_string(fixture("Flickr8k.token.txt")).unwrap();
+        write_text_files(&root, &tokens, [&train_list, "", ""]);
+        fs::copy(
+            fixture(flickr::LEMMA_FILE),
+            flickr::text_file(&root, flickr::LEMMA_FILE),
+        )
+        .unwrap();
+        let out = dir.path().join("out");
+        let variant = ("variant", ParamValue::Str("lemma".into()));
+        let report = run_on_root(&KIND, &root, &[variant], &out).unwrap();
+        let table = read_parquet(&out.join(LEMMA_TABLE));
+        let words = strings(&table, "word");
+        let lemmas = strings(&table, "lemma");
+        let lemma_of = |word: &str| {
+            let i = words.iter().position(|w| w == word).unwrap();
+            lemmas[i].as_str()
+        };
+        assert_eq!(lemma_of("runs"), "run");
+        assert_eq!(lemma_of("dogs"), "dog");
+        assert_eq!(lemma_of("is"), "be");
+        assert_eq!(lemma_of("'s"), "'s");
+        println!(
+            "real lemma file: {} table words, {:?}",
+            words.len(),
+            report.notes
+        );
+        let vocab = Vocabulary::read(&out.join(VOCAB_TABLE)).unwrap();
+        let (_, unknown) = vocab.encode_text("Two dogs are running through the grass");
+        assert!(unknown.is_empty(), "{unknown:?}");
+    }
+
     const TOKEN_FILE_NAME: &str = flickr::TOKEN_FILE;
 
     #[test]
@@ -723,6 +1198,7 @@ mod tests {
             labels,
             [
                 "root/Flickr8k_text/Flickr8k.lemma.token.txt",
+                "root/Flickr8k_text/Flickr8k.token.txt",
                 "root/Flickr8k_text/Flickr_8k.trainImages.txt",
                 "root/Flickr8k_text/Flickr_8k.devImages.txt",
                 "root/Flickr8k_text/Flickr_8k.testImages.txt"

@@ -285,6 +285,8 @@ pub enum SkipReason {
     NoImage,
     EmptyCaption,
     Duplicate,
+    /// The caption has no word (only punctuation, symbols or emoji); found by the tokenizer.
+    NoWords,
 }
 
 impl SkipReason {
@@ -296,6 +298,7 @@ impl SkipReason {
             SkipReason::NoImage => "no image name",
             SkipReason::EmptyCaption => "empty caption",
             SkipReason::Duplicate => "duplicate",
+            SkipReason::NoWords => "no words",
         }
     }
 
@@ -307,6 +310,7 @@ impl SkipReason {
             SkipReason::NoImage => "without an image name",
             SkipReason::EmptyCaption => "with an empty caption",
             SkipReason::Duplicate => "repeating an earlier image and caption number",
+            SkipReason::NoWords => "without a word (only punctuation, symbols or emoji)",
         }
     }
 }

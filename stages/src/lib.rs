@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod report;
 pub mod specs;
 pub mod table;
+pub mod tokenize;
 pub mod tsne;
 
 pub use onenet_contract::*;

@@ -258,7 +258,13 @@ fn similar_images(
 
 fn similar_words(engine: &Engine, word: String, k: usize, format: Format) -> Result<ExitCode> {
     let embed_dir = output_dir(engine, specs::embed::KIND.name)?;
-    let matches = onenet_torch::tasks::similar_words(&embed_dir, &word, k)?;
+    // The vocabulary beside the model, for its lemma table; the weights are not needed.
+    let model_dir = output_dir(engine, specs::train::KIND.name)
+        .map_err(|e| anyhow::anyhow!("the model is not trained yet: {e}"))?;
+    let vocab = onenet_stages::captions::Vocabulary::read(
+        &model_dir.join(onenet_stages::captions::VOCAB_TABLE),
+    )?;
+    let matches = onenet_torch::tasks::similar_words(&embed_dir, &vocab, &word, k)?;
     print_matches(&[(word, matches, Vec::new())], format)?;
     Ok(ExitCode::SUCCESS)
 }

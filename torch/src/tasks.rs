@@ -13,6 +13,7 @@ use crate::embed::{flatten, mean_word_embedding, word_matrix};
 use crate::features::resized;
 use crate::model::{invert, rank_by_likelihood};
 use crate::train::TrainedModel;
+use onenet_stages::captions::Vocabulary;
 use onenet_stages::image_file;
 use onenet_stages::metrics::SimilarityIndex;
 use onenet_stages::specs::embed::{CaptionEmbeddings, ImageEmbeddings, WordEmbeddings};
@@ -193,14 +194,30 @@ pub fn embed_picture(
     flatten(&tch::no_grad(|| trained.model.encode_images(&features)))
 }
 
-/// The `k` words nearest `word` by cosine of their embeddings.
-pub fn similar_words(embed_dir: &Path, word: &str, k: usize) -> Result<Vec<Match>, StageError> {
+/// The `k` words nearest `word` by cosine of their embeddings. `word` is split as captions are
+/// (`tokenize::words`) and read through `vocab` (its lemma for a vocabulary of lemmas). Errors
+/// if it is not exactly one word or has no token.
+pub fn similar_words(
+    embed_dir: &Path,
+    vocab: &Vocabulary,
+    word: &str,
+    k: usize,
+) -> Result<Vec<Match>, StageError> {
     let table = WordEmbeddings::read(embed_dir)?;
     let words = table.vectors.into_index(table.tokens);
-    let normalized = word.trim().to_lowercase();
-    let row = words.row_of(&normalized).ok_or_else(|| {
-        StageError::Input(format!("unknown word {word:?}: not in the vocabulary"))
-    })?;
+    let split = onenet_stages::tokenize::words(word);
+    let [query] = split.as_slice() else {
+        return Err(StageError::Input(format!(
+            "{word:?} is {} words: give one word",
+            split.len()
+        )));
+    };
+    let row = vocab
+        .token_of(query)
+        .and_then(|token| words.row_of(token))
+        .ok_or_else(|| {
+            StageError::Input(format!("unknown word {word:?}: not in the vocabulary"))
+        })?;
     // Special tokens (the first token ids) are not words anyone asks about.
     let specials = onenet_stages::captions::SPECIAL_TOKENS.len();
     Ok(matches(

@@ -181,6 +181,13 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     .map_err(|e| StageError::io(&info_path, e))?;
     std::fs::copy(&vocab_path, ctx.out_dir.join(VOCAB_TABLE))
         .map_err(|e| StageError::io(&vocab_path, e))?;
+    // The lemma table travels with the vocabulary: `Vocabulary::read` reads it from beside the
+    // model, so the tasks read queries as lemmas for a model trained on lemmas.
+    let lemma_path = vocab_path.with_file_name(captions::LEMMA_TABLE);
+    if lemma_path.is_file() {
+        std::fs::copy(&lemma_path, ctx.out_dir.join(captions::LEMMA_TABLE))
+            .map_err(|e| StageError::io(&lemma_path, e))?;
+    }
     write_log(&ctx.out_dir, &log)?;
 
     let mut report = StageReport::default();
