@@ -1,15 +1,17 @@
-//! Stage kind `captions`: parses a Flickr8k caption file, tokenises every caption, builds the
-//! vocabulary from the train split and writes captions, vocabulary and skipped lines as Parquet.
+//! Stage kind `captions`: reads the captions of a dataset (Flickr8k, Karpathy or COCO format:
+//! see `datasets`), tokenises every caption, builds the vocabulary from the train split and writes
+//! captions, vocabulary and skipped entries as Parquet.
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, ListArray, StringArray, UInt32Array, UInt64Array};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema};
 
-use crate::flickr::{self, CaptionFile, Splits};
+use crate::datasets::{self, Caption, Dataset, Options, Skipped};
+use crate::flickr;
 use crate::table::{batch, write_parquet};
 use crate::{
     Effect, ParamDefault, ParamSpec, ParamType, Params, PathKind, Source, StageContext, StageError,
@@ -18,8 +20,10 @@ use crate::{
 
 pub const KIND: StageKind = StageKind {
     name: "captions",
-    version: 1,
-    about: "Tokenise Flickr8k captions and build a vocabulary from the train split",
+    // 2: reads the Karpathy and COCO formats; skipped.parquet has an `entry` column.
+    version: 2,
+    about: "Tokenise a dataset's captions (Flickr8k, Karpathy or COCO format) and build a \
+            vocabulary from the train split",
     params: PARAMS,
     inputs: flickr::DATASET_INPUTS,
     sources,
@@ -36,14 +40,17 @@ const PARAMS: &[ParamSpec] = &[
         },
         default: ParamDefault::Unset,
         effect: Effect::Output,
-        help: "Dataset folder in the Flickr8k layout (instead of an upstream demo_data stage)",
+        help: "Dataset folder in the Flickr8k, Karpathy or COCO layout (instead of an upstream \
+               demo_data stage)",
     },
+    datasets::params::FORMAT,
     ParamSpec {
         name: "variant",
         ty: ParamType::Choice(&["raw", "lemma"]),
         default: ParamDefault::Str("raw"),
         effect: Effect::Output,
-        help: "Caption file to read: raw (Flickr8k.token.txt) or lemma (Flickr8k.lemma.token.txt)",
+        help: "Captions to read: raw, or lemma (Flickr8k.lemma.token.txt, which only Flickr8k \
+               has)",
     },
     ParamSpec {
         name: "min_count",
@@ -55,6 +62,11 @@ const PARAMS: &[ParamSpec] = &[
         effect: Effect::Output,
         help: "Train-split words seen fewer times than this become <unk>",
     },
+    datasets::params::KARPATHY,
+    datasets::params::RESTVAL,
+    datasets::params::DEV_FRACTION,
+    datasets::params::TEST_FRACTION,
+    datasets::params::SEED,
 ];
 
 /// Output file names.
@@ -73,35 +85,12 @@ pub const START_ID: u32 = 1;
 pub const END_ID: u32 = 2;
 pub const UNK_ID: u32 = 3;
 
-/// The caption file of the chosen `variant`.
-fn caption_path(params: &Params, root: &Path) -> Result<PathBuf, StageError> {
-    let file = match params.str("variant")? {
-        "raw" => flickr::TOKEN_FILE,
-        "lemma" => flickr::LEMMA_FILE,
-        other => {
-            return Err(StageError::Param {
-                name: "variant".to_string(),
-                message: format!("{other:?} is not one of raw, lemma"),
-            })
-        }
-    };
-    Ok(flickr::text_file(root, file))
-}
-
 fn sources(
     params: &Params,
     inputs: &[StageInput],
     base_dir: &Path,
 ) -> Result<Vec<Source>, StageError> {
-    let Some(root) = flickr::external_root(params, inputs, base_dir)? else {
-        return Ok(Vec::new());
-    };
-    let mut files = vec![caption_path(params, &root)?];
-    files.extend(flickr::split_paths(&root));
-    Ok(files
-        .into_iter()
-        .map(|path| Source::in_param_folder("root", &root, path))
-        .collect())
+    datasets::stage_sources(params, inputs, base_dir, false)
 }
 
 /// The words of a caption: lower-cased runs of `[a-z0-9']`, everything else separates words, and
@@ -193,17 +182,15 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             name: "min_count".to_string(),
             message: format!("{min_count} is out of range: expected integer >= 1"),
         })?;
-    let caption_file_path = caption_path(&ctx.params, &root)?;
-    // Split lists first: a missing one is a setup error worth reporting before a long parse.
-    let splits = Splits::read(&root)?;
-    let file = flickr::read_caption_file(&caption_file_path, ctx.progress)?;
+    let options = Options::from_params(&ctx.params, &ctx.base_dir)?;
+    let dataset = Dataset::read(&root, &options, ctx.progress)?;
 
-    let caption_splits: Vec<&'static str> = file
+    let caption_splits: Vec<&'static str> = dataset
         .captions
         .iter()
-        .map(|caption| splits.split_of(&caption.image))
+        .map(|caption| dataset.split_of(&caption.image))
         .collect();
-    let caption_words: Vec<Vec<String>> = file
+    let caption_words: Vec<Vec<String>> = dataset
         .captions
         .iter()
         .map(|caption| words(clean_caption(&caption.text)))
@@ -216,19 +203,19 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let vocab = Vocabulary::build(train_words, min_count);
     let tokens: Vec<Vec<u32>> = caption_words.iter().map(|w| vocab.encode(w)).collect();
 
-    write_captions(&ctx.out_dir, &file, &caption_splits, &tokens)?;
+    write_captions(&ctx.out_dir, &dataset.captions, &caption_splits, &tokens)?;
     write_vocab(&ctx.out_dir, &vocab)?;
-    write_skipped(&ctx.out_dir, &file)?;
+    write_skipped(&ctx.out_dir, &dataset.skipped)?;
 
     let mut report = StageReport::default();
-    report.warnings.extend(file.skip_summary());
-    report.warnings.extend(split_warnings(&file, &splits));
-    let image_count = file.image_names().len();
+    report.warnings.extend(dataset.skip_summaries());
+    report.warnings.extend(dataset.split_warnings());
+    let image_count = dataset.captioned_images();
     let max_len = tokens.iter().map(Vec::len).max().unwrap_or(0);
     let train_captions = caption_splits.iter().filter(|&&s| s == "train").count();
     report.notes.push(format!(
         "{} captions of {image_count} images ({train_captions} in the train split)",
-        file.captions.len()
+        dataset.captions.len()
     ));
     report.notes.push(format!(
         "vocabulary {} tokens (4 special, min_count {min_count})",
@@ -237,43 +224,8 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     report.notes.push(format!(
         "longest caption {max_len} tokens with <start> and <end>"
     ));
+    report.notes.push(dataset.description.clone());
     Ok(report)
-}
-
-/// Warnings about images the captions and split lists disagree on: captioned images no list
-/// names (they get split "none"), and listed images without captions (they will be missing from
-/// training and evaluation).
-fn split_warnings(file: &CaptionFile, splits: &Splits) -> Vec<String> {
-    let mut warnings = Vec::new();
-    let captioned = file.image_names();
-    let unsplit: Vec<&str> = captioned
-        .iter()
-        .copied()
-        .filter(|image| splits.split_of(image) == flickr::NO_SPLIT)
-        .collect();
-    if !unsplit.is_empty() {
-        warnings.push(format!(
-            "{}: {} captioned images are in no split list (split \"none\"): {}",
-            file.label(),
-            unsplit.len(),
-            flickr::preview_names(&unsplit, unsplit.len())
-        ));
-    }
-    let captioned: HashSet<&str> = captioned.into_iter().collect();
-    let mut uncaptioned: Vec<&str> = splits
-        .images()
-        .filter(|image| !captioned.contains(image))
-        .collect();
-    if !uncaptioned.is_empty() {
-        uncaptioned.sort_unstable();
-        warnings.push(format!(
-            "{}: {} images in the split lists have no caption: {}",
-            file.label(),
-            uncaptioned.len(),
-            flickr::preview_names(&uncaptioned, uncaptioned.len())
-        ));
-    }
-    warnings
 }
 
 fn utf8_field(name: &str) -> Field {
@@ -282,7 +234,7 @@ fn utf8_field(name: &str) -> Field {
 
 fn write_captions(
     out_dir: &Path,
-    file: &CaptionFile,
+    captions: &[Caption],
     splits: &[&str],
     tokens: &[Vec<u32>],
 ) -> Result<(), StageError> {
@@ -295,7 +247,6 @@ fn write_captions(
         Field::new("tokens", DataType::List(item.clone()), false),
         utf8_field("split"),
     ]));
-    let captions = &file.captions;
     let token_lists = ListArray::try_new(
         item,
         OffsetBuffer::from_lengths(tokens.iter().map(Vec::len)),
@@ -341,22 +292,26 @@ fn write_vocab(out_dir: &Path, vocab: &Vocabulary) -> Result<(), StageError> {
     write_parquet(&path, &batch(&path, schema, columns)?)
 }
 
-fn write_skipped(out_dir: &Path, file: &CaptionFile) -> Result<(), StageError> {
+/// Writes the skipped entries: a line-oriented file's have a `line`, a JSON file's an `entry`
+/// (its JSON path); the other column is null.
+fn write_skipped(out_dir: &Path, skipped: &[Skipped]) -> Result<(), StageError> {
     let path = out_dir.join(SKIPPED_TABLE);
     let schema = Arc::new(Schema::new(vec![
         utf8_field("file"),
-        Field::new("line", DataType::UInt64, false),
+        Field::new("line", DataType::UInt64, true),
+        Field::new("entry", DataType::Utf8, true),
         utf8_field("reason"),
         utf8_field("text"),
     ]));
-    let label = file.label();
-    let skipped = &file.skipped;
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
-            skipped.iter().map(|_| label.as_str()),
+            skipped.iter().map(|s| s.file.as_str()),
         )),
-        Arc::new(UInt64Array::from_iter_values(
-            skipped.iter().map(|s| s.line as u64),
+        Arc::new(UInt64Array::from_iter(
+            skipped.iter().map(|s| s.location.line()),
+        )),
+        Arc::new(StringArray::from_iter(
+            skipped.iter().map(|s| s.location.entry()),
         )),
         Arc::new(StringArray::from_iter_values(
             skipped.iter().map(|s| s.reason.code()),
@@ -447,12 +402,15 @@ impl Vocabulary {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
     use std::fs;
+    use std::path::PathBuf;
 
     use super::*;
     use crate::flickr::testing::{
         column_names, read_parquet, run_on_root, strings, u32_lists, u32s, u64s, write_text_files,
     };
+    use crate::flickr::Splits;
     use crate::ParamValue;
 
     fn fixture(name: &str) -> PathBuf {
@@ -520,7 +478,10 @@ mod tests {
 
         let skipped = read_parquet(&out.join(SKIPPED_TABLE));
         assert_eq!(skipped.num_rows(), 0);
-        assert_eq!(column_names(&skipped), ["file", "line", "reason", "text"]);
+        assert_eq!(
+            column_names(&skipped),
+            ["file", "line", "entry", "reason", "text"]
+        );
         // Only the split warning: the dev and test lists are empty here.
         assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
         assert!(report.warnings[0].contains("2092 captioned images are in no split list"));
