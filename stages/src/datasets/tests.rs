@@ -27,6 +27,9 @@ fn str_param(value: &str) -> ParamValue {
     ParamValue::Str(value.to_string())
 }
 
+/// Params given on top of a kind's defaults.
+type Overrides<'a> = Vec<(&'a str, ParamValue)>;
+
 /// A captions table as sorted rows, so tables from files in different orders compare.
 type Row = (String, u32, String, Vec<u32>, String);
 
@@ -180,7 +183,7 @@ fn real_flickr8k_reads_the_same_in_all_three_formats() {
     let karpathy_file = karpathy.join("dataset_flickr8k.json");
     let karpathy_param = ("karpathy", str_param(karpathy_file.to_str().unwrap()));
 
-    let runs: [(&str, &Path, Vec<(&str, ParamValue)>); 4] = [
+    let runs: [(&str, &Path, Overrides); 4] = [
         ("flickr8k", &flickr8k, vec![]),
         ("karpathy", &karpathy, vec![]),
         ("coco", &coco_by_file, vec![]),
