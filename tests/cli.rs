@@ -426,22 +426,30 @@ fn show_and_dag_describe_the_outputs() {
 }
 
 #[test]
-fn the_flickr8k_example_is_a_valid_pipeline() {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/flickr8k.toml");
-    let dir = tempfile::tempdir().unwrap();
-    fs::copy(&example, dir.path().join("flickr8k.toml")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_onenet"))
-        .current_dir(dir.path())
-        .args(["status", "--pipeline", "flickr8k.toml"])
-        .output()
-        .unwrap();
-    // The file parses and checks; only the dataset it points at is missing here.
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains("data/flickr8k: dataset folder not found"),
-        "{said}"
-    );
+fn the_dataset_examples_are_valid_pipelines() {
+    for (file, data) in [
+        ("flickr8k.toml", "data/flickr8k"),
+        ("flickr30k.toml", "data/flickr30k"),
+        ("coco2014.toml", "data/coco2014"),
+    ] {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(file);
+        let dir = tempfile::tempdir().unwrap();
+        fs::copy(&example, dir.path().join(file)).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_onenet"))
+            .current_dir(dir.path())
+            .args(["status", "--pipeline", file])
+            .output()
+            .unwrap();
+        // The file parses and checks; only the dataset it points at is missing here.
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{file}: {said}");
+        assert!(
+            said.contains(&format!("{data}: dataset folder not found")),
+            "{file}: {said}"
+        );
+    }
 }
 
 #[test]

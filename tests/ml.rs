@@ -481,6 +481,50 @@ fn notes_of(run: &Value, stage: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The demo written in each dataset layout the `captions` and `images` stages read trains and
+/// evaluates: the formats work end to end, through the real binaries. Each layout holds the same
+/// pictures and captions (same seed), so the trained models are the same too.
+#[test]
+fn the_demo_in_each_dataset_layout_trains_and_evaluates() {
+    let mut bleu = Vec::new();
+    for layout in ["flickr8k", "karpathy", "coco"] {
+        let dir = tempfile::tempdir().unwrap();
+        let pipeline = pipeline_to_train(
+            &format!("images = 30, image_size = 48, layout = \"{layout}\""),
+            "weights = \"random\"",
+            "epochs = 1, hidden_dim = 32, image_dim = 16, embed_dim = 16, dev_images = 3",
+        ) + r#"
+[stages.evaluate]
+kind = "evaluate"
+inputs = ["train", "features", "order"]
+params = { queries = 5, invert_steps = 2, invert_restarts = 1, beam_width = 2 }
+"#;
+        std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+        let t = Trained {
+            dir: dir.path().to_path_buf(),
+        };
+        let run = t.json(&["run"]);
+        for stage in ["captions", "images"] {
+            let notes = notes_of(&run, stage);
+            assert!(
+                notes.contains(&format!("format {layout} (detected)")),
+                "{layout}: {stage}: {notes}"
+            );
+        }
+        assert!(
+            notes_of(&run, "images").contains("30 images (20 train, 5 dev, 5 test, 0 none)"),
+            "{run}"
+        );
+        let metrics = t.json(&["metrics"]);
+        bleu.push(metric(&metrics, "bleu4", "greedy"));
+        metric(&metrics, "r1", "invert");
+    }
+    assert!(
+        bleu.iter().all(|b| (b - bleu[0]).abs() < 1e-9),
+        "the same data in three layouts trained differently: {bleu:?}"
+    );
+}
+
 #[test]
 fn a_lemma_pipeline_reads_unlemmatised_queries() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
-//! Stage kind `captions`: parses a Flickr8k caption file, tokenises every caption (`tokenize`),
-//! builds the vocabulary from the train split and writes captions, vocabulary and skipped lines
-//! as Parquet; for the lemma variant also the word → lemma table that lets queries written in
-//! plain words find the lemmas.
+//! Stage kind `captions`: reads the captions of a dataset (Flickr8k, Karpathy or COCO format:
+//! see `datasets`), tokenises every caption (`tokenize`), builds the vocabulary from the train
+//! split and writes captions, vocabulary and skipped entries as Parquet; for the lemma variant
+//! also the word → lemma table that lets queries written in plain words find the lemmas.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -11,9 +11,11 @@ use arrow::array::{ArrayRef, ListArray, StringArray, UInt32Array, UInt64Array};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema};
 
-use crate::flickr::{self, CaptionFile, SkipReason, SkippedLine, Splits};
+use crate::datasets::{self, Caption, Dataset, Location, Options, Skipped};
+use crate::flickr::{self, CaptionFile, SkipReason};
 use crate::table::{batch, write_parquet};
-use crate::tokenize::{self, words};
+use crate::tokenize;
+pub use crate::tokenize::words;
 use crate::{
     Effect, ParamDefault, ParamSpec, ParamType, Params, PathKind, Source, StageContext, StageError,
     StageInput, StageKind, StageReport,
@@ -22,7 +24,8 @@ use crate::{
 pub const KIND: StageKind = StageKind {
     name: "captions",
     version: kind_version(tokenize::VERSION),
-    about: "Tokenise Flickr8k captions and build a vocabulary from the train split",
+    about: "Tokenise a dataset's captions (Flickr8k, Karpathy or COCO format) and build a \
+            vocabulary from the train split",
     params: PARAMS,
     inputs: flickr::DATASET_INPUTS,
     sources,
@@ -39,14 +42,17 @@ const PARAMS: &[ParamSpec] = &[
         },
         default: ParamDefault::Unset,
         effect: Effect::Output,
-        help: "Dataset folder in the Flickr8k layout (instead of an upstream demo_data stage)",
+        help: "Dataset folder in the Flickr8k, Karpathy or COCO layout (instead of an upstream \
+               demo_data stage)",
     },
+    datasets::params::FORMAT,
     ParamSpec {
         name: "variant",
         ty: ParamType::Choice(&["raw", "lemma"]),
         default: ParamDefault::Str("raw"),
         effect: Effect::Output,
-        help: "Caption file to read: raw (Flickr8k.token.txt) or lemma (Flickr8k.lemma.token.txt)",
+        help: "Captions to read: raw, or lemma (Flickr8k.lemma.token.txt, which only Flickr8k \
+               has)",
     },
     ParamSpec {
         name: "min_count",
@@ -58,10 +64,15 @@ const PARAMS: &[ParamSpec] = &[
         effect: Effect::Output,
         help: "Train-split words seen fewer times than this become <unk>",
     },
+    datasets::params::KARPATHY,
+    datasets::params::RESTVAL,
+    datasets::params::DEV_FRACTION,
+    datasets::params::TEST_FRACTION,
+    datasets::params::SEED,
 ];
 
 /// The version of this stage's own logic; the kind's version combines it with the tokenizer's.
-const LOGIC_VERSION: u32 = 2;
+const LOGIC_VERSION: u32 = 3;
 
 /// The kind's version for a tokenizer version: both enter the cache key, so a new tokenizer
 /// re-runs the stage (tokenizer versions stay below 100).
@@ -88,45 +99,42 @@ pub const START_ID: u32 = 1;
 pub const END_ID: u32 = 2;
 pub const UNK_ID: u32 = 3;
 
-/// The caption file of the chosen `variant`.
-fn caption_path(params: &Params, root: &Path) -> Result<PathBuf, StageError> {
-    let file = match params.str("variant")? {
-        "raw" => flickr::TOKEN_FILE,
-        "lemma" => flickr::LEMMA_FILE,
-        other => {
-            return Err(StageError::Param {
-                name: "variant".to_string(),
-                message: format!("{other:?} is not one of raw, lemma"),
-            })
-        }
-    };
-    Ok(flickr::text_file(root, file))
-}
-
 fn sources(
     params: &Params,
     inputs: &[StageInput],
     base_dir: &Path,
 ) -> Result<Vec<Source>, StageError> {
+    let mut sources = datasets::stage_sources(params, inputs, base_dir, false)?;
     let Some(root) = flickr::external_root(params, inputs, base_dir)? else {
-        return Ok(Vec::new());
+        return Ok(sources);
     };
-    let caption_file = caption_path(params, &root)?;
-    let mut files = vec![caption_file.clone()];
-    if params.str("variant")? == "lemma" {
-        // The lemma table is learned from both files.
-        files.push(flickr::text_file(&root, flickr::TOKEN_FILE));
+    let options = Options::from_params(params, base_dir)?;
+    if options.lemma {
+        // The lemma table is learned from the raw captions too.
+        sources.push(Source::in_param_folder(
+            "root",
+            &root,
+            flickr::text_file(&root, flickr::TOKEN_FILE),
+        ));
     }
-    files.extend(flickr::split_paths(&root));
     // An image that a `<name>.1` caption key is read as changes the output: hash it too. (An
     // unreadable caption file is left to `run`, which reports it.)
-    if let Ok(text) = flickr::read_text(&caption_file) {
-        files.extend(numbered_copy_targets(&text, &flickr::image_dir(&root)));
+    let token_file = flickr::text_file(
+        &root,
+        if options.lemma {
+            flickr::LEMMA_FILE
+        } else {
+            flickr::TOKEN_FILE
+        },
+    );
+    if let Ok(text) = flickr::read_text(&token_file) {
+        sources.extend(
+            numbered_copy_targets(&text, &flickr::image_dir(&root))
+                .into_iter()
+                .map(|path| Source::in_param_folder("root", &root, path)),
+        );
     }
-    Ok(files
-        .into_iter()
-        .map(|path| Source::in_param_folder("root", &root, path))
-        .collect())
+    Ok(sources)
 }
 
 /// The caption as stored: trimmed, without the dataset's trailing " ." (which every other
@@ -218,27 +226,31 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             name: "min_count".to_string(),
             message: format!("{min_count} is out of range: expected integer >= 1"),
         })?;
-    let caption_file_path = caption_path(&ctx.params, &root)?;
-    // Split lists first: a missing one is a setup error worth reporting before a long parse.
-    let splits = Splits::read(&root)?;
-    let mut file = flickr::read_caption_file(&caption_file_path, ctx.progress)?;
-    let image_dir = flickr::image_dir(&root);
-    let renamed = read_numbered_copies(&mut file, &image_dir);
-    let caption_words = take_words(&mut file)?;
-    let lemmas = match ctx.params.str("variant")? {
-        "lemma" => {
-            let raw_path = flickr::text_file(&root, flickr::TOKEN_FILE);
-            let mut raw = flickr::read_caption_file(&raw_path, ctx.progress)?;
-            read_numbered_copies(&mut raw, &image_dir);
-            Some(LemmaTable::learn(&raw, &file, &caption_words))
-        }
-        _ => None,
+    let options = Options::from_params(&ctx.params, &ctx.base_dir)?;
+    let mut dataset = Dataset::read(&root, &options, ctx.progress)?;
+    let caption_words = take_words(&mut dataset)?;
+    let lemmas = if options.lemma {
+        let raw_path = flickr::text_file(&root, flickr::TOKEN_FILE);
+        let mut raw = flickr::read_caption_file(&raw_path, ctx.progress)?;
+        read_numbered_copies(&mut raw, &flickr::image_dir(&root));
+        Some(LemmaTable::learn(
+            raw.captions
+                .iter()
+                .map(|c| (c.image.as_str(), c.number, c.text.as_str())),
+            dataset
+                .captions
+                .iter()
+                .map(|c| (c.image.as_str(), c.number)),
+            &caption_words,
+        ))
+    } else {
+        None
     };
 
-    let caption_splits: Vec<&'static str> = file
+    let caption_splits: Vec<&'static str> = dataset
         .captions
         .iter()
-        .map(|caption| splits.split_of(&caption.image))
+        .map(|caption| dataset.split_of(&caption.image))
         .collect();
     let train_words = caption_words
         .iter()
@@ -248,22 +260,22 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let vocab = Vocabulary::build(train_words, min_count);
     let tokens: Vec<Vec<u32>> = caption_words.iter().map(|w| vocab.encode(w)).collect();
 
-    write_captions(&ctx.out_dir, &file, &caption_splits, &tokens)?;
+    write_captions(&ctx.out_dir, &dataset.captions, &caption_splits, &tokens)?;
     write_vocab(&ctx.out_dir, &vocab)?;
-    write_skipped(&ctx.out_dir, &file)?;
+    write_skipped(&ctx.out_dir, &dataset.skipped)?;
     if let Some(lemmas) = &lemmas {
         lemmas.write(&ctx.out_dir.join(LEMMA_TABLE))?;
     }
 
     let mut report = StageReport::default();
-    report.warnings.extend(file.skip_summary());
-    report.warnings.extend(split_warnings(&file, &splits));
-    let image_count = file.image_names().len();
+    report.warnings.extend(dataset.skip_summaries());
+    report.warnings.extend(dataset.split_warnings());
+    let image_count = dataset.captioned_images();
     let max_len = tokens.iter().map(Vec::len).max().unwrap_or(0);
     let train_captions = caption_splits.iter().filter(|&&s| s == "train").count();
     report.notes.push(format!(
         "{} captions of {image_count} images ({train_captions} in the train split)",
-        file.captions.len()
+        dataset.captions.len()
     ));
     report.notes.push(format!(
         "vocabulary {} tokens (4 special, min_count {min_count})",
@@ -285,6 +297,8 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             flickr::TOKEN_FILE
         ));
     }
+    report.notes.push(dataset.description.clone());
+    let renamed = &dataset.renamed;
     if !renamed.is_empty() {
         let names: Vec<String> = renamed
             .iter()
@@ -326,7 +340,10 @@ fn numbered_copy_targets(text: &str, image_dir: &Path) -> Vec<PathBuf> {
 /// image folder has that file, has no `<name>.jpg.1` file, and `<name>.jpg` has no captions of
 /// its own: the copy's captions then describe that image. Returns the (copy, image) pairs read
 /// this way, sorted.
-fn read_numbered_copies(file: &mut CaptionFile, image_dir: &Path) -> Vec<(String, String)> {
+pub(crate) fn read_numbered_copies(
+    file: &mut CaptionFile,
+    image_dir: &Path,
+) -> Vec<(String, String)> {
     let captioned: HashSet<String> = file.image_names().into_iter().map(String::from).collect();
     let mut renamed: Vec<(String, String)> = captioned
         .iter()
@@ -351,41 +368,34 @@ fn read_numbered_copies(file: &mut CaptionFile, image_dir: &Path) -> Vec<(String
     renamed
 }
 
-/// The words of every caption of `file`, in order. Captions without a word (only punctuation,
-/// symbols or emoji) are moved to the file's skipped lines, since they would train nothing and
-/// leave an image with a caption that says nothing. An error if no caption has a word.
-fn take_words(file: &mut CaptionFile) -> Result<Vec<Vec<String>>, StageError> {
-    let mut kept = Vec::with_capacity(file.captions.len());
-    let mut kept_words = Vec::with_capacity(file.captions.len());
-    let mut wordless = Vec::new();
-    for caption in std::mem::take(&mut file.captions) {
+/// The words of every caption of `dataset`, in order. Captions without a word (only
+/// punctuation, symbols or emoji) are moved to the skipped entries (located by their image and
+/// number), since they would train nothing and leave an image with a caption that says nothing.
+/// An error if no caption has a word.
+fn take_words(dataset: &mut Dataset) -> Result<Vec<Vec<String>>, StageError> {
+    let mut kept = Vec::with_capacity(dataset.captions.len());
+    let mut kept_words = Vec::with_capacity(dataset.captions.len());
+    let file = dataset.caption_label().to_string();
+    for caption in std::mem::take(&mut dataset.captions) {
         let caption_words = words(clean_caption(&caption.text));
         if caption_words.is_empty() {
-            wordless.push(SkippedLine {
-                line: caption.line,
+            dataset.skipped.push(Skipped {
+                file: file.clone(),
+                location: Location::Entry(format!("{}#{}", caption.image, caption.number)),
                 reason: SkipReason::NoWords,
-                // The line rebuilt from its parts (the parser keeps no copy of it).
-                text: format!("{}#{}\t{}", caption.image, caption.number, caption.text),
+                text: caption.text,
             });
         } else {
             kept.push(caption);
             kept_words.push(caption_words);
         }
     }
-    file.captions = kept;
-    if !wordless.is_empty() {
-        file.skipped.extend(wordless);
-        // Summaries name the first line of each reason: keep file order.
-        file.skipped.sort_by_key(|skipped| skipped.line);
-    }
-    if file.captions.is_empty() {
-        return Err(StageError::file(
-            &file.path,
-            format!(
-                "no caption has a word ({} lines skipped)",
-                file.skipped.len()
-            ),
-        ));
+    dataset.captions = kept;
+    if dataset.captions.is_empty() {
+        return Err(StageError::Input(format!(
+            "{file}: no caption has a word ({} entries skipped)",
+            dataset.skipped.len()
+        )));
     }
     Ok(kept_words)
 }
@@ -406,16 +416,19 @@ impl LemmaTable {
     /// word, where both have the same number of words (the lemmatiser changes words, not their
     /// number, so other captions were written differently and are left out). Each raw word maps
     /// to the lemma it was aligned with most often; ties go to the alphabetically first lemma.
-    pub fn learn(raw: &CaptionFile, lemma: &CaptionFile, lemma_words: &[Vec<String>]) -> Self {
+    pub fn learn<'a>(
+        raw: impl IntoIterator<Item = (&'a str, u32, &'a str)>,
+        lemma: impl IntoIterator<Item = (&'a str, u32)>,
+        lemma_words: &[Vec<String>],
+    ) -> Self {
         let raw_by_key: HashMap<(&str, u32), &str> = raw
-            .captions
-            .iter()
-            .map(|c| ((c.image.as_str(), c.number), c.text.as_str()))
+            .into_iter()
+            .map(|(image, number, text)| ((image, number), text))
             .collect();
         let mut pairs: HashMap<(String, String), u64> = HashMap::new();
         let (mut paired, mut aligned) = (0, 0);
-        for (caption, lemma_words) in lemma.captions.iter().zip(lemma_words) {
-            let Some(raw_text) = raw_by_key.get(&(caption.image.as_str(), caption.number)) else {
+        for (key, lemma_words) in lemma.into_iter().zip(lemma_words) {
+            let Some(raw_text) = raw_by_key.get(&key) else {
                 continue;
             };
             paired += 1;
@@ -482,49 +495,13 @@ impl LemmaTable {
     }
 }
 
-/// Warnings about images the captions and split lists disagree on: captioned images no list
-/// names (they get split "none"), and listed images without captions (they will be missing from
-/// training and evaluation).
-fn split_warnings(file: &CaptionFile, splits: &Splits) -> Vec<String> {
-    let mut warnings = Vec::new();
-    let captioned = file.image_names();
-    let unsplit: Vec<&str> = captioned
-        .iter()
-        .copied()
-        .filter(|image| splits.split_of(image) == flickr::NO_SPLIT)
-        .collect();
-    if !unsplit.is_empty() {
-        warnings.push(format!(
-            "{}: {} captioned images are in no split list (split \"none\"): {}",
-            file.label(),
-            unsplit.len(),
-            flickr::preview_names(&unsplit, unsplit.len())
-        ));
-    }
-    let captioned: HashSet<&str> = captioned.into_iter().collect();
-    let mut uncaptioned: Vec<&str> = splits
-        .images()
-        .filter(|image| !captioned.contains(image))
-        .collect();
-    if !uncaptioned.is_empty() {
-        uncaptioned.sort_unstable();
-        warnings.push(format!(
-            "{}: {} images in the split lists have no caption: {}",
-            file.label(),
-            uncaptioned.len(),
-            flickr::preview_names(&uncaptioned, uncaptioned.len())
-        ));
-    }
-    warnings
-}
-
 fn utf8_field(name: &str) -> Field {
     Field::new(name, DataType::Utf8, false)
 }
 
 fn write_captions(
     out_dir: &Path,
-    file: &CaptionFile,
+    captions: &[Caption],
     splits: &[&str],
     tokens: &[Vec<u32>],
 ) -> Result<(), StageError> {
@@ -537,7 +514,6 @@ fn write_captions(
         Field::new("tokens", DataType::List(item.clone()), false),
         utf8_field("split"),
     ]));
-    let captions = &file.captions;
     let token_lists = ListArray::try_new(
         item,
         OffsetBuffer::from_lengths(tokens.iter().map(Vec::len)),
@@ -583,22 +559,26 @@ fn write_vocab(out_dir: &Path, vocab: &Vocabulary) -> Result<(), StageError> {
     write_parquet(&path, &batch(&path, schema, columns)?)
 }
 
-fn write_skipped(out_dir: &Path, file: &CaptionFile) -> Result<(), StageError> {
+/// Writes the skipped entries: a line-oriented file's have a `line`, a JSON file's an `entry`
+/// (its JSON path); the other column is null.
+fn write_skipped(out_dir: &Path, skipped: &[Skipped]) -> Result<(), StageError> {
     let path = out_dir.join(SKIPPED_TABLE);
     let schema = Arc::new(Schema::new(vec![
         utf8_field("file"),
-        Field::new("line", DataType::UInt64, false),
+        Field::new("line", DataType::UInt64, true),
+        Field::new("entry", DataType::Utf8, true),
         utf8_field("reason"),
         utf8_field("text"),
     ]));
-    let label = file.label();
-    let skipped = &file.skipped;
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
-            skipped.iter().map(|_| label.as_str()),
+            skipped.iter().map(|s| s.file.as_str()),
         )),
-        Arc::new(UInt64Array::from_iter_values(
-            skipped.iter().map(|s| s.line as u64),
+        Arc::new(UInt64Array::from_iter(
+            skipped.iter().map(|s| s.location.line()),
+        )),
+        Arc::new(StringArray::from_iter(
+            skipped.iter().map(|s| s.location.entry()),
         )),
         Arc::new(StringArray::from_iter_values(
             skipped.iter().map(|s| s.reason.code()),
@@ -715,12 +695,15 @@ impl Vocabulary {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
     use std::fs;
+    use std::path::PathBuf;
 
     use super::*;
     use crate::flickr::testing::{
         column_names, read_parquet, run_on_root, strings, u32_lists, u32s, u64s, write_text_files,
     };
+    use crate::flickr::Splits;
     use crate::ParamValue;
 
     fn fixture(name: &str) -> PathBuf {
@@ -789,7 +772,10 @@ mod tests {
 
         let skipped = read_parquet(&out.join(SKIPPED_TABLE));
         assert_eq!(skipped.num_rows(), 0);
-        assert_eq!(column_names(&skipped), ["file", "line", "reason", "text"]);
+        assert_eq!(
+            column_names(&skipped),
+            ["file", "line", "entry", "reason", "text"]
+        );
         // Only the split warning: the dev and test lists are empty here.
         assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
         assert!(report.warnings[0].contains("2092 captioned images are in no split list"));
@@ -1099,7 +1085,13 @@ mod tests {
         let raw = file(vec![caption("a", "saw"), caption("b", "saw")]);
         let lemma = file(vec![caption("b", "see"), caption("a", "saw")]);
         let lemma_words = vec![words("see"), words("saw")];
-        let table = LemmaTable::learn(&raw, &lemma, &lemma_words);
+        let table = LemmaTable::learn(
+            raw.captions
+                .iter()
+                .map(|c| (c.image.as_str(), c.number, c.text.as_str())),
+            lemma.captions.iter().map(|c| (c.image.as_str(), c.number)),
+            &lemma_words,
+        );
         assert_eq!(table.entries, [("saw".to_string(), "saw".to_string(), 1)]);
     }
 

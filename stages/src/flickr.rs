@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use crate::datasets::Location;
 use crate::{InputRule, Params, Progress, StageError, StageInput};
 
 /// Folder of images under a dataset root (sic: the real dataset spells it this way).
@@ -277,7 +278,7 @@ pub struct CaptionLine {
     pub text: String,
 }
 
-/// Why a caption line was skipped.
+/// Why a caption line (or a caption entry of a JSON dataset) was skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SkipReason {
     NoTab,
@@ -287,6 +288,8 @@ pub enum SkipReason {
     Duplicate,
     /// The caption has no word (only punctuation, symbols or emoji); found by the tokenizer.
     NoWords,
+    /// A COCO annotation whose `image_id` no image of its file has.
+    UnknownImage,
 }
 
 impl SkipReason {
@@ -299,11 +302,12 @@ impl SkipReason {
             SkipReason::EmptyCaption => "empty caption",
             SkipReason::Duplicate => "duplicate",
             SkipReason::NoWords => "no words",
+            SkipReason::UnknownImage => "unknown image id",
         }
     }
 
     /// How a warning describes lines skipped for this reason ("2 without a tab").
-    fn described(self) -> &'static str {
+    pub(crate) fn described(self) -> &'static str {
         match self {
             SkipReason::NoTab => "without a tab",
             SkipReason::BadNumber => "without a #<n> caption number",
@@ -311,6 +315,7 @@ impl SkipReason {
             SkipReason::EmptyCaption => "with an empty caption",
             SkipReason::Duplicate => "repeating an earlier image and caption number",
             SkipReason::NoWords => "without a word (only punctuation, symbols or emoji)",
+            SkipReason::UnknownImage => "naming an image id no image has",
         }
     }
 }
@@ -432,36 +437,15 @@ impl CaptionFile {
     /// lines: 2 without a tab (first at line 12), 1 with an empty caption (line 40)`; `None` if
     /// nothing was skipped.
     pub fn skip_summary(&self) -> Option<String> {
-        if self.skipped.is_empty() {
-            return None;
-        }
-        // Per reason: how many, and the first line (lines are in file order).
-        let mut by_reason: Vec<(SkipReason, usize, usize)> = Vec::new();
-        for skipped in &self.skipped {
-            match by_reason.iter_mut().find(|(r, _, _)| *r == skipped.reason) {
-                Some((_, count, _)) => *count += 1,
-                None => by_reason.push((skipped.reason, 1, skipped.line)),
-            }
-        }
-        by_reason.sort_by_key(|(reason, _, _)| *reason);
-        let parts: Vec<String> = by_reason
+        let locations: Vec<(SkipReason, Location)> = self
+            .skipped
             .iter()
-            .map(|(reason, count, first)| {
-                let at = if *count == 1 {
-                    format!("line {first}")
-                } else {
-                    format!("first at line {first}")
-                };
-                format!("{count} {} ({at})", reason.described())
-            })
+            .map(|s| (s.reason, Location::Line(s.line)))
             .collect();
-        let total = self.skipped.len();
-        let lines = if total == 1 { "line" } else { "lines" };
-        Some(format!(
-            "{}: skipped {total} {lines}: {}",
-            self.label(),
-            parts.join(", ")
-        ))
+        crate::datasets::skip_summary(
+            &self.label(),
+            locations.iter().map(|(reason, at)| (*reason, at)),
+        )
     }
 }
 

@@ -1,8 +1,9 @@
-//! Stage kind `images`: reads every image of a Flickr8k dataset once, hashes it, decodes it fully
-//! to learn its size and to catch corrupt or truncated files, and writes the images table that
-//! later stages use as the list of usable images, with a table of the problems it found.
+//! Stage kind `images`: reads every image of a dataset (Flickr8k, Karpathy or COCO format: see
+//! `datasets`) once, hashes it, decodes it fully to learn its size and to catch corrupt or
+//! truncated files, and writes the images table that later stages use as the list of usable
+//! images, with a table of the problems it found.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,7 +11,8 @@ use arrow::array::{ArrayRef, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use rayon::prelude::*;
 
-use crate::flickr::{self, Splits};
+use crate::datasets::{self, Dataset, Options};
+use crate::flickr;
 use crate::image_file;
 use crate::table::{batch, write_parquet};
 use crate::{
@@ -21,7 +23,7 @@ use crate::{
 pub const KIND: StageKind = StageKind {
     name: "images",
     version: 2,
-    about: "Hash, measure and check every image of a Flickr8k dataset",
+    about: "Hash, measure and check every image of a dataset (Flickr8k, Karpathy or COCO format)",
     params: PARAMS,
     inputs: flickr::DATASET_INPUTS,
     sources,
@@ -38,8 +40,11 @@ const PARAMS: &[ParamSpec] = &[
         },
         default: ParamDefault::Unset,
         effect: Effect::Output,
-        help: "Dataset folder in the Flickr8k layout (instead of an upstream demo_data stage)",
+        help: "Dataset folder in the Flickr8k, Karpathy or COCO layout (instead of an upstream \
+               demo_data stage)",
     },
+    datasets::params::FORMAT,
+    datasets::params::IMAGE_DIR,
     ParamSpec {
         name: "strict",
         ty: ParamType::Bool,
@@ -47,6 +52,11 @@ const PARAMS: &[ParamSpec] = &[
         effect: Effect::Output,
         help: "Fail on corrupt or missing images instead of leaving them out with a warning",
     },
+    datasets::params::KARPATHY,
+    datasets::params::RESTVAL,
+    datasets::params::DEV_FRACTION,
+    datasets::params::TEST_FRACTION,
+    datasets::params::SEED,
 ];
 
 /// Output file names.
@@ -97,16 +107,7 @@ fn sources(
     inputs: &[StageInput],
     base_dir: &Path,
 ) -> Result<Vec<Source>, StageError> {
-    let Some(root) = flickr::external_root(params, inputs, base_dir)? else {
-        return Ok(Vec::new());
-    };
-    let mut files = list_image_files(&flickr::image_dir(&root))?.files;
-    files.extend(flickr::split_paths(&root));
-    files.push(flickr::text_file(&root, flickr::TOKEN_FILE));
-    Ok(files
-        .into_iter()
-        .map(|path| Source::in_param_folder("root", &root, path))
-        .collect())
+    datasets::stage_sources(params, inputs, base_dir, true)
 }
 
 /// What reading and decoding one image file found.
@@ -160,27 +161,45 @@ struct ImageRow {
 fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let root = flickr::dataset_root(&ctx.params, &ctx.inputs, &ctx.base_dir)?;
     let strict = ctx.params.bool("strict")?;
-    let splits = Splits::read(&root)?;
-    let caption_file =
-        flickr::read_caption_file(&flickr::text_file(&root, flickr::TOKEN_FILE), ctx.progress)?;
-    let image_dir = flickr::image_dir(&root);
+    let options = Options::from_params(&ctx.params, &ctx.base_dir)?;
+    let dataset = Dataset::read(&root, &options, ctx.progress)?;
+    let folders = dataset.folders();
+    let folder_names: Vec<String> = folders.iter().map(|f| dataset.folder_label(f)).collect();
+    let folder_names = folder_names.join(", ");
     let mut report = StageReport::default();
 
     // Image ids are file names; a name that is not UTF-8 cannot be matched against the text
-    // files or written to the table, so it is left out with a warning.
+    // files or written to the table, so it is left out with a warning. The same name in two
+    // folders would make captions ambiguous: an error naming both.
     let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let mut first_path: HashMap<String, PathBuf> = HashMap::new();
     let mut unnamed = Vec::new();
-    let listing = list_image_files(&image_dir)?;
-    for path in listing.files {
-        match path.file_name().and_then(|name| name.to_str()) {
-            Some(name) => files.push((name.to_string(), path.clone())),
-            None => unnamed.push(path.display().to_string()),
+    let mut ignored = Vec::new();
+    for folder in folders {
+        let listing = list_image_files(folder)?;
+        ignored.extend(listing.ignored);
+        for path in listing.files {
+            let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+                unnamed.push(path.display().to_string());
+                continue;
+            };
+            if let Some(first) = first_path.insert(name.to_string(), path.clone()) {
+                return Err(StageError::file(
+                    &path,
+                    format!(
+                        "an image of the same name is in {}: image ids are file names, so they \
+                         must be unique",
+                        first.display()
+                    ),
+                ));
+            }
+            files.push((name.to_string(), path));
         }
     }
+    ignored.sort();
     if !unnamed.is_empty() {
         report.warnings.push(format!(
-            "{}: left out {} image files whose names are not valid UTF-8: {}",
-            image_dir.display(),
+            "{folder_names}: left out {} image files whose names are not valid UTF-8: {}",
             unnamed.len(),
             flickr::preview_names(&unnamed, unnamed.len())
         ));
@@ -205,7 +224,7 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
                 image_id: name.clone(),
                 path: path.display().to_string(),
                 facts: facts.clone(),
-                split: splits.split_of(name),
+                split: dataset.split_of(name),
             }),
             Err(detail) => corrupt.push((
                 Problem {
@@ -217,7 +236,7 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             )),
         }
     }
-    let missing = missing_images(&caption_file, &splits, &on_disk);
+    let missing = missing_images(&dataset, &on_disk);
 
     if strict {
         if let Some((problem, path)) = corrupt.first() {
@@ -229,10 +248,10 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         if !missing.is_empty() {
             let names: Vec<&str> = missing.iter().map(|p| p.image_id.as_str()).collect();
             return Err(StageError::file(
-                &image_dir,
+                &root,
                 format!(
-                    "{} images named in the captions or split lists are not there: {} \
-                     ({STRICT_HINT})",
+                    "{} images named in the captions or split lists are not in {folder_names}: \
+                     {} ({STRICT_HINT})",
                     missing.len(),
                     flickr::preview_names(&names, names.len())
                 ),
@@ -246,8 +265,7 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             .map(|(p, _)| format!("{} ({})", p.image_id, p.detail))
             .collect();
         report.warnings.push(format!(
-            "{}: left out {} image files that could not be decoded: {}",
-            flickr::IMAGE_DIR,
+            "{folder_names}: left out {} image files that could not be decoded: {}",
             corrupt.len(),
             flickr::preview_names(&described, described.len())
         ));
@@ -255,8 +273,7 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     if !missing.is_empty() {
         let names: Vec<&str> = missing.iter().map(|p| p.image_id.as_str()).collect();
         report.warnings.push(format!(
-            "{}: {} images named in the captions or split lists are not there: {}",
-            flickr::IMAGE_DIR,
+            "{folder_names}: {} images named in the captions or split lists are not there: {}",
             missing.len(),
             flickr::preview_names(&names, names.len())
         ));
@@ -291,11 +308,11 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             .notes
             .push(format!("{} problems in {PROBLEMS_TABLE}", problems.len()));
     }
-    if !listing.ignored.is_empty() {
+    if !ignored.is_empty() {
         report.notes.push(format!(
             "ignored {} hidden or system files: {}",
-            listing.ignored.len(),
-            flickr::preview_names(&listing.ignored, listing.ignored.len())
+            ignored.len(),
+            flickr::preview_names(&ignored, ignored.len())
         ));
     }
     let forgiven: Vec<String> = rows
@@ -310,46 +327,32 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             flickr::preview_names(&forgiven, forgiven.len())
         ));
     }
+    report.notes.push(dataset.description.clone());
     Ok(report)
 }
 
 /// How to get past a strict failure, for its message.
 const STRICT_HINT: &str = "set strict = false to leave such images out with a warning";
 
-/// Images the caption file or the split lists name that are not among the image files, sorted by
-/// name; the detail says where each one is named.
-fn missing_images(
-    caption_file: &flickr::CaptionFile,
-    splits: &Splits,
-    on_disk: &HashSet<&str>,
-) -> Vec<Problem> {
-    let mut named_in: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for image in caption_file.image_names() {
-        named_in
-            .entry(image)
-            .or_default()
-            .push(caption_file.label());
-    }
-    for image in splits.images() {
-        let split = splits.split_of(image);
-        named_in
-            .entry(image)
-            .or_default()
-            .push(format!("the {split} split list"));
-    }
-    named_in
-        .into_iter()
-        .filter(|(image, _)| !on_disk.contains(image))
-        .map(|(image, places)| Problem {
-            image_id: image.to_string(),
+/// Images the dataset names (in its captions or its split source) that are not among the image
+/// files, sorted by name; the detail says where each one is named and where it was looked for.
+fn missing_images(dataset: &Dataset, on_disk: &HashSet<&str>) -> Vec<Problem> {
+    let mut missing: Vec<Problem> = dataset
+        .images
+        .iter()
+        .filter(|image| !on_disk.contains(image.name.as_str()))
+        .map(|image| Problem {
+            image_id: image.name.clone(),
             problem: MISSING,
             detail: format!(
                 "named in {} but not in {}",
-                places.join(" and "),
-                flickr::IMAGE_DIR
+                image.named_in.join(" and "),
+                dataset.folder_label(&image.folder)
             ),
         })
-        .collect()
+        .collect();
+    missing.sort_by(|a, b| a.image_id.cmp(&b.image_id));
+    missing
 }
 
 fn utf8_field(name: &str) -> Field {
@@ -627,10 +630,10 @@ mod tests {
                 "root/Flicker8k_Dataset/c.png",
                 "root/Flicker8k_Dataset/t.jpg",
                 "root/Flicker8k_Dataset/x.jpg",
+                "root/Flickr8k_text/Flickr8k.token.txt",
                 "root/Flickr8k_text/Flickr_8k.trainImages.txt",
                 "root/Flickr8k_text/Flickr_8k.devImages.txt",
                 "root/Flickr8k_text/Flickr_8k.testImages.txt",
-                "root/Flickr8k_text/Flickr8k.token.txt",
             ]
         );
         assert!(files

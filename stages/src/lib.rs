@@ -4,6 +4,7 @@
 
 pub mod canvas;
 pub mod captions;
+pub mod datasets;
 pub mod demo_data;
 pub mod flickr;
 pub mod image_file;

@@ -1,8 +1,10 @@
-//! Stage kind `demo_data`: generates, from a seed, a small synthetic image-captioning dataset in
-//! the Flickr8k folder layout (pictures of coloured shapes, five captions each, their lemmas, the
-//! three split lists) plus a table of each picture's ground truth. It exists so the whole
-//! pipeline can be tried, tested and demonstrated in minutes without downloading Flickr8k: a
-//! small captioning network learns these captions quickly, and retrieval by caption is checkable.
+//! Stage kind `demo_data`: generates, from a seed, a small synthetic image-captioning dataset
+//! (pictures of coloured shapes, five captions each) plus a table of each picture's ground truth.
+//! It exists so the whole pipeline can be tried, tested and demonstrated in minutes without
+//! downloading Flickr8k: a small captioning network learns these captions quickly, and retrieval
+//! by caption is checkable. It writes the dataset in any of the layouts the dataset stages read
+//! (`datasets`): Flickr8k's (with lemmas and the three split lists, the default), a Karpathy split
+//! file, or COCO caption annotations, so each format can be run end to end.
 
 mod draw;
 mod scene;
@@ -16,11 +18,11 @@ use arrow::array::{ArrayRef, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use image::codecs::jpeg::JpegEncoder;
 use image::ExtendedColorType;
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use crate::datasets::{self, coco, Format, COCO_ANNOTATION_DIR, KARPATHY_IMAGE_DIR};
 use crate::flickr::{IMAGE_DIR, LEMMA_FILE, SPLIT_FILES, TEXT_DIR, TOKEN_FILE};
 use crate::table::{batch, write_parquet};
 use crate::{
@@ -33,7 +35,8 @@ use scene::Scene;
 pub const KIND: StageKind = StageKind {
     name: "demo_data",
     version: 1,
-    about: "Generate a synthetic captioning dataset of coloured shapes in the Flickr8k layout",
+    about: "Generate a synthetic captioning dataset of coloured shapes, in the Flickr8k, Karpathy \
+            or COCO layout",
     params: PARAMS,
     inputs: InputRule {
         kinds: &[],
@@ -82,7 +85,19 @@ const PARAMS: &[ParamSpec] = &[
         effect: Effect::Output,
         help: "Fraction of the pictures in the test split (rounded to whole pictures)",
     },
+    ParamSpec {
+        name: "layout",
+        ty: ParamType::Choice(&Format::NAMES),
+        default: ParamDefault::Str("flickr8k"),
+        effect: Effect::Output,
+        help: "Dataset layout to write: flickr8k (Flicker8k_Dataset/, Flickr8k_text/ with lemmas \
+               and split lists), karpathy (images/, dataset_demo.json) or coco (train/, val/, \
+               test/, annotations/captions_{train,val,test}.json)",
+    },
 ];
+
+/// The Karpathy split file the `karpathy` layout writes.
+pub const KARPATHY_FILE: &str = "dataset_demo.json";
 
 /// The ground-truth table, one row per picture.
 pub const SCENES_TABLE: &str = "scenes.parquet";
@@ -101,6 +116,7 @@ struct Settings {
     image_size: u32,
     dev: usize,
     test: usize,
+    layout: Format,
 }
 
 fn param_error(name: &str, message: impl Into<String>) -> StageError {
@@ -135,28 +151,33 @@ impl Settings {
         let images = int_param(params, "images")? as usize;
         let seed = int_param(params, "seed")? as u64;
         let image_size = int_param(params, "image_size")? as u32;
-        let share = |name: &str| -> Result<usize, StageError> {
+        let fraction = |name: &str| -> Result<f64, StageError> {
             let fraction = params.float(name)?;
             recheck(name, RawValue::Float(fraction))?;
-            Ok((images as f64 * fraction).round() as usize)
+            Ok(fraction)
         };
-        let dev = share("dev_fraction")?;
-        let test = share("test_fraction")?;
-        if dev + test >= images {
-            return Err(param_error(
-                "test_fraction",
-                format!(
-                    "with dev_fraction it leaves no training pictures \
-                     ({dev} dev + {test} test of {images})"
-                ),
-            ));
-        }
+        let (dev, test) = datasets::split_sizes(
+            images,
+            fraction("dev_fraction")?,
+            fraction("test_fraction")?,
+            "pictures",
+        )?;
+        let layout = match params.opt_str("layout") {
+            None => Format::Flickr8k,
+            Some(name) => Format::from_name(name).ok_or_else(|| {
+                param_error(
+                    "layout",
+                    format!("{name:?} is not one of {}", Format::NAMES.join(", ")),
+                )
+            })?,
+        };
         Ok(Settings {
             images,
             seed,
             image_size,
             dev,
             test,
+            layout,
         })
     }
 }
@@ -169,13 +190,6 @@ fn image_rng(seed: u64, index: usize) -> ChaCha8Rng {
     rng
 }
 
-/// The stream that shuffles the split assignment (stream 0, which no picture uses).
-fn split_rng(seed: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(0);
-    rng
-}
-
 /// The file name of picture `index`, which is also its id in the caption files.
 fn image_id(index: usize) -> String {
     format!("demo_{index:06}.jpg")
@@ -184,17 +198,26 @@ fn image_id(index: usize) -> String {
 /// The split of each picture, by index: a seeded shuffle decides which pictures go to dev and
 /// test, so the splits are not runs of consecutive ids.
 fn assign_splits(settings: &Settings) -> Vec<&'static str> {
-    let mut order: Vec<usize> = (0..settings.images).collect();
-    order.shuffle(&mut split_rng(settings.seed));
-    let mut splits = vec![TRAIN; settings.images];
-    for (rank, &index) in order.iter().enumerate() {
-        if rank < settings.dev {
-            splits[index] = DEV;
-        } else if rank < settings.dev + settings.test {
-            splits[index] = TEST;
-        }
+    datasets::shuffled_splits(settings.images, settings.dev, settings.test, settings.seed)
+}
+
+/// The folder, relative to the output, that picture `index` of split `split` is written to.
+fn picture_dir(layout: Format, split: &str) -> &'static str {
+    match layout {
+        Format::Flickr8k => IMAGE_DIR,
+        Format::Karpathy => KARPATHY_IMAGE_DIR,
+        Format::Coco => coco_set(split),
     }
-    splits
+}
+
+/// The COCO set a split's pictures are in (and their annotation file's name part): the names
+/// the `coco` format reads back as that split.
+fn coco_set(split: &str) -> &'static str {
+    match split {
+        DEV => "val",
+        TEST => "test",
+        _ => "train",
+    }
 }
 
 /// What the text files and the scenes table need to know about one generated picture.
@@ -236,10 +259,16 @@ fn make_picture(
 
 fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let settings = Settings::from_params(&ctx.params)?;
-    let image_dir = ctx.out_dir.join(IMAGE_DIR);
-    let text_dir = ctx.out_dir.join(TEXT_DIR);
-    for dir in [&image_dir, &text_dir] {
-        fs::create_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
+    let splits = assign_splits(&settings);
+    let mut dirs: Vec<&str> = splits
+        .iter()
+        .map(|split| picture_dir(settings.layout, split))
+        .collect();
+    dirs.sort_unstable();
+    dirs.dedup();
+    for dir in dirs {
+        let dir = ctx.out_dir.join(dir);
+        fs::create_dir_all(&dir).map_err(|e| StageError::io(&dir, e))?;
     }
 
     ctx.progress
@@ -247,15 +276,25 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let pictures = (0..settings.images)
         .into_par_iter()
         .map(|index| {
-            let picture = make_picture(&settings, index, &image_dir);
+            let dir = ctx
+                .out_dir
+                .join(picture_dir(settings.layout, splits[index]));
+            let picture = make_picture(&settings, index, &dir);
             ctx.progress.inc(1);
             picture
         })
         .collect::<Result<Vec<_>, _>>()?;
 
-    let splits = assign_splits(&settings);
-    write_captions(&text_dir, &pictures)?;
-    write_split_lists(&text_dir, &splits)?;
+    match settings.layout {
+        Format::Flickr8k => {
+            let text_dir = ctx.out_dir.join(TEXT_DIR);
+            fs::create_dir_all(&text_dir).map_err(|e| StageError::io(&text_dir, e))?;
+            write_captions(&text_dir, &pictures)?;
+            write_split_lists(&text_dir, &splits)?;
+        }
+        Format::Karpathy => write_karpathy(&ctx.out_dir, &pictures, &splits)?,
+        Format::Coco => write_coco(&ctx.out_dir, &pictures, &splits, settings.image_size)?,
+    }
     write_scenes(&ctx.out_dir, &pictures, &splits)?;
 
     let train = settings.images - settings.dev - settings.test;
@@ -290,6 +329,93 @@ fn write_captions(text_dir: &Path, pictures: &[Picture]) -> Result<(), StageErro
     for (file, text) in [(TOKEN_FILE, tokens), (LEMMA_FILE, lemmas)] {
         let path = text_dir.join(file);
         fs::write(&path, text).map_err(|e| StageError::io(&path, e))?;
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), StageError> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| StageError::file(path, format!("encoding JSON: {e}")))?;
+    fs::write(path, bytes).map_err(|e| StageError::io(path, e))
+}
+
+/// Writes the captions as a Karpathy split file, `KARPATHY_FILE`: one entry per picture with
+/// its split (`val` for dev, as Karpathy names it) and its sentences' `raw` text and `tokens`.
+fn write_karpathy(out_dir: &Path, pictures: &[Picture], splits: &[&str]) -> Result<(), StageError> {
+    let mut sentence_id = 0;
+    let images: Vec<serde_json::Value> = pictures
+        .iter()
+        .enumerate()
+        .map(|(index, picture)| {
+            let sentences: Vec<serde_json::Value> = picture
+                .captions
+                .iter()
+                .map(|caption| {
+                    let raw = scene::flickr_style(caption);
+                    let tokens = crate::captions::words(&raw);
+                    sentence_id += 1;
+                    serde_json::json!({"raw": raw, "tokens": tokens, "imgid": index,
+                                       "sentid": sentence_id - 1})
+                })
+                .collect();
+            let split = if splits[index] == DEV {
+                "val"
+            } else {
+                splits[index]
+            };
+            serde_json::json!({"filename": image_id(index), "imgid": index, "split": split,
+                               "sentences": sentences})
+        })
+        .collect();
+    let path = out_dir.join(KARPATHY_FILE);
+    write_json(
+        &path,
+        &serde_json::json!({"dataset": "demo", "images": images}),
+    )
+}
+
+/// Writes the captions as COCO caption annotations, one file per split
+/// (`annotations/captions_{train,val,test}.json`), each picture's id its index.
+fn write_coco(
+    out_dir: &Path,
+    pictures: &[Picture],
+    splits: &[&str],
+    size: u32,
+) -> Result<(), StageError> {
+    let dir = out_dir.join(COCO_ANNOTATION_DIR);
+    fs::create_dir_all(&dir).map_err(|e| StageError::io(&dir, e))?;
+    let mut annotation_id = 0;
+    for split in [TRAIN, DEV, TEST] {
+        let mut images = Vec::new();
+        let mut annotations = Vec::new();
+        for (index, picture) in pictures.iter().enumerate() {
+            if splits[index] != split {
+                continue;
+            }
+            images.push(
+                serde_json::json!({"id": index, "file_name": image_id(index),
+                                           "width": size, "height": size}),
+            );
+            for caption in &picture.captions {
+                annotations.push(serde_json::json!({"id": annotation_id, "image_id": index,
+                                                    "caption": scene::flickr_style(caption)}));
+                annotation_id += 1;
+            }
+        }
+        // A split without pictures gets no file: its image folder would not exist.
+        if images.is_empty() {
+            continue;
+        }
+        let path = dir.join(format!(
+            "{}{}{}",
+            coco::FILE_PREFIX,
+            coco_set(split),
+            coco::FILE_SUFFIX
+        ));
+        write_json(
+            &path,
+            &serde_json::json!({"images": images, "annotations": annotations}),
+        )?;
     }
     Ok(())
 }
@@ -755,7 +881,8 @@ mod tests {
                 "seed",
                 "image_size",
                 "dev_fraction",
-                "test_fraction"
+                "test_fraction",
+                "layout"
             ]
         );
         assert!(kind.params.iter().all(|p| !p.help.is_empty()));
