@@ -932,16 +932,13 @@ mod tests {
         let report = run_on_root(&KIND, &root, &[], &out).unwrap();
         assert_eq!(
             report.warnings,
-            ["Flickr8k.token.txt: skipped 2 lines: 2 without a word \
-              (only punctuation, symbols or emoji) (first at line 2)"]
+            ["Flickr8k.token.txt: skipped 2 entries: 2 without a word \
+              (only punctuation, symbols or emoji) (first at a.jpg#1)"]
         );
         let skipped = read_parquet(&out.join(SKIPPED_TABLE));
-        assert_eq!(u64s(&skipped, "line"), [2, 3]);
+        assert_eq!(strings(&skipped, "entry"), ["a.jpg#1", "a.jpg#2"]);
         assert_eq!(strings(&skipped, "reason"), ["no words", "no words"]);
-        assert_eq!(
-            strings(&skipped, "text"),
-            ["a.jpg#1\t... !!! ?", "a.jpg#2\t🐶 🎉"]
-        );
+        assert_eq!(strings(&skipped, "text"), ["... !!! ?", "🐶 🎉"]);
         let captions = read_parquet(&out.join(CAPTIONS_TABLE));
         assert_eq!(u32s(&captions, "caption_no"), [0, 0]);
         let vocab: Vec<String> = vocab_table(&out).into_iter().map(|(_, t, _)| t).collect();
@@ -1190,10 +1187,10 @@ mod tests {
             labels,
             [
                 "root/Flickr8k_text/Flickr8k.lemma.token.txt",
-                "root/Flickr8k_text/Flickr8k.token.txt",
                 "root/Flickr8k_text/Flickr_8k.trainImages.txt",
                 "root/Flickr8k_text/Flickr_8k.devImages.txt",
-                "root/Flickr8k_text/Flickr_8k.testImages.txt"
+                "root/Flickr8k_text/Flickr_8k.testImages.txt",
+                "root/Flickr8k_text/Flickr8k.token.txt"
             ]
         );
         assert!(files
