@@ -4,6 +4,7 @@
 
 pub mod canvas;
 pub mod captions;
+pub mod coco_metrics;
 pub mod demo_data;
 pub mod flickr;
 pub mod image_file;
@@ -12,6 +13,8 @@ pub mod metrics;
 pub mod report;
 pub mod specs;
 pub mod table;
+#[cfg(test)]
+mod test_python;
 pub mod tsne;
 
 pub use onenet_contract::*;
