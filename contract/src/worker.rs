@@ -340,7 +340,14 @@ mod tests {
         let (out, scratch) = (dir.path().join("out"), dir.path().join("scratch"));
         std::fs::create_dir_all(&out).unwrap();
         std::fs::create_dir_all(&scratch).unwrap();
-        let mut job = StageJob::new("k", "s", crate::Params::default(), Vec::new(), dir.path(), &out);
+        let mut job = StageJob::new(
+            "k",
+            "s",
+            crate::Params::default(),
+            Vec::new(),
+            dir.path(),
+            &out,
+        );
         job.scratch_dir = scratch.clone();
         let first = lock_scratch(&job).unwrap();
         assert!(first.is_some());
@@ -351,16 +358,23 @@ mod tests {
             lock.map(|l| l.is_some())
         });
         assert!(
-            rx.recv_timeout(std::time::Duration::from_millis(300)).is_err(),
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
             "the second worker did not wait"
         );
         drop(first);
         assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
         assert!(waiting.join().unwrap().unwrap());
         // One-off jobs write nothing beside their outputs.
-        let one_off = StageJob::new("k", "s", crate::Params::default(), Vec::new(), dir.path(), &out);
+        let one_off = StageJob::new(
+            "k",
+            "s",
+            crate::Params::default(),
+            Vec::new(),
+            dir.path(),
+            &out,
+        );
         assert!(lock_scratch(&one_off).unwrap().is_none());
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
     }
-
 }
