@@ -100,7 +100,8 @@ pub enum TaskCommand {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
-    /// The newest evaluation: BLEU of generated captions and caption→image retrieval.
+    /// The newest evaluation: BLEU, CIDEr-D and ROUGE-L of generated captions and caption→image
+    /// retrieval.
     Metrics {
         #[command(flatten)]
         pick: Pick,

@@ -737,7 +737,7 @@ inputs = ["order", "features", "captions"]
 
 [stages.evaluate]
 kind = "evaluate"
-inputs = ["train", "features", "order"]
+inputs = ["train", "features", "order", "captions"]
 "#;
 
 #[test]

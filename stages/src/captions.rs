@@ -590,6 +590,42 @@ fn write_skipped(out_dir: &Path, skipped: &[Skipped]) -> Result<(), StageError> 
     write_parquet(&path, &batch(&path, schema, columns)?)
 }
 
+/// A word as the caption metrics (BLEU, CIDEr-D, ROUGE-L) compare generated captions with their
+/// references: the references' own words, and for a generated caption its words with `<unk>` as
+/// [`CaptionWord::Unknown`]. References are made of [`CaptionWord::Word`]s only
+/// ([`reference_words`]), so a generated `<unk>` matches nothing, not even a reference word that
+/// the vocabulary turned into `<unk>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CaptionWord {
+    Word(String),
+    Unknown,
+}
+
+/// The words of a reference caption (its text, as the captions table stores it), by [`words`].
+pub fn reference_words(caption: &str) -> Vec<CaptionWord> {
+    words(caption).into_iter().map(CaptionWord::Word).collect()
+}
+
+/// The reference words of every caption in the captions table at `path`, by image id and
+/// caption number.
+///
+/// # Errors
+/// If the table cannot be read or lacks the `image_id`, `caption_no` or `caption` column.
+pub fn read_reference_words(
+    path: &Path,
+) -> Result<HashMap<(String, u32), Vec<CaptionWord>>, StageError> {
+    let table = crate::table::read_parquet(path)?;
+    let ids = crate::table::strings(path, &table, "image_id")?;
+    let numbers = crate::table::u32s(path, &table, "caption_no")?;
+    let captions = crate::table::strings(path, &table, "caption")?;
+    Ok(ids
+        .into_iter()
+        .zip(numbers)
+        .zip(captions)
+        .map(|(key, caption)| (key, reference_words(&caption)))
+        .collect())
+}
+
 impl Vocabulary {
     /// Reads the vocabulary table this stage writes, with the lemma table beside it
     /// (`LEMMA_TABLE` in the same folder) when there is one. Errors name the file that is
@@ -680,6 +716,18 @@ impl Vocabulary {
             .map(|&id| self.token(id))
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    /// The words of a generated caption's `ids` as the caption metrics see them: specials left
+    /// out, `<unk>` (and any id outside the vocabulary) as [`CaptionWord::Unknown`].
+    pub fn caption_words(&self, ids: &[u32]) -> Vec<CaptionWord> {
+        ids.iter()
+            .filter(|&&id| id != PAD_ID && id != START_ID && id != END_ID)
+            .map(|&id| match self.tokens.get(id as usize) {
+                Some((token, _)) if id != UNK_ID => CaptionWord::Word(token.clone()),
+                _ => CaptionWord::Unknown,
+            })
+            .collect()
     }
 
     /// BLAKE3 of the tokens in id order: ties a trained model to the vocabulary it was trained on.
@@ -881,6 +929,35 @@ mod tests {
                 entry(6, "runs", 2),
                 entry(7, "sits", 1),
                 entry(8, "the", 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn metrics_see_reference_words_and_never_match_a_generated_unk() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = small_root(dir.path());
+        let out = dir.path().join("min2");
+        run_on_root(&KIND, &root, &[("min_count", ParamValue::Int(2))], &out).unwrap();
+        let references = read_reference_words(&out.join(CAPTIONS_TABLE)).unwrap();
+        let word = |w: &str| CaptionWord::Word(w.to_string());
+        // "sits", "the", "cat" and "flies" are <unk> in the vocabulary, but not in the references.
+        assert_eq!(
+            references[&("c.jpg".to_string(), 0)],
+            [word("a"), word("cat"), word("flies")]
+        );
+        assert_eq!(
+            references[&("a.jpg".to_string(), 1)],
+            [word("a"), word("dog"), word("sits")]
+        );
+        let vocab = Vocabulary::read(&out.join(VOCAB_TABLE)).unwrap();
+        assert_eq!(
+            vocab.caption_words(&[START_ID, 5, UNK_ID, 4, 999, END_ID, PAD_ID]),
+            [
+                word("a"),
+                CaptionWord::Unknown,
+                word("dog"),
+                CaptionWord::Unknown
             ]
         );
     }

@@ -4,6 +4,7 @@
 
 pub mod canvas;
 pub mod captions;
+pub mod coco_metrics;
 pub mod datasets;
 pub mod demo_data;
 pub mod flickr;
@@ -13,6 +14,8 @@ pub mod metrics;
 pub mod report;
 pub mod specs;
 pub mod table;
+#[cfg(test)]
+mod test_python;
 pub mod tokenize;
 pub mod tsne;
 

@@ -1,6 +1,7 @@
-//! Evaluation metrics for the captioning tasks: corpus BLEU exactly as NLTK computes it, ranks and
-//! recall for cross-modal retrieval, and cosine-similarity search over embedding rows (the
-//! [`SimilarityIndex`] the report and the task commands share).
+//! Evaluation metrics for the captioning tasks: corpus BLEU exactly as NLTK computes it (and
+//! NLTK's smoothed sentence BLEU, for scoring single captions), ranks and recall for cross-modal
+//! retrieval, and cosine-similarity search over embedding rows (the [`SimilarityIndex`] the report
+//! and the task commands share). CIDEr-D and ROUGE-L are in [`crate::coco_metrics`].
 //!
 //! Everything here is plain arithmetic on slices, independent of libtorch, so that a task can score
 //! model outputs once the tensors are gone and the tests run on any machine.
@@ -52,9 +53,10 @@ impl BleuScores {
     }
 }
 
-/// Why a corpus cannot be scored. NLTK raises on the same inputs.
+/// Why a corpus cannot be scored, by BLEU here or by CIDEr-D and ROUGE-L
+/// ([`crate::coco_metrics`]). NLTK and the COCO evaluation code reject the same inputs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BleuError {
+pub enum CorpusError {
     #[error("{references} reference sets for {hypotheses} hypotheses: each hypothesis needs one")]
     LengthMismatch {
         references: usize,
@@ -62,7 +64,7 @@ pub enum BleuError {
     },
     #[error("hypothesis {index} has no reference captions")]
     NoReferences { index: usize },
-    #[error("an empty corpus has no BLEU score")]
+    #[error("an empty corpus has no score")]
     EmptyCorpus,
 }
 
@@ -86,15 +88,15 @@ pub fn corpus_bleu<T: Eq + Hash>(
     references: &[Vec<Vec<T>>],
     hypotheses: &[Vec<T>],
     max_n: usize,
-) -> Result<BleuScores, BleuError> {
+) -> Result<BleuScores, CorpusError> {
     if references.len() != hypotheses.len() {
-        return Err(BleuError::LengthMismatch {
+        return Err(CorpusError::LengthMismatch {
             references: references.len(),
             hypotheses: hypotheses.len(),
         });
     }
     if hypotheses.is_empty() {
-        return Err(BleuError::EmptyCorpus);
+        return Err(CorpusError::EmptyCorpus);
     }
 
     let mut matches = vec![0u64; max_n];
@@ -103,7 +105,7 @@ pub fn corpus_bleu<T: Eq + Hash>(
     let mut reference_length = 0u64;
     for (index, (refs, hypothesis)) in references.iter().zip(hypotheses).enumerate() {
         let closest = closest_reference_length(refs, hypothesis.len())
-            .ok_or(BleuError::NoReferences { index })?;
+            .ok_or(CorpusError::NoReferences { index })?;
         for n in 1..=max_n {
             matches[n - 1] += clipped_matches(refs, hypothesis, n);
             totals[n - 1] += ngram_total(hypothesis.len(), n).max(1);
@@ -133,13 +135,56 @@ pub fn corpus_bleu<T: Eq + Hash>(
     })
 }
 
+/// The smoothing constant of NLTK's `SmoothingFunction().method1` (its default `epsilon`).
+pub const SENTENCE_BLEU_EPSILON: f64 = 0.1;
+
+/// Sentence-level BLEU-1..=`max_n` of one hypothesis against its references, smoothed as NLTK's
+/// `sentence_bleu(references, hypothesis, weights=(1/n,)*n,
+/// smoothing_function=SmoothingFunction().method1)` computes it for each n.
+///
+/// Unsmoothed BLEU-4 is practically 0 for any caption without a matching 4-gram, which is most
+/// short captions, so it cannot rank single captions. NLTK's method 1 (Chen and Cherry, 2014,
+/// "A Systematic Comparison of Smoothing Techniques for Sentence-Level BLEU") replaces a zero
+/// match count of an order by [`SENTENCE_BLEU_EPSILON`] (0.1) before dividing by that order's
+/// n-gram count (at least 1); every other rule is [`corpus_bleu`]'s, including a score of exactly 0
+/// when no unigram matches.
+///
+/// # Errors
+/// [`CorpusError::NoReferences`] (index 0) when `references` is empty.
+pub fn smoothed_sentence_bleu<T: Eq + Hash>(
+    references: &[Vec<T>],
+    hypothesis: &[T],
+    max_n: usize,
+) -> Result<Vec<f64>, CorpusError> {
+    let closest = closest_reference_length(references, hypothesis.len())
+        .ok_or(CorpusError::NoReferences { index: 0 })?;
+    let matches: Vec<u64> = (1..=max_n)
+        .map(|n| clipped_matches(references, hypothesis, n))
+        .collect();
+    let totals: Vec<u64> = (1..=max_n)
+        .map(|n| ngram_total(hypothesis.len(), n).max(1))
+        .collect();
+    if matches.first().is_some_and(|&unigrams| unigrams == 0) {
+        return Ok(vec![0.0; max_n]);
+    }
+    let penalty = brevity_penalty(closest as u64, hypothesis.len() as u64);
+    Ok((1..=max_n)
+        .map(|n| {
+            penalty
+                * weighted_geometric_mean(&matches[..n], &totals[..n], |total| {
+                    SENTENCE_BLEU_EPSILON / total as f64
+                })
+        })
+        .collect())
+}
+
 /// How many n-grams a sequence of `length` tokens has.
 fn ngram_total(length: usize, n: usize) -> u64 {
     (length + 1).saturating_sub(n) as u64
 }
 
 /// Occurrences of every n-gram of `tokens`, keyed by the n-gram's slice.
-fn ngram_counts<T: Eq + Hash>(tokens: &[T], n: usize) -> HashMap<&[T], u64> {
+pub(crate) fn ngram_counts<T: Eq + Hash>(tokens: &[T], n: usize) -> HashMap<&[T], u64> {
     let mut counts = HashMap::new();
     for gram in tokens.windows(n) {
         *counts.entry(gram).or_insert(0) += 1;
@@ -193,12 +238,22 @@ fn brevity_penalty(reference_length: u64, hypothesis_length: u64) -> f64 {
 /// The geometric mean of the precisions `matches[i] / totals[i]` with uniform weights, computed in
 /// log space in the same order of operations as NLTK so the result agrees to the last few bits.
 fn geometric_mean_precision(matches: &[u64], totals: &[u64]) -> f64 {
+    // NLTK's unsmoothed BLEU replaces a zero precision by the smallest normal float so that the
+    // logarithm stays finite; the score then collapses to nearly, not exactly, 0.
+    weighted_geometric_mean(matches, totals, |_| f64::MIN_POSITIVE)
+}
+
+/// [`geometric_mean_precision`] with `zero_precision(total)` standing in for the precision of an
+/// order without any match: the one place where BLEU's smoothing variants differ.
+fn weighted_geometric_mean(
+    matches: &[u64],
+    totals: &[u64],
+    zero_precision: impl Fn(u64) -> f64,
+) -> f64 {
     let weight = 1.0 / matches.len() as f64;
     let weighted_logs = matches.iter().zip(totals).map(|(&matched, &total)| {
         let precision = if matched == 0 {
-            // NLTK's unsmoothed BLEU replaces a zero precision by the smallest normal float so
-            // that the logarithm stays finite; the score then collapses to nearly, not exactly, 0.
-            f64::MIN_POSITIVE
+            zero_precision(total)
         } else {
             matched as f64 / total as f64
         };
@@ -538,9 +593,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
     use std::path::{Path, PathBuf};
-    use std::process::{Command, Stdio};
 
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -638,15 +691,28 @@ mod tests {
         );
     }
 
-    /// NLTK's `corpus_bleu` over corpora read as JSON from stdin; prints BLEU-1..4 per corpus.
+    /// NLTK's `corpus_bleu` over corpora read as JSON from stdin: BLEU-1..4 per corpus, and the
+    /// method-1 smoothed `sentence_bleu` of each hypothesis.
     const NLTK_SCRIPT: &str = r#"
 import json, sys, warnings
-from nltk.translate.bleu_score import corpus_bleu
+from nltk.translate.bleu_score import corpus_bleu, sentence_bleu, SmoothingFunction
 warnings.simplefilter("ignore")
 corpora = json.load(sys.stdin)
-json.dump([[float(corpus_bleu(c["references"], c["hypotheses"], weights=(1 / n,) * n))
-            for n in range(1, 5)] for c in corpora], sys.stdout)
+smooth = SmoothingFunction().method1
+json.dump([{
+    "corpus": [float(corpus_bleu(c["references"], c["hypotheses"], weights=(1 / n,) * n))
+               for n in range(1, 5)],
+    "sentences": [[float(sentence_bleu(r, h, weights=(1 / n,) * n, smoothing_function=smooth))
+                   for n in range(1, 5)]
+                  for r, h in zip(c["references"], c["hypotheses"])],
+} for c in corpora], sys.stdout)
 "#;
+
+    #[derive(Deserialize)]
+    struct NltkScores {
+        corpus: Vec<f64>,
+        sentences: Vec<Vec<f64>>,
+    }
 
     #[derive(Serialize)]
     struct Corpus {
@@ -685,41 +751,46 @@ json.dump([[float(corpus_bleu(c["references"], c["hypotheses"], weights=(1 / n,)
 
     #[test]
     fn bleu_matches_live_nltk() {
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let has_nltk = Command::new(&python)
-            .args(["-c", "import nltk"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !has_nltk {
-            // The fixture test covers the same ground without Python; this one only adds fresh
-            // random corpora where NLTK is at hand.
-            eprintln!("skipped: `{python} -c 'import nltk'` failed (pip install nltk to run it)");
-            return;
-        }
-
         let corpora = random_corpora(7, 60);
-        let mut child = Command::new(&python)
-            .args(["-c", NLTK_SCRIPT])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // NLTK reads all of its input before writing anything, so writing first cannot deadlock.
-        let input = serde_json::to_vec(&corpora).unwrap();
-        child.stdin.take().unwrap().write_all(&input).unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "NLTK script failed");
-        let expected: Vec<Vec<f64>> = serde_json::from_slice(&output.stdout).unwrap();
-
+        let expected: Vec<NltkScores> = crate::test_python::run_json("nltk", NLTK_SCRIPT, &corpora);
         assert_eq!(expected.len(), corpora.len());
         for (index, (corpus, wanted)) in corpora.iter().zip(&expected).enumerate() {
             let scores = corpus_bleu(&corpus.references, &corpus.hypotheses, 4).unwrap();
-            for (n, (&actual, &wanted)) in scores.bleu.iter().zip(wanted).enumerate() {
+            for (n, (&actual, &wanted)) in scores.bleu.iter().zip(&wanted.corpus).enumerate() {
                 assert_close(actual, wanted, &format!("corpus {index} BLEU-{}", n + 1));
             }
+            assert_eq!(wanted.sentences.len(), corpus.hypotheses.len());
+            for (sentence, (references, hypothesis)) in
+                corpus.references.iter().zip(&corpus.hypotheses).enumerate()
+            {
+                let smoothed = smoothed_sentence_bleu(references, hypothesis, 4).unwrap();
+                for (n, (&actual, &wanted)) in
+                    smoothed.iter().zip(&wanted.sentences[sentence]).enumerate()
+                {
+                    let what =
+                        format!("corpus {index} sentence {sentence} smoothed BLEU-{}", n + 1);
+                    assert_close(actual, wanted, &what);
+                }
+            }
         }
+    }
+
+    #[test]
+    fn smoothed_sentence_bleu_by_hand() {
+        // "a dog runs" against "a dog runs fast": 3/3, 2/2, 1/1 and, for order 4, 0.1/1 instead
+        // of 0/1; the brevity penalty is exp(1 - 4/3).
+        let references = vec![words("a dog runs fast")];
+        let scores = smoothed_sentence_bleu(&references, &words("a dog runs"), 4).unwrap();
+        let penalty = (1.0f64 - 4.0 / 3.0).exp();
+        assert_close(scores[2], penalty, "BLEU-3");
+        assert_close(scores[3], penalty * 0.1f64.powf(0.25), "BLEU-4");
+        // No shared word: exactly 0, as unsmoothed.
+        let none = smoothed_sentence_bleu(&references, &words("purple elephants"), 4).unwrap();
+        assert_eq!(none, vec![0.0; 4]);
+        assert_eq!(
+            smoothed_sentence_bleu::<String>(&[], &[], 4),
+            Err(CorpusError::NoReferences { index: 0 })
+        );
     }
 
     #[test]
@@ -826,18 +897,18 @@ json.dump([[float(corpus_bleu(c["references"], c["hypotheses"], weights=(1 / n,)
         let one = vec![words("a dog")];
         assert_eq!(
             corpus_bleu(&[vec![one.clone()]], &[], 4),
-            Err(BleuError::LengthMismatch {
+            Err(CorpusError::LengthMismatch {
                 references: 1,
                 hypotheses: 0
             })
         );
         assert_eq!(
             corpus_bleu::<String>(&[], &[], 4),
-            Err(BleuError::EmptyCorpus)
+            Err(CorpusError::EmptyCorpus)
         );
         assert_eq!(
             corpus_bleu(&[one.clone(), vec![]], &[words("a dog"), words("a cat")], 4),
-            Err(BleuError::NoReferences { index: 1 })
+            Err(CorpusError::NoReferences { index: 1 })
         );
         let none = corpus_bleu(std::slice::from_ref(&one), &one, 0).unwrap();
         assert!(none.bleu.is_empty() && none.matches.is_empty());

@@ -1,7 +1,11 @@
-//! Stage kind `evaluate`: measures the trained network on the test split — corpus BLEU-1..4 of
-//! greedy and beam-search captions, caption→image retrieval by model inversion and by a direct
-//! embedding baseline (R@1/5/10, median rank), and an image→image sanity figure — and writes
-//! them as a metrics table, with example captions and per-query ranks and found images.
+//! Stage kind `evaluate`: measures the trained network on the test split — BLEU-1..4, CIDEr-D and
+//! ROUGE-L of greedy and beam-search captions, computed on words (the generated words against the
+//! references' own words, where a generated `<unk>` matches nothing), caption→image retrieval by
+//! model inversion and by a direct embedding baseline (R@1/5/10, median rank), and an image→image
+//! sanity figure — and writes them as a metrics table, with example captions, per-image scores
+//! and per-query ranks and found images.
+
+use std::hash::Hash;
 
 use tch::Tensor;
 
@@ -10,10 +14,14 @@ use crate::features::FeatureMatrix;
 use crate::input_dir;
 use crate::model::{invert, rank_by_likelihood};
 use crate::runtime::Runtime;
-use crate::train::{captions_by_image, TrainedModel};
-use onenet_stages::metrics::{corpus_bleu, rank_of, RetrievalMetrics, SimilarityIndex};
+use crate::train::{captions_by_image, reference_words_of, TrainedModel};
+use onenet_stages::captions::{self, read_reference_words, CaptionWord, CAPTIONS_TABLE};
+use onenet_stages::coco_metrics::{cider_d, rouge_l};
+use onenet_stages::metrics::{
+    corpus_bleu, rank_of, smoothed_sentence_bleu, RetrievalMetrics, SimilarityIndex,
+};
 use onenet_stages::specs::evaluate::{
-    write_examples, write_metrics, write_ranks, Example, Metric, Rank,
+    write_examples, write_metrics, write_per_image, write_ranks, Example, ImageScores, Metric, Rank,
 };
 use onenet_stages::specs::{self, order::read_pairs, order::Pair};
 use onenet_stages::{StageContext, StageError, StageReport};
@@ -55,20 +63,44 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let width = p.int("beam_width")? as usize;
     let beam =
         model.beam_search_batch(&embeddings, width, max_length, &mut |n| ctx.progress.inc(n));
-    let references: Vec<Vec<Vec<u32>>> = by_image
+    // Every caption metric compares words: the references' own, read from the captions table,
+    // so that a word the vocabulary turned into <unk> is still itself there.
+    let words_by_caption =
+        read_reference_words(&input_dir(ctx, &captions::KIND)?.join(CAPTIONS_TABLE))?;
+    let references: Vec<Vec<Vec<CaptionWord>>> = by_image
         .iter()
-        .map(|(_, caps)| caps.iter().map(|c| words_of(&c.tokens)).collect())
-        .collect();
-    for (method, hypotheses) in [("greedy", &greedy), ("beam", &beam)] {
-        let scores = corpus_bleu(&references, hypotheses, 4)
-            .map_err(|e| StageError::Input(format!("BLEU: {e}")))?;
+        .map(|(_, caps)| reference_words_of(caps, &words_by_caption))
+        .collect::<Result<_, _>>()?;
+    let vocab = &trained.vocab;
+    let greedy_words: Vec<Vec<CaptionWord>> =
+        greedy.iter().map(|ids| vocab.caption_words(ids)).collect();
+    let beam_words: Vec<Vec<CaptionWord>> =
+        beam.iter().map(|ids| vocab.caption_words(ids)).collect();
+    let scoring = |e: onenet_stages::metrics::CorpusError| StageError::Input(e.to_string());
+    // Per image and decoding: (smoothed sentence BLEU-4, CIDEr-D).
+    let mut per_image: Vec<Vec<(f64, f64)>> = Vec::new();
+    for (method, hypotheses) in [("greedy", &greedy_words), ("beam", &beam_words)] {
+        let bleu = corpus_bleu(&references, hypotheses, 4).map_err(scoring)?;
         for n in 1..=4 {
             metrics.push(metric(
                 &format!("bleu{n}"),
                 method,
-                scores.get(n).unwrap_or(0.0),
+                bleu.get(n).unwrap_or(0.0),
             ));
         }
+        let cider = cider_d(&references, hypotheses).map_err(scoring)?;
+        metrics.push(metric("cider_d", method, cider.corpus));
+        let rouge = rouge_l(&references, hypotheses).map_err(scoring)?;
+        metrics.push(metric("rouge_l", method, rouge.corpus));
+        let sentence_bleu4 = references
+            .iter()
+            .zip(hypotheses)
+            .map(|(refs, hypothesis)| {
+                smoothed_sentence_bleu(refs, hypothesis, 4).map(|scores| scores[3])
+            })
+            .collect::<Result<Vec<f64>, _>>()
+            .map_err(scoring)?;
+        per_image.push(sentence_bleu4.into_iter().zip(cider.per_image).collect());
     }
 
     // Retrieval: each query caption against every image of the split.
@@ -185,7 +217,6 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     ));
 
     write_metrics(&ctx.out_dir, &metrics)?;
-    let vocab = &trained.vocab;
     let examples: Vec<Example> = by_image
         .iter()
         .zip(greedy.iter().zip(&beam))
@@ -200,6 +231,23 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             }
         })
         .collect();
+    let scores: Vec<ImageScores> = examples
+        .iter()
+        .zip(&references)
+        .enumerate()
+        .map(|(i, (example, refs))| ImageScores {
+            image_id: example.image_id.clone(),
+            path: example.path.clone(),
+            greedy: example.greedy.clone(),
+            beam: example.beam.clone(),
+            references: refs.iter().map(|r| joined(r)).collect(),
+            bleu4_greedy: per_image[0][i].0,
+            bleu4_beam: per_image[1][i].0,
+            cider_d_greedy: per_image[0][i].1,
+            cider_d_beam: per_image[1][i].1,
+        })
+        .collect();
+    write_per_image(&ctx.out_dir, &scores)?;
     write_examples(&ctx.out_dir, &examples)?;
     let ranks: Vec<Rank> = queries
         .iter()
@@ -229,9 +277,11 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         warnings: Vec::new(),
         notes: vec![
             format!(
-                "{split}: BLEU-4 greedy {:.3}, beam {:.3} ({} images)",
+                "{split}: BLEU-4 greedy {:.3}, beam {:.3}; CIDEr-D greedy {:.3}, beam {:.3} ({} images)",
                 get("bleu4", "greedy"),
                 get("bleu4", "beam"),
+                get("cider_d", "greedy"),
+                get("cider_d", "beam"),
                 by_image.len()
             ),
             format!(
@@ -246,24 +296,23 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     })
 }
 
-/// A caption's words: its tokens without `<start>` and `<end>`.
-pub fn words_of(tokens: &[u32]) -> Vec<u32> {
-    tokens
+/// Words joined by spaces, a generated `<unk>` written as such.
+fn joined(words: &[CaptionWord]) -> String {
+    words
         .iter()
-        .copied()
-        .filter(|&t| {
-            t != onenet_stages::captions::START_ID
-                && t != onenet_stages::captions::END_ID
-                && t != onenet_stages::captions::PAD_ID
+        .map(|word| match word {
+            CaptionWord::Word(word) => word.as_str(),
+            CaptionWord::Unknown => captions::UNK,
         })
-        .collect()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// BLEU-1 of each image's nearest neighbour's first caption against the image's own captions
 /// (or, with `unrelated`, of the next image in split order: the chance level to compare with).
-fn neighbour_caption_bleu(
+fn neighbour_caption_bleu<T: Eq + Hash + Clone>(
     images: &SimilarityIndex,
-    references: &[Vec<Vec<u32>>],
+    references: &[Vec<Vec<T>>],
     unrelated: bool,
 ) -> Result<f64, StageError> {
     let n = references.len();

@@ -15,7 +15,9 @@ use crate::features::FeatureMatrix;
 use crate::input_dir;
 use crate::model::{pad_tokens, CaptionModel, ModelConfig};
 use crate::optim::Adam;
-use onenet_stages::captions::{self, Vocabulary, VOCAB_TABLE};
+use onenet_stages::captions::{
+    self, read_reference_words, CaptionWord, Vocabulary, CAPTIONS_TABLE, VOCAB_TABLE,
+};
 use onenet_stages::metrics::corpus_bleu;
 use onenet_stages::specs;
 use onenet_stages::specs::order::{read_pairs, Pair};
@@ -86,8 +88,11 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
 
     let pairs = read_pairs(input_dir(ctx, &specs::order::KIND)?)?;
     let features = FeatureMatrix::read(input_dir(ctx, &specs::features::KIND)?, device)?;
-    let vocab_path = input_dir(ctx, &captions::KIND)?.join(VOCAB_TABLE);
+    let captions_dir = input_dir(ctx, &captions::KIND)?;
+    let vocab_path = captions_dir.join(VOCAB_TABLE);
     let vocab = Vocabulary::read(&vocab_path)?;
+    // Dev BLEU compares words, the references' own: see `reference_words_of`.
+    let words_by_caption = read_reference_words(&captions_dir.join(CAPTIONS_TABLE))?;
     let glove = match glove_dir(p, &ctx.base_dir) {
         Some(dir) => Some(crate::glove::vectors_for(&dir, &vocab)?),
         None => None,
@@ -160,6 +165,8 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             &features,
             p.int("dev_images")? as usize,
             max_length,
+            &vocab,
+            &words_by_caption,
         )?;
         log.push(EpochLog {
             epoch,
@@ -264,18 +271,18 @@ fn mean_loss(
     })
 }
 
-/// Greedy captions of `pairs`' distinct images (up to `limit`), each against all its captions.
-pub fn greedy_captions(
+/// Greedy captions of `pairs`' distinct images (the first `limit` by feature row), each with
+/// the pairs of its reference captions.
+pub fn greedy_captions<'a>(
     model: &CaptionModel,
-    pairs: &[&Pair],
+    pairs: &[&'a Pair],
     features: &FeatureMatrix,
     limit: usize,
     max_length: usize,
-) -> CaptionedImages {
-    let mut references: BTreeMap<u32, Vec<Vec<u32>>> = BTreeMap::new();
-    for p in pairs {
-        let words = p.tokens[1..p.tokens.len().saturating_sub(1).max(1)].to_vec();
-        references.entry(p.image_row).or_default().push(words);
+) -> CaptionedImages<'a> {
+    let mut references: BTreeMap<u32, Vec<&'a Pair>> = BTreeMap::new();
+    for &p in pairs {
+        references.entry(p.image_row).or_default().push(p);
     }
     let rows: Vec<u32> = references.keys().copied().take(limit).collect();
     let device = model.device();
@@ -295,24 +302,65 @@ pub fn greedy_captions(
     }
 }
 
-/// Generated captions of some images with each image's reference captions (word ids).
-pub struct CaptionedImages {
+/// Generated captions of some images (token ids) with the pairs of each image's reference
+/// captions.
+pub struct CaptionedImages<'a> {
     pub hypotheses: Vec<Vec<u32>>,
-    pub references: Vec<Vec<Vec<u32>>>,
+    pub references: Vec<Vec<&'a Pair>>,
 }
 
+/// The reference words of `captions` (pairs of one image), looked up by image id and caption
+/// number in what `onenet_stages::captions::read_reference_words` read.
+///
+/// # Errors
+/// If a caption is not in the captions table: the pairs then come from another captions stage.
+pub fn reference_words_of(
+    captions: &[&Pair],
+    words_by_caption: &HashMap<(String, u32), Vec<CaptionWord>>,
+) -> Result<Vec<Vec<CaptionWord>>, StageError> {
+    captions
+        .iter()
+        .map(|pair| {
+            words_by_caption
+                .get(&(pair.image_id.clone(), pair.caption_no))
+                .cloned()
+                .ok_or_else(|| {
+                    StageError::Input(format!(
+                        "caption {} of {} is not in the captions table: the `order` and \
+                         `captions` inputs must come from the same captions",
+                        pair.caption_no, pair.image_id
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// Corpus BLEU-4 of greedy captions of the first `limit` dev images, on words: the generated
+/// words against the references' own (see `reference_words_of`).
 fn dev_bleu4(
     model: &CaptionModel,
     dev: &[&Pair],
     features: &FeatureMatrix,
     limit: usize,
     max_length: usize,
+    vocab: &Vocabulary,
+    words_by_caption: &HashMap<(String, u32), Vec<CaptionWord>>,
 ) -> Result<f64, StageError> {
     if dev.is_empty() || limit == 0 {
         return Ok(f64::NAN);
     }
     let captioned = greedy_captions(model, dev, features, limit, max_length);
-    let scores = corpus_bleu(&captioned.references, &captioned.hypotheses, 4)
+    let references: Vec<Vec<Vec<CaptionWord>>> = captioned
+        .references
+        .iter()
+        .map(|captions| reference_words_of(captions, words_by_caption))
+        .collect::<Result<_, _>>()?;
+    let hypotheses: Vec<Vec<CaptionWord>> = captioned
+        .hypotheses
+        .iter()
+        .map(|ids| vocab.caption_words(ids))
+        .collect();
+    let scores = corpus_bleu(&references, &hypotheses, 4)
         .map_err(|e| StageError::Input(format!("dev BLEU: {e}")))?;
     Ok(scores.get(4).unwrap_or(0.0))
 }

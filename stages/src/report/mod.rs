@@ -1,7 +1,8 @@
 //! Stage kind `report`: one self-contained HTML page for judging the trained network by eye. It
 //! shows the pipeline that produced it (graph, keys, times, and what the run computed or reused),
 //! the metrics, the training curves, the t-SNE maps, test pictures with their generated and
-//! reference captions, and for a few pictures, words and captions their similar pictures, similar
+//! reference captions, the test pictures with the worst and the best captions, and for a few
+//! pictures, words and captions their similar pictures, similar
 //! words and the pictures found by inverting the captioner.
 //!
 //! Every picture is inlined as a `data:` URI, so `report.html` opens from disk with no server and
@@ -17,7 +18,10 @@ use std::path::Path;
 use crate::captions::SPECIAL_TOKENS;
 use crate::metrics::SimilarityIndex;
 use crate::specs::embed::{ImageEmbeddings, WordEmbeddings};
-use crate::specs::evaluate::{read_examples, read_metrics, read_ranks, Example, Metric, Rank};
+use crate::specs::evaluate::{
+    read_examples, read_metrics, read_per_image, read_ranks, Example, ImageScores, Metric, Rank,
+    PER_IMAGE_TABLE,
+};
 use crate::specs::train::{read_log, EpochLog};
 use crate::tsne::{IMAGE_PLOT, WORD_PLOT};
 use crate::{
@@ -29,9 +33,9 @@ use html::{data_uri, escape};
 
 pub const KIND: StageKind = StageKind {
     name: "report",
-    version: 2,
+    version: 3,
     about: "One self-contained HTML page: pipeline, metrics, training curves, t-SNE maps, \
-            example captions and retrievals",
+            example captions, worst and best captions, and retrievals",
     params: PARAMS,
     inputs: InputRule {
         kinds: &["train", "evaluate", "embed", "tsne"],
@@ -98,12 +102,13 @@ pub const PIPELINE_PLOT: &str = "pipeline.png";
 pub const TRAINING_PLOT: &str = "training.png";
 
 /// The ids of the page's sections, in order (a browser test looks for them).
-pub const SECTIONS: [&str; 8] = [
+pub const SECTIONS: [&str; 9] = [
     "pipeline",
     "metrics",
     "training",
     "maps",
     "captions",
+    "caption-scores",
     "similar-images",
     "similar-words",
     "find-images",
@@ -217,6 +222,12 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let metrics = read_metrics(evaluate_dir)?;
     let examples = read_examples(evaluate_dir)?;
     let queries = read_ranks(evaluate_dir)?;
+    // An `evaluate` output from before per-image scores has no such table: the section says so.
+    let per_image = if evaluate_dir.join(PER_IMAGE_TABLE).is_file() {
+        Some(read_per_image(evaluate_dir)?)
+    } else {
+        None
+    };
     let image_table = ImageEmbeddings::read(embed_dir)?;
     let image_files = image_table.paths;
     let images = image_table.vectors.into_index(image_table.image_ids);
@@ -238,7 +249,7 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         failures: Vec::new(),
     };
 
-    ctx.progress.start(8, "writing the report");
+    ctx.progress.start(9, "writing the report");
     let mut body = String::new();
     let computed = ctx.lineage.iter().filter(|r| r.computed_in_run).count();
     let _ = write!(
@@ -261,6 +272,8 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     maps_section(tsne_dir, &mut body, &mut warnings)?;
     ctx.progress.inc(1);
     captions_section(&examples, settings.examples, &mut thumbnails, &mut body);
+    ctx.progress.inc(1);
+    caption_scores_section(per_image.as_deref(), &mut thumbnails, &mut body);
     ctx.progress.inc(1);
     similar_images_section(&examples, &images, &settings, &mut thumbnails, &mut body);
     ctx.progress.inc(1);
@@ -469,7 +482,7 @@ fn metrics_section(metrics: &[Metric], body: &mut String) {
         "Metrics",
         "Measured by the <code>evaluate</code> stage on the held-out split.",
     );
-    const BLEU: [&str; 4] = ["bleu1", "bleu2", "bleu3", "bleu4"];
+    const CAPTION: [&str; 6] = ["bleu1", "bleu2", "bleu3", "bleu4", "cider_d", "rouge_l"];
     const RETRIEVAL: [&str; 5] = ["r1", "r5", "r10", "median_rank", "queries"];
     let of = |names: &[&str]| -> Vec<&Metric> {
         metrics
@@ -477,8 +490,13 @@ fn metrics_section(metrics: &[Metric], body: &mut String) {
             .filter(|m| names.contains(&m.name.as_str()))
             .collect()
     };
-    body.push_str("<h3>Captions: corpus BLEU against every reference</h3>\n");
-    pivot_table(&of(&BLEU), &BLEU, body);
+    body.push_str(
+        "<h3>Captions: corpus scores against every reference</h3>\n<p class=\"note\">On words: \
+         the generated words against the references' own, where a generated \
+         <code>&lt;unk&gt;</code> matches nothing. BLEU as NLTK's <code>corpus_bleu</code>; \
+         CIDEr-D (0 to about 10) and ROUGE-L as the COCO caption evaluation code.</p>\n",
+    );
+    pivot_table(&of(&CAPTION), &CAPTION, body);
     body.push_str(
         "<h3>Caption → picture retrieval</h3>\n<p class=\"note\"><code>invert_nearest</code>: \
          the pictures nearest (cosine) the picture embedding that makes the caption most likely, \
@@ -490,7 +508,7 @@ fn metrics_section(metrics: &[Metric], body: &mut String) {
     pivot_table(&of(&RETRIEVAL), &RETRIEVAL, body);
     let others: Vec<&Metric> = metrics
         .iter()
-        .filter(|m| !BLEU.contains(&m.name.as_str()) && !RETRIEVAL.contains(&m.name.as_str()))
+        .filter(|m| !CAPTION.contains(&m.name.as_str()) && !RETRIEVAL.contains(&m.name.as_str()))
         .collect();
     if !others.is_empty() {
         body.push_str("<h3>Other figures</h3>\n<table>\n<tr><th>metric</th><th>method</th><th>value</th></tr>\n");
@@ -609,6 +627,74 @@ fn captions_section(
         );
     }
     body.push_str("</div>\n</section>\n");
+}
+
+/// How many pictures the worst and the best captions each show.
+const WORST_AND_BEST: usize = 6;
+
+/// The test pictures whose beam-search captions have the lowest and the highest CIDEr-D.
+fn caption_scores_section(
+    per_image: Option<&[ImageScores]>,
+    thumbnails: &mut Thumbnails,
+    body: &mut String,
+) {
+    section_start(
+        body,
+        "caption-scores",
+        "Worst and best captions",
+        "The test pictures whose beam-search caption has the lowest CIDEr-D, then those with the \
+         highest, with every reference caption (as the metrics saw them: words). Every picture's \
+         scores are in the <code>evaluate</code> stage's <code>per_image.parquet</code>.",
+    );
+    let Some(per_image) = per_image else {
+        body.push_str(
+            "<p class=\"note\">This <code>evaluate</code> output has no per-image scores.</p>\n\
+             </section>\n",
+        );
+        return;
+    };
+    let mut order: Vec<&ImageScores> = per_image.iter().collect();
+    // Lowest first; ties (and NaN, last) by image id so the page does not depend on the sort.
+    order.sort_by(|a, b| {
+        a.cider_d_beam
+            .partial_cmp(&b.cider_d_beam)
+            .unwrap_or_else(|| a.cider_d_beam.is_nan().cmp(&b.cider_d_beam.is_nan()))
+            .then_with(|| a.image_id.cmp(&b.image_id))
+    });
+    let worst = order.len().min(WORST_AND_BEST);
+    let best = (order.len() - worst).min(WORST_AND_BEST);
+    for (title, images) in [
+        ("Worst", order[..worst].to_vec()),
+        (
+            "Best",
+            order[order.len() - best..].iter().rev().copied().collect(),
+        ),
+    ] {
+        let _ = writeln!(body, "<h3>{title}</h3>\n<div class=\"grid\">");
+        for image in images {
+            let references: String = image
+                .references
+                .iter()
+                .map(|r| format!("<li>{}</li>", escape(r)))
+                .collect();
+            let _ = writeln!(
+                body,
+                "<div class=\"card\">{}<dl><dt>beam search: CIDEr-D {}, BLEU-4 {}</dt><dd>{}</dd>\
+                 <dt>greedy: CIDEr-D {}, BLEU-4 {}</dt><dd>{}</dd><dt>references</dt>\
+                 <dd><ul>{references}</ul></dd></dl><code>{}</code></div>",
+                thumbnails.tag(&image.image_id, &image.image_id),
+                number_text(image.cider_d_beam),
+                number_text(image.bleu4_beam),
+                escape(&image.beam),
+                number_text(image.cider_d_greedy),
+                number_text(image.bleu4_greedy),
+                escape(&image.greedy),
+                escape(&image.image_id),
+            );
+        }
+        body.push_str("</div>\n");
+    }
+    body.push_str("</section>\n");
 }
 
 fn figure(thumbnails: &mut Thumbnails, id: &str, caption: &str, class: &str) -> String {

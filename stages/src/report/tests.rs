@@ -12,7 +12,8 @@ use super::*;
 use crate::params::ParamValue;
 use crate::specs::embed::Vectors;
 use crate::specs::evaluate::{
-    ranks_columns, write_examples, write_metrics, write_ranks, RANKS_TABLE,
+    ranks_columns, write_examples, write_metrics, write_per_image, write_ranks, ImageScores,
+    PER_IMAGE_TABLE, RANKS_TABLE,
 };
 use crate::specs::train::write_log;
 use crate::table::{nullable, required, string_column, u32_column, write_columns};
@@ -159,6 +160,21 @@ fn upstream(ranks_have_found: bool) -> Upstream {
         ],
     )
     .unwrap();
+    // Ten rows with beam CIDEr-D 0.0, 0.5, ..., 4.5 (the five readable pictures, twice).
+    let scores: Vec<ImageScores> = (0..10)
+        .map(|i| ImageScores {
+            image_id: IDS[i % 5].to_string(),
+            path: paths[i % 5].clone(),
+            greedy: format!("greedy <{i}>"),
+            beam: format!("beam <{i}>"),
+            references: vec![format!("reference {i}"), "another".into()],
+            bleu4_greedy: 0.01 * i as f64,
+            bleu4_beam: 0.02 * i as f64,
+            cider_d_greedy: 0.25 * i as f64,
+            cider_d_beam: 0.5 * i as f64,
+        })
+        .collect();
+    write_per_image(&evaluate, &scores).unwrap();
     let rank = |image_id: &str, caption_no: u32, caption: &str, invert_rank, found: &[&str]| Rank {
         image_id: image_id.into(),
         caption_no,
@@ -447,6 +463,29 @@ fn without_tsne_the_page_says_so_and_an_old_ranks_table_is_named() {
         err.contains(RANKS_TABLE) && err.contains(ranks_columns::INVERT_FOUND),
         "{err}"
     );
+}
+
+#[test]
+fn worst_and_best_captions_are_ordered_by_beam_cider() {
+    let up = upstream(true);
+    let (page, _, _) = make_report(&up, true, &params(&[])).unwrap();
+    let scores = section(&page, "caption-scores");
+    let (worst, best) = scores.split_once("<h3>Best</h3>").unwrap();
+    // Six worst, lowest first: beams 0..=5; the best four left, highest first: 9, 8, 7, 6.
+    let beams = |part: &str| -> Vec<usize> {
+        part.split("beam &lt;")
+            .skip(1)
+            .map(|rest| rest[..rest.find("&gt;").unwrap()].parse().unwrap())
+            .collect()
+    };
+    assert_eq!(beams(worst), [0, 1, 2, 3, 4, 5]);
+    assert_eq!(beams(best), [9, 8, 7, 6]);
+    assert!(worst.contains("<li>reference 0</li><li>another</li>"));
+    assert!(best.contains("beam search: CIDEr-D 4.500, BLEU-4 0.180"));
+
+    std::fs::remove_file(up.evaluate.join(PER_IMAGE_TABLE)).unwrap();
+    let (page, _, _) = make_report(&up, true, &params(&[])).unwrap();
+    assert!(section(&page, "caption-scores").contains("no per-image scores"));
 }
 
 #[test]

@@ -15,13 +15,14 @@ use crate::{Effect, InputRule, ParamDefault, ParamSpec, ParamType, StageError, S
 
 pub const KIND: StageKind = StageKind {
     name: "evaluate",
-    version: 3,
-    about: "BLEU of generated captions and caption→image retrieval on the test split",
+    version: 4,
+    about: "BLEU, CIDEr-D and ROUGE-L of generated captions (on words) and caption→image \
+            retrieval on the test split",
     params: PARAMS,
     inputs: InputRule {
-        kinds: &["train", "features", "order"],
-        min: 3,
-        max: 3,
+        kinds: &["train", "features", "order", "captions"],
+        min: 4,
+        max: 4,
     },
     sources: |_, _, _| Ok(Vec::new()),
     device: crate::DeviceUse::Best,
@@ -105,6 +106,9 @@ pub const METRICS_TABLE: &str = "metrics.parquet";
 pub const EXAMPLES_TABLE: &str = "examples.parquet";
 /// Every retrieval query with the rank of its image and the images inversion found for it.
 pub const RANKS_TABLE: &str = "ranks.parquet";
+/// Every evaluated image with its generated captions, its references and per-image scores: sort
+/// it to find the worst and best captions.
+pub const PER_IMAGE_TABLE: &str = "per_image.parquet";
 
 /// The columns of `METRICS_TABLE`, in order.
 pub mod metrics_columns {
@@ -131,6 +135,19 @@ pub mod ranks_columns {
     pub const INVERT_RANK: &str = "invert_rank";
     pub const INVERT_FOUND: &str = "invert_found";
     pub const EMBED_RANK: &str = "embed_rank";
+}
+
+/// The columns of `PER_IMAGE_TABLE`, in order.
+pub mod per_image_columns {
+    pub const IMAGE_ID: &str = "image_id";
+    pub const PATH: &str = "path";
+    pub const GREEDY: &str = "greedy";
+    pub const BEAM: &str = "beam";
+    pub const REFERENCES: &str = "references";
+    pub const BLEU4_GREEDY: &str = "bleu4_greedy";
+    pub const BLEU4_BEAM: &str = "bleu4_beam";
+    pub const CIDER_D_GREEDY: &str = "cider_d_greedy";
+    pub const CIDER_D_BEAM: &str = "cider_d_beam";
 }
 
 /// One row of the metrics table.
@@ -292,4 +309,103 @@ pub fn read_ranks(dir: &Path) -> Result<Vec<Rank>, StageError> {
             },
         )
         .collect())
+}
+
+/// One row of the per-image table: an evaluated image, its captions and their scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageScores {
+    pub image_id: String,
+    /// The image file, as the examples table gives it.
+    pub path: String,
+    /// The generated captions, `<unk>` included.
+    pub greedy: String,
+    pub beam: String,
+    /// The reference captions as the metrics compared them: their words joined by spaces.
+    pub references: Vec<String>,
+    /// Sentence-level BLEU-4 of each caption against the references, with NLTK's smoothing method
+    /// 1 (`onenet_stages::metrics::smoothed_sentence_bleu`), in [0, 1].
+    pub bleu4_greedy: f64,
+    pub bleu4_beam: f64,
+    /// The image's CIDEr-D (`onenet_stages::coco_metrics::cider_d`, document frequencies from
+    /// the whole evaluated split), 0 to about 10; the split's CIDEr-D is their mean.
+    pub cider_d_greedy: f64,
+    pub cider_d_beam: f64,
+}
+
+/// Writes the per-image table into `dir`.
+pub fn write_per_image(dir: &Path, images: &[ImageScores]) -> Result<(), StageError> {
+    use per_image_columns::*;
+    let text = |get: fn(&ImageScores) -> &str| string_column(images.iter().map(get));
+    let number = |get: fn(&ImageScores) -> f64| f64_column(images.iter().map(get));
+    let references: Vec<Vec<String>> = images.iter().map(|i| i.references.clone()).collect();
+    write_columns(
+        &dir.join(PER_IMAGE_TABLE),
+        vec![
+            required(IMAGE_ID, text(|i| &i.image_id)),
+            required(PATH, text(|i| &i.path)),
+            required(GREEDY, text(|i| &i.greedy)),
+            required(BEAM, text(|i| &i.beam)),
+            required(REFERENCES, string_list_column(&references)),
+            required(BLEU4_GREEDY, number(|i| i.bleu4_greedy)),
+            required(BLEU4_BEAM, number(|i| i.bleu4_beam)),
+            required(CIDER_D_GREEDY, number(|i| i.cider_d_greedy)),
+            required(CIDER_D_BEAM, number(|i| i.cider_d_beam)),
+        ],
+    )
+}
+
+/// Reads the per-image table an `evaluate` stage wrote into `dir`.
+pub fn read_per_image(dir: &Path) -> Result<Vec<ImageScores>, StageError> {
+    use per_image_columns::*;
+    let path = dir.join(PER_IMAGE_TABLE);
+    let table = read_parquet(&path)?;
+    let text = |name| strings(&path, &table, name);
+    let number = |name| f64s(&path, &table, name);
+    let (bleu_greedy, bleu_beam) = (number(BLEU4_GREEDY)?, number(BLEU4_BEAM)?);
+    let (cider_greedy, cider_beam) = (number(CIDER_D_GREEDY)?, number(CIDER_D_BEAM)?);
+    Ok(text(IMAGE_ID)?
+        .into_iter()
+        .zip(text(PATH)?)
+        .zip(text(GREEDY)?)
+        .zip(text(BEAM)?)
+        .zip(string_lists(&path, &table, REFERENCES)?)
+        .enumerate()
+        .map(
+            |(row, ((((image_id, path), greedy), beam), references))| ImageScores {
+                image_id,
+                path,
+                greedy,
+                beam,
+                references,
+                bleu4_greedy: bleu_greedy[row],
+                bleu4_beam: bleu_beam[row],
+                cider_d_greedy: cider_greedy[row],
+                cider_d_beam: cider_beam[row],
+            },
+        )
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_image_scores_read_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = |id: &str, score: f64| ImageScores {
+            image_id: id.into(),
+            path: format!("Images/{id}"),
+            greedy: "a red circle".into(),
+            beam: "a <unk> circle".into(),
+            references: vec!["a red circle".into(), "a red ring above".into()],
+            bleu4_greedy: score,
+            bleu4_beam: score / 2.0,
+            cider_d_greedy: 10.0 * score,
+            cider_d_beam: 0.0,
+        };
+        let images = [image("1.jpg", 0.5), image("2.jpg", 0.25)];
+        write_per_image(dir.path(), &images).unwrap();
+        assert_eq!(read_per_image(dir.path()).unwrap(), images);
+    }
 }

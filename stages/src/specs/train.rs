@@ -44,7 +44,7 @@ fn sources(
 
 pub const KIND: StageKind = StageKind {
     name: "train",
-    version: 2,
+    version: 3,
     about: "Train the caption network (image encoder, word embedding, GRU/LSTM decoder)",
     params: PARAMS,
     inputs: InputRule {
