@@ -471,26 +471,27 @@ fn random_weights_project(images: u32, epochs: u32) -> (tempfile::TempDir, Train
     (dir, t)
 }
 
-/// The key of stage `stage` in the JSON of a `run`.
-fn key_of(run: &Value, stage: &str) -> String {
+/// Stage `stage`'s entry in the JSON of a `run` (null if it is not there).
+fn stage_of<'a>(run: &'a Value, stage: &str) -> &'a Value {
     run["stages"]
         .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == stage)
-        .and_then(|s| s["key"].as_str())
+        .and_then(|stages| stages.iter().find(|s| s["name"] == stage))
+        .unwrap_or(&Value::Null)
+}
+
+/// The key of stage `stage` in the JSON of a `run`.
+fn key_of(run: &Value, stage: &str) -> String {
+    stage_of(run, stage)["key"]
+        .as_str()
         .unwrap_or_else(|| panic!("no key of {stage} in {run}"))
         .to_string()
 }
 
 fn notes_of(run: &Value, stage: &str) -> String {
-    run["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == stage)
-        .map(|s| s["notes"].to_string())
-        .unwrap_or_default()
+    match &stage_of(run, stage)["notes"] {
+        Value::Null => String::new(),
+        notes => notes.to_string(),
+    }
 }
 
 /// The demo written in each dataset layout the `captions` and `images` stages read trains and
@@ -712,11 +713,7 @@ fn a_killed_training_resumes_from_its_last_checkpoint() {
     let model = |dir: &Path| tensors(&dir.join("artifacts/latest/train/model.safetensors"));
     let resumed = model(dir.path());
     let forced = t.json(&["run", "train", "--force", "train"]);
-    let forced_train = forced["stages"]
-        .as_array()
-        .and_then(|stages| stages.iter().find(|s| s["name"] == "train"))
-        .cloned()
-        .unwrap_or_default();
+    let forced_train = stage_of(&forced, "train");
     assert!(
         forced_train["action"] == "computed"
             && !forced_train["notes"].to_string().contains("resumed"),

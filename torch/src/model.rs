@@ -644,10 +644,15 @@ mod tests {
     use super::*;
 
     fn tiny(rnn: &str) -> CaptionModel {
-        tch::manual_seed(0);
+        tiny_model(rnn, 12, 0)
+    }
+
+    /// A small untrained model with `vocab_size` tokens, its weights drawn from `seed`.
+    fn tiny_model(rnn: &str, vocab_size: i64, seed: i64) -> CaptionModel {
+        tch::manual_seed(seed);
         CaptionModel::new(
             ModelConfig {
-                vocab_size: 12,
+                vocab_size,
                 feature_dim: 6,
                 image_dim: 8,
                 embed_dim: 8,
@@ -663,20 +668,7 @@ mod tests {
     #[test]
     fn batched_beam_search_finds_what_one_image_at_a_time_finds() {
         for rnn in ["gru", "lstm"] {
-            tch::manual_seed(11);
-            let model = CaptionModel::new(
-                ModelConfig {
-                    vocab_size: 40,
-                    feature_dim: 6,
-                    image_dim: 8,
-                    embed_dim: 8,
-                    hidden_dim: 16,
-                    rnn: rnn.into(),
-                    pretrained_dim: 0,
-                },
-                Device::Cpu,
-            )
-            .unwrap();
+            let model = tiny_model(rnn, 40, 11);
             // More images than one chunk, so the chunking is crossed too.
             let images = BEAM_CHUNK + 9;
             let embeddings = Tensor::randn([images, 8], (Kind::Float, Device::Cpu)) * 3.0;
