@@ -168,6 +168,21 @@ fn the_demo_model_captions_well_and_inversion_finds_the_picture() {
         metric(&metrics, name, "embed");
         metric(&metrics, name, "invert_nearest");
     }
+    // The model kept is the epoch of the best dev CIDEr-D (the default `select`).
+    let train = t.dir.join("artifacts/latest/train");
+    let log = onenet_stages::specs::train::read_log(&train).unwrap();
+    let best = log
+        .iter()
+        .map(|l| l.dev_cider_d)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let kept: Vec<u32> = log.iter().filter(|l| l.kept).map(|l| l.epoch).collect();
+    assert_eq!(
+        kept,
+        [log.iter().find(|l| l.dev_cider_d == best).unwrap().epoch]
+    );
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(train.join("model.json")).unwrap()).unwrap();
+    assert_eq!(info["kept_epoch"], kept[0]);
     // Re-ordering the nearest images by likelihood only moves pictures within the nearest ten.
     assert!(r1 >= metric(&metrics, "r1", "invert_nearest"));
     assert_eq!(
@@ -448,12 +463,16 @@ fn tasks_before_training_say_what_to_run() {
 /// A pipeline up to `train` with untrained backbone weights (stated explicitly): fast, for
 /// testing the engine's handling of the libtorch stages rather than quality.
 fn random_weights_pipeline(images: u32, epochs: u32) -> String {
+    random_weights_pipeline_with(images, epochs, "dev_images = 5")
+}
+
+/// `random_weights_pipeline` with other train params (`, `-separated `name = value` pairs, which
+/// must include `dev_images`).
+fn random_weights_pipeline_with(images: u32, epochs: u32, train: &str) -> String {
     pipeline_to_train(
         &format!("images = {images}, image_size = 48"),
         "weights = \"random\"",
-        &format!(
-            "epochs = {epochs}, hidden_dim = 64, image_dim = 32, embed_dim = 32, dev_images = 5"
-        ),
+        &format!("epochs = {epochs}, hidden_dim = 64, image_dim = 32, embed_dim = 32, {train}"),
     )
 }
 
@@ -664,11 +683,90 @@ fn adding_images_computes_features_for_the_new_ones_only() {
 }
 
 #[test]
-fn a_killed_training_resumes_from_its_last_checkpoint() {
+fn training_keeps_the_best_dev_epoch_and_stops_where_patience_says() {
     let dir = tempfile::tempdir().unwrap();
+    let train = "dev_images = 12, learning_rate = 0.01, dropout = 0.2, patience = 2, \
+                 lr_decay = 0.5, lr_patience = 1";
     std::fs::write(
         dir.path().join("pipeline.toml"),
-        random_weights_pipeline(60, 40),
+        random_weights_pipeline_with(80, 14, train),
+    )
+    .unwrap();
+    let t = Trained {
+        dir: dir.path().to_path_buf(),
+    };
+    t.json(&["run", "train"]);
+    let out = dir.path().join("artifacts/latest/train");
+    let log = onenet_stages::specs::train::read_log(&out).unwrap();
+    let scores: Vec<f64> = log.iter().map(|l| l.dev_cider_d).collect();
+    let best = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let kept = log.iter().find(|l| l.dev_cider_d == best).unwrap().epoch;
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.kept)
+            .map(|l| l.epoch)
+            .collect::<Vec<_>>(),
+        [kept],
+        "{scores:?}"
+    );
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(out.join("model.json")).unwrap()).unwrap();
+    assert_eq!(info["kept_epoch"], kept, "{info}");
+    // Early stopping: two epochs without a better score end the training, unless the epochs
+    // ran out first.
+    let last = log.last().unwrap().epoch;
+    assert!(
+        last == 14 || last == kept + 2,
+        "stopped at {last}, kept {kept}: {scores:?}"
+    );
+    // The learning rate halves after each epoch that does not beat the best.
+    for pair in log.windows(2) {
+        let expected = if pair[0].dev_cider_d
+            > scores[..pair[0].epoch as usize - 1]
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max)
+        {
+            pair[0].learning_rate
+        } else {
+            pair[0].learning_rate * 0.5
+        };
+        assert_eq!(pair[1].learning_rate, expected, "{log:?}");
+    }
+
+    // The saved weights are the kept epoch's: a training of exactly that many epochs (same seed,
+    // same schedule up to there) that keeps its last epoch saves the same bytes.
+    let model = tensors(&out.join("model.safetensors"));
+    let shorter = t.json(&[
+        "run",
+        "train",
+        "--set",
+        &format!("train.epochs={kept}"),
+        "--set",
+        "train.select=last",
+    ]);
+    assert!(
+        notes_of(&shorter, "train").contains(&format!("kept epoch {kept}")),
+        "{shorter}"
+    );
+    assert!(
+        tensors(&out.join("model.safetensors")) == model,
+        "the saved model is not epoch {kept}'s"
+    );
+}
+
+#[test]
+fn a_killed_training_resumes_from_its_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    // Dropout, a learning-rate schedule and best-epoch selection are all part of what a resumed
+    // training must reproduce.
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        random_weights_pipeline_with(
+            60,
+            40,
+            "dev_images = 5, dropout = 0.3, lr_decay = 0.5, lr_patience = 1",
+        ),
     )
     .unwrap();
     let t = Trained {

@@ -237,6 +237,14 @@ pub fn f64s(path: &Path, batch: &RecordBatch, name: &str) -> Result<Vec<f64>, St
         .to_vec())
 }
 
+/// A boolean column (nulls read as false).
+pub fn bools(path: &Path, batch: &RecordBatch, name: &str) -> Result<Vec<bool>, StageError> {
+    Ok(column::<arrow::array::BooleanArray>(path, batch, name)?
+        .iter()
+        .map(|v| v.unwrap_or(false))
+        .collect())
+}
+
 /// A u32 column that may hold nulls.
 pub fn opt_u32s(
     path: &Path,
@@ -256,6 +264,13 @@ pub fn string_column<S: AsRef<str>>(values: impl IntoIterator<Item = S>) -> Arra
 /// A u32 column of `values`.
 pub fn u32_column(values: impl IntoIterator<Item = u32>) -> ArrayRef {
     Arc::new(arrow::array::UInt32Array::from_iter_values(values))
+}
+
+/// A boolean column of `values`.
+pub fn bool_column(values: impl IntoIterator<Item = bool>) -> ArrayRef {
+    Arc::new(arrow::array::BooleanArray::from_iter(
+        values.into_iter().map(Some),
+    ))
 }
 
 /// A u64 column of `values`.

@@ -310,22 +310,54 @@ impl CaptionModel {
     /// Logits [B, T, vocab] for each next word, given image embeddings [B, image_dim] and the
     /// input tokens [B, T] (teacher forcing); the state starts at zero.
     pub fn logits_from_embedding(&self, image_embedding: &Tensor, tokens: &Tensor) -> Tensor {
+        self.logits_with_dropout(image_embedding, tokens, 0.0)
+    }
+
+    /// `logits_from_embedding` with dropout of probability `dropout` on the decoder's inputs
+    /// (image and word embeddings) and on its recurrent output, as in training (Show and Tell's
+    /// placement). The masks come from libtorch's global generator.
+    fn logits_with_dropout(
+        &self,
+        image_embedding: &Tensor,
+        tokens: &Tensor,
+        dropout: f64,
+    ) -> Tensor {
+        let drop = |t: Tensor| {
+            if dropout > 0.0 {
+                t.dropout(dropout, true)
+            } else {
+                t
+            }
+        };
         let steps = tokens.size()[1];
-        let words = self.embed_words(tokens);
-        let image = image_embedding.unsqueeze(1).expand([-1, steps, -1], false);
+        let words = drop(self.embed_words(tokens));
+        let image = drop(image_embedding.shallow_clone())
+            .unsqueeze(1)
+            .expand([-1, steps, -1], false);
         let input = Tensor::cat(&[image, words], 2);
         let hidden = match &self.recurrent {
             Recurrent::Gru(g) => g.seq(&input).0,
             Recurrent::Lstm(l) => l.seq(&input).0,
         };
         self.output_layer
-            .forward(&self.hidden_layer.forward(&hidden))
+            .forward(&self.hidden_layer.forward(&drop(hidden)))
     }
 
     /// Mean cross-entropy over the real (non-padding) next tokens of `captions` [B, L], each
     /// `<start> … <end>` padded with 0, given image embeddings [B, image_dim].
     pub fn caption_loss(&self, image_embedding: &Tensor, captions: &Tensor) -> Tensor {
-        self.caption_losses(image_embedding, captions, Reduction::Mean)
+        self.caption_losses(image_embedding, captions, Reduction::Mean, 0.0)
+    }
+
+    /// `caption_loss` as training computes it: with dropout of probability `dropout` (0: none,
+    /// and then exactly `caption_loss`).
+    pub fn training_loss(
+        &self,
+        image_embedding: &Tensor,
+        captions: &Tensor,
+        dropout: f64,
+    ) -> Tensor {
+        self.caption_losses(image_embedding, captions, Reduction::Mean, dropout)
     }
 
     /// Per-caption mean cross-entropy [B] (used by inversion to pick the best restart).
@@ -350,11 +382,17 @@ impl CaptionModel {
             / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0)
     }
 
-    fn caption_losses(&self, image_embedding: &Tensor, captions: &Tensor, r: Reduction) -> Tensor {
+    fn caption_losses(
+        &self,
+        image_embedding: &Tensor,
+        captions: &Tensor,
+        r: Reduction,
+        dropout: f64,
+    ) -> Tensor {
         let length = captions.size()[1];
         let input = captions.narrow(1, 0, length - 1);
         let target = captions.narrow(1, 1, length - 1);
-        let logits = self.logits_from_embedding(image_embedding, &input);
+        let logits = self.logits_with_dropout(image_embedding, &input, dropout);
         logits
             .reshape([-1, self.config.vocab_size])
             .cross_entropy_loss::<Tensor>(&target.reshape([-1]), None, r, PAD_ID as i64, 0.0)

@@ -51,6 +51,11 @@ impl Adam {
         }
     }
 
+    /// The step size of the next updates (a learning-rate schedule changes it between epochs).
+    pub fn set_learning_rate(&mut self, learning_rate: f64) {
+        self.learning_rate = learning_rate;
+    }
+
     /// Updates taken so far.
     pub fn steps(&self) -> i64 {
         self.steps

@@ -1,6 +1,8 @@
-//! Stage kind `train`: trains the caption model on the ordered pairs with mini-batches and Adam,
-//! measuring dev loss and dev BLEU-4 every epoch, checkpointing every epoch so a killed run
-//! resumes, and writing the model (safetensors + JSON config + its vocabulary) and a training log.
+//! Stage kind `train`: trains the caption model on the ordered pairs with mini-batches, dropout
+//! and Adam, measuring dev loss, dev BLEU-4 and dev CIDEr-D every epoch, keeping the best epoch's
+//! weights (or the last's), decaying the learning rate on a plateau and stopping early as the
+//! params say, checkpointing every epoch so a killed run resumes exactly, and writing the model
+//! (safetensors + JSON config + its vocabulary) and a training log.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -18,6 +20,7 @@ use crate::optim::Adam;
 use onenet_stages::captions::{
     self, read_reference_words, CaptionWord, Vocabulary, CAPTIONS_TABLE, VOCAB_TABLE,
 };
+use onenet_stages::coco_metrics::cider_d;
 use onenet_stages::metrics::corpus_bleu;
 use onenet_stages::specs;
 use onenet_stages::specs::order::{read_pairs, Pair};
@@ -27,6 +30,8 @@ use onenet_stages::{StageContext, StageError, StageReport};
 const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 const CHECKPOINT_INFO: &str = "checkpoint.json";
 const CHECKPOINT_OPTIMISER: &str = "checkpoint-adam.safetensors";
+/// The weights of the best epoch so far (the `select` param says which is best).
+const BEST_WEIGHTS: &str = "best.safetensors";
 
 /// What `model.json` holds: the network's shape, the vocabulary it was trained on, and every
 /// training hyper-parameter.
@@ -36,6 +41,95 @@ pub struct ModelInfo {
     pub vocab_hash: String,
     pub max_length: usize,
     pub hyper_parameters: BTreeMap<String, String>,
+    /// The epoch whose weights were saved (see the `select` param); absent from a checkpoint's
+    /// copy, which describes the training rather than its result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_epoch: Option<u32>,
+}
+
+/// What decides which epoch is kept, when the learning rate decays and when training stops.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Which dev score is maximised; None keeps the last epoch and never stops early.
+    pub select: Option<fn(&EpochLog) -> f64>,
+    pub learning_rate: f64,
+    /// Epochs without a better score before stopping; 0 never stops.
+    pub patience: u32,
+    pub lr_decay: f64,
+    pub lr_patience: u32,
+}
+
+/// Where training stands after the epochs of a log, as `Schedule::replay` finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleState {
+    /// The epoch whose weights are kept so far.
+    pub kept: Option<u32>,
+    /// The learning rate of the next epoch.
+    pub learning_rate: f64,
+    /// Whether training stops here.
+    pub stop: bool,
+}
+
+impl Schedule {
+    fn from_params(p: &onenet_stages::Params) -> Result<Schedule, StageError> {
+        let select: Option<fn(&EpochLog) -> f64> = match p.str("select")? {
+            "dev_cider" => Some(|l| l.dev_cider_d),
+            "dev_bleu4" => Some(|l| l.dev_bleu4),
+            _ => None,
+        };
+        Ok(Schedule {
+            select,
+            learning_rate: p.float("learning_rate")?,
+            patience: p.int("patience")? as u32,
+            lr_decay: p.float("lr_decay")?,
+            lr_patience: p.int("lr_patience")? as u32,
+        })
+    }
+
+    /// Replays the decisions over the epochs of `log`, in order: an epoch is kept when its score
+    /// is higher than every earlier one (a NaN score, as without dev images, never is: then the
+    /// last epoch is kept); after `lr_patience` epochs without a better score the learning rate
+    /// is multiplied by `lr_decay` (and the count starts again); after `patience` such epochs
+    /// training stops. Derived from the log alone, so a resumed training decides exactly as an
+    /// uninterrupted one.
+    pub fn replay(&self, log: &[EpochLog]) -> ScheduleState {
+        let mut state = ScheduleState {
+            kept: None,
+            learning_rate: self.learning_rate,
+            stop: false,
+        };
+        let Some(score_of) = self.select else {
+            state.kept = log.last().map(|l| l.epoch);
+            return state;
+        };
+        let mut best = f64::NEG_INFINITY;
+        let (mut since_best, mut since_decay) = (0u32, 0u32);
+        for epoch in log {
+            let score = score_of(epoch);
+            if score.is_nan() {
+                // No dev score to judge by: neither a plateau nor progress.
+                continue;
+            }
+            if score > best {
+                best = score;
+                state.kept = Some(epoch.epoch);
+                since_best = 0;
+                since_decay = 0;
+            } else {
+                since_best += 1;
+                since_decay += 1;
+                if self.lr_decay < 1.0 && since_decay >= self.lr_patience {
+                    state.learning_rate *= self.lr_decay;
+                    since_decay = 0;
+                }
+            }
+            state.stop = self.patience > 0 && since_best >= self.patience;
+        }
+        if state.kept.is_none() {
+            state.kept = log.last().map(|l| l.epoch);
+        }
+        state
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -111,7 +205,10 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         vocab_hash: vocab.hash(),
         max_length,
         hyper_parameters: p.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+        kept_epoch: None,
     };
+    let schedule = Schedule::from_params(p)?;
+    let dropout = p.float("dropout")?;
 
     let train: Vec<&Pair> = pairs.iter().filter(|p| p.split == "train").collect();
     let dev: Vec<&Pair> = pairs.iter().filter(|p| p.split == "dev").collect();
@@ -131,6 +228,14 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
 
     let steps_per_epoch = train.len().div_ceil(batch_size) as u64;
     for epoch in log.len() as u32 + 1..=epochs {
+        let state = schedule.replay(&log);
+        if state.stop {
+            break;
+        }
+        optimizer.set_learning_rate(state.learning_rate);
+        // Dropout masks come from libtorch's generator: seeding it per epoch makes an epoch's
+        // masks the same whether the training resumed before it or not.
+        tch::manual_seed((seed ^ (u64::from(epoch) << 32)) as i64);
         let start = Instant::now();
         ctx.progress
             .start(steps_per_epoch, &format!("epoch {epoch}/{epochs}"));
@@ -144,7 +249,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         for (step, chunk) in order.chunks(batch_size).enumerate() {
             let batch: Vec<&Pair> = chunk.iter().map(|&i| train[i]).collect();
             let (images, tokens) = tensors_of(&batch, &features, device);
-            let loss = model.caption_loss(&model.encode_images(&images), &tokens);
+            let loss = model.training_loss(&model.encode_images(&images), &tokens, dropout);
             optimizer.backward_step_clip_norm(&loss, 5.0);
             loss_sum += loss.double_value(&[]);
             token_batches += 1;
@@ -159,7 +264,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         }
         let train_seconds = start.elapsed().as_secs_f64();
         let dev_loss = mean_loss(&model, &dev, &features, device);
-        let dev_bleu4 = dev_bleu4(
+        let dev = dev_scores(
             &model,
             &dev,
             &features,
@@ -172,18 +277,40 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             epoch,
             train_loss: loss_sum / token_batches.max(1) as f64,
             dev_loss,
-            dev_bleu4,
+            dev_bleu4: dev.bleu4,
+            dev_cider_d: dev.cider_d,
+            learning_rate: state.learning_rate,
+            kept: false,
             seconds: start.elapsed().as_secs_f64(),
             samples_per_second: train.len() as f64 / train_seconds,
         });
+        // Under `select = "last"` the last epoch's weights are the model: no copy needed.
+        if schedule.select.is_some() && schedule.replay(&log).kept == Some(epoch) {
+            save_best(&ctx.scratch_dir, &model)?;
+        }
         save_checkpoint(&ctx.scratch_dir, &info, &log, &model, &optimizer)?;
     }
 
-    model.save(&ctx.out_dir.join(MODEL_FILE))?;
+    let kept = schedule.replay(&log).kept;
+    let last = log.last().map(|l| l.epoch);
+    let model_path = ctx.out_dir.join(MODEL_FILE);
+    if kept == last {
+        model.save(&model_path)?;
+    } else {
+        let best = ctx.scratch_dir.join(BEST_WEIGHTS);
+        std::fs::copy(&best, &model_path).map_err(|e| StageError::io(&best, e))?;
+    }
+    for epoch in &mut log {
+        epoch.kept = Some(epoch.epoch) == kept;
+    }
     let info_path = ctx.out_dir.join(MODEL_INFO);
+    let saved = ModelInfo {
+        kept_epoch: kept,
+        ..info.clone()
+    };
     std::fs::write(
         &info_path,
-        serde_json::to_vec_pretty(&info).unwrap_or_default(),
+        serde_json::to_vec_pretty(&saved).unwrap_or_default(),
     )
     .map_err(|e| StageError::io(&info_path, e))?;
     std::fs::copy(&vocab_path, ctx.out_dir.join(VOCAB_TABLE))
@@ -207,22 +334,33 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             info.config.embed_dim
         ));
     }
-    if let Some(last) = log.last() {
+    if let Some(kept) = log.iter().find(|l| l.kept) {
         report.metrics = [
-            ("train_loss", last.train_loss),
-            ("dev_loss", last.dev_loss),
-            ("dev_bleu4", last.dev_bleu4),
+            ("train_loss", kept.train_loss),
+            ("dev_loss", kept.dev_loss),
+            ("dev_bleu4", kept.dev_bleu4),
+            ("dev_cider_d", kept.dev_cider_d),
+            ("kept_epoch", f64::from(kept.epoch)),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_string(), value))
         .collect();
+        let stopped = if (log.len() as u32) < epochs {
+            " (stopped early)"
+        } else {
+            ""
+        };
         report.notes.push(format!(
-            "{} epochs: train loss {:.3}, dev loss {:.3}, dev BLEU-4 {:.3}, {:.0} samples/s",
+            "{} epochs{stopped}, kept epoch {} ({}): train loss {:.3}, dev loss {:.3}, dev BLEU-4 \
+             {:.3}, dev CIDEr-D {:.3}, {:.0} samples/s",
             log.len(),
-            last.train_loss,
-            last.dev_loss,
-            last.dev_bleu4,
-            last.samples_per_second
+            kept.epoch,
+            p.str("select")?,
+            kept.train_loss,
+            kept.dev_loss,
+            kept.dev_bleu4,
+            kept.dev_cider_d,
+            log.last().map_or(f64::NAN, |l| l.samples_per_second)
         ));
     }
     if resumed > 0 {
@@ -335,9 +473,15 @@ pub fn reference_words_of(
         .collect()
 }
 
-/// Corpus BLEU-4 of greedy captions of the first `limit` dev images, on words: the generated
-/// words against the references' own (see `reference_words_of`).
-fn dev_bleu4(
+/// Corpus scores of greedy dev captions (NaN when there are none).
+struct DevScores {
+    bleu4: f64,
+    cider_d: f64,
+}
+
+/// Corpus BLEU-4 and CIDEr-D of greedy captions of the first `limit` dev images, on words: the
+/// generated words against the references' own (see `reference_words_of`).
+fn dev_scores(
     model: &CaptionModel,
     dev: &[&Pair],
     features: &FeatureMatrix,
@@ -345,9 +489,12 @@ fn dev_bleu4(
     max_length: usize,
     vocab: &Vocabulary,
     words_by_caption: &HashMap<(String, u32), Vec<CaptionWord>>,
-) -> Result<f64, StageError> {
+) -> Result<DevScores, StageError> {
     if dev.is_empty() || limit == 0 {
-        return Ok(f64::NAN);
+        return Ok(DevScores {
+            bleu4: f64::NAN,
+            cider_d: f64::NAN,
+        });
     }
     let captioned = greedy_captions(model, dev, features, limit, max_length);
     let references: Vec<Vec<Vec<CaptionWord>>> = captioned
@@ -362,7 +509,21 @@ fn dev_bleu4(
         .collect();
     let scores = corpus_bleu(&references, &hypotheses, 4)
         .map_err(|e| StageError::Input(format!("dev BLEU: {e}")))?;
-    Ok(scores.get(4).unwrap_or(0.0))
+    let cider = cider_d(&references, &hypotheses)
+        .map_err(|e| StageError::Input(format!("dev CIDEr-D: {e}")))?;
+    Ok(DevScores {
+        bleu4: scores.get(4).unwrap_or(0.0),
+        cider_d: cider.corpus,
+    })
+}
+
+/// Keeps the current weights as the best epoch's, by rename (before the checkpoint that counts
+/// this epoch is written, so a checkpoint never names a best epoch whose weights are missing).
+fn save_best(scratch: &Path, model: &CaptionModel) -> Result<(), StageError> {
+    let tmp = scratch.join("best.tmp.safetensors");
+    model.save(&tmp)?;
+    let best = scratch.join(BEST_WEIGHTS);
+    std::fs::rename(&tmp, &best).map_err(|e| StageError::io(&best, e))
 }
 
 /// Loads the scratch checkpoint if it belongs to this very configuration.
@@ -440,4 +601,85 @@ pub fn captions_by_image<'a>(pairs: &[&'a Pair]) -> Vec<(u32, Vec<&'a Pair>)> {
         out[slot].1.push(p);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(scores: &[f64]) -> Vec<EpochLog> {
+        scores
+            .iter()
+            .enumerate()
+            .map(|(i, &score)| EpochLog {
+                epoch: i as u32 + 1,
+                train_loss: 1.0,
+                dev_loss: 1.0,
+                dev_bleu4: 0.0,
+                dev_cider_d: score,
+                learning_rate: f64::NAN,
+                kept: false,
+                seconds: 1.0,
+                samples_per_second: 1.0,
+            })
+            .collect()
+    }
+
+    fn schedule(patience: u32, lr_decay: f64, lr_patience: u32) -> Schedule {
+        Schedule {
+            select: Some(|l| l.dev_cider_d),
+            learning_rate: 1.0,
+            patience,
+            lr_decay,
+            lr_patience,
+        }
+    }
+
+    #[test]
+    fn the_best_epoch_is_kept_and_patience_stops_training() {
+        let s = schedule(2, 1.0, 1);
+        let scores = [0.1, 0.5, 0.4, 0.3, 0.9];
+        assert_eq!(s.replay(&log(&scores[..2])).kept, Some(2));
+        let state = s.replay(&log(&scores[..3]));
+        assert_eq!((state.kept, state.stop), (Some(2), false));
+        // Two epochs without a better score: stop, keeping epoch 2.
+        let state = s.replay(&log(&scores[..4]));
+        assert_eq!((state.kept, state.stop), (Some(2), true));
+        assert_eq!(state.learning_rate, 1.0);
+        // Without patience it goes on and later keeps the better epoch 5.
+        let state = schedule(0, 1.0, 1).replay(&log(&scores));
+        assert_eq!((state.kept, state.stop), (Some(5), false));
+    }
+
+    #[test]
+    fn the_learning_rate_decays_after_lr_patience_epochs_on_a_plateau() {
+        let s = schedule(0, 0.5, 2);
+        let rates: Vec<f64> = (0..=6)
+            .map(|n| {
+                s.replay(&log(&[0.5, 0.4, 0.4, 0.4, 0.4, 0.6][..n.min(6)]))
+                    .learning_rate
+            })
+            .collect();
+        // Decays after epochs 3 and 5 (two epochs each without beating 0.5); epoch 6 improves.
+        assert_eq!(rates, [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25]);
+    }
+
+    #[test]
+    fn without_dev_scores_or_under_select_last_the_last_epoch_is_kept() {
+        let nan = f64::NAN;
+        let state = schedule(1, 0.5, 1).replay(&log(&[nan, nan, nan]));
+        assert_eq!(
+            (state.kept, state.stop, state.learning_rate),
+            (Some(3), false, 1.0)
+        );
+        let last = Schedule {
+            select: None,
+            ..schedule(1, 0.5, 1)
+        };
+        let state = last.replay(&log(&[0.9, 0.1, 0.1]));
+        assert_eq!(
+            (state.kept, state.stop, state.learning_rate),
+            (Some(3), false, 1.0)
+        );
+    }
 }

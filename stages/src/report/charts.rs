@@ -316,6 +316,9 @@ mod tests {
                 train_loss: 2.0 / e as f64,
                 dev_loss: 2.5 / e as f64,
                 dev_bleu4: 0.1 * e as f64,
+                dev_cider_d: f64::NAN,
+                learning_rate: 1e-3,
+                kept: false,
                 seconds: 1.0,
                 samples_per_second: 100.0,
             })
@@ -331,6 +334,9 @@ mod tests {
             train_loss: 1.0,
             dev_loss: f64::NAN,
             dev_bleu4: f64::NAN,
+            dev_cider_d: f64::NAN,
+            learning_rate: 1e-3,
+            kept: false,
             seconds: 1.0,
             samples_per_second: f64::NAN,
         }];

@@ -115,6 +115,9 @@ fn upstream(ranks_have_found: bool) -> Upstream {
         train_loss,
         dev_loss,
         dev_bleu4,
+        dev_cider_d: f64::NAN,
+        learning_rate: 1e-3,
+        kept: false,
         seconds: 60.0,
         samples_per_second: 500.0,
     };

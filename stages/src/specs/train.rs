@@ -6,7 +6,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::table::{f64_column, f64s, read_parquet, required, u32_column, u32s, write_columns};
+use crate::table::{
+    bool_column, bools, f64_column, f64s, read_parquet, required, u32_column, u32s, write_columns,
+};
 
 use crate::{
     Effect, InputRule, ParamDefault, ParamSpec, ParamType, Params, PathKind, Source, StageError,
@@ -44,7 +46,7 @@ fn sources(
 
 pub const KIND: StageKind = StageKind {
     name: "train",
-    version: 3,
+    version: 4,
     about: "Train the caption network (image encoder, word embedding, GRU/LSTM decoder)",
     params: PARAMS,
     inputs: InputRule {
@@ -116,7 +118,58 @@ const PARAMS: &[ParamSpec] = &[
         effect: Effect::Output,
         help: "Adam learning rate",
     },
-    ParamSpec::seed(7, "Seed of the initial weights and of each epoch's shuffle"),
+    ParamSpec::seed(
+        7,
+        "Seed of the initial weights and of each epoch's shuffle and dropout masks",
+    ),
+    ParamSpec {
+        name: "dropout",
+        ty: ParamType::Float { min: 0.0, max: 0.9 },
+        default: ParamDefault::Float(0.0),
+        effect: Effect::Output,
+        help: "Probability of dropping each input and output unit of the decoder in training \
+               (0: no dropout)",
+    },
+    ParamSpec {
+        name: "select",
+        ty: ParamType::Choice(SELECT_CHOICES),
+        default: ParamDefault::Str("dev_cider"),
+        effect: Effect::Output,
+        help: "Which epoch's weights are kept: the best dev CIDEr-D, the best dev BLEU-4, or the \
+               last epoch's (dev scores are of greedy captions of `dev_images` dev images)",
+    },
+    ParamSpec {
+        name: "patience",
+        ty: ParamType::Int {
+            min: 0,
+            max: 100_000,
+        },
+        default: ParamDefault::Int(0),
+        effect: Effect::Output,
+        help: "Stop after this many epochs without a better dev score (the `select` one; 0: \
+               train every epoch)",
+    },
+    ParamSpec {
+        name: "lr_decay",
+        ty: ParamType::Float {
+            min: 0.01,
+            max: 1.0,
+        },
+        default: ParamDefault::Float(1.0),
+        effect: Effect::Output,
+        help: "Factor the learning rate is multiplied by after `lr_patience` epochs without a \
+               better dev score (1: constant learning rate)",
+    },
+    ParamSpec {
+        name: "lr_patience",
+        ty: ParamType::Int {
+            min: 1,
+            max: 100_000,
+        },
+        default: ParamDefault::Int(2),
+        effect: Effect::Output,
+        help: "Epochs without a better dev score before the learning rate decays by `lr_decay`",
+    },
     ParamSpec {
         name: "max_length",
         ty: ParamType::Int { min: 1, max: 1000 },
@@ -148,11 +201,15 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec::threads(crate::params::LIBTORCH_THREADS_HELP),
 ];
 
-/// The trained weights.
+/// The values of the `select` param.
+pub const SELECT_CHOICES: &[&str] = &["dev_cider", "dev_bleu4", "last"];
+
+/// The trained weights (those of the kept epoch: see the `select` param).
 pub const MODEL_FILE: &str = "model.safetensors";
 /// The network's shape, the hash of its vocabulary and every hyper-parameter (JSON).
 pub const MODEL_INFO: &str = "model.json";
-/// One row per epoch: losses, dev BLEU-4 and speed.
+/// One row per epoch: losses, dev BLEU-4 and CIDEr-D, learning rate, whether its weights are
+/// the ones kept, and speed.
 pub const TRAIN_LOG: &str = "train_log.parquet";
 
 /// The columns of `TRAIN_LOG`, in order.
@@ -161,6 +218,9 @@ pub mod train_log_columns {
     pub const TRAIN_LOSS: &str = "train_loss";
     pub const DEV_LOSS: &str = "dev_loss";
     pub const DEV_BLEU4: &str = "dev_bleu4";
+    pub const DEV_CIDER_D: &str = "dev_cider_d";
+    pub const LEARNING_RATE: &str = "learning_rate";
+    pub const KEPT: &str = "kept";
     pub const SECONDS: &str = "seconds";
     pub const SAMPLES_PER_SECOND: &str = "samples_per_second";
 }
@@ -172,8 +232,21 @@ pub struct EpochLog {
     pub train_loss: f64,
     pub dev_loss: f64,
     pub dev_bleu4: f64,
+    /// CIDEr-D of the same greedy dev captions as `dev_bleu4` (NaN without dev images).
+    #[serde(default = "nan")]
+    pub dev_cider_d: f64,
+    /// The learning rate of this epoch's steps.
+    #[serde(default = "nan")]
+    pub learning_rate: f64,
+    /// Whether the saved model holds this epoch's weights (exactly one epoch of a finished log).
+    #[serde(default)]
+    pub kept: bool,
     pub seconds: f64,
     pub samples_per_second: f64,
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 /// Writes the training log into `dir`.
@@ -187,6 +260,9 @@ pub fn write_log(dir: &Path, log: &[EpochLog]) -> Result<(), StageError> {
             required(TRAIN_LOSS, f(|l| l.train_loss)),
             required(DEV_LOSS, f(|l| l.dev_loss)),
             required(DEV_BLEU4, f(|l| l.dev_bleu4)),
+            required(DEV_CIDER_D, f(|l| l.dev_cider_d)),
+            required(LEARNING_RATE, f(|l| l.learning_rate)),
+            required(KEPT, bool_column(log.iter().map(|l| l.kept))),
             required(SECONDS, f(|l| l.seconds)),
             required(SAMPLES_PER_SECOND, f(|l| l.samples_per_second)),
         ],
@@ -199,24 +275,24 @@ pub fn read_log(dir: &Path) -> Result<Vec<EpochLog>, StageError> {
     let path = dir.join(TRAIN_LOG);
     let table = read_parquet(&path)?;
     let f = |name| f64s(&path, &table, name);
-    Ok(u32s(&path, &table, EPOCH)?
+    let epochs = u32s(&path, &table, EPOCH)?;
+    let (train_loss, dev_loss, dev_bleu4) = (f(TRAIN_LOSS)?, f(DEV_LOSS)?, f(DEV_BLEU4)?);
+    let (dev_cider_d, learning_rate) = (f(DEV_CIDER_D)?, f(LEARNING_RATE)?);
+    let kept = bools(&path, &table, KEPT)?;
+    let (seconds, samples_per_second) = (f(SECONDS)?, f(SAMPLES_PER_SECOND)?);
+    Ok(epochs
         .into_iter()
-        .zip(f(TRAIN_LOSS)?)
-        .zip(f(DEV_LOSS)?)
-        .zip(f(DEV_BLEU4)?)
-        .zip(f(SECONDS)?)
-        .zip(f(SAMPLES_PER_SECOND)?)
-        .map(
-            |(((((epoch, train_loss), dev_loss), dev_bleu4), seconds), samples_per_second)| {
-                EpochLog {
-                    epoch,
-                    train_loss,
-                    dev_loss,
-                    dev_bleu4,
-                    seconds,
-                    samples_per_second,
-                }
-            },
-        )
+        .enumerate()
+        .map(|(i, epoch)| EpochLog {
+            epoch,
+            train_loss: train_loss[i],
+            dev_loss: dev_loss[i],
+            dev_bleu4: dev_bleu4[i],
+            dev_cider_d: dev_cider_d[i],
+            learning_rate: learning_rate[i],
+            kept: kept[i],
+            seconds: seconds[i],
+            samples_per_second: samples_per_second[i],
+        })
         .collect())
 }
