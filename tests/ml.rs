@@ -64,7 +64,7 @@ inputs = ["train", "features", "captions"]
 
 [stages.evaluate]
 kind = "evaluate"
-inputs = ["train", "features", "order", "captions"]
+inputs = ["train", "features", "order", "captions", "demo"]
 params = { queries = 150 }
 
 [stages.tsne]
@@ -156,6 +156,9 @@ fn the_demo_model_captions_well_and_inversion_finds_the_picture() {
     let bleu4 = metric(&metrics, "bleu4", "greedy");
     let r1 = metric(&metrics, "r1", "invert");
     let r5 = metric(&metrics, "r5", "invert");
+    let truth = metric(&metrics, "truth_accuracy", "greedy");
+    let cider = metric(&metrics, "cider_d", "greedy");
+    eprintln!("MEASURED bleu4 {} truth {truth} cider {cider} beam truth {} r1 {}", metric(&metrics, "bleu4", "greedy"), metric(&metrics, "truth_accuracy", "beam"), metric(&metrics, "r1", "invert"));
     let queries = metric(&metrics, "queries", "invert");
     assert!(queries >= 100.0, "only {queries} retrieval queries");
     assert!(bleu4 >= 0.5, "greedy BLEU-4 {bleu4} < 0.5");
@@ -528,7 +531,7 @@ fn the_demo_in_each_dataset_layout_trains_and_evaluates() {
         ) + r#"
 [stages.evaluate]
 kind = "evaluate"
-inputs = ["train", "features", "order", "captions"]
+inputs = ["train", "features", "order", "captions", "demo"]
 params = { queries = 5, invert_steps = 2, invert_restarts = 1, beam_width = 2 }
 "#;
         std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();

@@ -2,7 +2,8 @@
 //! ROUGE-L of greedy and beam-search captions, computed on words (the generated words against the
 //! references' own words, where a generated `<unk>` matches nothing), caption→image retrieval by
 //! model inversion and by a direct embedding baseline (R@1/5/10, median rank), and an image→image
-//! sanity figure — and writes them as a metrics table, with example captions, per-image scores
+//! sanity figure, and, given the demo's scenes, the fraction of captions true of their picture —
+//! and writes them as a metrics table, with example captions, per-image scores
 //! and per-query ranks and found images.
 
 use std::hash::Hash;
@@ -17,6 +18,7 @@ use crate::runtime::Runtime;
 use crate::train::{captions_by_image, reference_words_of, TrainedModel};
 use onenet_stages::captions::{self, read_reference_words, CaptionWord, CAPTIONS_TABLE};
 use onenet_stages::coco_metrics::{cider_d, rouge_l};
+use onenet_stages::demo_data::truth::{caption_is_true, read_truth};
 use onenet_stages::metrics::{
     corpus_bleu, rank_of, smoothed_sentence_bleu, RetrievalMetrics, SimilarityIndex,
 };
@@ -76,6 +78,32 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         greedy.iter().map(|ids| vocab.caption_words(ids)).collect();
     let beam_words: Vec<Vec<CaptionWord>> =
         beam.iter().map(|ids| vocab.caption_words(ids)).collect();
+    // With the demo's scenes: is each caption true of its picture?
+    let truth = match ctx.inputs.iter().find(|input| input.kind == "demo_data") {
+        Some(demo) => Some(read_truth(&demo.dir)?),
+        None => None,
+    };
+    if let Some(truth) = &truth {
+        for (method, hypotheses) in [("greedy", &greedy_words), ("beam", &beam_words)] {
+            let mut right = 0usize;
+            for ((row, _), words) in by_image.iter().zip(hypotheses) {
+                let id = &features.rows[*row as usize].image_id;
+                let scene = truth.get(id).ok_or_else(|| {
+                    StageError::Input(format!(
+                        "image {id} is not in the demo's scenes table: the `demo_data` input \
+                         must be the dataset the features were computed from"
+                    ))
+                })?;
+                let text = joined(words);
+                right += usize::from(caption_is_true(scene, &text.split(' ').collect::<Vec<_>>()));
+            }
+            metrics.push(metric(
+                "truth_accuracy",
+                method,
+                right as f64 / by_image.len() as f64,
+            ));
+        }
+    }
     let scoring = |e: onenet_stages::metrics::CorpusError| StageError::Input(e.to_string());
     // Per image and decoding: (smoothed sentence BLEU-4, CIDEr-D).
     let mut per_image: Vec<Vec<(f64, f64)>> = Vec::new();
@@ -275,24 +303,35 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         device: None,
         metrics: specs::evaluate::headline(&metrics),
         warnings: Vec::new(),
-        notes: vec![
-            format!(
+        notes: [
+            truth.as_ref().map(|_| {
+                format!(
+                    "{split}: captions true of their picture (colour, shape, count): greedy \
+                     {:.3}, beam {:.3}",
+                    get("truth_accuracy", "greedy"),
+                    get("truth_accuracy", "beam")
+                )
+            }),
+            Some(format!(
                 "{split}: BLEU-4 greedy {:.3}, beam {:.3}; CIDEr-D greedy {:.3}, beam {:.3} ({} images)",
                 get("bleu4", "greedy"),
                 get("bleu4", "beam"),
                 get("cider_d", "greedy"),
                 get("cider_d", "beam"),
                 by_image.len()
-            ),
-            format!(
+            )),
+            Some(format!(
                 "caption→image by inversion: R@1 {:.3}, R@5 {:.3}, R@10 {:.3}, median rank {} ({} queries)",
                 get("r1", "invert"),
                 get("r5", "invert"),
                 get("r10", "invert"),
                 get("median_rank", "invert"),
                 invert_ranks.len()
-            ),
-        ],
+            )),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     })
 }
 

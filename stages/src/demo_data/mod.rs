@@ -8,6 +8,7 @@
 
 mod draw;
 mod scene;
+pub mod truth;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -34,7 +35,7 @@ use scene::Scene;
 
 pub const KIND: StageKind = StageKind {
     name: "demo_data",
-    version: 1,
+    version: 2,
     about: "Generate a synthetic captioning dataset of coloured shapes, in the Flickr8k, Karpathy \
             or COCO layout",
     params: PARAMS,
@@ -439,7 +440,8 @@ fn utf8_field(name: &str) -> Field {
     Field::new(name, DataType::Utf8, false)
 }
 
-/// Writes the ground-truth table (what each picture shows), used to colour embedding plots.
+/// Writes the ground-truth table (what each picture shows), used to colour embedding plots and
+/// to check generated captions (`truth`).
 fn write_scenes(out_dir: &Path, pictures: &[Picture], splits: &[&str]) -> Result<(), StageError> {
     let path = out_dir.join(SCENES_TABLE);
     let schema = Arc::new(Schema::new(vec![
@@ -450,6 +452,8 @@ fn write_scenes(out_dir: &Path, pictures: &[Picture], splits: &[&str]) -> Result
         utf8_field("colour"),
         utf8_field("background"),
         utf8_field("relation"),
+        utf8_field("shape2"),
+        utf8_field("colour2"),
     ]));
     let scenes = || pictures.iter().map(|p| &p.scene);
     let columns: Vec<ArrayRef> = vec![
@@ -472,6 +476,13 @@ fn write_scenes(out_dir: &Path, pictures: &[Picture], splits: &[&str]) -> Result
         Arc::new(StringArray::from_iter_values(
             scenes().map(|s| s.relation().map_or("", |r| r.name())),
         )),
+        // The second object of a pair (empty otherwise: a group's objects are all alike).
+        Arc::new(StringArray::from_iter_values(scenes().map(|s| {
+            s.relation().map_or("", |_| s.objects[1].shape.name())
+        }))),
+        Arc::new(StringArray::from_iter_values(scenes().map(|s| {
+            s.relation().map_or("", |_| s.objects[1].colour.name())
+        }))),
     ];
     write_parquet(&path, &batch(&path, schema, columns)?)
 }
@@ -681,7 +692,9 @@ mod tests {
                 "shape",
                 "colour",
                 "background",
-                "relation"
+                "relation",
+                "shape2",
+                "colour2"
             ]
         );
         assert_eq!(strings(&table, "image_id"), expected);

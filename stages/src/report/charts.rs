@@ -161,7 +161,8 @@ fn arrow_head(from: (i32, i32), to: (i32, i32)) -> Polygon<(i32, i32)> {
 
 pub const TRAINING_SIZE: (u32, u32) = (1200, 420);
 
-/// Draws the loss curves (left) and the dev BLEU-4 curve (right) into `path` (PNG).
+/// Draws the loss curves (left) and the dev BLEU-4 and CIDEr-D curves with the kept epoch marked
+/// (right) into `path` (PNG).
 pub fn training_curves(path: &Path, log: &[EpochLog]) -> Result<(), StageError> {
     render(path, TRAINING_SIZE, |root| {
         let err = |e| draw_error(path, e);
@@ -231,37 +232,69 @@ pub fn training_curves(path: &Path, log: &[EpochLog]) -> Result<(), StageError> 
             .draw()
             .map_err(err)?;
 
-        let highest_bleu = log
+        let highest_score = log
             .iter()
-            .filter_map(|p| finite(p.dev_bleu4))
+            .flat_map(|p| [p.dev_bleu4, p.dev_cider_d])
+            .filter_map(finite)
             .fold(0.0f64, f64::max);
+        let top = (highest_score * 1.1).max(0.05);
         let mut chart = ChartBuilder::on(&right)
-            .caption("Dev BLEU-4 per epoch (greedy)", (FONT_FAMILY, 24))
+            .caption("Dev scores per epoch (greedy)", (FONT_FAMILY, 24))
             .margin(16)
             .x_label_area_size(40)
             .y_label_area_size(56)
-            .build_cartesian_2d(epochs, 0.0..(highest_bleu * 1.1).clamp(0.05, 1.0))
+            .build_cartesian_2d(epochs, 0.0..top)
             .map_err(err)?;
         chart
             .configure_mesh()
             .x_labels(ticks)
             .x_label_formatter(&whole)
             .x_desc("epoch")
-            .y_desc("BLEU-4")
+            .y_desc("score")
             .label_style((FONT_FAMILY, 15))
             .draw()
             .map_err(err)?;
-        let colour = RGBColor(44, 160, 44);
-        let points: Vec<(f64, f64)> = log
-            .iter()
-            .filter(|p| p.dev_bleu4.is_finite())
-            .map(|p| (p.epoch as f64, p.dev_bleu4))
-            .collect();
+        let scores: [(&str, RGBColor, fn(&EpochLog) -> f64); 2] = [
+            ("BLEU-4", RGBColor(44, 160, 44), |p| p.dev_bleu4),
+            ("CIDEr-D", RGBColor(148, 103, 189), |p| p.dev_cider_d),
+        ];
+        for (name, colour, score) in scores {
+            let points: Vec<(f64, f64)> = log
+                .iter()
+                .filter(|p| score(p).is_finite())
+                .map(|p| (p.epoch as f64, score(p)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(3)))
+                .map_err(err)?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
+                });
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 4, colour.filled())))
+                .map_err(err)?;
+        }
+        if let Some(kept) = log.iter().find(|p| p.kept) {
+            let x = kept.epoch as f64;
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(x, 0.0), (x, top)],
+                    8,
+                    6,
+                    BLACK.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(format!("kept (epoch {})", kept.epoch))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+        }
         chart
-            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(3)))
-            .map_err(err)?;
-        chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 4, colour.filled())))
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .label_font((FONT_FAMILY, 16))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
             .map_err(err)?;
         Ok(())
     })

@@ -536,8 +536,20 @@ fn training_section(
         "training",
         "Training",
         "Mean masked cross-entropy per real token on the training and dev captions after each \
-         epoch, and the dev BLEU-4 of greedy captions.",
+         epoch, and the dev BLEU-4 and CIDEr-D of greedy captions; the dashed line marks the \
+         epoch whose weights the model keeps.",
     );
+    if let Some(kept) = log.iter().find(|l| l.kept) {
+        let _ = writeln!(
+            body,
+            "<p>Kept epoch {} of {} (dev CIDEr-D {}, dev BLEU-4 {}); last learning rate {}.</p>",
+            kept.epoch,
+            log.len(),
+            number_text(kept.dev_cider_d),
+            number_text(kept.dev_bleu4),
+            log.last().map_or(String::new(), |l| format!("{:e}", l.learning_rate))
+        );
+    }
     let plot = ctx.out_dir.join(TRAINING_PLOT);
     charts::training_curves(&plot, log)?;
     let _ = write!(

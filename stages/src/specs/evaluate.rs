@@ -15,14 +15,15 @@ use crate::{Effect, InputRule, ParamDefault, ParamSpec, ParamType, StageError, S
 
 pub const KIND: StageKind = StageKind {
     name: "evaluate",
-    version: 4,
+    version: 5,
     about: "BLEU, CIDEr-D and ROUGE-L of generated captions (on words) and caption→image \
             retrieval on the test split",
     params: PARAMS,
+    // A `demo_data` input adds the truth-based accuracy of the captions.
     inputs: InputRule {
-        kinds: &["train", "features", "order", "captions"],
+        kinds: &["train", "features", "order", "captions", "demo_data"],
         min: 4,
-        max: 4,
+        max: 5,
     },
     sources: |_, _, _| Ok(Vec::new()),
     device: crate::DeviceUse::Best,
