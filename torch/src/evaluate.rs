@@ -132,11 +132,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     }
 
     // Retrieval: each query caption against every image of the split.
-    let queries: Vec<&Pair> = eval
-        .iter()
-        .copied()
-        .take(p.int("queries")? as usize)
-        .collect();
+    let queries = spread_queries(&by_image, p.int("queries")? as usize, p.int("seed")? as u64);
     let target_of: std::collections::HashMap<u32, usize> = by_image
         .iter()
         .enumerate()
@@ -335,6 +331,59 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     })
 }
 
+/// The retrieval queries: every caption of the split when `limit` is 0 or at least their
+/// number (the standard protocol: 5,000 queries for Flickr8k's 1,000 test images); otherwise
+/// `limit` captions spread evenly over the images — images in a seeded random order, one caption
+/// of each per round (a seeded random one of those not yet taken) — so that as many images as
+/// possible are queried for. The result lists the chosen captions image by image.
+fn spread_queries<'a>(by_image: &[(u32, Vec<&'a Pair>)], limit: usize, seed: u64) -> Vec<&'a Pair> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let total: usize = by_image.iter().map(|(_, captions)| captions.len()).sum();
+    let in_order = || {
+        by_image
+            .iter()
+            .flat_map(|(_, captions)| captions.iter().copied())
+    };
+    if limit == 0 || limit >= total {
+        return in_order().collect();
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut images: Vec<usize> = (0..by_image.len()).collect();
+    images.shuffle(&mut rng);
+    let mut remaining: Vec<Vec<usize>> = by_image
+        .iter()
+        .map(|(_, captions)| {
+            let mut order: Vec<usize> = (0..captions.len()).collect();
+            order.shuffle(&mut rng);
+            order
+        })
+        .collect();
+    let mut chosen: std::collections::HashSet<(usize, usize)> = std::collections::HashSet::new();
+    while chosen.len() < limit {
+        for &image in &images {
+            if let Some(caption) = remaining[image].pop() {
+                chosen.insert((image, caption));
+                if chosen.len() == limit {
+                    break;
+                }
+            }
+        }
+    }
+    by_image
+        .iter()
+        .enumerate()
+        .flat_map(|(image, (_, captions))| {
+            let chosen = &chosen;
+            captions
+                .iter()
+                .enumerate()
+                .filter(move |(caption, _)| chosen.contains(&(image, *caption)))
+                .map(|(_, pair)| *pair)
+        })
+        .collect()
+}
+
 /// Words joined by spaces, a generated `<unk>` written as such.
 fn joined(words: &[CaptionWord]) -> String {
     words
@@ -374,4 +423,55 @@ fn neighbour_caption_bleu<T: Eq + Hash + Clone>(
     corpus_bleu(references, &hypotheses, 1)
         .map(|s| s.get(1).unwrap_or(0.0))
         .map_err(|e| StageError::Input(format!("BLEU: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(image_row: u32, caption_no: u32) -> Pair {
+        Pair {
+            image_id: format!("{image_row}.jpg"),
+            image_row,
+            caption_no,
+            split: "test".into(),
+            tokens: vec![1, 2],
+        }
+    }
+
+    #[test]
+    fn queries_spread_over_every_image_before_any_second_caption() {
+        let pairs: Vec<Pair> = (0..10)
+            .flat_map(|i| (0..5).map(move |c| pair(i, c)))
+            .collect();
+        let refs: Vec<&Pair> = pairs.iter().collect();
+        let by_image = captions_by_image(&refs);
+        // All of them by default, in split order.
+        assert_eq!(spread_queries(&by_image, 0, 7).len(), 50);
+        assert_eq!(spread_queries(&by_image, 80, 7).len(), 50);
+        // 23 queries: every image queried twice, three of them three times; split order.
+        let some = spread_queries(&by_image, 23, 7);
+        assert_eq!(some.len(), 23);
+        let mut per_image = [0usize; 10];
+        for q in &some {
+            per_image[q.image_row as usize] += 1;
+        }
+        assert!(per_image.iter().all(|&n| n == 2 || n == 3), "{per_image:?}");
+        assert_eq!(per_image.iter().filter(|&&n| n == 3).count(), 3);
+        let keys: Vec<(u32, u32)> = some.iter().map(|q| (q.image_row, q.caption_no)).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        // Seeded: the same seed picks the same captions, another seed others.
+        let again: Vec<(u32, u32)> = spread_queries(&by_image, 23, 7)
+            .iter()
+            .map(|q| (q.image_row, q.caption_no))
+            .collect();
+        assert_eq!(keys, again);
+        let other: Vec<(u32, u32)> = spread_queries(&by_image, 23, 8)
+            .iter()
+            .map(|q| (q.image_row, q.caption_no))
+            .collect();
+        assert_ne!(keys, other);
+    }
 }

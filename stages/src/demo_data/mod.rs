@@ -477,9 +477,9 @@ fn write_scenes(out_dir: &Path, pictures: &[Picture], splits: &[&str]) -> Result
             scenes().map(|s| s.relation().map_or("", |r| r.name())),
         )),
         // The second object of a pair (empty otherwise: a group's objects are all alike).
-        Arc::new(StringArray::from_iter_values(scenes().map(|s| {
-            s.relation().map_or("", |_| s.objects[1].shape.name())
-        }))),
+        Arc::new(StringArray::from_iter_values(
+            scenes().map(|s| s.relation().map_or("", |_| s.objects[1].shape.name())),
+        )),
         Arc::new(StringArray::from_iter_values(scenes().map(|s| {
             s.relation().map_or("", |_| s.objects[1].colour.name())
         }))),

@@ -165,7 +165,10 @@ mod tests {
         assert!(check(&blue_triangle, "a large blue triangle"));
         assert!(check(&blue_triangle, "the triangle is blue"));
         assert!(!check(&blue_triangle, "a large triangle that is yellow"));
-        assert!(!check(&blue_triangle, "a blue circle on a white background"));
+        assert!(!check(
+            &blue_triangle,
+            "a blue circle on a white background"
+        ));
         assert!(!check(&blue_triangle, "a picture of something"));
 
         let crosses = truth(&[("cross", "blue"); 3]);

@@ -286,7 +286,9 @@ pub fn training_curves(path: &Path, log: &[EpochLog]) -> Result<(), StageError> 
                 ))
                 .map_err(err)?
                 .label(format!("kept (epoch {})", kept.epoch))
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()

@@ -547,7 +547,8 @@ fn training_section(
             log.len(),
             number_text(kept.dev_cider_d),
             number_text(kept.dev_bleu4),
-            log.last().map_or(String::new(), |l| format!("{:e}", l.learning_rate))
+            log.last()
+                .map_or(String::new(), |l| format!("{:e}", l.learning_rate))
         );
     }
     let plot = ctx.out_dir.join(TRAINING_PLOT);

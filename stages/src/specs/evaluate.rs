@@ -83,14 +83,19 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "queries",
         ty: ParamType::Int {
-            min: 1,
+            min: 0,
             max: i64::MAX,
         },
-        default: ParamDefault::Int(500),
+        default: ParamDefault::Int(0),
         effect: Effect::Output,
-        help: "Most captions used as retrieval queries (in split order)",
+        help: "Captions used as retrieval queries: 0 (or more than there are) queries every \
+               caption of the split, the standard protocol; fewer are a seeded sample spread \
+               evenly over the split's images",
     },
-    ParamSpec::seed(DEFAULT_INVERT_SEED, "Seed of the inversion's random starts"),
+    ParamSpec::seed(
+        DEFAULT_INVERT_SEED,
+        "Seed of the inversion's random starts and of the sample of retrieval queries",
+    ),
     ParamSpec::threads(crate::params::LIBTORCH_THREADS_HELP),
 ];
 

@@ -113,6 +113,17 @@ const PARAMS: &[ParamSpec] = &[
         help: "Map at most this many images and words each (a seeded sample of larger sets); \
                the neighbour search grows with its square",
     },
+    ParamSpec {
+        name: "word_labels",
+        ty: ParamType::Int {
+            min: 0,
+            max: 100_000,
+        },
+        default: ParamDefault::Int(150),
+        effect: Effect::Output,
+        help: "The word map writes out this many of the most frequent words; the others are \
+               drawn as points (their words stay in the word_tsne table)",
+    },
     ParamSpec::threads("CPU threads (0: all cores); the map is the same for any value"),
 ];
 
@@ -147,6 +158,7 @@ struct Settings {
     learning_rate: f64,
     seed: u64,
     max_points: usize,
+    word_labels: usize,
     threads: usize,
 }
 
@@ -209,6 +221,7 @@ impl Settings {
             learning_rate: float("learning_rate")?,
             seed: int("seed")? as u64,
             max_points: int("max_points")? as usize,
+            word_labels: int("word_labels")? as usize,
             threads: int("threads")? as usize,
         })
     }
@@ -456,12 +469,30 @@ fn map_images(
     Ok(MapSummary::of(&map, ids.len()))
 }
 
+/// Which of `words` (with their `counts`) are among the `n` most frequent, ties by word.
+fn most_frequent(words: &[String], counts: &[u64], n: usize) -> Vec<bool> {
+    let mut by_count: Vec<usize> = (0..words.len()).collect();
+    by_count.sort_by(|&a, &b| {
+        counts[b]
+            .cmp(&counts[a])
+            .then_with(|| words[a].cmp(&words[b]))
+    });
+    let mut chosen = vec![false; words.len()];
+    for &i in by_count.iter().take(n) {
+        chosen[i] = true;
+    }
+    chosen
+}
+
+/// The labels of words, most frequent band first (the legend's order).
+const FREQUENCY_BANDS: [&str; 3] = ["count ≥ 100", "count 10–99", "count < 10"];
+
 /// The label of a word: how often it occurs in the training captions, in three bands.
 fn frequency_band(count: u64) -> &'static str {
     match count {
-        100.. => "count ≥ 100",
-        10..=99 => "count 10–99",
-        _ => "count < 10",
+        100.. => FREQUENCY_BANDS[0],
+        10..=99 => FREQUENCY_BANDS[1],
+        _ => FREQUENCY_BANDS[2],
     }
 }
 
@@ -505,6 +536,10 @@ fn map_words(
         .map(|&r| frequency_band(counts[r]).to_string())
         .collect();
     let mapped_tokens: Vec<String> = rows.iter().map(|&r| tokens[r].clone()).collect();
+    // Only the most frequent words are written out: all of a real vocabulary's would cover
+    // each other.
+    let mapped_counts: Vec<u64> = rows.iter().map(|&r| counts[r]).collect();
+    let written = most_frequent(&mapped_tokens, &mapped_counts, settings.word_labels);
     write_map(
         &ctx.out_dir.join(WORD_TSNE),
         "token",
@@ -515,13 +550,20 @@ fn map_words(
     plot::word_plot(
         &ctx.out_dir.join(WORD_PLOT),
         &format!(
-            "t-SNE of {} word embeddings (perplexity {})",
+            "t-SNE of {} word embeddings (perplexity {}){}",
             rows.len(),
-            perplexity_text(map.perplexity)
+            perplexity_text(map.perplexity),
+            if settings.word_labels < rows.len() {
+                format!(", the {} most frequent written", settings.word_labels)
+            } else {
+                String::new()
+            }
         ),
         &map.positions,
         &mapped_tokens,
+        &written,
         &labels,
+        &FREQUENCY_BANDS,
     )?;
     Ok(MapSummary::of(&map, words.len()))
 }
@@ -797,6 +839,19 @@ mod tests {
         assert!(err.to_string().contains("`embed`"), "{err}");
         let err = run_stage(&[input("embed", dir.path())], &out, &fast()).unwrap_err();
         assert!(err.to_string().contains(IMAGE_EMBEDDINGS), "{err}");
+    }
+
+    #[test]
+    fn the_most_frequent_words_are_written() {
+        let words: Vec<String> = ["a", "red", "on", "zebra", "circle"]
+            .iter()
+            .map(|w| w.to_string())
+            .collect();
+        let chosen = most_frequent(&words, &[50, 7, 7, 1, 30], 3);
+        // a (50), circle (30), then the tie of 7 goes to "on" before "red".
+        assert_eq!(chosen, [true, false, true, false, true]);
+        assert_eq!(most_frequent(&words, &[1; 5], 0), [false; 5]);
+        assert_eq!(most_frequent(&words, &[1; 5], 10), [true; 5]);
     }
 
     #[test]

@@ -89,6 +89,19 @@ impl LabelColours {
         }
     }
 
+    /// Colours for labels that have a natural order (`order`, which must list every label that
+    /// occurs): the legend follows it, leaving out labels without points.
+    fn in_order(labels: &[String], order: &[&str]) -> Self {
+        let legend = order
+            .iter()
+            .map(|&label| (label, labels.iter().filter(|l| *l == label).count()))
+            .filter(|&(_, count)| count > 0)
+            .zip(PALETTE)
+            .map(|((label, count), colour)| (label.to_string(), colour, count))
+            .collect();
+        LabelColours { legend, others: 0 }
+    }
+
     fn colour(&self, label: &str) -> RGBColor {
         self.legend
             .iter()
@@ -217,21 +230,39 @@ pub fn image_plot(
     })
 }
 
-/// Plots words as text at their positions, coloured by label.
+/// Plots words at their positions, coloured by label: as text where `written` says so, else as
+/// a point (drawn first, so text stays on top). The legend lists the labels in `label_order`.
 pub fn word_plot(
     path: &Path,
     title: &str,
     positions: &[[f64; 2]],
     words: &[String],
+    written: &[bool],
     labels: &[String],
+    label_order: &[&str],
 ) -> Result<(), StageError> {
-    let colours = LabelColours::new(labels);
+    let colours = LabelColours::in_order(labels, label_order);
     render(path, (PLOT_SIZE, PLOT_SIZE), |root| {
         let mut chart = square_chart(path, root, title, positions, 40)?;
         let centred = Pos::new(HPos::Center, VPos::Center);
+        let points = positions.iter().zip(labels).zip(written);
         chart
-            .draw_series(positions.iter().zip(words).zip(labels).map(
-                |((position, word), label)| {
+            .draw_series(
+                points
+                    .clone()
+                    .filter(|(_, &w)| !w)
+                    .map(|((position, label), _)| {
+                        Circle::new(
+                            (position[0], position[1]),
+                            3,
+                            colours.colour(label).mix(0.6).filled(),
+                        )
+                    }),
+            )
+            .map_err(|e| draw_error(path, e))?;
+        chart
+            .draw_series(points.zip(words).filter(|((_, &w), _)| w).map(
+                |(((position, label), _), word)| {
                     let style = (FONT_FAMILY, 18)
                         .into_font()
                         .color(&colours.colour(label))
@@ -247,6 +278,19 @@ pub fn word_plot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ordered_labels_keep_their_order_in_the_legend() {
+        let mut labels: Vec<String> = vec!["rare".to_string(); 9];
+        labels.push("common".to_string());
+        let colours = LabelColours::in_order(&labels, &["common", "middle", "rare"]);
+        let legend: Vec<(&str, usize)> = colours
+            .legend
+            .iter()
+            .map(|(label, _, count)| (label.as_str(), *count))
+            .collect();
+        assert_eq!(legend, [("common", 1), ("rare", 9)]);
+    }
 
     #[test]
     fn frequent_labels_get_colours_first() {
