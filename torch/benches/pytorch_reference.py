@@ -208,20 +208,39 @@ class CaptionModel(nn.Module):
         )
 
 
+def row_lengths(args):
+    """Words of each token row: from --lengths (one count a line) if given, else
+    MIN_WORDS + i % 5."""
+    rows = args.batch_size * args.batches
+    if args.lengths:
+        with open(args.lengths) as f:
+            lengths = [int(line) for line in f if line.strip()]
+        if len(lengths) != rows:
+            sys.exit(f"{args.lengths}: {len(lengths)} lengths, expected {rows}")
+        return lengths
+    return [args.min_words + i % 5 for i in range(rows)]
+
+
 def training_data(args):
     """Random features and token rows with the Rust side's layout: row i holds <start>, then
-    MIN_WORDS + i % 5 random words, then <end>, padded with 0 to the longest row."""
+    its number of random words, then <end>, padded with 0 to the longest row; and each batch's
+    padded length (its longest row)."""
     generator = torch.Generator().manual_seed(0)
     rows = args.batch_size * args.batches
+    lengths = row_lengths(args)
     feats = torch.rand(rows, args.feature_dim, generator=generator)
-    length = args.min_words + 4 + 2
+    length = max(lengths) + 2
     tokens = torch.zeros(rows, length, dtype=torch.long)
     for i in range(rows):
-        words = args.min_words + i % 5
+        words = lengths[i]
         tokens[i, 0] = 1
         tokens[i, 1 : 1 + words] = torch.randint(4, args.vocab, (words,), generator=generator)
         tokens[i, 1 + words] = 2
-    return feats, tokens
+    batch_lengths = [
+        max(lengths[b * args.batch_size : (b + 1) * args.batch_size]) + 2
+        for b in range(args.batches)
+    ]
+    return feats, tokens, batch_lengths
 
 
 def train(args):
@@ -229,14 +248,14 @@ def train(args):
     model = CaptionModel(
         args.vocab, args.feature_dim, args.image_dim, args.embed_dim, args.hidden_dim
     )
-    feats, tokens = training_data(args)
+    feats, tokens, batch_lengths = training_data(args)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step(n):
         b = n % args.batches
         rows = slice(b * args.batch_size, (b + 1) * args.batch_size)
         optimizer.zero_grad()
-        loss = model.loss(feats[rows], tokens[rows])
+        loss = model.loss(feats[rows], tokens[rows, : batch_lengths[b]])
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
@@ -277,6 +296,7 @@ def main():
     t.add_argument("--embed-dim", type=int, default=300)
     t.add_argument("--hidden-dim", type=int, default=516)
     t.add_argument("--min-words", type=int, default=8)
+    t.add_argument("--lengths", help="a file of words per token row, one count a line")
     for p in (f, t):
         p.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

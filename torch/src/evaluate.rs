@@ -13,7 +13,7 @@ use tch::Tensor;
 use crate::embed::{flatten, mean_word_embedding, word_matrix};
 use crate::features::FeatureMatrix;
 use crate::input_dir;
-use crate::model::{invert, rank_by_likelihood};
+use crate::model::{invert, rank_by_likelihood_batch};
 use crate::runtime::Runtime;
 use crate::train::{captions_by_image, reference_words_of, TrainedModel};
 use onenet_stages::captions::{self, read_reference_words, CaptionWord, CAPTIONS_TABLE};
@@ -163,27 +163,39 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         let tokens: Vec<&[u32]> = chunk.iter().map(|q| q.tokens.as_slice()).collect();
         let (z, _) = invert(model, &tokens, steps, restarts, lr);
         let z = flatten(&z);
-        for (q, query) in chunk.iter().enumerate() {
-            let found = &z[q * image_dim..(q + 1) * image_dim];
-            let scores = images.scores(found);
-            let target = target_of[&query.image_row];
-            nearest_ranks.push(rank_of(&scores, target));
-            // The nearest `rerank` images (at least the ones listed), re-ordered by likelihood.
-            let nearest: Vec<usize> = images
-                .nearest(found, rerank.max(FOUND_PER_QUERY), None)
-                .into_iter()
-                .map(|(i, _)| i)
-                .collect();
-            let window = &nearest[..rerank.min(nearest.len())];
-            let mut order: Vec<usize> =
-                rank_by_likelihood(model, &query.tokens, &embeddings, window)
+        // Each query's scores against every image and its nearest `rerank` images (at least the
+        // ones listed); then all queries' nearest re-ordered by likelihood in one pass.
+        let found: Vec<(Vec<f32>, Vec<usize>)> = (0..chunk.len())
+            .map(|q| {
+                let found = &z[q * image_dim..(q + 1) * image_dim];
+                let nearest = images
+                    .nearest(found, rerank.max(FOUND_PER_QUERY), None)
                     .into_iter()
                     .map(|(i, _)| i)
                     .collect();
-            order.extend_from_slice(&nearest[window.len()..]);
+                (images.scores(found), nearest)
+            })
+            .collect();
+        let windows: Vec<(&[u32], &[usize])> = chunk
+            .iter()
+            .zip(&found)
+            .map(|(query, (_, nearest))| {
+                (
+                    query.tokens.as_slice(),
+                    &nearest[..rerank.min(nearest.len())],
+                )
+            })
+            .collect();
+        let reranked = rank_by_likelihood_batch(model, &windows, &embeddings);
+        for ((query, (scores, nearest)), ranked) in chunk.iter().zip(&found).zip(reranked) {
+            let target = target_of[&query.image_row];
+            nearest_ranks.push(rank_of(scores, target));
+            let window = ranked.len();
+            let mut order: Vec<usize> = ranked.into_iter().map(|(i, _)| i).collect();
+            order.extend_from_slice(&nearest[window..]);
             invert_ranks.push(match order.iter().position(|&i| i == target) {
                 Some(position) => position + 1,
-                None => rank_of(&scores, target),
+                None => rank_of(scores, target),
             });
             invert_found.push(
                 order

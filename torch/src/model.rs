@@ -582,12 +582,6 @@ pub fn pad_tokens(sequences: &[&[u32]], device: Device) -> Tensor {
         .to_device(device)
 }
 
-/// Optimises image embeddings so the frozen model assigns each caption a high likelihood: for
-/// each caption, `restarts` embeddings start from U(0, 0.5) (the original's initialisation; starting
-/// from real image embeddings instead biases the search toward the start images) and all
-/// queries × restarts are optimised together with Adam for `steps` steps. Every caption token
-/// after `<start>`, including `<end>`, is a target. Returns, per caption, the embedding of the
-/// restart with the lowest final loss, [Q, image_dim], and those losses.
 /// Candidate images re-ordered by how likely the captioner finds `caption` given each: `rows`
 /// index `image_embeddings` ([N, image_dim], the model's own image embeddings); returns `(row,
 /// mean log-likelihood per caption token)`, most likely first (ties by row). Inversion finds the
@@ -599,25 +593,55 @@ pub fn rank_by_likelihood(
     image_embeddings: &Tensor,
     rows: &[usize],
 ) -> Vec<(usize, f64)> {
-    if rows.is_empty() {
-        return Vec::new();
-    }
-    let device = model.device();
-    let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-    let candidates =
-        image_embeddings.index_select(0, &Tensor::from_slice(&index).to_device(device));
-    let tokens = pad_tokens(&vec![caption; rows.len()], device);
-    let losses = tch::no_grad(|| model.per_caption_loss(&candidates, &tokens));
-    let losses = Vec::<f64>::try_from(&losses.to_kind(Kind::Double)).unwrap_or_default();
-    let mut ranked: Vec<(usize, f64)> = rows
-        .iter()
-        .copied()
-        .zip(losses.iter().map(|l| -l))
-        .collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    ranked
+    rank_by_likelihood_batch(model, &[(caption, rows)], image_embeddings)
+        .pop()
+        .unwrap_or_default()
 }
 
+/// `rank_by_likelihood` for many (caption, candidate rows) queries at once: every caption ×
+/// candidate pair is scored in one forward pass (padding after `<end>` changes no caption's loss:
+/// the decoder reads left to right and padded targets are masked).
+pub fn rank_by_likelihood_batch(
+    model: &CaptionModel,
+    queries: &[(&[u32], &[usize])],
+    image_embeddings: &Tensor,
+) -> Vec<Vec<(usize, f64)>> {
+    let pairs: Vec<(&[u32], usize)> = queries
+        .iter()
+        .flat_map(|&(caption, rows)| rows.iter().map(move |&r| (caption, r)))
+        .collect();
+    if pairs.is_empty() {
+        return vec![Vec::new(); queries.len()];
+    }
+    let device = model.device();
+    let index: Vec<i64> = pairs.iter().map(|&(_, r)| r as i64).collect();
+    let candidates =
+        image_embeddings.index_select(0, &Tensor::from_slice(&index).to_device(device));
+    let captions: Vec<&[u32]> = pairs.iter().map(|&(c, _)| c).collect();
+    let tokens = pad_tokens(&captions, device);
+    let losses = tch::no_grad(|| model.per_caption_loss(&candidates, &tokens));
+    let losses = Vec::<f64>::try_from(&losses.to_kind(Kind::Double)).unwrap_or_default();
+    let mut losses = losses.into_iter();
+    queries
+        .iter()
+        .map(|&(_, rows)| {
+            let mut ranked: Vec<(usize, f64)> = rows
+                .iter()
+                .copied()
+                .zip(losses.by_ref().map(|l| -l))
+                .collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            ranked
+        })
+        .collect()
+}
+
+/// Optimises image embeddings so the frozen model assigns each caption a high likelihood: for
+/// each caption, `restarts` embeddings start from U(0, 0.5) (the original's initialisation; starting
+/// from real image embeddings instead biases the search toward the start images) and all
+/// queries × restarts are optimised together with Adam for `steps` steps. Every caption token
+/// after `<start>`, including `<end>`, is a target. Returns, per caption, the embedding of the
+/// restart with the lowest final loss, [Q, image_dim], and those losses.
 pub fn invert(
     model: &CaptionModel,
     captions: &[&[u32]],
@@ -782,6 +806,17 @@ mod tests {
                 }
             }
             assert!(rank_by_likelihood(&model, a, &emb, &[]).is_empty());
+
+            // Captions of different lengths scored together rank as each does alone.
+            let batch = rank_by_likelihood_batch(&model, &[(a, &[1, 0]), (b, &[0, 1])], &emb);
+            for ((caption, rows), ranked) in [(a, [1, 0]), (b, [0, 1])].iter().zip(&batch) {
+                let alone = rank_by_likelihood(&model, caption, &emb, rows);
+                assert_eq!(ranked.len(), alone.len());
+                for (x, y) in ranked.iter().zip(&alone) {
+                    assert_eq!(x.0, y.0, "{rnn}: {ranked:?} {alone:?}");
+                    assert!((x.1 - y.1).abs() < 1e-5, "{rnn}: {ranked:?} {alone:?}");
+                }
+            }
         }
     }
 

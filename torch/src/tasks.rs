@@ -11,7 +11,7 @@ use tch::{Device, Tensor};
 use crate::backbone::{Backbone, BackboneKind};
 use crate::embed::{flatten, mean_word_embedding, word_matrix};
 use crate::features::resized;
-use crate::model::{invert, rank_by_likelihood};
+use crate::model::{invert, rank_by_likelihood_batch};
 use crate::train::TrainedModel;
 use onenet_stages::captions::Vocabulary;
 use onenet_stages::image_file;
@@ -304,22 +304,39 @@ pub fn find_images(
             .view([-1, dim as i64])
             .to_device(trained.model.device())
     });
+    let found = |q: usize| &z[q * dim..(q + 1) * dim];
+    // Every query's nearest images re-ordered together, in one pass of the captioner.
+    let reranked = match &embeddings {
+        Some(embeddings) => {
+            let nearest: Vec<Vec<usize>> = (0..slices.len())
+                .map(|q| {
+                    index
+                        .index
+                        .nearest(found(q), rerank.max(k), None)
+                        .into_iter()
+                        .map(|(row, _)| row)
+                        .collect()
+                })
+                .collect();
+            let queries: Vec<(&[u32], &[usize])> = slices
+                .iter()
+                .zip(&nearest)
+                .map(|(caption, rows)| (*caption, rows.as_slice()))
+                .collect();
+            rank_by_likelihood_batch(&trained.model, &queries, embeddings)
+        }
+        None => Vec::new(),
+    };
+    let mut reranked = reranked.into_iter();
     Ok(unknowns
         .into_iter()
         .enumerate()
         .map(|(q, unknown)| {
-            let found = &z[q * dim..(q + 1) * dim];
-            let matches = if let Some(embeddings) = &embeddings {
-                let rows: Vec<usize> = index
-                    .index
-                    .nearest(found, rerank.max(k), None)
-                    .into_iter()
-                    .map(|(row, _)| row)
-                    .collect();
-                let ranked = rank_by_likelihood(&trained.model, slices[q], embeddings, &rows);
-                index.matches(ranked.into_iter().take(k).map(|(r, s)| (r, s as f32)))
-            } else {
-                index.nearest(found, k, None)
+            let matches = match reranked.next() {
+                Some(ranked) => {
+                    index.matches(ranked.into_iter().take(k).map(|(r, s)| (r, s as f32)))
+                }
+                None => index.nearest(found(q), k, None),
             };
             FoundImages { matches, unknown }
         })
