@@ -158,15 +158,12 @@ fn the_demo_model_captions_well_and_inversion_finds_the_picture() {
     let r5 = metric(&metrics, "r5", "invert");
     let truth = metric(&metrics, "truth_accuracy", "greedy");
     let cider = metric(&metrics, "cider_d", "greedy");
-    eprintln!(
-        "MEASURED bleu4 {} truth {truth} cider {cider} beam truth {} r1 {}",
-        metric(&metrics, "bleu4", "greedy"),
-        metric(&metrics, "truth_accuracy", "beam"),
-        metric(&metrics, "r1", "invert")
-    );
     let queries = metric(&metrics, "queries", "invert");
     assert!(queries >= 100.0, "only {queries} retrieval queries");
     assert!(bleu4 >= 0.5, "greedy BLEU-4 {bleu4} < 0.5");
+    // Measured 0.587 and 3.21 on this smaller demo (500 pictures, 12 epochs).
+    assert!(truth >= 0.45, "greedy captions true of their picture: {truth} < 0.45");
+    assert!(cider >= 2.5, "greedy CIDEr-D {cider} < 2.5");
     assert!(r1 >= 0.5, "inversion R@1 {r1} < 0.5");
     assert!(r5 >= 0.8, "inversion R@5 {r5} < 0.8");
     for name in ["bleu1", "bleu2", "bleu3", "bleu4"] {
