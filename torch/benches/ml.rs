@@ -20,6 +20,9 @@
 //! 3. `find-images` latency: `onenet_torch::model::invert` at the `evaluate` stage's default
 //!    steps, restarts and learning rate on an untrained default-shape model, for one query and
 //!    for a batch of 16 (per query). Target: ≤ 1 s per query.
+//!    3b. Beam search on 1,000 images (width 3, vocabulary 2,020, untrained model): one image at
+//!    a time against all images together (`beam_search_batch`), images/s, and how many captions
+//!    agree.
 //! 4. Peak memory of the `features` stage on 1,000 and 8,000 images (random weights, one libtorch
 //!    thread): the peak resident set of the `onenet-torch` worker process. A small helper (this
 //!    binary run with `--peak-rss-helper`) starts `onenet run features` and reads its
@@ -41,8 +44,8 @@
 //! the 8,000-image memory run; the first run also installs PyTorch and draws the images.
 //!
 //! Run it with `make bench` (or `cargo bench -p onenet-torch --bench ml`); set
-//! `ONENET_BENCH_PARTS` to a comma-separated subset of `features,training,inversion,memory` to
-//! run only those.
+//! `ONENET_BENCH_PARTS` to a comma-separated subset of `features,training,inversion,beam,memory`
+//! to run only those.
 
 #[path = "../../benches/support/mod.rs"]
 mod support;
