@@ -159,6 +159,9 @@ fn arrow_head(from: (i32, i32), to: (i32, i32)) -> Polygon<(i32, i32)> {
     Polygon::new(vec![to, corner(1.0), corner(-1.0)], BLACK.filled())
 }
 
+/// A dev score of an epoch.
+type Score = fn(&EpochLog) -> f64;
+
 pub const TRAINING_SIZE: (u32, u32) = (1200, 420);
 
 /// Draws the loss curves (left) and the dev BLEU-4 and CIDEr-D curves with the kept epoch marked
@@ -254,7 +257,7 @@ pub fn training_curves(path: &Path, log: &[EpochLog]) -> Result<(), StageError> 
             .label_style((FONT_FAMILY, 15))
             .draw()
             .map_err(err)?;
-        let scores: [(&str, RGBColor, fn(&EpochLog) -> f64); 2] = [
+        let scores: [(&str, RGBColor, Score); 2] = [
             ("BLEU-4", RGBColor(44, 160, 44), |p| p.dev_bleu4),
             ("CIDEr-D", RGBColor(148, 103, 189), |p| p.dev_cider_d),
         ];
