@@ -5,7 +5,7 @@
 //! (safetensors + JSON config + its vocabulary) and a training log.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -27,11 +27,7 @@ use onenet_stages::specs::order::{read_pairs, Pair};
 use onenet_stages::specs::train::{write_log, EpochLog, MODEL_FILE, MODEL_INFO};
 use onenet_stages::{StageContext, StageError, StageReport};
 
-const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 const CHECKPOINT_INFO: &str = "checkpoint.json";
-const CHECKPOINT_OPTIMISER: &str = "checkpoint-adam.safetensors";
-/// The weights of the best epoch so far (the `select` param says which is best).
-const BEST_WEIGHTS: &str = "best.safetensors";
 
 /// What `model.json` holds: the network's shape, the vocabulary it was trained on, and every
 /// training hyper-parameter.
@@ -136,10 +132,9 @@ impl Schedule {
 struct Checkpoint {
     info: ModelInfo,
     log: Vec<EpochLog>,
-    /// The optimiser's step count; its moments are in `CHECKPOINT_OPTIMISER` (absent from
-    /// checkpoints written before the optimiser state was kept: they resume with fresh moments).
-    #[serde(default)]
-    optimiser_steps: Option<i64>,
+    /// The optimiser's step count; its moments are in the epoch's `adam` file (see
+    /// `epoch_file`), the weights in its `weights` file.
+    optimiser_steps: i64,
 }
 
 /// A trained model with its vocabulary, as the tasks load it.
@@ -286,9 +281,10 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         });
         // Under `select = "last"` the last epoch's weights are the model: no copy needed.
         if schedule.select.is_some() && schedule.replay(&log).kept == Some(epoch) {
-            save_best(&ctx.scratch_dir, &model)?;
+            save_best(&ctx.scratch_dir, &model, epoch)?;
         }
-        save_checkpoint(&ctx.scratch_dir, &info, &log, &model, &optimizer)?;
+        let kept = schedule.replay(&log).kept;
+        save_checkpoint(&ctx.scratch_dir, &info, &log, kept, &model, &optimizer)?;
     }
 
     let kept = schedule.replay(&log).kept;
@@ -297,7 +293,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     if kept == last {
         model.save(&model_path)?;
     } else {
-        let best = ctx.scratch_dir.join(BEST_WEIGHTS);
+        let best = epoch_file(&ctx.scratch_dir, "best", kept.unwrap_or(0));
         std::fs::copy(&best, &model_path).map_err(|e| StageError::io(&best, e))?;
     }
     for epoch in &mut log {
@@ -517,12 +513,20 @@ fn dev_scores(
     })
 }
 
-/// Keeps the current weights as the best epoch's, by rename (before the checkpoint that counts
+/// The scratch file of epoch `epoch`'s weights (`kind` "weights" or "adam", the optimiser's
+/// state) or of the best epoch's weights ("best"). Every file is named by its epoch, and the
+/// checkpoint info names the epoch it belongs to, so a kill at any moment leaves either the
+/// previous checkpoint or the new one whole.
+fn epoch_file(scratch: &Path, kind: &str, epoch: u32) -> PathBuf {
+    scratch.join(format!("checkpoint-{kind}-{epoch}.safetensors"))
+}
+
+/// Saves the current weights as epoch `epoch`'s best weights (before the checkpoint that counts
 /// this epoch is written, so a checkpoint never names a best epoch whose weights are missing).
-fn save_best(scratch: &Path, model: &CaptionModel) -> Result<(), StageError> {
+fn save_best(scratch: &Path, model: &CaptionModel, epoch: u32) -> Result<(), StageError> {
     let tmp = scratch.join("best.tmp.safetensors");
     model.save(&tmp)?;
-    let best = scratch.join(BEST_WEIGHTS);
+    let best = epoch_file(scratch, "best", epoch);
     std::fs::rename(&tmp, &best).map_err(|e| StageError::io(&best, e))
 }
 
@@ -540,53 +544,70 @@ fn resume(
     let Ok(checkpoint) = serde_json::from_slice::<Checkpoint>(&bytes) else {
         return Ok((Vec::new(), 0));
     };
+    let Some(done) = checkpoint.log.last().map(|l| l.epoch) else {
+        return Ok((Vec::new(), 0));
+    };
     if checkpoint.info != *info {
         return Ok((Vec::new(), 0));
     }
-    let weights = scratch.join(CHECKPOINT_FILE);
+    let weights = epoch_file(scratch, "weights", done);
     model
         .vs
         .load(&weights)
         .map_err(|e| StageError::file(&weights, format!("loading checkpoint: {e}")))?;
-    if let Some(steps) = checkpoint.optimiser_steps {
-        optimizer.load(&scratch.join(CHECKPOINT_OPTIMISER), steps)?;
-    }
-    let done = checkpoint.log.len() as u32;
+    optimizer.load(
+        &epoch_file(scratch, "adam", done),
+        checkpoint.optimiser_steps,
+    )?;
     Ok((checkpoint.log, done))
 }
 
-/// Writes weights and optimiser state, then the info that names them, each by rename, so a kill
-/// leaves the previous checkpoint or the new one, never half of one.
+/// Writes the weights and optimiser state of the log's last epoch under that epoch's names, then
+/// the info that names them by rename (the commit point), then removes older epochs' files.
 fn save_checkpoint(
     scratch: &Path,
     info: &ModelInfo,
     log: &[EpochLog],
+    kept: Option<u32>,
     model: &CaptionModel,
     optimizer: &Adam,
 ) -> Result<(), StageError> {
-    let weights_tmp = scratch.join("checkpoint.tmp.safetensors");
-    model.save(&weights_tmp)?;
-    let optimiser_tmp = scratch.join("checkpoint-adam.tmp.safetensors");
-    optimizer.save(&optimiser_tmp)?;
-    let info_path = scratch.join(CHECKPOINT_INFO);
-    // The info goes away first: weights newer than their info must not be trusted.
-    let _ = std::fs::remove_file(&info_path);
-    let weights = scratch.join(CHECKPOINT_FILE);
-    std::fs::rename(&weights_tmp, &weights).map_err(|e| StageError::io(&weights, e))?;
-    let optimiser = scratch.join(CHECKPOINT_OPTIMISER);
-    std::fs::rename(&optimiser_tmp, &optimiser).map_err(|e| StageError::io(&optimiser, e))?;
+    let Some(epoch) = log.last().map(|l| l.epoch) else {
+        return Ok(());
+    };
+    for kind in ["weights", "adam"] {
+        let tmp = scratch.join(format!("checkpoint-{kind}.tmp.safetensors"));
+        if kind == "weights" {
+            model.save(&tmp)?;
+        } else {
+            optimizer.save(&tmp)?;
+        }
+        let path = epoch_file(scratch, kind, epoch);
+        std::fs::rename(&tmp, &path).map_err(|e| StageError::io(&path, e))?;
+    }
     let checkpoint = Checkpoint {
         info: info.clone(),
         log: log.to_vec(),
-        optimiser_steps: Some(optimizer.steps()),
+        optimiser_steps: optimizer.steps(),
     };
     let info_tmp = scratch.join("checkpoint.tmp.json");
+    let info_path = scratch.join(CHECKPOINT_INFO);
     std::fs::write(
         &info_tmp,
         serde_json::to_vec(&checkpoint).unwrap_or_default(),
     )
     .map_err(|e| StageError::io(&info_tmp, e))?;
-    std::fs::rename(&info_tmp, &info_path).map_err(|e| StageError::io(&info_path, e))
+    std::fs::rename(&info_tmp, &info_path).map_err(|e| StageError::io(&info_path, e))?;
+    // What the new checkpoint no longer needs: older epochs' state and best weights not kept.
+    for older in 1..epoch {
+        for kind in ["weights", "adam"] {
+            let _ = std::fs::remove_file(epoch_file(scratch, kind, older));
+        }
+        if Some(older) != kept {
+            let _ = std::fs::remove_file(epoch_file(scratch, "best", older));
+        }
+    }
+    Ok(())
 }
 
 /// Distinct image rows of `pairs` with all their captions, in first-seen order.
