@@ -505,3 +505,32 @@ fn the_kind_is_registered_with_its_inputs() {
     let kind = crate::kind("report").unwrap();
     assert_eq!(kind.inputs.min, 3);
 }
+
+#[test]
+fn the_truth_based_accuracy_joins_the_caption_scores_when_there_is_one() {
+    let metric = |name: &str, method: &str, value: f64| Metric {
+        name: name.into(),
+        method: method.into(),
+        split: "test".into(),
+        value,
+    };
+    let mut metrics = vec![
+        metric("bleu4", "greedy", 0.7),
+        metric("truth_accuracy", "greedy", 0.25),
+        metric("neighbour_caption_bleu1", "image_nn", 0.5),
+    ];
+    let mut body = String::new();
+    metrics_section(&metrics, &mut body);
+    let caption_table = body.split("<h3>").nth(1).unwrap();
+    assert!(caption_table.contains("<th>truth_accuracy</th>"), "{body}");
+    assert!(caption_table.contains(&number_text(0.25)), "{body}");
+    let others = body.split("Other figures").nth(1).unwrap();
+    assert!(!others.contains("truth_accuracy"), "{body}");
+    assert!(others.contains("neighbour_caption_bleu1"), "{body}");
+
+    // Without the demo's scenes there is no such column.
+    metrics.remove(1);
+    let mut body = String::new();
+    metrics_section(&metrics, &mut body);
+    assert!(!body.contains("truth_accuracy"), "{body}");
+}
