@@ -222,8 +222,8 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let (mut log, resumed) = resume(&ctx.scratch_dir, &info, &mut model, &mut optimizer)?;
 
     let steps_per_epoch = train.len().div_ceil(batch_size) as u64;
+    let mut state = schedule.replay(&log);
     for epoch in log.len() as u32 + 1..=epochs {
-        let state = schedule.replay(&log);
         if state.stop {
             break;
         }
@@ -279,15 +279,22 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             seconds: start.elapsed().as_secs_f64(),
             samples_per_second: train.len() as f64 / train_seconds,
         });
+        state = schedule.replay(&log);
         // Under `select = "last"` the last epoch's weights are the model: no copy needed.
-        if schedule.select.is_some() && schedule.replay(&log).kept == Some(epoch) {
+        if schedule.select.is_some() && state.kept == Some(epoch) {
             save_best(&ctx.scratch_dir, &model, epoch)?;
         }
-        let kept = schedule.replay(&log).kept;
-        save_checkpoint(&ctx.scratch_dir, &info, &log, kept, &model, &optimizer)?;
+        save_checkpoint(
+            &ctx.scratch_dir,
+            &info,
+            &log,
+            state.kept,
+            &model,
+            &optimizer,
+        )?;
     }
 
-    let kept = schedule.replay(&log).kept;
+    let kept = state.kept;
     let last = log.last().map(|l| l.epoch);
     let model_path = ctx.out_dir.join(MODEL_FILE);
     if kept == last {

@@ -1,10 +1,11 @@
 //! The report's two drawn figures: the pipeline's graph (stages as boxes in columns by depth,
 //! coloured by whether the run computed or reused them) and the training curves (train and dev
-//! loss, dev BLEU-4, per epoch).
+//! loss, dev BLEU-4 and CIDEr-D, per epoch, with the kept epoch marked).
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -159,8 +160,32 @@ fn arrow_head(from: (i32, i32), to: (i32, i32)) -> Polygon<(i32, i32)> {
     Polygon::new(vec![to, corner(1.0), corner(-1.0)], BLACK.filled())
 }
 
-/// A dev score of an epoch.
-type Score = fn(&EpochLog) -> f64;
+/// A figure of an epoch (a loss or a dev score).
+type PerEpoch = fn(&EpochLog) -> f64;
+
+/// Draws each (name, colour, figure) as a line with a dot per epoch, and a legend entry; epochs
+/// whose figure is not finite (no dev split) are left out.
+fn draw_per_epoch<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    log: &[EpochLog],
+    series: &[(&str, RGBColor, PerEpoch)],
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    for &(name, colour, figure) in series {
+        let points: Vec<(f64, f64)> = log
+            .iter()
+            .filter(|p| figure(p).is_finite())
+            .map(|p| (p.epoch as f64, figure(p)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(3)))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
+            });
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, colour.filled())))?;
+    }
+    Ok(())
+}
 
 pub const TRAINING_SIZE: (u32, u32) = (1200, 420);
 
@@ -196,36 +221,11 @@ pub fn training_curves(path: &Path, log: &[EpochLog]) -> Result<(), StageError> 
             .label_style((FONT_FAMILY, 15))
             .draw()
             .map_err(err)?;
-        let series: [(&str, RGBColor, Vec<f64>); 2] = [
-            (
-                "train",
-                RGBColor(31, 119, 180),
-                log.iter().map(|p| p.train_loss).collect(),
-            ),
-            (
-                "dev",
-                RGBColor(255, 127, 14),
-                log.iter().map(|p| p.dev_loss).collect(),
-            ),
+        let losses: [(&str, RGBColor, PerEpoch); 2] = [
+            ("train", RGBColor(31, 119, 180), |p| p.train_loss),
+            ("dev", RGBColor(255, 127, 14), |p| p.dev_loss),
         ];
-        for (name, colour, values) in series {
-            let points: Vec<(f64, f64)> = log
-                .iter()
-                .zip(values)
-                .filter(|(_, v)| v.is_finite())
-                .map(|(p, v)| (p.epoch as f64, v))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(3)))
-                .map_err(err)?
-                .label(name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
-                });
-            chart
-                .draw_series(points.iter().map(|&p| Circle::new(p, 4, colour.filled())))
-                .map_err(err)?;
-        }
+        draw_per_epoch(&mut chart, log, &losses).map_err(err)?;
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
@@ -257,27 +257,11 @@ pub fn training_curves(path: &Path, log: &[EpochLog]) -> Result<(), StageError> 
             .label_style((FONT_FAMILY, 15))
             .draw()
             .map_err(err)?;
-        let scores: [(&str, RGBColor, Score); 2] = [
+        let scores: [(&str, RGBColor, PerEpoch); 2] = [
             ("BLEU-4", RGBColor(44, 160, 44), |p| p.dev_bleu4),
             ("CIDEr-D", RGBColor(148, 103, 189), |p| p.dev_cider_d),
         ];
-        for (name, colour, score) in scores {
-            let points: Vec<(f64, f64)> = log
-                .iter()
-                .filter(|p| score(p).is_finite())
-                .map(|p| (p.epoch as f64, score(p)))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(3)))
-                .map_err(err)?
-                .label(name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
-                });
-            chart
-                .draw_series(points.iter().map(|&p| Circle::new(p, 4, colour.filled())))
-                .map_err(err)?;
-        }
+        draw_per_epoch(&mut chart, log, &scores).map_err(err)?;
         if let Some(kept) = log.iter().find(|p| p.kept) {
             let x = kept.epoch as f64;
             chart
