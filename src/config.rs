@@ -56,6 +56,8 @@ pub struct Pipeline {
     pub base_dir: PathBuf,
     /// The artifact store folder.
     pub store_dir: PathBuf,
+    /// The remote cache's URL (`[store] remote`), checked for its form only.
+    pub remote: Option<String>,
     /// Stages in declaration order (see `plan` for execution order).
     pub stages: Vec<StageDecl>,
     /// The stage kinds it was checked against.
@@ -200,6 +202,7 @@ struct RawPipeline {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     path: Option<Spanned<String>>,
+    remote: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -255,9 +258,17 @@ pub fn parse(
             }
         })
         .unwrap_or_else(|| PathBuf::from("."));
-    let store_dir = match raw.store.and_then(|s| s.path) {
+    let (store_path, remote) = raw.store.map(|s| (s.path, s.remote)).unwrap_or_default();
+    let store_dir = match store_path {
         Some(p) => base_dir.join(p.get_ref()),
         None => base_dir.join(DEFAULT_STORE),
+    };
+    let remote = match remote {
+        Some(url) => {
+            crate::remote::Remote::new(url.get_ref()).map_err(|e| at(url.span(), e.to_string()))?;
+            Some(url.into_inner())
+        }
+        None => None,
     };
     if raw.stages.is_empty() {
         return Err(at(
@@ -491,6 +502,7 @@ pub fn parse(
         path: path.to_path_buf(),
         base_dir,
         store_dir,
+        remote,
         stages,
         overrides: Vec::new(),
         sweeps,

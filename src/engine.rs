@@ -45,6 +45,8 @@ pub enum StageState {
     Stale,
     /// The stage was never computed (or its output was removed).
     Missing,
+    /// The output for the current key is not here but in the remote cache: `run` pulls it.
+    Remote,
 }
 
 /// A stage's state and the reasons for it.
@@ -76,6 +78,8 @@ fn reasons_json<S: serde::Serializer>(reasons: &[Reason], s: S) -> Result<S::Ok,
 pub enum Action {
     Computed,
     Cached,
+    /// Brought from the remote cache, verified, instead of computed.
+    Pulled,
     Failed,
     /// Not run because an input failed.
     Skipped,
@@ -104,6 +108,8 @@ pub struct RunOptions {
     pub force: Vec<String>,
     /// How long to wait for another process computing the same key.
     pub lock_timeout: Duration,
+    /// Upload what is computed to the remote cache (when there is one).
+    pub push: bool,
 }
 
 /// Draws progress and reports outcomes as they happen (the CLI implements it).
@@ -116,6 +122,8 @@ pub trait RunObserver: Sync {
     /// A problem with the store itself that the user should see whatever the verbosity (a torn
     /// run record repaired, a record that could not be written).
     fn store_warning(&self, _text: &str) {}
+    /// Bytes moved to or from the remote cache for a stage: `done` of `total`.
+    fn transfer(&self, _name: &str, _what: &str, _done: u64, _total: u64) {}
 }
 
 /// A pipeline bound to its store.
@@ -128,6 +136,8 @@ pub struct Engine {
     /// Whether planning may start the worker to learn the device (commands that only read
     /// tables must not: they use the cached answer, or the view's links when there is none).
     worker_allowed: bool,
+    /// The remote cache, if one is configured and not turned off (`--offline`).
+    remote: Option<crate::remote::Remote>,
 }
 
 impl Engine {
@@ -142,7 +152,20 @@ impl Engine {
             stat_cache,
             best_device: std::sync::OnceLock::new(),
             worker_allowed: true,
+            remote: None,
         })
+    }
+
+    /// The same engine with a remote cache: `run` pulls what the remote has instead of
+    /// computing it, pushes what it computes, and `status` says which outputs are only there.
+    pub fn with_remote(mut self, remote: Option<crate::remote::Remote>) -> Engine {
+        self.remote = remote;
+        self
+    }
+
+    /// The remote cache, if any.
+    pub fn remote(&self) -> Option<&crate::remote::Remote> {
+        self.remote.as_ref()
     }
 
     /// The same engine, never starting the libtorch worker: keys of GPU-capable stages use the
@@ -259,7 +282,7 @@ impl Engine {
         }
     }
 
-    /// Fresh, stale or missing, with the reasons, for each planned stage.
+    /// Fresh, stale or missing, with the reasons, for each planned stage (the local store only).
     pub fn status(&self, planned: &[PlannedStage]) -> Vec<StageStatus> {
         planned
             .iter()
@@ -274,6 +297,30 @@ impl Engine {
                 }
             })
             .collect()
+    }
+
+    /// As `status`, and a stage not fresh here whose output the remote cache has is `Remote`
+    /// (one request per such stage; none when everything is local). A remote that cannot be
+    /// asked leaves the local states, with the error.
+    pub fn status_with_remote(
+        &self,
+        planned: &[PlannedStage],
+    ) -> (Vec<StageStatus>, Option<crate::remote::RemoteError>) {
+        let mut statuses = self.status(planned);
+        let Some(remote) = &self.remote else {
+            return (statuses, None);
+        };
+        for (status, p) in statuses.iter_mut().zip(planned) {
+            if status.state == StageState::Fresh {
+                continue;
+            }
+            match remote.has(&p.key) {
+                Ok(true) => status.state = StageState::Remote,
+                Ok(false) => {}
+                Err(e) => return (statuses, Some(e)),
+            }
+        }
+        (statuses, None)
     }
 
     fn state_of(&self, p: &PlannedStage) -> (StageState, Vec<Reason>) {
@@ -393,8 +440,9 @@ impl Engine {
             .iter()
             .zip(&outcomes)
             .filter(|(_, o)| {
-                o.as_ref()
-                    .is_some_and(|o| matches!(o.action, Action::Computed | Action::Cached))
+                o.as_ref().is_some_and(|o| {
+                    matches!(o.action, Action::Computed | Action::Cached | Action::Pulled)
+                })
             })
             .map(|(p, _)| p.clone())
             .collect();
@@ -444,6 +492,7 @@ impl Engine {
             action: match outcome.action {
                 Action::Computed => "computed",
                 Action::Cached => "cached",
+                Action::Pulled => "pulled",
                 Action::Failed | Action::Skipped => "failed",
             }
             .to_string(),
@@ -490,6 +539,35 @@ impl Engine {
         // Another process may have computed it while we waited.
         if !forced && self.store.has(&stage.key) {
             return reuse(self.store.meta(&stage.key));
+        }
+        let mut remote_warnings = Vec::new();
+        if let (false, Some(remote)) = (forced, &self.remote) {
+            let on_bytes = |done: u64, total: u64| {
+                observer.transfer(&stage.name, "pulling", done, total);
+            };
+            let stage_err = |e: crate::remote::RemoteError| EngineError::Stage {
+                stage: stage.name.clone(),
+                message: e.to_string(),
+            };
+            match remote
+                .pull(&stage.key, &self.store, &on_bytes)
+                .map_err(stage_err)?
+            {
+                crate::remote::Pulled::Done { meta, .. } => {
+                    self.set_newest(stage)?;
+                    return Ok(Done {
+                        action: Action::Pulled,
+                        warnings: meta.warnings,
+                        notes: meta.notes,
+                        device: None,
+                    });
+                }
+                crate::remote::Pulled::Missing => {}
+                crate::remote::Pulled::Unusable(reason) => remote_warnings.push(format!(
+                    "the remote's copy ({}) cannot be used, so it was computed: {reason}",
+                    remote.url()
+                )),
+            }
         }
         let decl = &self.pipeline.stages[stage.index];
         let inputs: Vec<StageInput> = stage
@@ -571,9 +649,21 @@ impl Engine {
         self.set_newest(stage)?;
         // Checkpoints are only worth keeping until the output they lead to exists.
         let _ = std::fs::remove_dir_all(&scratch_dir);
+        let mut warnings = meta.warnings;
+        warnings.extend(remote_warnings);
+        if let (true, Some(remote)) = (options.push, &self.remote) {
+            let on_bytes = |done: u64, total: u64| {
+                observer.transfer(&stage.name, "pushing", done, total);
+            };
+            // The output is committed here whatever happens to the upload: a failed push is
+            // said, not fatal (`onenet push` retries it).
+            if let Err(e) = remote.push(&stage.key, &self.store, &on_bytes) {
+                warnings.push(format!("not pushed: {e}"));
+            }
+        }
         Ok(Done {
             action: Action::Computed,
-            warnings: meta.warnings,
+            warnings,
             notes: meta.notes,
             device: report.device,
         })
@@ -625,6 +715,30 @@ impl Engine {
         dry_run: bool,
         keep_sweeps: bool,
     ) -> Result<crate::store::GcReport, EngineError> {
+        let keep = self.gc_roots(keep_sweeps);
+        let report = self.store.gc(&keep, dry_run)?;
+        if !dry_run {
+            // An experiment some of whose outputs were removed can no longer be read or
+            // compared whole: forget it, so that `--exp` and `exp show` do not offer it.
+            for exp in self.store.named(crate::store::Bucket::Experiments) {
+                let whole = exp
+                    .keys
+                    .values()
+                    .all(|hex| CacheKey::from_hex(hex).is_some_and(|key| self.store.has(&key)));
+                if !whole {
+                    self.store
+                        .remove_named(crate::store::Bucket::Experiments, &exp.name)?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// What `gc` keeps (here and in the remote cache), with why: what every pipeline file that
+    /// ran against the store resolves to (as it reads now and as it last ran), every view's
+    /// newest outputs, every pin, and with `keep_sweeps` every experiment's outputs. Objects
+    /// upstream of these are kept too (the store and the remote follow each object's inputs).
+    pub fn gc_roots(&self, keep_sweeps: bool) -> BTreeMap<CacheKey, Vec<String>> {
         let mut keep: std::collections::BTreeMap<CacheKey, Vec<String>> = Default::default();
         let mut add = |key: CacheKey, why: String| {
             let reasons = keep.entry(key).or_default();
@@ -695,22 +809,54 @@ impl Engine {
                 }
             }
         }
-        let report = self.store.gc(&keep, dry_run)?;
-        if !dry_run {
-            // An experiment some of whose outputs were removed can no longer be read or
-            // compared whole: forget it, so that `--exp` and `exp show` do not offer it.
-            for exp in self.store.named(crate::store::Bucket::Experiments) {
-                let whole = exp
-                    .keys
-                    .values()
-                    .all(|hex| CacheKey::from_hex(hex).is_some_and(|key| self.store.has(&key)));
-                if !whole {
-                    self.store
-                        .remove_named(crate::store::Bucket::Experiments, &exp.name)?;
-                }
+        keep
+    }
+
+    /// Brings the object `key` of stage `name` from the remote cache, unless it is here already,
+    /// under the key's lock; with `newest`, it then becomes the stage's newest output (as a run
+    /// would make it).
+    pub fn pull_key(
+        &self,
+        name: &str,
+        key: &CacheKey,
+        newest: bool,
+        lock_timeout: Duration,
+        on_bytes: &dyn Fn(u64, u64),
+    ) -> Result<PullOutcome, EngineError> {
+        let stage_err = |message: String| EngineError::Stage {
+            stage: name.to_string(),
+            message,
+        };
+        let Some(remote) = &self.remote else {
+            return Err(stage_err("no remote cache is configured".into()));
+        };
+        let set_newest = |this: &Engine| -> Result<(), StoreError> {
+            if newest && this.pipeline.overrides.is_empty() {
+                this.store.set_latest(name, key)?;
             }
+            Ok(())
+        };
+        if self.store.has(key) {
+            set_newest(self)?;
+            return Ok(PullOutcome::Local);
         }
-        Ok(report)
+        let what = format!("stage {name} (key {})", key.short());
+        let _lock = self.store.lock(key, &what, lock_timeout, &|_| {})?;
+        if self.store.has(key) {
+            set_newest(self)?;
+            return Ok(PullOutcome::Local);
+        }
+        let pulled = remote
+            .pull(key, &self.store, on_bytes)
+            .map_err(|e| stage_err(e.to_string()))?;
+        Ok(match pulled {
+            crate::remote::Pulled::Done { bytes, .. } => {
+                set_newest(self)?;
+                PullOutcome::Pulled { bytes }
+            }
+            crate::remote::Pulled::Missing => PullOutcome::NotInRemote,
+            crate::remote::Pulled::Unusable(reason) => PullOutcome::Unusable(reason),
+        })
     }
 
     /// Every stage's key as the pipeline reads now, or None if it cannot be planned (a source
@@ -758,6 +904,19 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// What `pull_key` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullOutcome {
+    /// The object was here already.
+    Local,
+    /// Brought from the remote: `bytes` of files.
+    Pulled { bytes: u64 },
+    /// The remote has no such object.
+    NotInRemote,
+    /// The remote's copy cannot be used (a blob missing or damaged): why.
+    Unusable(String),
 }
 
 /// A stage computed or reused.
@@ -1083,6 +1242,7 @@ inputs = ["demo"]
         let options = RunOptions {
             force: Vec::new(),
             lock_timeout: Duration::from_secs(5),
+            push: false,
         };
         let outcomes = engine.run(&planned, &options, &Quiet);
         assert!(outcomes.iter().all(|o| o.action == Action::Computed));

@@ -11,5 +11,6 @@ pub mod formats;
 pub mod hashing;
 pub mod key;
 pub mod plan;
+pub mod remote;
 pub mod store;
 pub mod task_cli;

@@ -14,7 +14,9 @@ use clap::{CommandFactory, Parser};
 use std::collections::BTreeMap;
 
 use onenet::config::SweepAxis;
-use onenet::engine::{latest_dir, Action, Engine, RunOptions, StageOutcome, StageState};
+use onenet::engine::{
+    latest_dir, Action, Engine, PullOutcome, RunOptions, StageOutcome, StageState,
+};
 use onenet::experiments;
 use onenet::key::CacheKey;
 use onenet::plan;
@@ -23,7 +25,8 @@ use onenet::store::Bucket;
 use onenet::task_cli::{Format, Pick, TaskCommand};
 
 use cli::args::{
-    Cli, Command, ExpCommand, ExpShowArgs, GlobalArgs, QueryArgs, QueryFormat, RunArgs, TableFormat,
+    Cli, Command, ExpCommand, ExpShowArgs, GlobalArgs, QueryArgs, QueryFormat, RemoteCommand,
+    RunArgs, TableFormat,
 };
 use cli::out::{self, diag, out, Verbosity};
 use cli::progress::{ProgressMode, RunProgress};
@@ -74,8 +77,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Gc {
             dry_run,
             keep_sweeps,
+            remote: true,
+            format,
+        } => gc_remote(global, dry_run, keep_sweeps, format),
+        Command::Gc {
+            dry_run,
+            keep_sweeps,
+            remote: false,
             format,
         } => gc(global, dry_run, keep_sweeps, format),
+        Command::Push {
+            stages,
+            pin,
+            format,
+        } => push(global, &stages, pin.as_deref(), format),
+        Command::Pull {
+            stages,
+            pin,
+            format,
+        } => pull(global, &stages, pin.as_deref(), format),
+        Command::Remote(RemoteCommand::Check { format }) => remote_check(global, format),
         Command::Exp(ExpCommand::Show(args)) => exp_show(global, &args),
         Command::Exp(ExpCommand::Diff {
             a,
@@ -197,6 +218,7 @@ fn run_stages(global: &GlobalArgs, args: &RunArgs) -> Result<ExitCode> {
     let options = RunOptions {
         force: args.force.clone(),
         lock_timeout: Duration::from_secs(args.wait),
+        push: !args.no_push,
     };
     let start = Instant::now();
     let outcomes = engine.run(&planned, &options, &observer);
@@ -227,7 +249,7 @@ fn run_stages(global: &GlobalArgs, args: &RunArgs) -> Result<ExitCode> {
 fn ran_keys(outcomes: &[StageOutcome]) -> BTreeMap<String, String> {
     outcomes
         .iter()
-        .filter(|o| matches!(o.action, Action::Computed | Action::Cached))
+        .filter(|o| matches!(o.action, Action::Computed | Action::Cached | Action::Pulled))
         .map(|o| (o.name.clone(), o.key.clone()))
         .collect()
 }
@@ -301,6 +323,7 @@ fn run_sweep(
     let options = RunOptions {
         force: args.force.clone(),
         lock_timeout: Duration::from_secs(args.wait),
+        push: !args.no_push,
     };
     let mode = ProgressMode::detect();
     let text = args.format == Format::Text;
@@ -401,7 +424,10 @@ fn status(
 ) -> Result<ExitCode> {
     let engine = cli::open_engine(global, set)?;
     let planned = engine.plan(&plan::topological_order(&engine.pipeline))?;
-    let statuses = engine.status(&planned);
+    let (statuses, remote_error) = engine.status_with_remote(&planned);
+    if let Some(e) = remote_error {
+        diag!("warning: the remote cache was not asked: {e}");
+    }
     let view = render::StatusView {
         statuses: &statuses,
         dry_run: None,
@@ -470,6 +496,210 @@ fn gc(global: &GlobalArgs, dry_run: bool, keep_sweeps: bool, format: Format) -> 
     let report = cli::open_engine(global, &[])?.gc(dry_run, keep_sweeps)?;
     emit(&render::GcView { report, dry_run }, format)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The engine and its remote cache, or a usage error saying how to configure one.
+fn engine_with_remote(global: &GlobalArgs) -> Result<Engine> {
+    let engine = cli::open_engine(global, &[])?;
+    if engine.remote().is_none() {
+        return Err(cli::usage(if global.offline {
+            "--offline: this command needs the remote cache".to_string()
+        } else {
+            format!(
+                "no remote cache: set `remote` under [store] in {}, or ONENET_REMOTE (e.g. \
+                 s3://bucket/prefix)",
+                global.pipeline.display()
+            )
+        }));
+    }
+    Ok(engine)
+}
+
+fn gc_remote(
+    global: &GlobalArgs,
+    dry_run: bool,
+    keep_sweeps: bool,
+    format: Format,
+) -> Result<ExitCode> {
+    let engine = engine_with_remote(global)?;
+    let keep = engine.gc_roots(keep_sweeps).into_keys().collect();
+    let remote = engine.remote().expect("checked above");
+    let report = remote.gc(&keep, dry_run)?;
+    let view = render::RemoteGcView {
+        report,
+        dry_run,
+        remote: remote.url().to_string(),
+    };
+    emit(&view, format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The objects `push` or `pull` moves: a pin's, or one per named stage (default: all) as `pick`
+/// finds it; a stage name that is not in the pipeline is a usage error.
+fn transfer_targets(
+    engine: &Engine,
+    global: &GlobalArgs,
+    stages: &[String],
+    pin: Option<&str>,
+    pick: impl Fn(&str) -> Result<Option<CacheKey>>,
+) -> Result<Vec<(String, Option<CacheKey>)>> {
+    if let Some(name) = pin {
+        let pins = engine.store.named(Bucket::Pins);
+        let Some(pin) = pins.iter().find(|p| p.name == name) else {
+            let known: Vec<&str> = pins.iter().map(|p| p.name.as_str()).collect();
+            return Err(cli::usage(format!(
+                "no pin named `{name}`{}",
+                onenet::config::did_you_mean(name, known.into_iter())
+            )));
+        };
+        return Ok(pin
+            .keys
+            .iter()
+            .map(|(stage, hex)| (stage.clone(), CacheKey::from_hex(hex)))
+            .collect());
+    }
+    for stage in stages {
+        if engine.pipeline.stage(stage).is_none() {
+            return Err(cli::usage(format!(
+                "no stage `{stage}` in {}",
+                global.pipeline.display()
+            )));
+        }
+    }
+    let order = plan::select(&engine.pipeline, stages).map_err(cli::usage)?;
+    order
+        .iter()
+        .map(|&i| &engine.pipeline.stages[i].name)
+        .filter(|name| stages.is_empty() || stages.contains(name))
+        .map(|name| Ok((name.clone(), pick(name)?)))
+        .collect()
+}
+
+fn push(
+    global: &GlobalArgs,
+    stages: &[String],
+    pin: Option<&str>,
+    format: Format,
+) -> Result<ExitCode> {
+    let engine = engine_with_remote(global)?;
+    let remote = engine.remote().expect("checked above");
+    let targets = transfer_targets(&engine, global, stages, pin, |stage| {
+        Ok(engine.store.latest_key(stage))
+    })?;
+    let mode = ProgressMode::detect();
+    let mut rows = Vec::new();
+    for (stage, key) in targets {
+        let start = Instant::now();
+        let (outcome, bytes) = match key.filter(|k| engine.store.has(k)) {
+            None => ("not in the local store".to_string(), 0),
+            Some(key) => {
+                let transfer = mode.transfer(&stage, "pushing");
+                match remote.push(&key, &engine.store, &|done, total| {
+                    transfer.update(done, total)
+                })? {
+                    onenet::remote::Pushed::Done { bytes, .. } => ("pushed".to_string(), bytes),
+                    onenet::remote::Pushed::AlreadyThere { bytes, .. } => {
+                        ("already in the remote".to_string(), bytes)
+                    }
+                }
+            }
+        };
+        rows.push(render::TransferRow {
+            stage,
+            key: key.map(|k| k.hex()).unwrap_or_default(),
+            outcome,
+            bytes,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
+    let ok = rows.iter().all(|r| r.outcome != "not in the local store");
+    emit(
+        &render::TransferView {
+            rows,
+            remote: remote.url().to_string(),
+        },
+        format,
+    )?;
+    Ok(ok_if(ok))
+}
+
+fn pull(
+    global: &GlobalArgs,
+    stages: &[String],
+    pin: Option<&str>,
+    format: Format,
+) -> Result<ExitCode> {
+    let engine = engine_with_remote(global)?;
+    let planned = if pin.is_none() {
+        let order = plan::select(&engine.pipeline, stages).map_err(cli::usage)?;
+        engine.plan(&order)?
+    } else {
+        Vec::new()
+    };
+    let targets = transfer_targets(&engine, global, stages, pin, |stage| {
+        Ok(planned.iter().find(|p| p.name == stage).map(|p| p.key))
+    })?;
+    let mode = ProgressMode::detect();
+    let mut rows = Vec::new();
+    let mut ok = true;
+    for (stage, key) in targets {
+        let start = Instant::now();
+        let Some(key) = key else { continue };
+        let transfer = mode.transfer(&stage, "pulling");
+        let outcome = engine.pull_key(
+            &stage,
+            &key,
+            pin.is_none(),
+            Duration::from_secs(3600),
+            &|done, total| transfer.update(done, total),
+        )?;
+        drop(transfer);
+        let (outcome, bytes) = match outcome {
+            PullOutcome::Local => ("already here".to_string(), 0),
+            PullOutcome::Pulled { bytes } => ("pulled".to_string(), bytes),
+            PullOutcome::NotInRemote => {
+                ok = false;
+                ("not in the remote".to_string(), 0)
+            }
+            PullOutcome::Unusable(reason) => {
+                ok = false;
+                (format!("unusable in the remote: {reason}"), 0)
+            }
+        };
+        rows.push(render::TransferRow {
+            stage,
+            key: key.hex(),
+            outcome,
+            bytes,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
+    emit(
+        &render::TransferView {
+            rows,
+            remote: engine
+                .remote()
+                .map(|r| r.url().to_string())
+                .unwrap_or_default(),
+        },
+        format,
+    )?;
+    Ok(ok_if(ok))
+}
+
+fn remote_check(global: &GlobalArgs, format: Format) -> Result<ExitCode> {
+    let engine = engine_with_remote(global)?;
+    let remote = engine.remote().expect("checked above");
+    let probes = remote.check();
+    let ok = probes.iter().all(|p| p.ok);
+    emit(
+        &render::ProbeView {
+            probes,
+            remote: remote.url().to_string(),
+        },
+        format,
+    )?;
+    Ok(ok_if(ok))
 }
 
 fn verify(global: &GlobalArgs, format: Format) -> Result<ExitCode> {

@@ -574,11 +574,65 @@ impl ArtifactStore {
             device: info.device,
             metrics: info.metrics,
         };
-        let meta_path = pending.dir.join(OBJECT_META);
-        write_synced(
-            &meta_path,
+        self.publish(
+            pending,
             &serde_json::to_vec_pretty(&meta).unwrap_or_default(),
         )?;
+        Ok(meta)
+    }
+
+    /// Publishes an object brought whole from elsewhere (a remote cache): `pending` holds its
+    /// files, `manifest` is its `_onenet.json` as written where it was computed. Each file must
+    /// be there with the size and BLAKE3 the manifest gives, and no other file; the manifest is
+    /// kept byte for byte, so the object is the same everywhere.
+    pub fn adopt(&self, pending: PendingObject, manifest: &[u8]) -> Result<ObjectMeta, StoreError> {
+        let invalid = |message: String| StoreError::InvalidOutput {
+            path: pending.dir.clone(),
+            message,
+        };
+        let meta: ObjectMeta = serde_json::from_slice(manifest)
+            .map_err(|e| invalid(format!("unreadable {OBJECT_META}: {e}")))?;
+        if meta.key != pending.key.hex() {
+            return Err(invalid(format!(
+                "{OBJECT_META} is for key {}, not {}",
+                meta.key,
+                pending.key.hex()
+            )));
+        }
+        let present: Vec<String> = walk_files(&pending.dir)?
+            .iter()
+            .map(|p| relative(&pending.dir, p))
+            .collect();
+        let listed: Vec<String> = meta.files.iter().map(|f| f.path.clone()).collect();
+        if present != listed {
+            return Err(invalid(format!(
+                "holds {present:?}, but {OBJECT_META} lists {listed:?}"
+            )));
+        }
+        for file in &meta.files {
+            let path = pending.dir.join(&file.path);
+            let bytes = fs::metadata(&path).map_err(io_err(&path))?.len();
+            let hash = hash_file(&path).map_err(io_err(&path))?;
+            if bytes != file.bytes || hash != file.blake3 {
+                return Err(invalid(format!(
+                    "{} differs from {OBJECT_META} ({bytes} bytes, BLAKE3 {hash}; expected {} \
+                     bytes, {})",
+                    file.path, file.bytes, file.blake3
+                )));
+            }
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&path))?;
+        }
+        self.publish(pending, manifest)?;
+        Ok(meta)
+    }
+
+    /// Writes `manifest` as the pending object's `_onenet.json`, last, and renames the object
+    /// into place (swapping out an existing one only once the new one is complete).
+    fn publish(&self, pending: PendingObject, manifest: &[u8]) -> Result<(), StoreError> {
+        let meta_path = pending.dir.join(OBJECT_META);
+        write_synced(&meta_path, manifest)?;
         sync_dir(&pending.dir)?;
 
         let dest = self.object_dir(&pending.key);
@@ -590,8 +644,7 @@ impl ArtifactStore {
         } else {
             fs::rename(&pending.dir, &dest).map_err(io_err(&dest))?;
         }
-        sync_dir(&self.bucket(Bucket::Objects))?;
-        Ok(meta)
+        sync_dir(&self.bucket(Bucket::Objects))
     }
 
     /// Appends one record to `runs.jsonl`, as one `write` of one whole line, under an exclusive

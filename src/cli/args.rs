@@ -50,6 +50,11 @@ pub struct GlobalArgs {
     #[arg(long, short = 'v', global = true)]
     pub verbose: bool,
 
+    /// Use the local store only: never ask or write the remote cache (`[store] remote` or
+    /// ONENET_REMOTE).
+    #[arg(long, global = true)]
+    pub offline: bool,
+
     /// Print the version of onenet and of libtorch, and the device a stage that can use a GPU
     /// would run on here.
     #[arg(long, short = 'V', action = ArgAction::SetTrue)]
@@ -116,6 +121,12 @@ pub enum Command {
         /// Also keep the outputs of every variant run and sweep (`onenet exp show` lists them).
         #[arg(long)]
         keep_sweeps: bool,
+        /// Collect the remote cache instead of the local store: remove the manifests of
+        /// objects that nothing kept here needs, then the blobs no manifest names (blobs younger
+        /// than an hour stay: a push may be in progress). Pins and pipeline files are this
+        /// machine's: run it where they are known.
+        #[arg(long)]
+        remote: bool,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -160,6 +171,35 @@ pub enum Command {
     },
     /// Remove a pin (its objects stay until a `gc` finds nothing else keeping them).
     Unpin { name: String },
+    /// Upload outputs to the remote cache: the newest output of each named stage (default:
+    /// every stage), or a pin's objects.
+    ///
+    /// Each object's files go up first, as blobs named by their BLAKE3 hash (those the remote
+    /// has are skipped), then its manifest, written only if the remote has none for the key: the
+    /// first machine to push a key wins and nothing is overwritten.
+    Push {
+        /// Stages whose newest output to push.
+        stages: Vec<String>,
+        /// Push this pin's objects instead.
+        #[arg(long, conflicts_with = "stages")]
+        pin: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Download outputs from the remote cache: what each named stage (default: every stage)
+    /// resolves to now, or a pin's objects. Every file is checked against its manifest.
+    Pull {
+        /// Stages whose current output to pull.
+        stages: Vec<String>,
+        /// Pull this pin's objects instead.
+        #[arg(long, conflicts_with = "stages")]
+        pin: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// The remote cache: check that it works.
+    #[command(subcommand)]
+    Remote(RemoteCommand),
     /// Run SQL over the store's tables (Polars' SQL dialect) and print the result.
     ///
     /// Tables: `<stage>.<table>` for the output each stage of the pipeline file resolves to
@@ -173,6 +213,16 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     #[command(flatten)]
     Task(TaskCommand),
+}
+
+#[derive(Subcommand)]
+pub enum RemoteCommand {
+    /// Probe the remote cache once (write, a put-if-absent that must be refused, read, delete,
+    /// list) and say what works. Exits with status 1 if anything does not.
+    Check {
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
 }
 
 #[derive(Args)]
@@ -202,6 +252,9 @@ pub struct RunArgs {
     /// made from its overrides).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Do not upload what this run computes to the remote cache (it still pulls from it).
+    #[arg(long)]
+    pub no_push: bool,
     /// Run up to this many variants of a sweep at once (each also runs its independent stages
     /// in parallel; stages the variants share are computed once).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]

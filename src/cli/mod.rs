@@ -13,6 +13,7 @@ use anyhow::{bail, Result};
 use onenet::config::{self, ConfigError, Pipeline};
 use onenet::engine::{Engine, StageStatus};
 use onenet::plan;
+use onenet::remote::Remote;
 use onenet::store::ArtifactStore;
 
 use args::GlobalArgs;
@@ -39,11 +40,31 @@ pub fn load_pipeline(global: &GlobalArgs) -> Result<Pipeline> {
     }
 }
 
-/// The pipeline, with `--set` overrides, bound to its store.
+/// The pipeline, with `--set` overrides, bound to its store and its remote cache.
 pub fn open_engine(global: &GlobalArgs, set: &[String]) -> Result<Engine> {
     let mut pipeline = load_pipeline(global)?;
     pipeline.apply_overrides(set)?;
-    Ok(Engine::open(pipeline)?)
+    let remote = open_remote(global, &pipeline)?;
+    Ok(Engine::open(pipeline)?.with_remote(remote))
+}
+
+/// The remote cache: `ONENET_REMOTE` if set (empty: none), else the pipeline's `[store] remote`;
+/// none with `--offline`.
+pub fn open_remote(global: &GlobalArgs, pipeline: &Pipeline) -> Result<Option<Remote>> {
+    if global.offline {
+        return Ok(None);
+    }
+    let url = match std::env::var("ONENET_REMOTE") {
+        Ok(url) if url.is_empty() => None,
+        Ok(url) => Some(url),
+        Err(_) => pipeline.remote.clone(),
+    };
+    match url {
+        Some(url) => Remote::new(&url)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{e} (from ONENET_REMOTE or [store] remote)")),
+        None => Ok(None),
+    }
 }
 
 /// The pipeline's store alone.

@@ -64,6 +64,38 @@ impl ProgressMode {
         }
     }
 
+    /// A byte-counting progress sink for a transfer (`pulling`, `pushing`) of `name`.
+    pub fn transfer(&self, name: &str, what: &str) -> Transfer {
+        let bar = match self {
+            ProgressMode::Bars(multi) => {
+                let bar = multi.add(ProgressBar::new(0));
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>12} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar.set_prefix(name.to_string());
+                bar.set_message(what.to_string());
+                Some(bar)
+            }
+            _ => None,
+        };
+        let now = Instant::now();
+        Transfer {
+            bar,
+            lines: matches!(self, ProgressMode::Lines(_)),
+            interval: match self {
+                ProgressMode::Lines(interval) => *interval,
+                _ => DEFAULT_INTERVAL,
+            },
+            label: format!("{name}: {what}"),
+            started: now,
+            printed: Mutex::new((now, 0)),
+        }
+    }
+
     /// Runs `write` (which prints lines) without tearing the bars being drawn.
     pub fn print(&self, write: impl FnOnce()) {
         match self {
@@ -83,6 +115,50 @@ fn progress_bar() -> ProgressBar {
         .progress_chars("=> "),
     );
     bar
+}
+
+/// Bytes moved so far of a transfer: a bar with bytes/s, or a plain line per interval with
+/// MB/s, or nothing.
+pub struct Transfer {
+    bar: Option<ProgressBar>,
+    lines: bool,
+    interval: Duration,
+    label: String,
+    started: Instant,
+    /// When the last plain line was printed, and at how many bytes.
+    printed: Mutex<(Instant, u64)>,
+}
+
+impl Transfer {
+    /// `done` of `total` bytes are moved.
+    pub fn update(&self, done: u64, total: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+            bar.set_position(done);
+        } else if self.lines {
+            let mut printed = self.printed.lock().unwrap_or_else(|e| e.into_inner());
+            let finished = done >= total && printed.1 < total;
+            if finished || printed.0.elapsed() >= self.interval {
+                let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
+                diag!(
+                    "{}: {:.1}/{:.1} MB ({:.1} MB/s)",
+                    self.label,
+                    done as f64 / 1e6,
+                    total as f64 / 1e6,
+                    done as f64 / 1e6 / seconds
+                );
+                *printed = (Instant::now(), done);
+            }
+        }
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// A progress bar, cleared when its stage ends.
@@ -210,6 +286,8 @@ pub struct RunProgress {
     text: bool,
     /// Why each stage is computed, said when it starts (`--verbose`).
     reasons: HashMap<String, String>,
+    /// Transfers to or from the remote cache in progress, by stage.
+    transfers: Mutex<HashMap<String, Transfer>>,
 }
 
 impl RunProgress {
@@ -227,6 +305,7 @@ impl RunProgress {
             mode,
             text,
             reasons,
+            transfers: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -238,6 +317,17 @@ impl RunObserver for RunProgress {
             self.mode.print(|| diag!("computing {name}: {why}"));
         }
         self.mode.start(name)
+    }
+
+    fn transfer(&self, name: &str, what: &str, done: u64, total: u64) {
+        let mut transfers = self.transfers.lock().unwrap_or_else(|e| e.into_inner());
+        let transfer = transfers
+            .entry(name.to_string())
+            .or_insert_with(|| self.mode.transfer(name, what));
+        transfer.update(done, total);
+        if done >= total {
+            transfers.remove(name);
+        }
     }
 
     fn store_warning(&self, text: &str) {

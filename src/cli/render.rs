@@ -38,6 +38,7 @@ pub fn state_word(state: StageState) -> &'static str {
         StageState::Fresh => "fresh",
         StageState::Stale => "stale",
         StageState::Missing => "missing",
+        StageState::Remote => "remote",
     }
 }
 
@@ -282,10 +283,14 @@ impl RunView<'_> {
 impl Render for RunView<'_> {
     fn text(&self) -> io::Result<()> {
         out!(
-            "{} stage(s): {} computed, {} cached, {} failed, in {:.2}s; newest outputs in {}",
+            "{} stage(s): {} computed, {} cached, {}{} failed, in {:.2}s; newest outputs in {}",
             self.outcomes.len(),
             self.count(&[Action::Computed]),
             self.count(&[Action::Cached]),
+            match self.count(&[Action::Pulled]) {
+                0 => String::new(),
+                n => format!("{n} pulled, "),
+            },
             self.failed(),
             self.seconds,
             self.latest.display()
@@ -303,6 +308,7 @@ pub fn outcome_line(outcome: &StageOutcome) -> String {
     let word = match outcome.action {
         Action::Computed => "computed",
         Action::Cached => "cached",
+        Action::Pulled => "pulled",
         Action::Failed => "FAILED",
         Action::Skipped => "skipped",
     };
@@ -361,6 +367,123 @@ impl Render for GcView {
         let mut v = json!(self.report);
         v["dry_run"] = json!(self.dry_run);
         v
+    }
+}
+
+/// `gc --remote`.
+pub struct RemoteGcView {
+    pub report: onenet::remote::RemoteGcReport,
+    pub dry_run: bool,
+    pub remote: String,
+}
+
+impl Render for RemoteGcView {
+    fn text(&self) -> io::Result<()> {
+        let verb = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        let r = &self.report;
+        out!(
+            "{}: {verb} {} manifest(s) and {} blob(s), {}; kept {} manifest(s) and {} blob(s){}",
+            self.remote,
+            r.manifests_removed.len(),
+            r.blobs_removed,
+            human_bytes(r.bytes_removed),
+            r.manifests_kept,
+            r.blobs_kept,
+            match r.blobs_too_young {
+                0 => String::new(),
+                n => format!(", and {n} unreferenced blob(s) younger than an hour"),
+            }
+        )?;
+        if self.dry_run {
+            for key in &r.manifests_removed {
+                out!("  remove  {}", &key[..12.min(key.len())])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn json(&self) -> Value {
+        let mut v = json!(self.report);
+        v["dry_run"] = json!(self.dry_run);
+        v["remote"] = json!(self.remote);
+        v
+    }
+}
+
+/// One object `push` or `pull` handled.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TransferRow {
+    pub stage: String,
+    pub key: String,
+    pub outcome: String,
+    /// Bytes moved.
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// `push` and `pull`.
+pub struct TransferView {
+    pub rows: Vec<TransferRow>,
+    pub remote: String,
+}
+
+impl Render for TransferView {
+    fn text(&self) -> io::Result<()> {
+        for r in &self.rows {
+            let rate = if r.bytes > 0 && r.seconds > 0.0 {
+                format!(" ({:.1} MB/s)", r.bytes as f64 / 1e6 / r.seconds)
+            } else {
+                String::new()
+            };
+            out!(
+                "{:<12} {:<12} {} {:>10} {:>7.2}s{rate}",
+                r.stage,
+                &r.key[..12.min(r.key.len())],
+                r.outcome,
+                human_bytes(r.bytes),
+                r.seconds
+            )?;
+        }
+        let bytes: u64 = self.rows.iter().map(|r| r.bytes).sum();
+        out!(
+            "{} object(s), {} moved; remote {}",
+            self.rows.len(),
+            human_bytes(bytes),
+            self.remote
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({"remote": self.remote, "objects": self.rows})
+    }
+}
+
+/// `remote check`.
+pub struct ProbeView {
+    pub probes: Vec<onenet::remote::Probe>,
+    pub remote: String,
+}
+
+impl Render for ProbeView {
+    fn text(&self) -> io::Result<()> {
+        out!("remote {}", self.remote)?;
+        for p in &self.probes {
+            out!(
+                "  {:<4} {:<26} {}",
+                if p.ok { "ok" } else { "FAIL" },
+                p.step,
+                p.detail
+            )?;
+        }
+        Ok(())
+    }
+
+    fn json(&self) -> Value {
+        json!({"remote": self.remote, "ok": self.probes.iter().all(|p| p.ok), "probes": self.probes})
     }
 }
 
@@ -809,7 +932,7 @@ impl Render for SweepView<'_> {
             self.variants.len(),
             all.len(),
             count(Action::Computed),
-            count(Action::Cached),
+            count(Action::Cached) + count(Action::Pulled),
             count(Action::Failed) + count(Action::Skipped),
             self.seconds
         )?;
