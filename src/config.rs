@@ -648,6 +648,26 @@ params = { min_count = 2 }
     }
 
     #[test]
+    fn the_remote_is_read_and_a_malformed_one_names_its_line() {
+        let with = |remote: &str| format!("[store]\nremote = \"{remote}\"\n{GOOD}");
+        let p = parse(
+            Path::new("p.toml"),
+            &with("s3://b/team"),
+            onenet_stages::kinds(),
+        )
+        .unwrap();
+        assert_eq!(p.remote.as_deref(), Some("s3://b/team"));
+        let e = err(&with("ftp://host/x"));
+        assert!(e.starts_with("p.toml:2:10: remote `ftp://host/x`"), "{e}");
+        assert!(
+            e.contains("unknown scheme `ftp`") && e.contains("s3://"),
+            "{e}"
+        );
+        let e = err("[store]\nremot = \"s3://b\"\n[stages.demo]\nkind = \"demo_data\"\n");
+        assert!(e.starts_with("p.toml:2:1: unknown field `remot`"), "{e}");
+    }
+
+    #[test]
     fn unknown_stage_key_names_line_and_column() {
         let e = err("[stages.demo]\nkind = \"demo_data\"\nparms = {}\n");
         assert!(e.starts_with("p.toml:3:1: unknown field `parms`"), "{e}");

@@ -524,7 +524,7 @@ fn gc_remote(
     let engine = engine_with_remote(global)?;
     let keep = engine.gc_roots(keep_sweeps).into_keys().collect();
     let remote = engine.remote().expect("checked above");
-    let report = remote.gc(&keep, dry_run)?;
+    let report = remote.gc(&keep, onenet::remote::BLOB_GRACE, dry_run)?;
     let view = render::RemoteGcView {
         report,
         dry_run,

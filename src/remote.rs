@@ -50,7 +50,7 @@ const PART_BYTES: usize = 8 << 20;
 const PARALLEL: usize = 8;
 /// `gc --remote` leaves blobs younger than this: they may belong to a push whose manifest is
 /// not written yet.
-const BLOB_GRACE: Duration = Duration::from_secs(3600);
+pub const BLOB_GRACE: Duration = Duration::from_secs(3600);
 
 /// The URL schemes a remote can have, for messages.
 pub const SCHEMES: &str = "s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX, \
@@ -567,11 +567,12 @@ impl Remote {
 
     /// Removes the manifests of keys neither in `keep` nor upstream of one, then the blobs no
     /// remaining manifest names (manifests first, so no manifest ever names a removed blob),
-    /// leaving blobs younger than an hour: a push in progress uploads its blobs before its
-    /// manifest. `dry_run` only reports.
+    /// leaving blobs younger than `grace` (`BLOB_GRACE`): a push in progress uploads its blobs
+    /// before its manifest. `dry_run` only reports.
     pub fn gc(
         &self,
         keep: &BTreeSet<CacheKey>,
+        grace: Duration,
         dry_run: bool,
     ) -> Result<RemoteGcReport, RemoteError> {
         let conn = self.connection()?;
@@ -642,7 +643,7 @@ impl Remote {
             if referenced.contains(&name) {
                 report.blobs_kept += 1;
             } else if now.saturating_sub(blob.last_modified.timestamp().max(0) as u64)
-                < BLOB_GRACE.as_secs()
+                < grace.as_secs()
             {
                 report.blobs_too_young += 1;
             } else {
@@ -912,4 +913,357 @@ fn safe_relative(path: &str) -> bool {
 
 fn chrono_now() -> u64 {
     crate::store::now_unix() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::{KeyInputs, KEY_FORMAT};
+    use crate::store::CommitInfo;
+    use std::path::PathBuf;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        remote: Remote,
+        remote_dir: PathBuf,
+        a: ArtifactStore,
+        b: ArtifactStore,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let remote_dir = dir.path().join("remote");
+        let url = url::Url::from_directory_path(&remote_dir).unwrap();
+        Fixture {
+            remote: Remote::new(url.as_str()).unwrap(),
+            remote_dir,
+            a: ArtifactStore::open(&dir.path().join("a")).unwrap(),
+            b: ArtifactStore::open(&dir.path().join("b")).unwrap(),
+            _dir: dir,
+        }
+    }
+
+    fn inputs(kind: &str, upstream: &[CacheKey]) -> KeyInputs {
+        KeyInputs {
+            format: KEY_FORMAT,
+            kind: kind.into(),
+            version: 1,
+            params: BTreeMap::new(),
+            upstream: upstream
+                .iter()
+                .map(|k| ("up".to_string(), k.hex()))
+                .collect(),
+            sources: BTreeMap::new(),
+            environment: BTreeMap::new(),
+            recorded: BTreeMap::new(),
+        }
+    }
+
+    /// Commits `files` under the key of `inputs`, with `seconds` recorded (so that two machines'
+    /// manifests for one key can differ).
+    fn commit(
+        store: &ArtifactStore,
+        inputs: &KeyInputs,
+        files: &[(&str, &[u8])],
+        seconds: f64,
+    ) -> CacheKey {
+        let key = inputs.key();
+        let pending = store.begin(&key).unwrap();
+        for (path, body) in files {
+            let path = pending.dir.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, body).unwrap();
+        }
+        let info = CommitInfo {
+            seconds,
+            ..CommitInfo::default()
+        };
+        store.commit(pending, "s", inputs, info).unwrap();
+        key
+    }
+
+    fn quiet(_: u64, _: u64) {}
+
+    fn manifest(store: &ArtifactStore, key: &CacheKey) -> Vec<u8> {
+        std::fs::read(store.object_dir(key).join(OBJECT_META)).unwrap()
+    }
+
+    fn remote_manifest(f: &Fixture, key: &CacheKey) -> Vec<u8> {
+        std::fs::read(
+            f.remote_dir
+                .join("objects")
+                .join(key.hex())
+                .join(OBJECT_META),
+        )
+        .unwrap()
+    }
+
+    fn blob_file(f: &Fixture, body: &[u8]) -> PathBuf {
+        let hash = blake3::hash(body).to_hex().to_string();
+        f.remote_dir.join("blobs").join(&hash[..2]).join(hash)
+    }
+
+    fn no_leftovers(store: &ArtifactStore) {
+        let tmp = store.bucket(crate::store::Bucket::Tmp);
+        let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_pushed_object_pulls_into_another_store_byte_for_byte() {
+        let f = fixture();
+        // Larger than the multipart threshold, so it goes up in parts.
+        let big: Vec<u8> = (0..(MULTIPART_THRESHOLD + 3 * 1024 * 1024 + 17))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let key = commit(
+            &f.a,
+            &inputs("k", &[]),
+            &[
+                ("t.txt", b"table"),
+                ("sub/big.bin", &big),
+                ("same.txt", b"table"),
+            ],
+            0.5,
+        );
+        let pushed = f.remote.push(&key, &f.a, &quiet).unwrap();
+        // Two files share one blob.
+        assert_eq!(
+            pushed,
+            Pushed::Done {
+                blobs: 2,
+                bytes: big.len() as u64 + 5
+            }
+        );
+        assert!(f.remote.has(&key).unwrap());
+        assert_eq!(f.remote.keys().unwrap(), vec![key]);
+
+        let reported = std::cell::Cell::new(0);
+        let pulled = f
+            .remote
+            .pull(&key, &f.b, &|done, _| reported.set(done))
+            .unwrap();
+        assert!(matches!(pulled, Pulled::Done { bytes, .. } if bytes == big.len() as u64 + 10));
+        assert_eq!(reported.get(), big.len() as u64 + 10);
+        assert!(f.b.has(&key));
+        assert_eq!(manifest(&f.b, &key), manifest(&f.a, &key));
+        for path in ["t.txt", "sub/big.bin", "same.txt"] {
+            assert_eq!(
+                std::fs::read(f.b.object_dir(&key).join(path)).unwrap(),
+                std::fs::read(f.a.object_dir(&key).join(path)).unwrap(),
+                "{path}"
+            );
+        }
+        no_leftovers(&f.b);
+        // Pushing again uploads nothing.
+        assert_eq!(
+            f.remote.push(&key, &f.b, &quiet).unwrap(),
+            Pushed::AlreadyThere { blobs: 0, bytes: 0 }
+        );
+    }
+
+    #[test]
+    fn a_key_the_remote_lacks_is_missing() {
+        let f = fixture();
+        let key = inputs("absent", &[]).key();
+        assert!(!f.remote.has(&key).unwrap());
+        assert!(matches!(
+            f.remote.pull(&key, &f.b, &quiet).unwrap(),
+            Pulled::Missing
+        ));
+        assert!(!f.b.has(&key));
+    }
+
+    #[test]
+    fn the_first_manifest_wins_and_a_second_push_overwrites_nothing() {
+        let f = fixture();
+        let key = commit(&f.a, &inputs("k", &[]), &[("x.txt", b"from a")], 1.0);
+        let same = commit(&f.b, &inputs("k", &[]), &[("x.txt", b"from b")], 2.0);
+        assert_eq!(key, same);
+        assert!(matches!(
+            f.remote.push(&key, &f.a, &quiet).unwrap(),
+            Pushed::Done { .. }
+        ));
+        assert!(matches!(
+            f.remote.push(&key, &f.b, &quiet).unwrap(),
+            Pushed::AlreadyThere { .. }
+        ));
+        assert_eq!(remote_manifest(&f, &key), manifest(&f.a, &key));
+    }
+
+    #[test]
+    fn a_damaged_or_missing_blob_is_a_miss_and_the_next_push_repairs_it() {
+        let f = fixture();
+        let key = commit(&f.a, &inputs("k", &[]), &[("x.txt", b"payload")], 1.0);
+        f.remote.push(&key, &f.a, &quiet).unwrap();
+        let blob = blob_file(&f, b"payload");
+        std::fs::write(&blob, b"paylo4d").unwrap();
+        let pulled = f.remote.pull(&key, &f.b, &quiet).unwrap();
+        assert!(
+            matches!(&pulled, Pulled::Unusable(why) if why.contains("damaged")),
+            "{pulled:?}"
+        );
+        assert!(!f.b.has(&key));
+        no_leftovers(&f.b);
+        assert!(!blob.exists(), "the damaged blob is removed");
+
+        assert_eq!(
+            f.remote.push(&key, &f.a, &quiet).unwrap(),
+            Pushed::AlreadyThere { blobs: 1, bytes: 7 }
+        );
+        assert!(matches!(
+            f.remote.pull(&key, &f.b, &quiet).unwrap(),
+            Pulled::Done { .. }
+        ));
+
+        std::fs::remove_file(&blob).unwrap();
+        let c = ArtifactStore::open(&f.remote_dir.with_file_name("c")).unwrap();
+        let pulled = f.remote.pull(&key, &c, &quiet).unwrap();
+        assert!(
+            matches!(&pulled, Pulled::Unusable(why) if why.contains("missing")),
+            "{pulled:?}"
+        );
+        assert!(!c.has(&key));
+        no_leftovers(&c);
+    }
+
+    #[test]
+    fn a_local_file_changed_after_commit_is_not_pushed() {
+        let f = fixture();
+        let key = commit(&f.a, &inputs("k", &[]), &[("x.txt", b"as committed")], 1.0);
+        std::fs::write(f.a.object_dir(&key).join("x.txt"), b"changed after").unwrap();
+        let err = f.remote.push(&key, &f.a, &quiet).unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
+        assert!(!f.remote.has(&key).unwrap());
+        assert!(!blob_file(&f, b"changed after").exists());
+        assert!(!blob_file(&f, b"as committed").exists());
+    }
+
+    #[test]
+    fn a_multipart_upload_that_fails_is_aborted_and_leaves_nothing() {
+        let f = fixture();
+        let big = vec![7u8; MULTIPART_THRESHOLD as usize + PART_BYTES + 1];
+        let key = commit(&f.a, &inputs("big", &[]), &[("big.bin", &big)], 1.0);
+        // Same size, one byte different at the end: noticed only once every part is sent.
+        let mut changed = big.clone();
+        *changed.last_mut().unwrap() = 8;
+        std::fs::write(f.a.object_dir(&key).join("big.bin"), &changed).unwrap();
+        let err = f.remote.push(&key, &f.a, &quiet).unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
+        assert!(!f.remote.has(&key).unwrap());
+        let mut left = Vec::new();
+        for entry in walkdir(&f.remote_dir) {
+            left.push(entry);
+        }
+        assert!(left.is_empty(), "nothing uploaded stays: {left:?}");
+    }
+
+    /// Every file under `dir` (none if it does not exist).
+    fn walkdir(dir: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    files.push(entry.path());
+                }
+            }
+        }
+        files
+    }
+
+    #[test]
+    fn gc_removes_unneeded_manifests_first_then_unreferenced_blobs() {
+        let f = fixture();
+        let base = commit(&f.a, &inputs("base", &[]), &[("b.txt", b"base")], 1.0);
+        let top = commit(
+            &f.a,
+            &inputs("top", &[base]),
+            &[("t.txt", b"top"), ("shared.txt", b"shared")],
+            1.0,
+        );
+        let other = commit(
+            &f.a,
+            &inputs("other", &[]),
+            &[("o.txt", b"other"), ("shared.txt", b"shared")],
+            1.0,
+        );
+        for key in [base, top, other] {
+            f.remote.push(&key, &f.a, &quiet).unwrap();
+        }
+        let keep = BTreeSet::from([top]);
+        // Young blobs stay.
+        let young = f.remote.gc(&keep, BLOB_GRACE, true).unwrap();
+        assert_eq!(young.manifests_removed, vec![other.hex()]);
+        assert_eq!((young.blobs_removed, young.blobs_too_young), (0, 1));
+
+        let dry = f.remote.gc(&keep, Duration::ZERO, true).unwrap();
+        assert_eq!(dry.manifests_removed, vec![other.hex()]);
+        assert_eq!(dry.manifests_kept, 2, "the upstream object is kept");
+        assert_eq!((dry.blobs_removed, dry.bytes_removed), (1, 5));
+        assert!(f.remote.has(&other).unwrap(), "a dry run removes nothing");
+
+        let done = f.remote.gc(&keep, Duration::ZERO, false).unwrap();
+        assert_eq!(done.manifests_removed, dry.manifests_removed);
+        assert!(!f.remote.has(&other).unwrap());
+        assert!(f.remote.has(&base).unwrap() && f.remote.has(&top).unwrap());
+        assert!(!blob_file(&f, b"other").exists());
+        assert!(blob_file(&f, b"shared").exists());
+        assert!(matches!(
+            f.remote.pull(&top, &f.b, &quiet).unwrap(),
+            Pulled::Done { .. }
+        ));
+    }
+
+    #[test]
+    fn check_reports_every_step_on_a_working_remote() {
+        let f = fixture();
+        let probes = f.remote.check();
+        let steps: Vec<&str> = probes.iter().map(|p| p.step).collect();
+        assert_eq!(
+            steps,
+            [
+                "write",
+                "conditional write refused",
+                "read",
+                "delete",
+                "list"
+            ]
+        );
+        assert!(probes.iter().all(|p| p.ok), "{probes:?}");
+    }
+
+    #[test]
+    fn urls_are_checked_for_their_form() {
+        for good in [
+            "s3://bucket/prefix",
+            "gs://b",
+            "az://container/p",
+            "file:///tmp/x",
+        ] {
+            assert!(Remote::new(good).is_ok(), "{good}");
+        }
+        for bad in ["bucket/prefix", "http://host/x", "s3:///prefix"] {
+            let err = Remote::new(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(bad) && err.contains("s3://"), "{bad}: {err}");
+        }
+        let prefixed = Remote::new("s3://bucket/team/cache/").unwrap();
+        assert_eq!(
+            prefixed.blob_path("abcdef").as_ref(),
+            "team/cache/blobs/ab/abcdef"
+        );
+    }
+
+    #[test]
+    fn paths_outside_the_object_are_refused() {
+        assert!(safe_relative("a/b.txt"));
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a"] {
+            assert!(!safe_relative(bad), "{bad}");
+        }
+    }
 }
