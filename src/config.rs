@@ -45,6 +45,83 @@ pub struct StageDecl {
     /// Upstream stage names, in declared order.
     pub inputs: Vec<String>,
     pub params: Params,
+    /// What its cluster jobs ask for (`[stages.NAME.resources]`), over `[executor]`'s.
+    pub resources: Resources,
+}
+
+/// Where stages compute: here, or as jobs of a Slurm cluster (`[executor]`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Executor {
+    pub kind: ExecutorKind,
+    /// Submission settings (used when `kind` is Slurm).
+    pub slurm: crate::slurm::SlurmSettings,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExecutorKind {
+    /// In this process (and its libtorch worker), one shard after another.
+    #[default]
+    Local,
+    /// A sharded stage's shards as a Slurm array job; the merge here.
+    Slurm,
+}
+
+impl ExecutorKind {
+    pub fn parse(text: &str) -> Option<ExecutorKind> {
+        match text {
+            "local" => Some(ExecutorKind::Local),
+            "slurm" => Some(ExecutorKind::Slurm),
+            _ => None,
+        }
+    }
+}
+
+/// Per-stage overrides of the job settings: each given field replaces `[executor]`'s.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub time: Option<String>,
+    pub cpus_per_task: Option<u32>,
+    pub mem: Option<String>,
+    pub gpus: Option<u32>,
+}
+
+impl Resources {
+    /// `base` with these overrides applied.
+    pub fn over(&self, base: &crate::slurm::SlurmSettings) -> crate::slurm::SlurmSettings {
+        let mut s = base.clone();
+        let pick = |mine: &Option<String>, theirs: &mut Option<String>| {
+            if mine.is_some() {
+                theirs.clone_from(mine);
+            }
+        };
+        pick(&self.partition, &mut s.partition);
+        pick(&self.account, &mut s.account);
+        pick(&self.time, &mut s.time);
+        pick(&self.mem, &mut s.mem);
+        s.cpus_per_task = self.cpus_per_task.or(s.cpus_per_task);
+        s.gpus = self.gpus.or(s.gpus);
+        s
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExecutor {
+    kind: Option<Spanned<String>>,
+    partition: Option<String>,
+    account: Option<String>,
+    time: Option<String>,
+    cpus_per_task: Option<u32>,
+    mem: Option<String>,
+    gpus: Option<u32>,
+    max_parallel: Option<u32>,
+    #[serde(default)]
+    extra_args: Vec<String>,
+    retries: Option<u32>,
+    poll_seconds: Option<f64>,
 }
 
 /// A checked pipeline.
@@ -58,6 +135,8 @@ pub struct Pipeline {
     pub store_dir: PathBuf,
     /// The remote cache's URL (`[store] remote`), checked for its form only.
     pub remote: Option<String>,
+    /// Where stages compute (`[executor]`).
+    pub executor: Executor,
     /// Stages in declaration order (see `plan` for execution order).
     pub stages: Vec<StageDecl>,
     /// The stage kinds it was checked against.
@@ -192,6 +271,8 @@ struct RawPipeline {
     #[serde(default)]
     store: Option<RawStore>,
     #[serde(default)]
+    executor: Option<RawExecutor>,
+    #[serde(default)]
     stages: IndexMap<String, Spanned<RawStage>>,
     /// `[sweeps.NAME]` with `STAGE.PARAM = [values]` (TOML's dotted keys: stage → param).
     #[serde(default)]
@@ -213,6 +294,8 @@ struct RawStage {
     inputs: Vec<Spanned<String>>,
     #[serde(default)]
     params: BTreeMap<String, Spanned<toml::Value>>,
+    #[serde(default)]
+    resources: Resources,
 }
 
 /// Reads and checks the pipeline file at `path` against the stage kinds `kinds` (the binaries
@@ -269,6 +352,38 @@ pub fn parse(
             Some(url.into_inner())
         }
         None => None,
+    };
+    let executor = match raw.executor {
+        None => Executor::default(),
+        Some(e) => {
+            let kind = match &e.kind {
+                None => ExecutorKind::Local,
+                Some(k) => ExecutorKind::parse(k.get_ref()).ok_or_else(|| {
+                    at(
+                        k.span(),
+                        format!(
+                            "unknown executor `{}`; the executors are: local, slurm",
+                            k.get_ref()
+                        ),
+                    )
+                })?,
+            };
+            Executor {
+                kind,
+                slurm: crate::slurm::SlurmSettings {
+                    partition: e.partition,
+                    account: e.account,
+                    time: e.time,
+                    cpus_per_task: e.cpus_per_task,
+                    mem: e.mem,
+                    gpus: e.gpus,
+                    max_parallel: e.max_parallel.unwrap_or(0),
+                    extra_args: e.extra_args,
+                    retries: e.retries.unwrap_or(2),
+                    poll_seconds: e.poll_seconds.unwrap_or(5.0),
+                },
+            }
+        }
     };
     if raw.stages.is_empty() {
         return Err(at(
@@ -388,6 +503,7 @@ pub fn parse(
             kind,
             inputs,
             params: Params::with_defaults(kind.params, given),
+            resources: raw_stage.resources.clone(),
         });
     }
 
@@ -503,6 +619,7 @@ pub fn parse(
         base_dir,
         store_dir,
         remote,
+        executor,
         stages,
         overrides: Vec::new(),
         sweeps,

@@ -413,6 +413,7 @@ impl Engine {
                     let computed = computed_in_run.clone();
                     scope.spawn(move || {
                         let history = RunHistory {
+                            run_id,
                             planned,
                             computed_in_run: &computed,
                         };
@@ -576,6 +577,21 @@ impl Engine {
             .iter()
             .filter_map(|(name, hex)| CacheKey::from_hex(hex).map(|k| self.stage_input(name, &k)))
             .collect();
+        if let Some(spec) = decl.kind.shards {
+            let per_shard = decl.params.int(spec.param).unwrap_or(0);
+            if per_shard > 0 {
+                return self.compute_sharded(
+                    stage,
+                    spec,
+                    per_shard as usize,
+                    inputs,
+                    options,
+                    observer,
+                    history,
+                    remote_warnings,
+                );
+            }
+        }
         let pending = self.store.begin(&stage.key)?;
         // A forced stage starts from scratch: no checkpoint of a killed run and nothing of its
         // earlier output is reused.
@@ -601,6 +617,7 @@ impl Engine {
             scratch_dir: scratch_dir.clone(),
             previous,
             lineage,
+            shard: None,
         };
         let ctx = StageContext::new(&job, progress.as_ref());
         let stage_err = |message: String| EngineError::Stage {
@@ -906,6 +923,238 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Computes a sharded stage: each shard not in the store (nor the remote) is computed —
+    /// here one after another, or as one Slurm array job — and committed as an object of its
+    /// own; then the merge puts the shards' outputs together, computing nothing, and is
+    /// committed under the stage's key.
+    #[allow(clippy::too_many_arguments)]
+    fn compute_sharded(
+        &self,
+        stage: &PlannedStage,
+        spec: &onenet_contract::ShardSpec,
+        per_shard: usize,
+        inputs: Vec<StageInput>,
+        options: &RunOptions,
+        observer: &dyn RunObserver,
+        history: &RunHistory,
+        mut warnings: Vec<String>,
+    ) -> Result<Done, EngineError> {
+        use crate::shards::{Shard, ShardTask};
+        let decl = &self.pipeline.stages[stage.index];
+        let stage_err = |message: String| EngineError::Stage {
+            stage: stage.name.clone(),
+            message,
+        };
+        let items = (spec.items)(&decl.params, &inputs).map_err(|e| stage_err(e.to_string()))?;
+        let layout = self
+            .store
+            .bucket(crate::store::Bucket::Shards)
+            .join(format!("{}.json", stage.name));
+        let shards: Vec<Shard> = crate::shards::plan(&stage.key_inputs, &items, per_shard, &layout);
+        let shard_name = format!("{}#shard", stage.name);
+        let mut missing: Vec<&Shard> = Vec::new();
+        let mut pulled = 0;
+        for shard in &shards {
+            if self.store.has(&shard.key) {
+                continue;
+            }
+            if let Some(remote) = &self.remote {
+                let on_bytes = |done: u64, total: u64| {
+                    observer.transfer(&stage.name, "pulling a shard", done, total);
+                };
+                match remote
+                    .pull(&shard.key, &self.store, &on_bytes)
+                    .map_err(|e| stage_err(e.to_string()))?
+                {
+                    crate::remote::Pulled::Done { .. } => {
+                        pulled += 1;
+                        continue;
+                    }
+                    crate::remote::Pulled::Missing => {}
+                    crate::remote::Pulled::Unusable(reason) => warnings.push(format!(
+                        "a shard's copy in the remote cannot be used, so it was computed: {reason}"
+                    )),
+                }
+            }
+            missing.push(shard);
+        }
+        let task = |shard: &Shard| ShardTask {
+            store: self.store.root().to_path_buf(),
+            stage: shard_name.clone(),
+            key_inputs: shard.key_inputs.clone(),
+            job: StageJob {
+                kind: decl.kind.name.to_string(),
+                name: stage.name.clone(),
+                params: decl.params.clone(),
+                inputs: inputs.clone(),
+                base_dir: self.pipeline.base_dir.clone(),
+                out_dir: PathBuf::new(),
+                scratch_dir: PathBuf::new(),
+                previous: None,
+                lineage: Vec::new(),
+                shard: Some(shard.hashes.clone()),
+            },
+        };
+        let executor = self.pipeline.executor.kind;
+        let start = Instant::now();
+        match executor {
+            crate::config::ExecutorKind::Local => {
+                for (i, shard) in missing.iter().enumerate() {
+                    let progress = observer.stage_started(&format!(
+                        "{} shard {}/{}",
+                        stage.name,
+                        i + 1,
+                        missing.len()
+                    ));
+                    crate::shards::run_task(
+                        &task(shard),
+                        self.pipeline.kinds,
+                        options.lock_timeout,
+                        progress.as_ref(),
+                    )
+                    .map_err(|e| stage_err(e.to_string()))?;
+                }
+            }
+            crate::config::ExecutorKind::Slurm => {
+                let tasks_dir = self.store.scratch_dir(&stage.key)?.join("shard-tasks");
+                std::fs::create_dir_all(&tasks_dir).map_err(|e| stage_err(e.to_string()))?;
+                let exe = std::env::current_exe().map_err(|e| stage_err(e.to_string()))?;
+                let mut commands = Vec::new();
+                for (i, shard) in missing.iter().enumerate() {
+                    let file = tasks_dir.join(format!("{i}.json"));
+                    let text = serde_json::to_vec(&task(shard)).unwrap_or_default();
+                    std::fs::write(&file, text).map_err(|e| stage_err(e.to_string()))?;
+                    commands.push(format!(
+                        "{} shard-task {}",
+                        shell_quote(&exe.to_string_lossy()),
+                        shell_quote(&file.to_string_lossy())
+                    ));
+                }
+                let progress = observer.stage_started(&stage.name);
+                progress.start(missing.len() as u64, "shards on Slurm");
+                let seen = std::sync::atomic::AtomicU64::new(0);
+                let job = crate::slurm::ArrayJob {
+                    what: format!("{} shards", stage.name),
+                    commands,
+                    log_dir: self
+                        .store
+                        .bucket(crate::store::Bucket::Logs)
+                        .join(stage.key.hex()),
+                    done: &|i| self.store.has(&missing[i].key),
+                    progress: &|done, _| {
+                        let before = seen.swap(done as u64, std::sync::atomic::Ordering::Relaxed);
+                        progress.inc((done as u64).saturating_sub(before));
+                    },
+                };
+                let settings = decl.resources.over(&self.pipeline.executor.slurm);
+                crate::slurm::run_array(&job, &settings).map_err(|e| stage_err(e.to_string()))?;
+            }
+        }
+        let shard_seconds = start.elapsed().as_secs_f64();
+        for shard in &missing {
+            let record = crate::store::RunRecord {
+                run_id: history.run_id.to_string(),
+                time_unix: now_unix(),
+                stage: shard_name.clone(),
+                kind: shard.key_inputs.kind.clone(),
+                key: shard.key.hex(),
+                action: "computed".into(),
+                seconds: shard_seconds / missing.len() as f64,
+                inputs: Vec::new(),
+                warnings: 0,
+                error: None,
+            };
+            if let Err(e) = self.store.append_record(&record) {
+                observer.store_warning(&format!("could not record the run: {e}"));
+            }
+        }
+        if let (true, Some(remote)) = (options.push, &self.remote) {
+            for shard in &missing {
+                if let Err(e) = remote.push(&shard.key, &self.store, &|_, _| {}) {
+                    warnings.push(format!("a shard was not pushed: {e}"));
+                }
+            }
+        }
+        crate::shards::remember(&shards, &layout);
+
+        let pending = self.store.begin(&stage.key)?;
+        let job = StageJob {
+            kind: decl.kind.name.to_string(),
+            name: stage.name.clone(),
+            params: decl.params.clone(),
+            inputs,
+            base_dir: self.pipeline.base_dir.clone(),
+            out_dir: pending.dir.clone(),
+            scratch_dir: self.store.scratch_dir(&stage.key)?,
+            previous: None,
+            lineage: self.lineage(stage, history),
+            shard: None,
+        };
+        let progress = observer.stage_started(&stage.name);
+        let ctx = StageContext::new(&job, progress.as_ref());
+        let shard_dirs: Vec<PathBuf> = shards
+            .iter()
+            .map(|s| self.store.object_dir(&s.key))
+            .collect();
+        let merged = (spec.merge)(&ctx, &shard_dirs);
+        drop(progress);
+        let report = match merged {
+            Ok(report) => report,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&pending.dir);
+                return Err(stage_err(e.to_string()));
+            }
+        };
+        if let Err(message) = self.check_before_commit(stage, report.device.as_deref()) {
+            let _ = std::fs::remove_dir_all(&pending.dir);
+            return Err(stage_err(message));
+        }
+        let mut notes = report.notes;
+        notes.push(format!(
+            "{} shard(s) of at most {per_shard} item(s): {} computed{}, {pulled} pulled, {} reused",
+            shards.len(),
+            missing.len(),
+            match executor {
+                crate::config::ExecutorKind::Slurm if !missing.is_empty() => " on Slurm",
+                _ => "",
+            },
+            shards.len() - missing.len() - pulled
+        ));
+        let meta = self.store.commit(
+            pending,
+            &stage.name,
+            &stage.key_inputs,
+            crate::store::CommitInfo {
+                warnings: report.warnings,
+                notes,
+                seconds: start.elapsed().as_secs_f64(),
+                device: report.device,
+                metrics: report.metrics,
+            },
+        )?;
+        self.set_newest(stage)?;
+        let _ = std::fs::remove_dir_all(self.store.scratch_dir(&stage.key)?);
+        warnings.extend(meta.warnings);
+        if let (true, Some(remote)) = (options.push, &self.remote) {
+            if let Err(e) = remote.push(&stage.key, &self.store, &|_, _| {}) {
+                warnings.push(format!("not pushed: {e}"));
+            }
+        }
+        Ok(Done {
+            action: Action::Computed,
+            warnings,
+            notes: meta.notes,
+            device: None,
+        })
+    }
+}
+
+/// `text` as one word for `sh`.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
 /// What `pull_key` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PullOutcome {
@@ -970,6 +1219,8 @@ fn test_delay(stage: &str) {
 
 /// What a stage started by `Engine::run` may learn about the run so far.
 struct RunHistory<'a> {
+    /// The run's id, for the records of the shards it computes.
+    run_id: &'a str,
     /// Every stage of the run, in execution order.
     planned: &'a [PlannedStage],
     /// The stages the run has computed (not reused) so far.
@@ -1250,6 +1501,7 @@ inputs = ["demo"]
         let stage = |name: &str| planned.iter().find(|p| p.name == name).unwrap();
         let computed: HashSet<String> = ["demo".to_string()].into();
         let history = RunHistory {
+            run_id: "test",
             planned: &planned,
             computed_in_run: &computed,
         };
@@ -1274,6 +1526,7 @@ inputs = ["demo"]
         // A second run reuses everything, so nothing in it was computed.
         let nothing = HashSet::new();
         let history = RunHistory {
+            run_id: "test",
             planned: &planned,
             computed_in_run: &nothing,
         };

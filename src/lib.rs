@@ -12,5 +12,7 @@ pub mod hashing;
 pub mod key;
 pub mod plan;
 pub mod remote;
+pub mod shards;
+pub mod slurm;
 pub mod store;
 pub mod task_cli;

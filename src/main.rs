@@ -97,6 +97,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             format,
         } => pull(global, &stages, pin.as_deref(), format),
         Command::Remote(RemoteCommand::Check { format }) => remote_check(global, format),
+        Command::ShardTask { file } => shard_task(&file),
         Command::Exp(ExpCommand::Show(args)) => exp_show(global, &args),
         Command::Exp(ExpCommand::Diff {
             a,
@@ -165,7 +166,10 @@ fn run_command(global: &GlobalArgs, args: &RunArgs) -> Result<ExitCode> {
 
 /// The engine for `run`, with every `--force` checked against the pipeline.
 fn engine_for_run(global: &GlobalArgs, args: &RunArgs) -> Result<(Engine, Vec<usize>)> {
-    let engine = cli::open_engine(global, &args.set)?;
+    let mut engine = cli::open_engine(global, &args.set)?;
+    if let Some(kind) = args.executor {
+        engine.pipeline.executor.kind = kind.into();
+    }
     let selection = selection(&engine, global, args)?;
     Ok((engine, selection))
 }
@@ -279,7 +283,11 @@ fn run_sweep(
     for assignments in &variants {
         let mut variant = pipeline.clone();
         variant.apply_overrides(assignments)?;
-        let engine = Engine::open(variant)?;
+        if let Some(kind) = args.executor {
+            variant.executor.kind = kind.into();
+        }
+        let remote = cli::open_remote(global, &variant)?;
+        let engine = Engine::open(variant)?.with_remote(remote);
         let selection = selection(&engine, global, args)?;
         runs.push((assignments, engine, selection));
     }
@@ -685,6 +693,37 @@ fn pull(
         format,
     )?;
     Ok(ok_if(ok))
+}
+
+/// One shard of a sharded stage, as a cluster task runs it: computed and committed into the
+/// shared store named in `file` (written by the engine that submitted the task).
+fn shard_task(file: &std::path::Path) -> Result<ExitCode> {
+    let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let task: onenet::shards::ShardTask = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not a shard task", file.display()))?;
+    // Tests make a task fail once, to see it resubmitted: the first attempt of each task leaves
+    // a marker in this folder and fails.
+    if let Some(dir) = std::env::var_os("ONENET_TEST_FAIL_SHARD_ONCE") {
+        let marker = std::path::Path::new(&dir).join(task.key_inputs.key().hex());
+        if std::fs::create_dir_all(&dir).is_ok() && std::fs::File::create_new(&marker).is_ok() {
+            bail!("failing this shard once on purpose (ONENET_TEST_FAIL_SHARD_ONCE)");
+        }
+    }
+    let progress = ProgressMode::detect().start(&task.stage);
+    let computed = onenet::shards::run_task(
+        &task,
+        onenet_stages::kinds(),
+        Duration::from_secs(24 * 3600),
+        progress.as_ref(),
+    )?;
+    drop(progress);
+    out!(
+        "{} {} {}",
+        if computed { "computed" } else { "cached" },
+        task.stage,
+        task.key_inputs.key().short()
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn remote_check(global: &GlobalArgs, format: Format) -> Result<ExitCode> {

@@ -16,6 +16,8 @@
 //!   pipelines/<view>.json   which pipeline files use the store, and what they resolved to
 //!   pins/<name>.json        named sets of objects `gc` keeps (`onenet pin`)
 //!   experiments/<name>.json variant runs (`run --set`, sweeps), for `exp show` and `--exp`
+//!   shards/<stage>.json     how a sharded stage's items were last split into shards
+//!   logs/<key>/             a cluster job's script and its tasks' stdout and stderr
 //! ```
 //!
 //! Each folder and file is named once, by `Bucket` and `StoreFile`.
@@ -176,6 +178,10 @@ pub enum Bucket {
     Pins,
     /// `experiments/<name>.json`: variant runs, each a named set of objects.
     Experiments,
+    /// `shards/<stage>.json`: how a sharded stage's items were last split into shards.
+    Shards,
+    /// `logs/<key>/`: the job script and each cluster task's stdout and stderr.
+    Logs,
 }
 
 impl Bucket {
@@ -191,6 +197,8 @@ impl Bucket {
             Bucket::Pipelines => "pipelines",
             Bucket::Pins => "pins",
             Bucket::Experiments => "experiments",
+            Bucket::Shards => "shards",
+            Bucket::Logs => "logs",
         }
     }
 }

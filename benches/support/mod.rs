@@ -1,10 +1,13 @@
-//! Helpers both benchmarks use: the synthetic Flickr8k-style dataset, running the `onenet`
+//! Helpers the benchmarks share: the synthetic Flickr8k-style dataset, running the `onenet`
 //! binary and reading its JSON output.
+// Each benchmark uses some of these.
+#![allow(dead_code)]
 
 pub mod dataset;
 
+use std::ffi::OsString;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -68,4 +71,47 @@ pub fn write_if_changed(path: &Path, text: &str) {
         }
         fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
+}
+
+/// The repository root: the nearest folder at or above the benchmark's crate that holds
+/// `Cargo.lock` (the workspace's).
+pub fn repo_root() -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .unwrap_or(crate_dir)
+        .to_path_buf()
+}
+
+/// The program to run for `cargo` (the one running this benchmark, when there is one).
+pub fn cargo() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// The workspace's target folder (`CARGO_TARGET_DIR`, else `<repo>/target`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// Builds the workspace's default members in release mode (the `onenet` engine and its
+/// `onenet-torch` worker, as `make build` does) and returns the `onenet` binary.
+pub fn build_release() -> PathBuf {
+    let status = Command::new(cargo())
+        .args(["build", "--release"])
+        .current_dir(repo_root())
+        .status()
+        .expect("start cargo build");
+    assert!(status.success(), "cargo build --release failed: {status}");
+    let release = target_dir().join("release");
+    for binary in ["onenet", "onenet-torch"] {
+        assert!(
+            release.join(binary).is_file(),
+            "{binary} not found in {} after the build",
+            release.display()
+        );
+    }
+    release.join("onenet")
 }

@@ -102,6 +102,10 @@ pub struct StageJob {
     /// Every stage upstream of this one, in execution order.
     #[serde(default)]
     pub lineage: Vec<UpstreamRecord>,
+    /// For a sharded stage, the content hashes of the items this job computes (one shard); None
+    /// for the whole stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Vec<String>>,
 }
 
 impl StageJob {
@@ -125,6 +129,7 @@ impl StageJob {
             scratch_dir: out_dir.to_path_buf(),
             previous: None,
             lineage: Vec::new(),
+            shard: None,
         }
     }
 }
@@ -271,6 +276,30 @@ pub struct StageKind {
     /// Where it computes: decides the device part of its key.
     pub device: DeviceUse,
     pub run: RunFn,
+    /// How it splits into shards, if it is data-parallel (None: it runs whole).
+    pub shards: Option<&'static ShardSpec>,
+}
+
+/// How a data-parallel stage splits its work into shards, each a cached object of its own keyed
+/// by the content hashes of its items, and puts the shards' outputs together without computing
+/// anything. The engine decides the shards and where they run (one after another here, or as a
+/// cluster's array job); `run` computes one shard when `StageJob::shard` is set.
+pub struct ShardSpec {
+    /// The int param giving the number of items per shard; 0 (or absent) runs the stage whole.
+    pub param: &'static str,
+    /// The items the stage works on, each with its content hash, read from its inputs.
+    pub items: fn(&Params, &[StageInput]) -> Result<Vec<ShardItem>, StageError>,
+    /// Writes the stage's whole output into `ctx.out_dir` from the shards' outputs (one folder
+    /// per shard, in shard order), computing nothing.
+    pub merge: fn(&StageContext, &[PathBuf]) -> Result<StageReport, StageError>,
+}
+
+/// One item of a sharded stage: what it is (for messages) and the BLAKE3 of its content, which
+/// decides its shard and enters that shard's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardItem {
+    pub id: String,
+    pub hash: String,
 }
 
 impl std::fmt::Debug for StageKind {

@@ -200,6 +200,9 @@ pub enum Command {
     /// The remote cache: check that it works.
     #[command(subcommand)]
     Remote(RemoteCommand),
+    /// Compute one shard of a sharded stage from a task file (what a cluster's array task runs).
+    #[command(hide = true)]
+    ShardTask { file: PathBuf },
     /// Run SQL over the store's tables (Polars' SQL dialect) and print the result.
     ///
     /// Tables: `<stage>.<table>` for the output each stage of the pipeline file resolves to
@@ -252,6 +255,10 @@ pub struct RunArgs {
     /// made from its overrides).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Where sharded stages compute: here, one shard after another, or as a Slurm array job
+    /// (default: `[executor] kind` in the pipeline file, else local).
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorArg>,
     /// Do not upload what this run computes to the remote cache (it still pulls from it).
     #[arg(long)]
     pub no_push: bool,
@@ -259,6 +266,22 @@ pub struct RunArgs {
     /// in parallel; stages the variants share are computed once).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: u16,
+}
+
+/// `--executor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorArg {
+    Local,
+    Slurm,
+}
+
+impl From<ExecutorArg> for onenet::config::ExecutorKind {
+    fn from(arg: ExecutorArg) -> Self {
+        match arg {
+            ExecutorArg::Local => onenet::config::ExecutorKind::Local,
+            ExecutorArg::Slurm => onenet::config::ExecutorKind::Slurm,
+        }
+    }
 }
 
 /// Output format of a table: readable text, JSON (an array of rows) or CSV.

@@ -31,6 +31,7 @@ pub const KIND: StageKind = StageKind {
     sources,
     device: crate::DeviceUse::NoLibtorch,
     run,
+    shards: None,
 };
 
 const PARAMS: &[ParamSpec] = &[

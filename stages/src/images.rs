@@ -29,6 +29,7 @@ pub const KIND: StageKind = StageKind {
     sources,
     device: crate::DeviceUse::NoLibtorch,
     run,
+    shards: None,
 };
 
 const PARAMS: &[ParamSpec] = &[

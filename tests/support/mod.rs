@@ -2,6 +2,8 @@
 //! `onenet` binary.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -50,7 +50,9 @@
 #[path = "../../benches/support/mod.rs"]
 mod support;
 use support::dataset::prepare_dataset;
-use support::{describe_actions, onenet_cmd, stages, write_if_changed};
+use support::{
+    build_release, describe_actions, onenet_cmd, repo_root, stages, target_dir, write_if_changed,
+};
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -153,7 +155,7 @@ fn main() {
     }
     let threads = threads();
     let repo = repo_root();
-    let target = target_dir(&repo);
+    let target = target_dir();
     let bench_data = target.join("bench-data");
     println!(
         "onenet ML benchmark: onenet vs PyTorch {TORCH_VERSION} eager, {threads} threads each \
@@ -169,7 +171,7 @@ fn main() {
     // virtual environment. Parts that need neither start at once.
     let onenet = if parts.iter().any(|p| ["features", "memory"].contains(p)) {
         println!("\n== building the release binaries (cargo build --release)");
-        build_release(&repo, &target)
+        build_release()
     } else {
         PathBuf::new()
     };
@@ -1141,42 +1143,6 @@ fn print_load() {
         ""
     };
     println!("load average (1 min): {load:.2} on {cpus} CPUs{busy}");
-}
-
-/// The repository root: this crate's parent folder.
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the onenet-torch crate sits inside the repository")
-        .to_path_buf()
-}
-
-/// The workspace's target folder (`CARGO_TARGET_DIR`, else `<repo>/target`).
-fn target_dir(repo: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target"))
-}
-
-/// Builds the workspace's default members in release mode (the `onenet` engine and its
-/// `onenet-torch` worker) and returns the `onenet` binary.
-fn build_release(repo: &Path, target: &Path) -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release"])
-        .current_dir(repo)
-        .status()
-        .expect("start cargo build");
-    assert!(status.success(), "cargo build --release failed: {status}");
-    let release = target.join("release");
-    for binary in ["onenet", "onenet-torch"] {
-        assert!(
-            release.join(binary).is_file(),
-            "{binary} not found in {} after the build",
-            release.display()
-        );
-    }
-    release.join("onenet")
 }
 
 /// The Python of `<target>/bench-venv`, creating the environment and installing PyTorch,

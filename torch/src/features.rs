@@ -117,7 +117,19 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
 
     // Each image's row: its columns of the images table, copied.
     let images = crate::input_dir(ctx, &onenet_stages::images::KIND)?;
-    let rows = read_row_columns(&images.join(IMAGES_TABLE))?;
+    let mut rows = read_row_columns(&images.join(IMAGES_TABLE))?;
+    // One shard of a sharded run: its images only, one row per distinct content.
+    if let Some(hashes) = &ctx.shard {
+        let mut wanted: std::collections::HashSet<&str> =
+            hashes.iter().map(String::as_str).collect();
+        rows.retain(|row| wanted.remove(row.hash.as_str()));
+        if !wanted.is_empty() {
+            return Err(StageError::Input(format!(
+                "{} image(s) of the shard are not in the images table",
+                wanted.len()
+            )));
+        }
+    }
     if rows.is_empty() {
         return Err(StageError::Input(
             "the images table has no usable image".into(),
@@ -260,6 +272,16 @@ fn extract(
                     .par_iter()
                     .map(|p| decode_resized(&p.path, size).map(|image| kind.input_values(&image)))
                     .collect();
+                // Every batch runs at full size (a short last batch is padded with copies of
+                // its last image): libtorch picks its kernels by batch shape, so an image's
+                // features then do not depend on how many images share its batch, and a
+                // sharded run writes the same bytes as a whole one.
+                let decoded = decoded.map(|mut values| {
+                    if let Some(last) = values.last().cloned() {
+                        values.resize(batch_size, last);
+                    }
+                    values
+                });
                 let message =
                     decoded.map(|values| (chunk.iter().map(|p| p.row).collect(), values.concat()));
                 let failed = message.is_err();

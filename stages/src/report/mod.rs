@@ -45,6 +45,7 @@ pub const KIND: StageKind = StageKind {
     sources: |_, _, _| Ok(Vec::new()),
     device: crate::DeviceUse::NoLibtorch,
     run,
+    shards: None,
 };
 
 const PARAMS: &[ParamSpec] = &[

@@ -29,6 +29,7 @@ pub const KIND: StageKind = StageKind {
     sources: |_, _, _| Ok(Vec::new()),
     device: crate::DeviceUse::Cpu,
     run: crate::worker::run_in_worker,
+    shards: None,
 };
 
 /// Every image's embedding.

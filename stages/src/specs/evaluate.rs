@@ -28,6 +28,7 @@ pub const KIND: StageKind = StageKind {
     sources: |_, _, _| Ok(Vec::new()),
     device: crate::DeviceUse::Best,
     run: crate::worker::run_in_worker,
+    shards: None,
 };
 
 const PARAMS: &[ParamSpec] = &[

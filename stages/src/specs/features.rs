@@ -13,7 +13,7 @@ use crate::{
 
 pub const KIND: StageKind = StageKind {
     name: "features",
-    version: 3,
+    version: 4,
     about: "Pooled features of every image from a frozen CNN backbone",
     params: PARAMS,
     inputs: InputRule {
@@ -24,6 +24,17 @@ pub const KIND: StageKind = StageKind {
     sources,
     device: crate::DeviceUse::Best,
     run: crate::worker::run_in_worker,
+    shards: Some(&SHARDS),
+};
+
+/// Sharded by image content: each shard computes the features of its images, and the merge puts
+/// them in the images table's order. An image's features do not depend on which other images
+/// share its batch (every batch is run at full size, see the worker), so a sharded run writes the
+/// same bytes as a whole one, and `shard_images` is not part of the key.
+pub const SHARDS: crate::ShardSpec = crate::ShardSpec {
+    param: "shard_images",
+    items: shard_items,
+    merge: merge_shards,
 };
 
 const PARAMS: &[ParamSpec] = &[
@@ -57,8 +68,114 @@ const PARAMS: &[ParamSpec] = &[
                libtorch picks its convolution kernels by batch shape, which can change the features in \
                their last bits",
     },
+    ParamSpec {
+        name: "shard_images",
+        ty: ParamType::Int {
+            min: 0,
+            max: 10_000_000,
+        },
+        default: ParamDefault::Int(0),
+        effect: Effect::SpeedOnly,
+        help: "Images per shard (0: one piece). Each shard is cached on its own, keyed by its \
+               images' content, and can run as a task of a cluster's array job (`[executor] kind = \
+               \"slurm\"`); adding images computes only a new shard. Same features either way",
+    },
     ParamSpec::threads(crate::params::LIBTORCH_THREADS_HELP),
 ];
+
+/// Every image of the images table, with its content hash.
+fn shard_items(
+    _params: &Params,
+    inputs: &[StageInput],
+) -> Result<Vec<crate::ShardItem>, StageError> {
+    let images = crate::input_of_kind(inputs, crate::images::KIND.name)?;
+    Ok(
+        read_row_columns(&images.dir.join(crate::images::IMAGES_TABLE))?
+            .into_iter()
+            .map(|row| crate::ShardItem {
+                id: row.image_id,
+                hash: row.hash,
+            })
+            .collect(),
+    )
+}
+
+/// The whole feature matrix from the shards' matrices: each image's row is the row of its
+/// content hash in whichever shard computed it.
+fn merge_shards(
+    ctx: &crate::StageContext,
+    shards: &[PathBuf],
+) -> Result<crate::StageReport, StageError> {
+    let images = crate::input_of_kind(&ctx.inputs, crate::images::KIND.name)?;
+    let rows = read_row_columns(&images.dir.join(crate::images::IMAGES_TABLE))?;
+    let mut dim = 0;
+    let mut by_hash: std::collections::HashMap<String, (usize, usize)> = Default::default();
+    let mut matrices = Vec::with_capacity(shards.len());
+    for (s, dir) in shards.iter().enumerate() {
+        let (values, shape) = read_f32_safetensors(&dir.join(FEATURES_FILE), FEATURES_TENSOR)?;
+        if s > 0 && shape[1] != dim {
+            return Err(StageError::file(
+                dir.join(FEATURES_FILE),
+                format!("{} columns where the other shards have {dim}", shape[1]),
+            ));
+        }
+        dim = shape[1];
+        for (r, row) in read_rows(dir)?.into_iter().enumerate() {
+            by_hash.entry(row.hash).or_insert((s, r));
+        }
+        matrices.push(values);
+    }
+    let mut values = vec![0f32; rows.len() * dim];
+    for (i, row) in rows.iter().enumerate() {
+        let &(s, r) = by_hash.get(&row.hash).ok_or_else(|| {
+            StageError::Input(format!(
+                "no shard holds the features of {} ({})",
+                row.image_id, row.hash
+            ))
+        })?;
+        values[i * dim..(i + 1) * dim].copy_from_slice(&matrices[s][r * dim..(r + 1) * dim]);
+    }
+    write_matrix(&ctx.out_dir, &rows, &values, dim)?;
+    if let Some(first) = shards.first() {
+        let from = first.join(EXTRACTOR_FILE);
+        let to = ctx.out_dir.join(EXTRACTOR_FILE);
+        std::fs::copy(&from, &to).map_err(|e| StageError::io(&from, e))?;
+    }
+    Ok(crate::StageReport {
+        notes: vec![format!(
+            "{} images × {dim}, put together from {} shard(s)",
+            rows.len(),
+            shards.len()
+        )],
+        ..Default::default()
+    })
+}
+
+/// The f32 matrix `name` of a safetensors file: its values, row-major, and its shape.
+fn read_f32_safetensors(path: &Path, name: &str) -> Result<(Vec<f32>, [usize; 2]), StageError> {
+    let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
+    let tensors = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| StageError::file(path, format!("not a safetensors file: {e}")))?;
+    let tensor = tensors
+        .tensor(name)
+        .map_err(|e| StageError::file(path, format!("no tensor `{name}`: {e}")))?;
+    let shape = tensor.shape();
+    if tensor.dtype() != safetensors::Dtype::F32 || shape.len() != 2 {
+        return Err(StageError::file(
+            path,
+            format!(
+                "`{name}` is not a 2-d f32 matrix ({:?} {shape:?})",
+                tensor.dtype()
+            ),
+        ));
+    }
+    let values = tensor
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok((values, [shape[0], shape[1]]))
+}
 
 /// The weights file named by the params, or None for explicit random weights.
 pub fn weights_path(params: &Params, base_dir: &Path) -> Result<Option<PathBuf>, StageError> {

@@ -23,6 +23,7 @@ pub const KIND: StageKind = StageKind {
     sources: |_, _, _| Ok(Vec::new()),
     device: crate::DeviceUse::Cpu,
     run: crate::worker::run_in_worker,
+    shards: None,
 };
 
 /// Every caption with its image's feature row, split by split, the train split shuffled.

@@ -57,6 +57,7 @@ pub const KIND: StageKind = StageKind {
     sources,
     device: crate::DeviceUse::Best,
     run: crate::worker::run_in_worker,
+    shards: None,
 };
 
 const PARAMS: &[ParamSpec] = &[
