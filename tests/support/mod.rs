@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod s3;
+pub mod slurm;
 
 use std::collections::HashMap;
 use std::fs;

@@ -116,6 +116,10 @@ impl S3Server {
     }
 
     pub fn client(&self) -> impl ObjectStore {
+        self.builder().build().unwrap()
+    }
+
+    fn builder(&self) -> AmazonS3Builder {
         AmazonS3Builder::new()
             .with_endpoint(&self.endpoint)
             .with_allow_http(true)
@@ -123,13 +127,24 @@ impl S3Server {
             .with_region("us-east-1")
             .with_access_key_id(ACCESS_KEY)
             .with_secret_access_key(SECRET_KEY)
-            .build()
-            .unwrap()
     }
 
-    /// Until a signed write to the bucket succeeds.
+    /// Until a signed write to the bucket succeeds. Each probe gives up after two seconds
+    /// without retrying: a server still starting may accept a connection and not answer yet.
     fn wait_ready(&self) {
-        let client = self.client();
+        let client = self
+            .builder()
+            .with_retry(object_store::RetryConfig {
+                max_retries: 0,
+                ..Default::default()
+            })
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_allow_http(true)
+                    .with_timeout(Duration::from_secs(2)),
+            )
+            .build()
+            .unwrap();
         let start = Instant::now();
         let probe = object_store::path::Path::from("ready");
         loop {
@@ -139,9 +154,9 @@ impl S3Server {
             if put.is_ok() {
                 return;
             }
-            if start.elapsed() > Duration::from_secs(60) {
+            if start.elapsed() > Duration::from_secs(120) {
                 let log = fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default();
-                panic!("SeaweedFS did not answer within 60 s: {put:?}\n{log}");
+                panic!("SeaweedFS did not answer within 120 s: {put:?}\n{log}");
             }
             std::thread::sleep(Duration::from_millis(200));
         }

@@ -17,7 +17,10 @@ pub struct SlurmCluster {
 }
 
 fn hostname() -> String {
-    let out = Command::new("hostname").arg("-s").output().expect("hostname");
+    let out = Command::new("hostname")
+        .arg("-s")
+        .output()
+        .expect("hostname");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -91,12 +94,9 @@ impl SlurmCluster {
         fs::write(&conf, text).unwrap();
         let cluster = SlurmCluster { dir, conf };
         for daemon in ["slurmctld", "slurmd"] {
-            let status = cluster
-                .command(daemon)
-                .status()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start {daemon} ({e}): `make test-deps` installs Slurm")
-                });
+            let status = cluster.command(daemon).status().unwrap_or_else(|e| {
+                panic!("cannot start {daemon} ({e}): `make test-deps` installs Slurm")
+            });
             assert!(status.success(), "{daemon} failed: {}", cluster.logs());
         }
         cluster.wait_idle();
@@ -136,9 +136,13 @@ impl SlurmCluster {
         ["slurmctld.log", "slurmd.log"]
             .iter()
             .map(|f| {
-                let text = fs::read_to_string(self.dir.path().join("log").join(f)).unwrap_or_default();
+                let text =
+                    fs::read_to_string(self.dir.path().join("log").join(f)).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                format!("{f}:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                format!(
+                    "{f}:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")

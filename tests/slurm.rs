@@ -1,0 +1,179 @@
+//! End-to-end tests of sharded stages on a one-node Slurm cluster started by the test (Debian's
+//! `slurmctld`, `slurmd` and `munge`, which `make test-deps` installs): shards submitted as an
+//! array job give the same bytes as a whole local run, a failed task is resubmitted, and adding
+//! images submits one shard.
+
+mod support;
+
+use std::fs;
+use std::process::{Output, Stdio};
+
+use serde_json::Value;
+use support::slurm::SlurmCluster;
+use support::{actions, text, Project};
+
+fn pipeline(images: u32, sharded: bool) -> String {
+    let shard = if sharded { ", shard_images = 10" } else { "" };
+    format!(
+        r#"
+[executor]
+kind = "slurm"
+poll_seconds = 0.3
+retries = 1
+
+[stages.demo]
+kind = "demo_data"
+params = {{ images = {images}, image_size = 48, seed = 3 }}
+
+[stages.images]
+kind = "images"
+inputs = ["demo"]
+
+[stages.features]
+kind = "features"
+inputs = ["images"]
+params = {{ weights = "random", batch_size = 4{shard} }}
+"#
+    )
+}
+
+fn onenet(
+    project: &Project,
+    cluster: &SlurmCluster,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    let mut cmd = project.command(args);
+    cmd.env("SLURM_CONF", &cluster.conf).stdin(Stdio::null());
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
+    let out = cmd.output().expect("run onenet");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out)
+    );
+    out
+}
+
+fn run_json(
+    project: &Project,
+    cluster: &SlurmCluster,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Value {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    all.extend(["--format", "json"]);
+    let out = onenet(project, cluster, &all, env);
+    assert!(
+        out.status.success(),
+        "onenet {all:?}: {}\n{}",
+        text(&out),
+        cluster.logs()
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+fn features(project: &Project) -> Vec<u8> {
+    fs::read(project.store().join("latest/features/features.safetensors")).unwrap()
+}
+
+/// The `features` stage's notes in a run's JSON output.
+fn notes(run: &Value) -> String {
+    run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "features")
+        .map(|s| s["notes"].to_string())
+        .unwrap_or_default()
+}
+
+fn shard_records(project: &Project) -> usize {
+    fs::read_to_string(project.store().join("runs.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"stage\":\"features#shard\""))
+        .count()
+}
+
+#[test]
+fn shards_on_slurm_give_the_bytes_of_a_whole_local_run_and_new_images_make_one_shard() {
+    let cluster = SlurmCluster::start();
+    let whole = Project::new(&pipeline(40, false));
+    let local = run_json(&whole, &cluster, &["--executor", "local"], &[]);
+    assert!(actions(&local).values().all(|a| a == "computed"));
+
+    let sharded = Project::new(&pipeline(40, true));
+    let run = run_json(&sharded, &cluster, &[], &[]);
+    assert!(
+        notes(&run).contains("4 shard(s) of at most 10 item(s): 4 computed on Slurm"),
+        "{run}"
+    );
+    assert!(features(&sharded) == features(&whole), "the same bytes");
+    assert_eq!(
+        sharded.object_meta("features")["key"],
+        whole.object_meta("features")["key"],
+        "sharding is not part of the key"
+    );
+    // runs.jsonl shows the four shards, then the merge.
+    assert_eq!(shard_records(&sharded), 4);
+    let logs = fs::read_dir(sharded.store().join("logs")).unwrap().count();
+    assert_eq!(logs, 1, "one log folder for the array job");
+
+    // Ten more images: one new shard, the four others reused.
+    fs::write(sharded.path().join("pipeline.toml"), pipeline(50, true)).unwrap();
+    let run = run_json(&sharded, &cluster, &[], &[]);
+    assert!(
+        notes(&run)
+            .contains("5 shard(s) of at most 10 item(s): 1 computed on Slurm, 0 pulled, 4 reused"),
+        "{run}"
+    );
+    assert_eq!(shard_records(&sharded), 5);
+    let whole50 = Project::new(&pipeline(50, false));
+    run_json(&whole50, &cluster, &["--executor", "local"], &[]);
+    assert!(features(&sharded) == features(&whole50));
+}
+
+#[test]
+fn a_failed_task_is_resubmitted_and_one_that_keeps_failing_names_its_log() {
+    let cluster = SlurmCluster::start();
+    let markers = tempfile::tempdir().unwrap();
+    let marker_dir = markers.path().to_string_lossy().into_owned();
+    let project = Project::new(&pipeline(20, true));
+    let run = run_json(
+        &project,
+        &cluster,
+        &[],
+        &[("ONENET_TEST_FAIL_SHARD_ONCE", marker_dir.as_str())],
+    );
+    assert!(notes(&run).contains("2 computed on Slurm"), "{run}");
+    // Each task failed once (leaving its marker) and passed when resubmitted.
+    assert_eq!(fs::read_dir(markers.path()).unwrap().count(), 2);
+
+    // A task that fails every time: `retries = 1` allows two attempts, then the run fails,
+    // naming the task's log.
+    let broken = Project::new(&pipeline(20, true).replace("retries = 1", "retries = 0"));
+    let fresh_markers = tempfile::tempdir().unwrap();
+    let fresh = fresh_markers.path().to_string_lossy().into_owned();
+    let out = onenet(
+        &broken,
+        &cluster,
+        &["run"],
+        &[("ONENET_TEST_FAIL_SHARD_ONCE", fresh.as_str())],
+    );
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains("failed 1 time(s)") && said.contains(".err"),
+        "{said}"
+    );
+    let log = said
+        .split_whitespace()
+        .find(|w| w.ends_with(".err"))
+        .expect("a log path");
+    let log_text = fs::read_to_string(log).unwrap_or_default();
+    assert!(log_text.contains("on purpose"), "{log}: {log_text}");
+}
