@@ -1203,8 +1203,9 @@ fn split_params(
 }
 
 /// Tests make a stage slow to change its inputs while it runs: `ONENET_TEST_STAGE_DELAY` =
-/// `stage:milliseconds` sleeps that long before the stage named starts computing.
-fn test_delay(stage: &str) {
+/// `stage:milliseconds` sleeps that long before the stage named starts computing (a shard task:
+/// `<stage>#shard`).
+pub(crate) fn test_delay(stage: &str) {
     let Ok(spec) = std::env::var("ONENET_TEST_STAGE_DELAY") else {
         return;
     };

@@ -162,6 +162,7 @@ pub fn run_task(
     let mut job = task.job.clone();
     job.out_dir = pending.dir.clone();
     job.scratch_dir = store.scratch_dir(&key)?;
+    crate::engine::test_delay(&task.stage);
     let start = std::time::Instant::now();
     let ctx = onenet_contract::StageContext::new(&job, progress);
     let report = match (kind.run)(&ctx) {

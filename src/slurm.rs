@@ -85,17 +85,34 @@ pub enum SlurmError {
     },
 }
 
-/// Set by SIGINT/SIGTERM while an array is being watched; checked at each poll.
-fn interrupted_flag() -> Arc<AtomicBool> {
-    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
-    FLAG.get_or_init(|| {
+/// Set by SIGINT/SIGTERM while an array is being watched (checked at each poll); the handlers
+/// are removed when it is dropped, so that Ctrl-C stops the rest of the run as usual.
+struct Interrupted {
+    flag: Arc<AtomicBool>,
+    handlers: Vec<signal_hook::SigId>,
+}
+
+impl Interrupted {
+    fn watch() -> Interrupted {
         let flag = Arc::new(AtomicBool::new(false));
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            let _ = signal_hook::flag::register(signal, Arc::clone(&flag));
+        let handlers = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]
+            .into_iter()
+            .filter_map(|signal| signal_hook::flag::register(signal, Arc::clone(&flag)).ok())
+            .collect();
+        Interrupted { flag, handlers }
+    }
+
+    fn happened(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Interrupted {
+    fn drop(&mut self) {
+        for id in self.handlers.drain(..) {
+            signal_hook::low_level::unregister(id);
         }
-        flag
-    })
-    .clone()
+    }
 }
 
 /// One array job's tasks, as the caller describes them.
@@ -132,7 +149,7 @@ pub fn run_array(job: &ArrayJob, settings: &SlurmSettings) -> Result<usize, Slur
     text.push_str("  *) echo \"no task $SLURM_ARRAY_TASK_ID\" >&2; exit 2 ;;\nesac\n");
     std::fs::write(&script, text).map_err(io(&script))?;
 
-    let flag = interrupted_flag();
+    let interrupted = Interrupted::watch();
     let total = job.commands.len();
     let mut attempts: BTreeMap<usize, u32> = BTreeMap::new();
     let mut submitted = 0;
@@ -155,7 +172,7 @@ pub fn run_array(job: &ArrayJob, settings: &SlurmSettings) -> Result<usize, Slur
         }
         let wait_until = Instant::now() + Duration::from_secs_f64(settings.poll_seconds.max(0.1));
         while Instant::now() < wait_until {
-            if flag.load(Ordering::Relaxed) {
+            if interrupted.happened() {
                 let ids: Vec<String> = live.keys().cloned().collect();
                 cancel(&ids);
                 return Err(SlurmError::Interrupted(ids.join(", ")));

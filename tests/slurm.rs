@@ -177,3 +177,54 @@ fn a_failed_task_is_resubmitted_and_one_that_keeps_failing_names_its_log() {
     let log_text = fs::read_to_string(log).unwrap_or_default();
     assert!(log_text.contains("on purpose"), "{log}: {log_text}");
 }
+
+#[test]
+fn an_interrupted_run_cancels_the_jobs_it_submitted() {
+    let cluster = SlurmCluster::start();
+    let project = Project::new(&pipeline(40, true));
+    // Each shard task sleeps 30 s before computing: still running when the run is interrupted.
+    let mut cmd = project.command(&["run"]);
+    cmd.env("SLURM_CONF", &cluster.conf)
+        .env("ONENET_TEST_STAGE_DELAY", "features#shard:30000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("start onenet");
+    let queued = || {
+        let out = cluster
+            .command("squeue")
+            .args(["--noheader", "--format=%i"])
+            .output()
+            .expect("squeue");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let start = std::time::Instant::now();
+    while queued() == 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "nothing was submitted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("interrupted: cancelled Slurm job"),
+        "{}",
+        text(&out)
+    );
+    let start = std::time::Instant::now();
+    while queued() > 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the jobs are still queued after the run ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(!project.store().join("latest/features").exists());
+}
