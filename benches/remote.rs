@@ -2,14 +2,15 @@
 //! 127.0.0.1), side by side with another S3 client doing the same transfer on the same server in
 //! the same run, and the cost of a no-op `run` with a remote configured.
 //!
-//! * a. the demo's whole store (every object the repository's `pipeline.toml` resolves to; the
-//!   run reuses what `make demo` computed, or computes it): onenet's push and pull of every
-//!   object, against Python's `boto3` uploading and downloading the same files with its managed
-//!   transfer (`upload_file`/`download_file`, 8 files at a time);
+//! * a. the demo's whole store (every object the newest outputs of the repository's `artifacts/`
+//!   need, as `make demo` left them; without them, a small demo's store made on the spot):
+//!   onenet's push and pull of every object, against Python's `boto3` uploading and downloading
+//!   the same files with its managed transfer (`upload_file`/`download_file`, 8 files at a time);
 //! * b. one 1 GB generated file: onenet's streamed multipart push and pull, against `boto3`'s
 //!   managed multipart transfer of the same file;
-//! * c. `onenet run` when every output is local, with the remote configured and with
-//!   `--offline`: the remote must cost nothing then (target: under 0.3 s).
+//! * c. `onenet run` of a small pipeline (demo data, captions, images) when every output is
+//!   local, with the remote configured and with `--offline`: the remote must cost nothing then
+//!   (target: under 0.3 s).
 //!
 //! onenet's figures include verifying every file's BLAKE3 (on upload and download); boto3's
 //! include its MD5/CRC checks. `boto3` is installed once into `target/bench-venv-s3/`. Files are
@@ -34,9 +35,24 @@ use onenet::key::CacheKey;
 use onenet::remote::Remote;
 use onenet::store::{ArtifactStore, CommitInfo};
 use s3::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
-use support::{build_release, onenet_cmd, repo_root, target_dir};
+use support::{onenet_cmd, repo_root, target_dir, write_if_changed};
 
 const BIG_FILE_BYTES: u64 = 1 << 30;
+
+/// Stages that need no libtorch: the store of part c, and of part a without a demo store.
+const SMALL_PIPELINE: &str = r#"# Written by the remote-cache benchmark (benches/remote.rs).
+[stages.demo]
+kind = "demo_data"
+params = { images = 500, seed = 7, image_size = 128 }
+
+[stages.captions]
+kind = "captions"
+inputs = ["demo"]
+
+[stages.images]
+kind = "images"
+inputs = ["demo"]
+"#;
 const REPS: usize = 7;
 
 fn main() {
@@ -49,8 +65,7 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
-    println!("\n== building the release binaries");
-    let onenet = build_release();
+    let onenet = PathBuf::from(env!("CARGO_BIN_EXE_onenet"));
     println!("\n== python with boto3");
     let python = ensure_boto3(&target);
     println!("\n== SeaweedFS");
@@ -58,11 +73,18 @@ fn main() {
     println!("S3 on {}, bucket {BUCKET}", server.endpoint);
     set_aws_env(&server);
 
-    println!("\n== the demo's store (onenet run in the repository)");
-    let repo = repo_root();
-    let (took, _) = onenet_cmd(&onenet, &repo, &["run", "--offline", "--quiet"]);
-    println!("run took {:.1} s", took.as_secs_f64());
-    let demo = ArtifactStore::open(&repo.join("artifacts")).expect("the demo's store");
+    let small = work.join("small-demo");
+    write_if_changed(&small.join("pipeline.toml"), SMALL_PIPELINE);
+    onenet_cmd(&onenet, &small, &["run", "--offline", "--quiet"]);
+    let repo_store = repo_root().join("artifacts");
+    let store_dir = if repo_store.join("latest").join("train").exists() {
+        println!("\n== the demo's store: {}", repo_store.display());
+        repo_store
+    } else {
+        println!("\n== no demo store (run `make demo` first): a small demo's store instead");
+        small.join("artifacts")
+    };
+    let demo = ArtifactStore::open(&store_dir).expect("the demo's store");
     let keys: Vec<CacheKey> = demo_keys(&demo);
     let files: Vec<PathBuf> = keys
         .iter()
@@ -149,8 +171,8 @@ fn main() {
 
     println!("\n== c. onenet run, everything local ({REPS} repetitions each, median)");
     std::env::set_var("ONENET_REMOTE", format!("s3://{BUCKET}/demo"));
-    let with_remote = median(|| onenet_cmd(&onenet, &repo, &["run", "--quiet"]).0);
-    let offline = median(|| onenet_cmd(&onenet, &repo, &["run", "--quiet", "--offline"]).0);
+    let with_remote = median(|| onenet_cmd(&onenet, &small, &["run", "--quiet"]).0);
+    let offline = median(|| onenet_cmd(&onenet, &small, &["run", "--quiet", "--offline"]).0);
     println!(
         "with a remote configured {:.3} s, --offline {:.3} s (ratio {:.2}); target under 0.3 s: {}",
         with_remote.as_secs_f64(),

@@ -317,15 +317,7 @@ impl Remote {
     ) -> Result<(), Download> {
         let path = self.blob_path(hash);
         let what = || format!("downloading blob {}", &hash[..12.min(hash.len())]);
-        let mut stream = match conn.store.get(&path).await {
-            Ok(get) => get.into_stream(),
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(Download::Unusable(
-                    "its blob is missing from the remote".into(),
-                ))
-            }
-            Err(e) => return Err(Download::Failed(self.request_error(what(), e))),
-        };
+        let missing = || Download::Unusable("its blob is missing from the remote".into());
         let local = |e: std::io::Error| {
             Download::Failed(RemoteError::Store(StoreError::Io {
                 path: dest.to_path_buf(),
@@ -338,22 +330,56 @@ impl Remote {
         let mut file = std::fs::File::create(dest).map_err(local)?;
         let mut hasher = blake3::Hasher::new();
         let mut seen = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Download::Failed(self.request_error(what(), e)))?;
-            seen += chunk.len() as u64;
-            if seen > bytes {
-                break;
+        if bytes > MULTIPART_THRESHOLD {
+            // A large blob comes in ranged parts, several in flight, taken in order (so the
+            // hash and the file are written as they arrive): one stream alone leaves most of a
+            // fast link idle.
+            let size = match conn.store.head(&path).await {
+                Ok(meta) => meta.size,
+                Err(object_store::Error::NotFound { .. }) => return Err(missing()),
+                Err(e) => return Err(Download::Failed(self.request_error(what(), e))),
+            };
+            if size == bytes {
+                let ranges: Vec<std::ops::Range<u64>> = (0..bytes)
+                    .step_by(PART_BYTES)
+                    .map(|start| start..(start + PART_BYTES as u64).min(bytes))
+                    .collect();
+                let mut parts = futures::stream::iter(ranges)
+                    .map(|range| conn.store.get_range(&path, range))
+                    .buffered(PARALLEL);
+                while let Some(part) = parts.next().await {
+                    let part = part.map_err(|e| Download::Failed(self.request_error(what(), e)))?;
+                    seen += part.len() as u64;
+                    hasher.update(&part);
+                    file.write_all(&part).map_err(local)?;
+                    on_bytes(part.len() as u64);
+                }
+            } else {
+                seen = size;
             }
-            hasher.update(&chunk);
-            file.write_all(&chunk).map_err(local)?;
-            on_bytes(chunk.len() as u64);
+        } else {
+            let mut stream = match conn.store.get(&path).await {
+                Ok(get) => get.into_stream(),
+                Err(object_store::Error::NotFound { .. }) => return Err(missing()),
+                Err(e) => return Err(Download::Failed(self.request_error(what(), e))),
+            };
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| Download::Failed(self.request_error(what(), e)))?;
+                seen += chunk.len() as u64;
+                if seen > bytes {
+                    break;
+                }
+                hasher.update(&chunk);
+                file.write_all(&chunk).map_err(local)?;
+                on_bytes(chunk.len() as u64);
+            }
         }
         if seen != bytes || hasher.finalize().to_hex().as_str() != hash {
             // Best effort: a blob whose content is not its name is of no use to anyone.
             let _ = conn.store.delete(&path).await;
             return Err(Download::Unusable(format!(
-                "its blob is damaged ({seen} bytes or more where {bytes} were expected, or the \
-                 wrong content); removed from the remote"
+                "its blob is damaged ({seen} bytes where {bytes} were expected, or the wrong \
+                 content); removed from the remote"
             )));
         }
         Ok(())
@@ -1125,6 +1151,31 @@ mod tests {
         );
         assert!(!c.has(&key));
         no_leftovers(&c);
+    }
+
+    #[test]
+    fn a_large_blob_damaged_or_cut_short_is_a_miss() {
+        let f = fixture();
+        let big = vec![3u8; MULTIPART_THRESHOLD as usize + PART_BYTES + 5];
+        let key = commit(&f.a, &inputs("big", &[]), &[("big.bin", &big)], 1.0);
+        let blob = blob_file(&f, &big);
+        for damage in [
+            |b: &mut Vec<u8>| b[PART_BYTES + 1] = 4,
+            |b: &mut Vec<u8>| b.truncate(b.len() - 1),
+        ] {
+            f.remote.push(&key, &f.a, &quiet).unwrap();
+            let mut bad = big.clone();
+            damage(&mut bad);
+            std::fs::write(&blob, &bad).unwrap();
+            let pulled = f.remote.pull(&key, &f.b, &quiet).unwrap();
+            assert!(
+                matches!(&pulled, Pulled::Unusable(why) if why.contains("damaged")),
+                "{pulled:?}"
+            );
+            assert!(!f.b.has(&key));
+            assert!(!blob.exists());
+            no_leftovers(&f.b);
+        }
     }
 
     #[test]
