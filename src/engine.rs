@@ -668,20 +668,26 @@ impl Engine {
         let _ = std::fs::remove_dir_all(&scratch_dir);
         let mut warnings = meta.warnings;
         warnings.extend(remote_warnings);
+        let mut notes = meta.notes;
         if let (true, Some(remote)) = (options.push, &self.remote) {
             let on_bytes = |done: u64, total: u64| {
                 observer.transfer(&stage.name, "pushing", done, total);
             };
             // The output is committed here whatever happens to the upload: a failed push is
             // said, not fatal (`onenet push` retries it).
-            if let Err(e) = remote.push(&stage.key, &self.store, &on_bytes) {
-                warnings.push(format!("not pushed: {e}"));
+            match remote.push(&stage.key, &self.store, &on_bytes) {
+                Ok(crate::remote::Pushed::AlreadyThere { .. }) => notes.push(
+                    "already in the remote (another machine pushed it first): its copy is kept"
+                        .into(),
+                ),
+                Ok(crate::remote::Pushed::Done { .. }) => {}
+                Err(e) => warnings.push(format!("not pushed: {e}")),
             }
         }
         Ok(Done {
             action: Action::Computed,
             warnings,
-            notes: meta.notes,
+            notes,
             device: report.device,
         })
     }

@@ -147,6 +147,13 @@ impl Remote {
                 message: format!("unknown scheme `{scheme}`; expected one of {SCHEMES}"),
             });
         }
+        if scheme == "file" && !matches!(parsed.host_str(), None | Some("") | Some("localhost")) {
+            return Err(RemoteError::Config {
+                url: url.to_string(),
+                message: "a file remote needs an absolute path: file:///PATH (three slashes)"
+                    .into(),
+            });
+        }
         if scheme != "file" && parsed.host_str().unwrap_or("").is_empty() {
             return Err(RemoteError::Config {
                 url: url.to_string(),
@@ -249,7 +256,7 @@ impl Remote {
             Ok(meta) => meta,
             Err(e) => return Ok(Pulled::Unusable(format!("its manifest is unreadable: {e}"))),
         };
-        if meta.key != key.hex() || meta.files.iter().any(|f| !safe_relative(&f.path)) {
+        if meta.key != key.hex() || !safe_paths(&meta.files) {
             return Ok(Pulled::Unusable(
                 "its manifest names another key or a path outside the object".into(),
             ));
@@ -297,6 +304,13 @@ impl Remote {
                 meta: Box::new(meta),
                 bytes: total,
             }),
+            Err(StoreError::InvalidOutput { message, .. }) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Ok(Pulled::Unusable(format!(
+                    "its files do not match its manifest: {}",
+                    first_line(&message)
+                )))
+            }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 Err(e.into())
@@ -374,13 +388,21 @@ impl Remote {
                 on_bytes(chunk.len() as u64);
             }
         }
-        if seen != bytes || hasher.finalize().to_hex().as_str() != hash {
-            // Best effort: a blob whose content is not its name is of no use to anyone.
-            let _ = conn.store.delete(&path).await;
+        if seen != bytes {
+            // The blob or the manifest is wrong; which one cannot be told, so nothing is removed.
             return Err(Download::Unusable(format!(
-                "its blob is damaged ({seen} bytes where {bytes} were expected, or the wrong \
-                 content); removed from the remote"
+                "its blob is damaged or its manifest wrong ({seen} bytes where the manifest says \
+                 {bytes})"
             )));
+        }
+        if hasher.finalize().to_hex().as_str() != hash {
+            // A blob whose content is not its name is of no use to anyone (best effort).
+            let _ = conn.store.delete(&path).await;
+            return Err(Download::Unusable(
+                "its blob is damaged (its content does not match its hash); removed from the \
+                 remote"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -790,9 +812,9 @@ enum Download {
 }
 
 /// Builds the client for `url`: the service's own configuration from its standard environment
-/// variables, short retries and a 5 s connect timeout (a server that is down is reported in
-/// seconds, not minutes), and a day-long request timeout (a multi-gigabyte blob streams for as
-/// long as it takes).
+/// variables, short retries, a 5 s connect timeout (a server that is down is reported in
+/// seconds) and a 2-minute request timeout (a server that accepts and never answers is reported
+/// too). No request moves more than 16 MB: larger blobs go in 8 MB parts and come in 8 MB ranges.
 fn connect(url: &str) -> Result<Connection, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -814,7 +836,7 @@ fn connect(url: &str) -> Result<Connection, String> {
             settings.push((ClientConfigKey::ConnectTimeout, "5s"));
         }
         if unset("TIMEOUT") {
-            settings.push((ClientConfigKey::Timeout, "24h"));
+            settings.push((ClientConfigKey::Timeout, "120s"));
         }
         settings
     };
@@ -860,7 +882,15 @@ fn connect(url: &str) -> Result<Connection, String> {
             let dir = parsed
                 .to_file_path()
                 .map_err(|()| "not an absolute local path".to_string())?;
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            // Never created here: a shared folder that is not mounted must not quietly become a
+            // local one.
+            if !dir.is_dir() {
+                return Err(format!(
+                    "{} is not a folder (onenet does not create it: create it, or mount the \
+                     share)",
+                    dir.display()
+                ));
+            }
             Arc::new(
                 object_store::local::LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|e| first_line(&e.to_string()))?,
@@ -928,6 +958,18 @@ fn first_line(text: &str) -> String {
     }
 }
 
+/// Whether a manifest's file paths can all be written: each inside the object, none twice, none
+/// the metadata file itself, none a folder of another.
+fn safe_paths(files: &[crate::store::ObjectFile]) -> bool {
+    let paths: BTreeSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    paths.len() == files.len()
+        && files.iter().all(|f| {
+            safe_relative(&f.path)
+                && f.path != OBJECT_META
+                && !paths.contains(f.path.rsplit_once('/').map_or("", |(dir, _)| dir))
+        })
+}
+
 /// Whether a manifest's file path stays inside the object (no `..`, not absolute).
 fn safe_relative(path: &str) -> bool {
     !path.is_empty()
@@ -959,6 +1001,7 @@ mod tests {
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let remote_dir = dir.path().join("remote");
+        std::fs::create_dir_all(&remote_dir).unwrap();
         let url = url::Url::from_directory_path(&remote_dir).unwrap();
         Fixture {
             remote: Remote::new(url.as_str()).unwrap(),
@@ -1159,9 +1202,18 @@ mod tests {
         let big = vec![3u8; MULTIPART_THRESHOLD as usize + PART_BYTES + 5];
         let key = commit(&f.a, &inputs("big", &[]), &[("big.bin", &big)], 1.0);
         let blob = blob_file(&f, &big);
-        for damage in [
-            |b: &mut Vec<u8>| b[PART_BYTES + 1] = 4,
-            |b: &mut Vec<u8>| b.truncate(b.len() - 1),
+        #[allow(clippy::ptr_arg)] // One signature for both kinds of damage.
+        fn flip(b: &mut Vec<u8>) {
+            b[PART_BYTES + 1] = 4;
+        }
+        fn cut(b: &mut Vec<u8>) {
+            b.truncate(b.len() - 1);
+        }
+        // A flipped byte: the blob is not its name, and goes. A short blob: the blob or the
+        // manifest is wrong, which cannot be told, so it stays.
+        for (damage, removed) in [
+            (flip as fn(&mut Vec<u8>), true),
+            (cut as fn(&mut Vec<u8>), false),
         ] {
             f.remote.push(&key, &f.a, &quiet).unwrap();
             let mut bad = big.clone();
@@ -1173,7 +1225,7 @@ mod tests {
                 "{pulled:?}"
             );
             assert!(!f.b.has(&key));
-            assert!(!blob.exists());
+            assert_eq!(blob.exists(), !removed);
             no_leftovers(&f.b);
         }
     }
@@ -1296,18 +1348,39 @@ mod tests {
         ] {
             assert!(Remote::new(good).is_ok(), "{good}");
         }
-        for bad in ["bucket/prefix", "http://host/x", "s3:///prefix"] {
+        for bad in [
+            "bucket/prefix",
+            "http://host/x",
+            "s3:///prefix",
+            "file://relative/x",
+        ] {
             let err = Remote::new(bad)
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();
-            assert!(err.contains(bad) && err.contains("s3://"), "{bad}: {err}");
+            assert!(
+                err.contains(bad) && (err.contains("s3://") || err.contains("file:///")),
+                "{bad}: {err}"
+            );
         }
         let prefixed = Remote::new("s3://bucket/team/cache/").unwrap();
         assert_eq!(
             prefixed.blob_path("abcdef").as_ref(),
             "team/cache/blobs/ab/abcdef"
         );
+    }
+
+    #[test]
+    fn manifests_naming_a_path_twice_or_a_folder_as_a_file_are_refused() {
+        let file = |path: &str| crate::store::ObjectFile {
+            path: path.into(),
+            bytes: 1,
+            blake3: "00".into(),
+        };
+        assert!(safe_paths(&[file("a/b.txt"), file("c.txt")]));
+        assert!(!safe_paths(&[file("a.txt"), file("a.txt")]));
+        assert!(!safe_paths(&[file(OBJECT_META)]));
+        assert!(!safe_paths(&[file("a"), file("a/b.txt")]));
     }
 
     #[test]
