@@ -62,7 +62,8 @@ pub enum ExecutorKind {
     /// In this process (and its libtorch worker), one shard after another.
     #[default]
     Local,
-    /// A sharded stage's shards as a Slurm array job; the merge here.
+    /// On a Slurm cluster: a sharded stage's shards as one array job (the merge here), every
+    /// other libtorch stage as one job with its resources; plain table stages here.
     Slurm,
 }
 

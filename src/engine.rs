@@ -240,7 +240,16 @@ impl Engine {
                 .stat_cache
                 .hash_files(&source_paths)
                 .map_err(|e| stage_err(format!("reading its source files: {e}")))?;
-            let environment = self.environment(decl.kind.device).map_err(stage_err)?;
+            let mut environment = self.environment(decl.kind.device).map_err(stage_err)?;
+            // A cluster job runs on whatever node the scheduler picks: its device is the one
+            // its resources ask for, not this machine's.
+            if self.pipeline.executor.kind == crate::config::ExecutorKind::Slurm
+                && decl.kind.device == onenet_contract::DeviceUse::Best
+            {
+                let gpus = decl.resources.over(&self.pipeline.executor.slurm).gpus;
+                let device = if gpus.unwrap_or(0) > 0 { "cuda" } else { "cpu" };
+                environment.insert("device".into(), device.into());
+            }
             let key_inputs = KeyInputs {
                 format: KEY_FORMAT,
                 kind: decl.kind.name.to_string(),
@@ -592,6 +601,19 @@ impl Engine {
                 );
             }
         }
+        if self.pipeline.executor.kind == crate::config::ExecutorKind::Slurm
+            && decl.kind.device.uses_libtorch()
+        {
+            return self.compute_on_slurm(
+                stage,
+                inputs,
+                forced,
+                options,
+                observer,
+                history,
+                remote_warnings,
+            );
+        }
         let pending = self.store.begin(&stage.key)?;
         // A forced stage starts from scratch: no checkpoint of a killed run and nothing of its
         // earlier output is reused.
@@ -663,33 +685,179 @@ impl Engine {
                 metrics: report.metrics,
             },
         )?;
+        self.finish_computed(stage, meta, remote_warnings, options, observer)
+    }
+
+    /// The end of computing a stage whose output (`meta`) is committed: the pipeline's view
+    /// follows it, its checkpoints go (they are only worth keeping until the output they lead
+    /// to exists), the remote gets it, and the run reports it with `warnings` of its own.
+    fn finish_computed(
+        &self,
+        stage: &PlannedStage,
+        meta: crate::store::ObjectMeta,
+        mut warnings: Vec<String>,
+        options: &RunOptions,
+        observer: &dyn RunObserver,
+    ) -> Result<Done, EngineError> {
         self.set_newest(stage)?;
-        // Checkpoints are only worth keeping until the output they lead to exists.
-        let _ = std::fs::remove_dir_all(&scratch_dir);
-        let mut warnings = meta.warnings;
-        warnings.extend(remote_warnings);
+        let _ = std::fs::remove_dir_all(self.store.scratch_dir(&stage.key)?);
+        warnings.extend(meta.warnings);
         let mut notes = meta.notes;
-        if let (true, Some(remote)) = (options.push, &self.remote) {
-            let on_bytes = |done: u64, total: u64| {
-                observer.transfer(&stage.name, "pushing", done, total);
-            };
-            // The output is committed here whatever happens to the upload: a failed push is
-            // said, not fatal (`onenet push` retries it).
-            match remote.push(&stage.key, &self.store, &on_bytes) {
-                Ok(crate::remote::Pushed::AlreadyThere { .. }) => notes.push(
-                    "already in the remote (another machine pushed it first): its copy is kept"
-                        .into(),
-                ),
-                Ok(crate::remote::Pushed::Done { .. }) => {}
-                Err(e) => warnings.push(format!("not pushed: {e}")),
-            }
-        }
+        self.push_computed(
+            &stage.name,
+            &stage.key,
+            options,
+            observer,
+            &mut warnings,
+            &mut notes,
+        );
         Ok(Done {
             action: Action::Computed,
             warnings,
             notes,
-            device: report.device,
+            device: meta.device,
         })
+    }
+
+    /// Uploads an object this run computed, unless `--no-push` or no remote. The output is
+    /// committed here whatever happens to the upload: a failed push is a warning, not fatal
+    /// (`onenet push` retries it).
+    fn push_computed(
+        &self,
+        stage: &str,
+        key: &CacheKey,
+        options: &RunOptions,
+        observer: &dyn RunObserver,
+        warnings: &mut Vec<String>,
+        notes: &mut Vec<String>,
+    ) {
+        let (true, Some(remote)) = (options.push, &self.remote) else {
+            return;
+        };
+        let on_bytes = |done: u64, total: u64| {
+            observer.transfer(stage, "pushing", done, total);
+        };
+        match remote.push(key, &self.store, &on_bytes) {
+            Ok(crate::remote::Pushed::AlreadyThere { .. }) => notes.push(
+                "already in the remote (another machine pushed it first): its copy is kept".into(),
+            ),
+            Ok(crate::remote::Pushed::Done { .. }) => {}
+            Err(e) => warnings.push(format!("not pushed: {e}")),
+        }
+    }
+
+    /// Computes a libtorch stage as one Slurm job (with its `[stages.NAME.resources]`): the
+    /// job commits the output into the shared store; this run, which holds the key's lock
+    /// throughout, then treats it as computed.
+    #[allow(clippy::too_many_arguments)]
+    fn compute_on_slurm(
+        &self,
+        stage: &PlannedStage,
+        inputs: Vec<StageInput>,
+        forced: bool,
+        options: &RunOptions,
+        observer: &dyn RunObserver,
+        history: &RunHistory,
+        warnings: Vec<String>,
+    ) -> Result<Done, EngineError> {
+        let decl = &self.pipeline.stages[stage.index];
+        if forced {
+            let _ = std::fs::remove_dir_all(self.store.scratch_dir(&stage.key)?);
+        }
+        let task = crate::task::StageTask {
+            store: self.store.root().to_path_buf(),
+            stage: stage.name.clone(),
+            key_inputs: stage.key_inputs.clone(),
+            job: StageJob {
+                kind: decl.kind.name.to_string(),
+                name: stage.name.clone(),
+                params: decl.params.clone(),
+                inputs,
+                base_dir: self.pipeline.base_dir.clone(),
+                out_dir: PathBuf::new(),
+                scratch_dir: PathBuf::new(),
+                previous: if forced {
+                    None
+                } else {
+                    latest_dir(&self.store, &stage.name)
+                },
+                lineage: self.lineage(stage, history),
+                shard: None,
+            },
+            replace: forced,
+            lock_held: true,
+        };
+        let progress = observer.stage_started(&stage.name);
+        progress.start(1, "job on Slurm");
+        self.submit(stage, &stage.name, vec![task], progress.as_ref())?;
+        drop(progress);
+        let mut meta = self
+            .store
+            .meta(&stage.key)
+            .ok_or_else(|| EngineError::Stage {
+                stage: stage.name.clone(),
+                message: "its Slurm job ended, but its output is not in the store".into(),
+            })?;
+        meta.notes.push("computed as a Slurm job".into());
+        self.finish_computed(stage, meta, warnings, options, observer)
+    }
+
+    /// Submits `tasks` as one Slurm array job with `stage`'s resources and waits until each has
+    /// committed its output: a new manifest for its key (not the one there before, which a
+    /// forced task replaces). Task files and logs go under `logs/<stage key>/`.
+    fn submit(
+        &self,
+        stage: &PlannedStage,
+        what: &str,
+        tasks: Vec<crate::task::StageTask>,
+        progress: &dyn Progress,
+    ) -> Result<(), EngineError> {
+        let stage_err = |message: String| EngineError::Stage {
+            stage: stage.name.clone(),
+            message,
+        };
+        let log_dir = self
+            .store
+            .bucket(crate::store::Bucket::Logs)
+            .join(stage.key.hex());
+        let tasks_dir = log_dir.join("tasks");
+        std::fs::create_dir_all(&tasks_dir)
+            .map_err(|e| stage_err(format!("{}: {e}", tasks_dir.display())))?;
+        let exe = std::env::current_exe().map_err(|e| stage_err(e.to_string()))?;
+        let mut commands = Vec::new();
+        let mut targets = Vec::new();
+        for (i, task) in tasks.iter().enumerate() {
+            let file = tasks_dir.join(format!("{i}.json"));
+            let text = serde_json::to_vec(task).unwrap_or_default();
+            std::fs::write(&file, text)
+                .map_err(|e| stage_err(format!("{}: {e}", file.display())))?;
+            commands.push(format!(
+                "{} stage-task {}",
+                shell_quote(&exe.to_string_lossy()),
+                shell_quote(&file.to_string_lossy())
+            ));
+            let key = task.key_inputs.key();
+            targets.push((key, self.store.manifest(&key)));
+        }
+        let seen = std::sync::atomic::AtomicU64::new(0);
+        let job = crate::slurm::ArrayJob {
+            what: what.to_string(),
+            commands,
+            log_dir,
+            done: &|i| {
+                let (key, before) = &targets[i];
+                let now = self.store.manifest(key);
+                now.is_some() && now != *before
+            },
+            progress: &|done, _| {
+                let before = seen.swap(done as u64, std::sync::atomic::Ordering::Relaxed);
+                progress.inc((done as u64).saturating_sub(before));
+            },
+        };
+        let decl = &self.pipeline.stages[stage.index];
+        let settings = decl.resources.over(&self.pipeline.executor.slurm);
+        crate::slurm::run_array(&job, &settings).map_err(|e| stage_err(e.to_string()))?;
+        Ok(())
     }
 
     /// Points the pipeline's view at a stage's output, unless this run is a variant (`--set`):
@@ -933,7 +1101,7 @@ impl Engine {
     /// Computes a sharded stage: each shard not in the store (nor the remote) is computed —
     /// here one after another, or as one Slurm array job — and committed as an object of its
     /// own; then the merge puts the shards' outputs together, computing nothing, and is
-    /// committed under the stage's key.
+    /// committed under the stage's key. `--force` recomputes every shard too.
     #[allow(clippy::too_many_arguments)]
     fn compute_sharded(
         &self,
@@ -946,8 +1114,9 @@ impl Engine {
         history: &RunHistory,
         mut warnings: Vec<String>,
     ) -> Result<Done, EngineError> {
-        use crate::shards::{Shard, ShardTask};
+        use crate::shards::Shard;
         let decl = &self.pipeline.stages[stage.index];
+        let forced = options.force.contains(&stage.name);
         let stage_err = |message: String| EngineError::Stage {
             stage: stage.name.clone(),
             message,
@@ -958,14 +1127,14 @@ impl Engine {
             .bucket(crate::store::Bucket::Shards)
             .join(format!("{}.json", stage.name));
         let shards: Vec<Shard> = crate::shards::plan(&stage.key_inputs, &items, per_shard, &layout);
-        let shard_name = format!("{}#shard", stage.name);
+        let shard_name = crate::shards::shard_kind(&stage.name);
         let mut missing: Vec<&Shard> = Vec::new();
         let mut pulled = 0;
         for shard in &shards {
-            if self.store.has(&shard.key) {
+            if !forced && self.store.has(&shard.key) {
                 continue;
             }
-            if let Some(remote) = &self.remote {
+            if let (false, Some(remote)) = (forced, &self.remote) {
                 let on_bytes = |done: u64, total: u64| {
                     observer.transfer(&stage.name, "pulling a shard", done, total);
                 };
@@ -985,7 +1154,7 @@ impl Engine {
             }
             missing.push(shard);
         }
-        let task = |shard: &Shard| ShardTask {
+        let task = |shard: &Shard| crate::task::StageTask {
             store: self.store.root().to_path_buf(),
             stage: shard_name.clone(),
             key_inputs: shard.key_inputs.clone(),
@@ -1001,6 +1170,8 @@ impl Engine {
                 lineage: Vec::new(),
                 shard: Some(shard.hashes.clone()),
             },
+            replace: forced,
+            lock_held: false,
         };
         let executor = self.pipeline.executor.kind;
         let start = Instant::now();
@@ -1013,7 +1184,7 @@ impl Engine {
                         i + 1,
                         missing.len()
                     ));
-                    crate::shards::run_task(
+                    crate::task::run_task(
                         &task(shard),
                         self.pipeline.kinds,
                         options.lock_timeout,
@@ -1022,40 +1193,18 @@ impl Engine {
                     .map_err(|e| stage_err(e.to_string()))?;
                 }
             }
-            crate::config::ExecutorKind::Slurm => {
-                let tasks_dir = self.store.scratch_dir(&stage.key)?.join("shard-tasks");
-                std::fs::create_dir_all(&tasks_dir).map_err(|e| stage_err(e.to_string()))?;
-                let exe = std::env::current_exe().map_err(|e| stage_err(e.to_string()))?;
-                let mut commands = Vec::new();
-                for (i, shard) in missing.iter().enumerate() {
-                    let file = tasks_dir.join(format!("{i}.json"));
-                    let text = serde_json::to_vec(&task(shard)).unwrap_or_default();
-                    std::fs::write(&file, text).map_err(|e| stage_err(e.to_string()))?;
-                    commands.push(format!(
-                        "{} shard-task {}",
-                        shell_quote(&exe.to_string_lossy()),
-                        shell_quote(&file.to_string_lossy())
-                    ));
-                }
+            crate::config::ExecutorKind::Slurm if !missing.is_empty() => {
                 let progress = observer.stage_started(&stage.name);
                 progress.start(missing.len() as u64, "shards on Slurm");
-                let seen = std::sync::atomic::AtomicU64::new(0);
-                let job = crate::slurm::ArrayJob {
-                    what: format!("{} shards", stage.name),
-                    commands,
-                    log_dir: self
-                        .store
-                        .bucket(crate::store::Bucket::Logs)
-                        .join(stage.key.hex()),
-                    done: &|i| self.store.has(&missing[i].key),
-                    progress: &|done, _| {
-                        let before = seen.swap(done as u64, std::sync::atomic::Ordering::Relaxed);
-                        progress.inc((done as u64).saturating_sub(before));
-                    },
-                };
-                let settings = decl.resources.over(&self.pipeline.executor.slurm);
-                crate::slurm::run_array(&job, &settings).map_err(|e| stage_err(e.to_string()))?;
+                let tasks = missing.iter().map(|s| task(s)).collect();
+                self.submit(
+                    stage,
+                    &format!("{} shards", stage.name),
+                    tasks,
+                    progress.as_ref(),
+                )?;
             }
+            crate::config::ExecutorKind::Slurm => {}
         }
         let shard_seconds = start.elapsed().as_secs_f64();
         for shard in &missing {
@@ -1075,12 +1224,16 @@ impl Engine {
                 observer.store_warning(&format!("could not record the run: {e}"));
             }
         }
-        if let (true, Some(remote)) = (options.push, &self.remote) {
-            for shard in &missing {
-                if let Err(e) = remote.push(&shard.key, &self.store, &|_, _| {}) {
-                    warnings.push(format!("a shard was not pushed: {e}"));
-                }
-            }
+        let mut shard_notes = Vec::new();
+        for shard in &missing {
+            self.push_computed(
+                &shard_name,
+                &shard.key,
+                options,
+                observer,
+                &mut warnings,
+                &mut shard_notes,
+            );
         }
         crate::shards::remember(&shards, &layout);
 
@@ -1139,20 +1292,7 @@ impl Engine {
                 metrics: report.metrics,
             },
         )?;
-        self.set_newest(stage)?;
-        let _ = std::fs::remove_dir_all(self.store.scratch_dir(&stage.key)?);
-        warnings.extend(meta.warnings);
-        if let (true, Some(remote)) = (options.push, &self.remote) {
-            if let Err(e) = remote.push(&stage.key, &self.store, &|_, _| {}) {
-                warnings.push(format!("not pushed: {e}"));
-            }
-        }
-        Ok(Done {
-            action: Action::Computed,
-            warnings,
-            notes: meta.notes,
-            device: None,
-        })
+        self.finish_computed(stage, meta, warnings, options, observer)
     }
 }
 

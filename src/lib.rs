@@ -15,4 +15,5 @@ pub mod remote;
 pub mod shards;
 pub mod slurm;
 pub mod store;
+pub mod task;
 pub mod task_cli;

@@ -97,7 +97,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             format,
         } => pull(global, &stages, pin.as_deref(), format),
         Command::Remote(RemoteCommand::Check { format }) => remote_check(global, format),
-        Command::ShardTask { file } => shard_task(&file),
+        Command::StageTask { file } => stage_task(&file),
+        Command::LockProbe { file } => lock_probe(&file),
         Command::Exp(ExpCommand::Show(args)) => exp_show(global, &args),
         Command::Exp(ExpCommand::Diff {
             a,
@@ -206,6 +207,7 @@ fn dry_run(global: &GlobalArgs, args: &RunArgs) -> Result<ExitCode> {
 /// every commit is atomic either way, so nothing half-written is ever left.
 fn run_stages(global: &GlobalArgs, args: &RunArgs) -> Result<ExitCode> {
     let (engine, selection) = engine_for_run(global, args)?;
+    cli::check_shared_locks(&engine);
     let planned = engine.plan(&selection)?;
     let mut reasons = HashMap::new();
     if out::verbosity() == Verbosity::Verbose {
@@ -291,6 +293,9 @@ fn run_sweep(
         let selection = selection(&engine, global, args)?;
         runs.push((assignments, engine, selection));
     }
+    if let Some((_, engine, _)) = runs.first() {
+        cli::check_shared_locks(engine);
+    }
     let everything: Vec<String> = variants.iter().flatten().cloned().collect();
     let sweep = match (&args.name, &args.sweep) {
         (Some(name), _) | (None, Some(name)) => name.clone(),
@@ -335,7 +340,19 @@ fn run_sweep(
     };
     let mode = ProgressMode::detect();
     let text = args.format == Format::Text;
-    let jobs = usize::from(args.jobs).min(total);
+    // On a cluster every variant is submitted at once by default: the scheduler decides what
+    // runs when.
+    let on_cluster = args
+        .executor
+        .map(onenet::config::ExecutorKind::from)
+        .unwrap_or(pipeline.executor.kind)
+        == onenet::config::ExecutorKind::Slurm;
+    let jobs = match args.jobs {
+        Some(n) => usize::from(n),
+        None if on_cluster => total,
+        None => 1,
+    }
+    .min(total);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: std::sync::Mutex<Vec<Option<VariantRun>>> =
         std::sync::Mutex::new(vec![None; total]);
@@ -695,22 +712,22 @@ fn pull(
     Ok(ok_if(ok))
 }
 
-/// One shard of a sharded stage, as a cluster task runs it: computed and committed into the
-/// shared store named in `file` (written by the engine that submitted the task).
-fn shard_task(file: &std::path::Path) -> Result<ExitCode> {
+/// One stage, or one shard of a sharded stage, as a cluster job runs it: computed and
+/// committed into the shared store named in `file` (written by the engine that submitted it).
+fn stage_task(file: &std::path::Path) -> Result<ExitCode> {
     let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let task: onenet::shards::ShardTask = serde_json::from_slice(&text)
-        .with_context(|| format!("{}: not a shard task", file.display()))?;
+    let task: onenet::task::StageTask = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not a stage task", file.display()))?;
     // Tests make a task fail once, to see it resubmitted: the first attempt of each task leaves
     // a marker in this folder and fails.
-    if let Some(dir) = std::env::var_os("ONENET_TEST_FAIL_SHARD_ONCE") {
+    if let Some(dir) = std::env::var_os("ONENET_TEST_FAIL_TASK_ONCE") {
         let marker = std::path::Path::new(&dir).join(task.key_inputs.key().hex());
         if std::fs::create_dir_all(&dir).is_ok() && std::fs::File::create_new(&marker).is_ok() {
-            bail!("failing this shard once on purpose (ONENET_TEST_FAIL_SHARD_ONCE)");
+            bail!("failing this task once on purpose (ONENET_TEST_FAIL_TASK_ONCE)");
         }
     }
     let progress = ProgressMode::detect().start(&task.stage);
-    let computed = onenet::shards::run_task(
+    let computed = onenet::task::run_task(
         &task,
         onenet_stages::kinds(),
         Duration::from_secs(24 * 3600),
@@ -724,6 +741,22 @@ fn shard_task(file: &std::path::Path) -> Result<ExitCode> {
         task.key_inputs.key().short()
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether this process can lock `file` (exit status 0) or another holds it (3): how a run
+/// learns that its store's file system honours locks across processes.
+fn lock_probe(file: &std::path::Path) -> Result<ExitCode> {
+    let handle = std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .with_context(|| format!("opening {}", file.display()))?;
+    Ok(match handle.try_lock() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(std::fs::TryLockError::WouldBlock) => ExitCode::from(3),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", file.display()))
+        }
+    })
 }
 
 fn remote_check(global: &GlobalArgs, format: Format) -> Result<ExitCode> {

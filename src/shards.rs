@@ -11,7 +11,7 @@
 //! recomputes nothing else; removing an image re-forms only the shard that held it.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use onenet_contract::ShardItem;
 use serde::{Deserialize, Serialize};
@@ -120,80 +120,6 @@ fn shard_key_inputs(stage: &KeyInputs, hashes: &[String]) -> KeyInputs {
         environment: stage.environment.clone(),
         recorded: BTreeMap::new(),
     }
-}
-
-/// What a cluster task needs to compute one shard and commit it: written as JSON by the engine,
-/// read by `onenet shard-task FILE` on the node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShardTask {
-    /// The store's root folder (shared between the nodes).
-    pub store: PathBuf,
-    /// The name the shard is committed under (`<stage>#shard`).
-    pub stage: String,
-    pub key_inputs: KeyInputs,
-    /// The stage's job with `shard` set; its `out_dir` and `scratch_dir` are replaced on the node.
-    pub job: onenet_contract::StageJob,
-}
-
-/// Computes one shard and commits it into its store, unless it is there already (then false).
-/// Runs under the shard key's lock, so two processes (or a resubmitted cluster task) computing
-/// the same shard do it once.
-pub fn run_task(
-    task: &ShardTask,
-    kinds: &[onenet_contract::StageKind],
-    lock_timeout: std::time::Duration,
-    progress: &dyn onenet_contract::Progress,
-) -> Result<bool, TaskError> {
-    let store = crate::store::ArtifactStore::open(&task.store)?;
-    let key = task.key_inputs.key();
-    if store.has(&key) {
-        return Ok(false);
-    }
-    let what = format!("{} (key {})", task.stage, key.short());
-    let _lock = store.lock(&key, &what, lock_timeout, &|_| {})?;
-    if store.has(&key) {
-        return Ok(false);
-    }
-    let kind = kinds
-        .iter()
-        .find(|k| k.name == task.job.kind)
-        .ok_or_else(|| TaskError::Stage(format!("unknown stage kind `{}`", task.job.kind)))?;
-    let pending = store.begin(&key)?;
-    let mut job = task.job.clone();
-    job.out_dir = pending.dir.clone();
-    job.scratch_dir = store.scratch_dir(&key)?;
-    crate::engine::test_delay(&task.stage);
-    let start = std::time::Instant::now();
-    let ctx = onenet_contract::StageContext::new(&job, progress);
-    let report = match (kind.run)(&ctx) {
-        Ok(report) => report,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&pending.dir);
-            return Err(TaskError::Stage(e.to_string()));
-        }
-    };
-    store.commit(
-        pending,
-        &task.stage,
-        &task.key_inputs,
-        crate::store::CommitInfo {
-            warnings: report.warnings,
-            notes: report.notes,
-            seconds: start.elapsed().as_secs_f64(),
-            device: report.device,
-            metrics: report.metrics,
-        },
-    )?;
-    let _ = std::fs::remove_dir_all(&job.scratch_dir);
-    Ok(true)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TaskError {
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    #[error("{0}")]
-    Stage(String),
 }
 
 #[cfg(test)]

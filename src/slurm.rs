@@ -56,14 +56,32 @@ impl Default for SlurmSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlurmError {
-    #[error("cannot run `{program}`: {source} (is Slurm's client installed, and SLURM_CONF set?)")]
+    #[error(
+        "the executor is Slurm (`[executor] kind = \"slurm\"` in the pipeline file, or \
+         `--executor slurm`), but `{program}` cannot be run: {source}. Install Slurm's client \
+         commands on this machine (and set SLURM_CONF if its configuration is elsewhere), or run \
+         with `--executor local`"
+    )]
     Spawn {
         program: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("`{command}` failed: {stderr}")]
+    #[error(
+        "the executor is Slurm (`[executor]` in the pipeline file), and `{command}` failed: \
+         {stderr}. Is the controller up (`sinfo` says), and are `[executor]`'s partition and \
+         account right?"
+    )]
     Command { command: String, stderr: String },
+    #[error(
+        "the executor is Slurm (`[executor]` in the pipeline file), and the queue could not be \
+         read for {seconds} s: {source}"
+    )]
+    Unreachable {
+        seconds: u64,
+        #[source]
+        source: Box<SlurmError>,
+    },
     #[error(
         "task {task} of {what} failed {attempts} time(s) (Slurm job {job}); its log: {}",
         log.display()
@@ -115,6 +133,9 @@ impl Drop for Interrupted {
     }
 }
 
+/// How long the queue may be unreadable (the controller down) before the run gives up.
+const UNREACHABLE_LIMIT: Duration = Duration::from_secs(300);
+
 /// One array job's tasks, as the caller describes them.
 pub struct ArrayJob<'a> {
     /// What the tasks compute, for messages and the job's name (e.g. `features shards`).
@@ -156,6 +177,7 @@ pub fn run_array(job: &ArrayJob, settings: &SlurmSettings) -> Result<usize, Slur
     // Job id → its tasks still believed queued or running.
     let mut live: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     let mut todo: Vec<usize> = (0..total).filter(|&i| !(job.done)(i)).collect();
+    let mut unreachable_since: Option<Instant> = None;
     loop {
         if !todo.is_empty() {
             for &i in &todo {
@@ -180,9 +202,22 @@ pub fn run_array(job: &ArrayJob, settings: &SlurmSettings) -> Result<usize, Slur
             std::thread::sleep(Duration::from_millis(50));
         }
         let queued = match queued_tasks(&live.keys().cloned().collect::<Vec<_>>()) {
-            Ok(queued) => queued,
-            // A controller busy for a moment: ask again at the next poll.
-            Err(_) => continue,
+            Ok(queued) => {
+                unreachable_since = None;
+                queued
+            }
+            // A controller busy or restarting for a moment: ask again at the next poll, but
+            // not for ever (the jobs may still run; a later run finds what they committed).
+            Err(e) => {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > UNREACHABLE_LIMIT {
+                    return Err(SlurmError::Unreachable {
+                        seconds: since.elapsed().as_secs(),
+                        source: Box::new(e),
+                    });
+                }
+                continue;
+            }
         };
         let mut failed = None;
         for (id, tasks) in live.iter_mut() {

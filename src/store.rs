@@ -448,6 +448,11 @@ impl ArtifactStore {
         self.object_dir(key).join(OBJECT_META).is_file()
     }
 
+    /// The object's manifest (`_onenet.json`) as stored, if the object exists.
+    pub fn manifest(&self, key: &CacheKey) -> Option<Vec<u8>> {
+        fs::read(self.object_dir(key).join(OBJECT_META)).ok()
+    }
+
     /// The metadata of the object for `key`, if it exists and is readable.
     pub fn meta(&self, key: &CacheKey) -> Option<ObjectMeta> {
         let bytes = fs::read(self.object_dir(key).join(OBJECT_META)).ok()?;
@@ -492,12 +497,7 @@ impl ArtifactStore {
         let path = self
             .bucket(Bucket::Locks)
             .join(format!("{}.lock", key.hex()));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file = open_lock_file(&path)?;
         let start = Instant::now();
         let mut told = false;
         loop {
@@ -520,6 +520,27 @@ impl ArtifactStore {
                 Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
             }
         }
+    }
+
+    /// Whether this store's locks keep another process out. Some cluster file systems accept
+    /// `flock` and ignore it (Lustre mounted without `flock`, some NFS set-ups); there, two runs
+    /// may compute the same object at once (harmless: each commit is one rename of a whole
+    /// object, and a task finding the object committed keeps it), only time is lost. The store
+    /// locks a probe file and `other_process` (given its path) says whether a process of its
+    /// own could lock it too; false means locks work.
+    pub fn locks_exclude(
+        &self,
+        other_process: impl FnOnce(&Path) -> std::io::Result<bool>,
+    ) -> Result<bool, StoreError> {
+        let dir = self.bucket(Bucket::Locks);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let path = dir.join(format!("probe.{}.lock", std::process::id()));
+        let file = open_lock_file(&path)?;
+        file.lock().map_err(io_err(&path))?;
+        let other_got_it = other_process(&path).map_err(io_err(&path));
+        drop(file);
+        let _ = fs::remove_file(&path);
+        Ok(!other_got_it?)
     }
 
     /// A fresh, empty temporary directory for computing `key`. Call with the key's lock held:
@@ -1127,6 +1148,16 @@ pub fn describe_object(
         .collect()
 }
 
+/// A lock file, created if missing (its content is never read or cut).
+fn open_lock_file(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1412,5 +1443,22 @@ mod tests {
         let store = ArtifactStore::open(dir.path()).unwrap();
         let log = store.records().unwrap();
         assert!(log.records.is_empty() && log.warnings.is_empty());
+    }
+
+    #[test]
+    fn locks_exclude_a_second_opener_and_report_one_that_gets_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        // A second open file description is kept out by flock, as another process is.
+        let second = |path: &Path| {
+            let file = OpenOptions::new().write(true).open(path)?;
+            Ok(file.try_lock().is_ok())
+        };
+        assert!(store.locks_exclude(second).unwrap());
+        // A file system that ignores locks lets the other in.
+        assert!(!store.locks_exclude(|_| Ok(true)).unwrap());
+        // The probe leaves nothing behind.
+        let left: Vec<_> = fs::read_dir(store.bucket(Bucket::Locks)).unwrap().collect();
+        assert!(left.is_empty());
     }
 }

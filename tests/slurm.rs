@@ -147,7 +147,7 @@ fn a_failed_task_is_resubmitted_and_one_that_keeps_failing_names_its_log() {
         &project,
         &cluster,
         &[],
-        &[("ONENET_TEST_FAIL_SHARD_ONCE", marker_dir.as_str())],
+        &[("ONENET_TEST_FAIL_TASK_ONCE", marker_dir.as_str())],
     );
     assert!(notes(&run).contains("2 computed on Slurm"), "{run}");
     // Each task failed once (leaving its marker) and passed when resubmitted.
@@ -162,7 +162,7 @@ fn a_failed_task_is_resubmitted_and_one_that_keeps_failing_names_its_log() {
         &broken,
         &cluster,
         &["run"],
-        &[("ONENET_TEST_FAIL_SHARD_ONCE", fresh.as_str())],
+        &[("ONENET_TEST_FAIL_TASK_ONCE", fresh.as_str())],
     );
     assert!(!out.status.success());
     let said = text(&out);
@@ -227,4 +227,201 @@ fn an_interrupted_run_cancels_the_jobs_it_submitted() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert!(!project.store().join("latest/features").exists());
+}
+
+/// The demo up to `train`, with `features` and `train` as Slurm jobs (one thread each, so the
+/// result does not depend on how many CPUs a job is given).
+fn training_pipeline() -> String {
+    r#"
+[executor]
+kind = "slurm"
+poll_seconds = 0.3
+cpus_per_task = 1
+
+[stages.demo]
+kind = "demo_data"
+params = { images = 20, image_size = 48, seed = 3 }
+
+[stages.captions]
+kind = "captions"
+inputs = ["demo"]
+
+[stages.images]
+kind = "images"
+inputs = ["demo"]
+
+[stages.features]
+kind = "features"
+inputs = ["images"]
+params = { weights = "random", batch_size = 4, threads = 1 }
+
+[stages.order]
+kind = "order"
+inputs = ["captions", "features"]
+
+[stages.train]
+kind = "train"
+inputs = ["order", "features", "captions"]
+params = { epochs = 1, hidden_dim = 32, image_dim = 16, embed_dim = 16, dev_images = 4, threads = 1 }
+"#
+    .to_string()
+}
+
+/// Each variant's `train` key and the BLAKE3 of every file of that output, as its manifest
+/// lists them, but the training log (it records wall-clock seconds).
+fn trained(project: &Project, sweep: &Value) -> Vec<(String, Value)> {
+    sweep["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let key = v["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == "train")
+                .map(|s| s["key"].as_str().unwrap().to_string())
+                .expect("a train stage");
+            let manifest: Value = serde_json::from_slice(
+                &fs::read(
+                    project
+                        .store()
+                        .join("objects")
+                        .join(&key)
+                        .join("_onenet.json"),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            let files: Vec<Value> = manifest["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| f["path"] != "train_log.parquet")
+                .cloned()
+                .collect();
+            assert!(files.iter().any(|f| f["path"] == "model.safetensors"));
+            (key, Value::Array(files))
+        })
+        .collect()
+}
+
+#[test]
+fn a_sweep_of_two_train_variants_as_slurm_jobs_equals_the_local_sweep() {
+    let cluster = SlurmCluster::start();
+    let args = ["--set", "train.seed=1,2", "--name", "two"];
+    let on_slurm = Project::new(&training_pipeline());
+    let sweep = run_json(&on_slurm, &cluster, &args, &[]);
+    let local = Project::new(&training_pipeline());
+    let mut local_args = args.to_vec();
+    local_args.extend(["--executor", "local"]);
+    let local_sweep = run_json(&local, &cluster, &local_args, &[]);
+
+    let jobs = trained(&on_slurm, &sweep);
+    assert_eq!(jobs.len(), 2);
+    assert_ne!(jobs[0].0, jobs[1].0, "two seeds, two outputs");
+    assert_eq!(
+        jobs,
+        trained(&local, &local_sweep),
+        "Slurm and local differ"
+    );
+    // Each variant's train ran as a job of its own, with its log where the store keeps logs;
+    // the table stages ran here.
+    for (key, _) in &jobs {
+        let log = on_slurm.store().join("logs").join(key).join("0.out");
+        assert!(log.is_file(), "no job log at {}", log.display());
+    }
+    assert!(!on_slurm
+        .store()
+        .join("logs")
+        .join(
+            sweep["variants"][0]["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == "captions")
+                .unwrap()["key"]
+                .as_str()
+                .unwrap()
+        )
+        .exists());
+    let notes = sweep["variants"][0]["stages"].to_string();
+    assert!(notes.contains("computed as a Slurm job"), "{notes}");
+
+    // A forced train is submitted again and replaces the output with an equal one.
+    let forced = run_json(&on_slurm, &cluster, &["--force", "train"], &[]);
+    let train = forced["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "train")
+        .unwrap()
+        .clone();
+    assert_eq!(train["action"], "computed", "{forced}");
+    assert!(train["notes"].to_string().contains("Slurm job"), "{train}");
+}
+
+#[test]
+fn force_recomputes_every_shard_and_gives_the_same_bytes() {
+    let cluster = SlurmCluster::start();
+    let project = Project::new(&pipeline(20, true));
+    run_json(&project, &cluster, &[], &[]);
+    let before = features(&project);
+    let run = run_json(&project, &cluster, &["--force", "features"], &[]);
+    assert!(
+        notes(&run).contains("2 computed on Slurm, 0 pulled, 0 reused"),
+        "{run}"
+    );
+    assert!(features(&project) == before);
+    assert_eq!(shard_records(&project), 4);
+}
+
+#[test]
+fn a_missing_sbatch_or_a_controller_that_is_down_names_the_executor_setting() {
+    let project = Project::new(&pipeline(10, true));
+    // No Slurm client on PATH.
+    let empty = tempfile::tempdir().unwrap();
+    let out = project
+        .command(&["run"])
+        .env("PATH", empty.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains("[executor] kind = \"slurm\"") && said.contains("`sbatch` cannot be run"),
+        "{said}"
+    );
+    assert!(!project.store().join("latest/features").exists());
+
+    // A controller nobody answers for: a configuration naming a port nothing listens on.
+    let conf_dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = conf_dir.path().join("slurm.conf");
+    fs::write(
+        &conf,
+        format!(
+            "ClusterName=down\nSlurmctldHost=localhost(127.0.0.1)\nSlurmctldPort={port}\n\
+             AuthType=auth/munge\nNodeName=localhost NodeAddr=127.0.0.1 CPUs=1\n\
+             PartitionName=debug Nodes=localhost Default=YES\n"
+        ),
+    )
+    .unwrap();
+    let out = project
+        .command(&["run"])
+        .env("SLURM_CONF", &conf)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains("`[executor]`") && said.contains("sbatch") && said.contains("controller"),
+        "{said}"
+    );
 }

@@ -200,9 +200,14 @@ pub enum Command {
     /// The remote cache: check that it works.
     #[command(subcommand)]
     Remote(RemoteCommand),
-    /// Compute one shard of a sharded stage from a task file (what a cluster's array task runs).
+    /// Compute one stage, or one shard of a sharded stage, from a task file (what a cluster job
+    /// runs).
     #[command(hide = true)]
-    ShardTask { file: PathBuf },
+    StageTask { file: PathBuf },
+    /// Try to lock a file held by the calling run (exit 0: got it, 3: held): tells a run
+    /// whether its store's file system honours locks between processes.
+    #[command(hide = true)]
+    LockProbe { file: PathBuf },
     /// Run SQL over the store's tables (Polars' SQL dialect) and print the result.
     ///
     /// Tables: `<stage>.<table>` for the output each stage of the pipeline file resolves to
@@ -255,17 +260,19 @@ pub struct RunArgs {
     /// made from its overrides).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Where sharded stages compute: here, one shard after another, or as a Slurm array job
-    /// (default: `[executor] kind` in the pipeline file, else local).
+    /// Where libtorch stages compute: here, or as Slurm jobs (a sharded stage's shards as one
+    /// array job, other libtorch stages as one job each; table stages always run here).
+    /// Default: `[executor] kind` in the pipeline file, else local.
     #[arg(long, value_enum)]
     pub executor: Option<ExecutorArg>,
     /// Do not upload what this run computes to the remote cache (it still pulls from it).
     #[arg(long)]
     pub no_push: bool,
     /// Run up to this many variants of a sweep at once (each also runs its independent stages
-    /// in parallel; stages the variants share are computed once).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
-    pub jobs: u16,
+    /// in parallel; stages the variants share are computed once). Default: 1, or every variant
+    /// at once with the Slurm executor (each variant's libtorch stages are jobs of their own).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
 }
 
 /// `--executor`.

@@ -17,6 +17,7 @@ use onenet::remote::Remote;
 use onenet::store::ArtifactStore;
 
 use args::GlobalArgs;
+use out::diag;
 
 /// The pipeline file, checked; one clear line when there is none.
 pub fn load_pipeline(global: &GlobalArgs) -> Result<Pipeline> {
@@ -145,4 +146,43 @@ pub fn is_usage_error(e: &anyhow::Error) -> bool {
                 Some(onenet::config::ConfigError::Override { .. })
             )
     })
+}
+
+/// With the Slurm executor, the store is shared between nodes, often on a cluster file system:
+/// says so when its locks do not keep a second process out (another `onenet` process tries to
+/// take a lock this one holds). Outputs stay whole without locks; only duplicate work is lost.
+pub fn check_shared_locks(engine: &Engine) {
+    if engine.pipeline.executor.kind != onenet::config::ExecutorKind::Slurm {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let probe = |path: &std::path::Path| {
+        let status = std::process::Command::new(&exe)
+            .arg("lock-probe")
+            .arg(path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        match status.code() {
+            Some(0) => Ok(true),
+            Some(3) => Ok(false),
+            _ => Err(std::io::Error::other(format!(
+                "lock probe ended with {status}"
+            ))),
+        }
+    };
+    match engine.store.locks_exclude(probe) {
+        Ok(true) => {}
+        Ok(false) => diag!(
+            "warning: the store's file system ({}) does not honour file locks between \
+             processes (flock): two runs may compute the same stage or shard at once. Outputs \
+             stay whole (each is committed by one rename), only time is lost; mount it with \
+             locks (e.g. Lustre's `flock` option) to avoid that.",
+            engine.store.root().display()
+        ),
+        Err(e) => diag!("warning: could not check the store's file locks: {e}"),
+    }
 }
