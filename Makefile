@@ -52,4 +52,5 @@ test: setup test-deps
 bench: setup seaweedfs
 	$(CARGO) bench --bench noop
 	$(CARGO) bench --bench remote
+	$(CARGO) bench --bench cluster
 	$(CARGO) bench -p onenet-torch --bench ml

@@ -87,6 +87,10 @@ pub struct Resources {
     pub cpus_per_task: Option<u32>,
     pub mem: Option<String>,
     pub gpus: Option<u32>,
+    /// Run this stage in the submitting process even with the Slurm executor (a quick libtorch
+    /// stage such as `order`, not worth a place in the queue).
+    #[serde(default)]
+    pub local: bool,
 }
 
 impl Resources {

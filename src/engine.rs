@@ -245,6 +245,7 @@ impl Engine {
             // its resources ask for, not this machine's.
             if self.pipeline.executor.kind == crate::config::ExecutorKind::Slurm
                 && decl.kind.device == onenet_contract::DeviceUse::Best
+                && !decl.resources.local
             {
                 let gpus = decl.resources.over(&self.pipeline.executor.slurm).gpus;
                 let device = if gpus.unwrap_or(0) > 0 { "cuda" } else { "cpu" };
@@ -603,6 +604,7 @@ impl Engine {
         }
         if self.pipeline.executor.kind == crate::config::ExecutorKind::Slurm
             && decl.kind.device.uses_libtorch()
+            && !decl.resources.local
         {
             return self.compute_on_slurm(
                 stage,

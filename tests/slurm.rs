@@ -259,6 +259,9 @@ params = { weights = "random", batch_size = 4, threads = 1 }
 kind = "order"
 inputs = ["captions", "features"]
 
+[stages.order.resources]
+local = true
+
 [stages.train]
 kind = "train"
 inputs = ["order", "features", "captions"]
@@ -326,24 +329,29 @@ fn a_sweep_of_two_train_variants_as_slurm_jobs_equals_the_local_sweep() {
         "Slurm and local differ"
     );
     // Each variant's train ran as a job of its own, with its log where the store keeps logs;
-    // the table stages ran here.
+    // a table stage, and `order` (`local = true`), ran here.
     for (key, _) in &jobs {
         let log = on_slurm.store().join("logs").join(key).join("0.out");
         assert!(log.is_file(), "no job log at {}", log.display());
     }
-    assert!(!on_slurm
+    let key_of = |stage: &str| {
+        sweep["variants"][0]["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == stage)
+            .unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for here in ["captions", "order"] {
+        assert!(!on_slurm.store().join("logs").join(key_of(here)).exists());
+    }
+    assert!(on_slurm
         .store()
         .join("logs")
-        .join(
-            sweep["variants"][0]["stages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|s| s["name"] == "captions")
-                .unwrap()["key"]
-                .as_str()
-                .unwrap()
-        )
+        .join(key_of("features"))
         .exists());
     let notes = sweep["variants"][0]["stages"].to_string();
     assert!(notes.contains("computed as a Slurm job"), "{notes}");
