@@ -457,6 +457,18 @@ fn training_conditions() -> Vec<TrainingCondition> {
         counts.swap(i, (rng.next() % (i as u64 + 1)) as usize);
     }
     counts.truncate(rows);
+    // The same captions in the batches the `train` stage's default length bucketing makes
+    // (`bucket` = 50 batches a pool: here the 8 batches are one pool).
+    let bucketed: Vec<usize> = onenet_torch::train::epoch_batches(
+        &counts,
+        TRAIN_BATCH as usize,
+        50,
+        &mut rand::SeedableRng::seed_from_u64(7),
+    )
+    .concat()
+    .into_iter()
+    .map(|i| counts[i])
+    .collect();
     vec![
         TrainingCondition {
             label: "training (demo: vocab 50, 10-14 tokens)",
@@ -464,18 +476,34 @@ fn training_conditions() -> Vec<TrainingCondition> {
             lengths: demo,
         },
         TrainingCondition {
-            label: "training (Flickr8k: vocab 2000, its lengths)",
+            label: "training (Flickr8k: vocab 2000, its lengths, shuffled batches)",
             vocab: FLICKR8K_VOCAB,
             lengths: counts,
+        },
+        TrainingCondition {
+            label: "training (Flickr8k: vocab 2000, its lengths, length-bucketed batches)",
+            vocab: FLICKR8K_VOCAB,
+            lengths: bucketed,
         },
     ]
 }
 
 fn bench_training(python: &Path, reference: &Path) -> Vec<Row> {
-    training_conditions()
+    let rows: Vec<Row> = training_conditions()
         .into_iter()
         .map(|condition| bench_training_condition(python, reference, &condition))
-        .collect()
+        .collect();
+    if let [_, shuffled, bucketed] = rows.as_slice() {
+        println!(
+            "\n   length bucketing at Flickr8k's lengths: onenet {:.1} vs {:.1} samples/s \
+             (bucketed / shuffled = {:.2}x; PyTorch {:.2}x)",
+            bucketed.onenet,
+            shuffled.onenet,
+            bucketed.onenet / shuffled.onenet,
+            bucketed.pytorch.unwrap_or(f64::NAN) / shuffled.pytorch.unwrap_or(f64::NAN)
+        );
+    }
+    rows
 }
 
 fn bench_training_condition(python: &Path, reference: &Path, condition: &TrainingCondition) -> Row {

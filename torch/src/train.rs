@@ -221,7 +221,8 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let mut optimizer = Adam::new(&model.vs, p.float("learning_rate")?);
     let (mut log, resumed) = resume(&ctx.scratch_dir, &info, &mut model, &mut optimizer)?;
 
-    let steps_per_epoch = train.len().div_ceil(batch_size) as u64;
+    let bucket = p.int("bucket")? as usize;
+    let lengths: Vec<usize> = train.iter().map(|p| p.tokens.len()).collect();
     let mut state = schedule.replay(&log);
     for epoch in log.len() as u32 + 1..=epochs {
         if state.stop {
@@ -232,17 +233,21 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         // masks the same whether the training resumed before it or not.
         tch::manual_seed((seed ^ (u64::from(epoch) << 32)) as i64);
         let start = Instant::now();
+        // Each epoch's batches depend only on (seed, epoch), so a resumed run sees the same.
+        let batches = epoch_batches(
+            &lengths,
+            batch_size,
+            bucket,
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (u64::from(epoch) << 32)),
+        );
         ctx.progress
-            .start(steps_per_epoch, &format!("epoch {epoch}/{epochs}"));
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        // Each epoch's shuffle depends only on (seed, epoch), so a resumed run sees the same order.
-        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
-            seed ^ (u64::from(epoch) << 32),
-        ));
+            .start(batches.len() as u64, &format!("epoch {epoch}/{epochs}"));
         let mut loss_sum = 0.0;
         let mut token_batches = 0usize;
-        for (step, chunk) in order.chunks(batch_size).enumerate() {
+        let mut samples = 0usize;
+        for (step, chunk) in batches.iter().enumerate() {
             let batch: Vec<&Pair> = chunk.iter().map(|&i| train[i]).collect();
+            samples += batch.len();
             let (images, tokens) = tensors_of(&batch, &features, device);
             let loss = model.training_loss(&model.encode_images(&images), &tokens, dropout);
             optimizer.backward_step_clip_norm(&loss, 5.0);
@@ -250,7 +255,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             token_batches += 1;
             ctx.progress.inc(1);
             if step % 10 == 0 {
-                let rate = ((step + 1) * batch_size) as f64 / start.elapsed().as_secs_f64();
+                let rate = samples as f64 / start.elapsed().as_secs_f64();
                 ctx.progress.set_message(&format!(
                     "epoch {epoch}/{epochs} loss {:.3} {rate:.0} samples/s",
                     loss_sum / token_batches as f64
@@ -377,6 +382,35 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
 /// The GloVe folder a `glove` param names, if any.
 fn glove_dir(params: &onenet_stages::Params, base_dir: &Path) -> Option<std::path::PathBuf> {
     params.opt_str("glove").map(|dir| base_dir.join(dir))
+}
+
+/// One epoch's batches of `batch_size` (indices into `lengths`, the caption lengths in tokens),
+/// every index once. The indices are shuffled; with `bucket` > 1 each run of `bucket` batches'
+/// worth is then sorted by length (a stable sort: equal lengths keep their shuffled order) and
+/// cut into batches, and the batches are shuffled — the length bucketing of sequence models
+/// (e.g. Khomenko et al. 2016; `BucketIterator` of torchtext), so that a batch is padded to the
+/// length of its own captions while the epoch's order stays random. With `bucket` ≤ 1 the
+/// batches are the shuffled indices cut in order, as before bucketing existed.
+pub fn epoch_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    bucket: usize,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Vec<Vec<usize>> {
+    let batch_size = batch_size.max(1);
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.shuffle(rng);
+    if bucket <= 1 {
+        return order.chunks(batch_size).map(<[usize]>::to_vec).collect();
+    }
+    let mut batches = Vec::with_capacity(order.len().div_ceil(batch_size));
+    for pool in order.chunks(batch_size.saturating_mul(bucket)) {
+        let mut pool = pool.to_vec();
+        pool.sort_by_key(|&i| lengths[i]);
+        batches.extend(pool.chunks(batch_size).map(<[usize]>::to_vec));
+    }
+    batches.shuffle(rng);
+    batches
 }
 
 /// Image features [B, D] and padded tokens [B, L] of a batch of pairs.
@@ -709,5 +743,44 @@ mod tests {
             (state.kept, state.stop, state.learning_rate),
             (Some(3), false, 1.0)
         );
+    }
+
+    fn rng(seed: u64) -> rand_chacha::ChaCha8Rng {
+        rand_chacha::ChaCha8Rng::seed_from_u64(seed)
+    }
+
+    #[test]
+    fn bucketed_batches_hold_every_pair_once_are_seeded_and_pad_less() {
+        // Caption lengths spread like Flickr8k's: mostly 8-14 tokens, some up to 40.
+        let lengths: Vec<usize> = (0..5000usize)
+            .map(|i| 8 + (i * 7919 % 13) + if i % 17 == 0 { i % 26 } else { 0 })
+            .collect();
+        let padded = |batches: &[Vec<usize>]| -> usize {
+            batches
+                .iter()
+                .map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap())
+                .sum()
+        };
+        let plain = epoch_batches(&lengths, 64, 0, &mut rng(3));
+        let bucketed = epoch_batches(&lengths, 64, 50, &mut rng(3));
+        for batches in [&plain, &bucketed] {
+            let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+            seen.sort();
+            assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+            assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= 64));
+        }
+        assert_eq!(bucketed, epoch_batches(&lengths, 64, 50, &mut rng(3)));
+        assert_ne!(bucketed, epoch_batches(&lengths, 64, 50, &mut rng(4)));
+        let tokens: usize = lengths.iter().sum();
+        assert!(
+            padded(&bucketed) < padded(&plain) && padded(&bucketed) < tokens * 11 / 10,
+            "padded tokens: bucketed {}, plain {}, real {tokens}",
+            padded(&bucketed),
+            padded(&plain)
+        );
+        // Without bucketing, the batches are the shuffled order cut in pieces, as before.
+        let mut order: Vec<usize> = (0..lengths.len()).collect();
+        order.shuffle(&mut rng(3));
+        assert_eq!(plain.concat(), order);
     }
 }

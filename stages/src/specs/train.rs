@@ -110,6 +110,19 @@ const PARAMS: &[ParamSpec] = &[
         help: "Captions per optimisation step",
     },
     ParamSpec {
+        name: "bucket",
+        ty: ParamType::Int {
+            min: 0,
+            max: 1 << 20,
+        },
+        default: ParamDefault::Int(50),
+        effect: Effect::Output,
+        help: "Length bucketing: each epoch's shuffled pairs are taken `bucket` batches at a \
+               time, sorted by caption length and cut into batches, and the batches shuffled, so \
+               a batch is padded to the length of its own captions (seeded; 0 or 1: plain \
+               shuffled batches)",
+    },
+    ParamSpec {
         name: "learning_rate",
         ty: ParamType::Float {
             min: 1e-9,
