@@ -119,14 +119,14 @@ struct RawExecutor {
     partition: Option<String>,
     account: Option<String>,
     time: Option<String>,
-    cpus_per_task: Option<u32>,
+    cpus_per_task: Option<Spanned<u32>>,
     mem: Option<String>,
     gpus: Option<u32>,
     max_parallel: Option<u32>,
     #[serde(default)]
     extra_args: Vec<String>,
     retries: Option<u32>,
-    poll_seconds: Option<f64>,
+    poll_seconds: Option<Spanned<f64>>,
 }
 
 /// A checked pipeline.
@@ -373,19 +373,39 @@ pub fn parse(
                     )
                 })?,
             };
+            if let Some(n) = e.cpus_per_task.as_ref().filter(|n| *n.get_ref() == 0) {
+                return Err(at(
+                    n.span(),
+                    "[executor] cpus_per_task must be at least 1".into(),
+                ));
+            }
+            let poll_seconds = match &e.poll_seconds {
+                None => 5.0,
+                Some(p) if p.get_ref().is_finite() && *p.get_ref() >= 0.1 => *p.get_ref(),
+                Some(p) => {
+                    return Err(at(
+                        p.span(),
+                        format!(
+                            "[executor] poll_seconds = {} is too short: the queue is asked once \
+                             per interval, and at least 0.1 s spares the controller",
+                            p.get_ref()
+                        ),
+                    ))
+                }
+            };
             Executor {
                 kind,
                 slurm: crate::slurm::SlurmSettings {
                     partition: e.partition,
                     account: e.account,
                     time: e.time,
-                    cpus_per_task: e.cpus_per_task,
+                    cpus_per_task: e.cpus_per_task.map(|n| n.into_inner()),
                     mem: e.mem,
                     gpus: e.gpus,
                     max_parallel: e.max_parallel.unwrap_or(0),
                     extra_args: e.extra_args,
                     retries: e.retries.unwrap_or(2),
-                    poll_seconds: e.poll_seconds.unwrap_or(5.0),
+                    poll_seconds,
                 },
             }
         }
@@ -510,6 +530,12 @@ pub fn parse(
             params: Params::with_defaults(kind.params, given),
             resources: raw_stage.resources.clone(),
         });
+        if raw_stage.resources.cpus_per_task == Some(0) {
+            return Err(at(
+                stage_span,
+                format!("[stages.{name}.resources] cpus_per_task must be at least 1"),
+            ));
+        }
     }
 
     if let Some(cycle) = find_cycle(&stages) {
@@ -757,6 +783,35 @@ kind = "captions"
 inputs = ["demo"]
 params = { min_count = 2 }
 "#;
+
+    #[test]
+    fn executor_settings_are_checked_with_their_place() {
+        let with = |executor: &str| format!("[executor]\n{executor}\n{GOOD}");
+        let e = err(&with("kind = \"slurm\"\npoll_seconds = 0"));
+        assert!(
+            e.contains("p.toml:3:") && e.contains("poll_seconds = 0 is too short"),
+            "{e}"
+        );
+        let e = err(&with("kind = \"slurm\"\ncpus_per_task = 0"));
+        assert!(
+            e.contains("p.toml:3:") && e.contains("cpus_per_task must be at least 1"),
+            "{e}"
+        );
+        let e = err(&with("kind = \"slurmm\""));
+        assert!(e.contains("unknown executor `slurmm`"), "{e}");
+        let e = err(&format!(
+            "{GOOD}\n[stages.demo.resources]\ncpus_per_task = 0\n"
+        ));
+        assert!(e.contains("[stages.demo.resources] cpus_per_task"), "{e}");
+        let p = parse(
+            Path::new("p.toml"),
+            &with("kind = \"slurm\"\npoll_seconds = 0.5\ncpus_per_task = 2"),
+            onenet_stages::kinds(),
+        )
+        .unwrap();
+        assert_eq!(p.executor.slurm.poll_seconds, 0.5);
+        assert_eq!(p.executor.slurm.cpus_per_task, Some(2));
+    }
 
     #[test]
     fn good_file_fills_defaults() {

@@ -791,7 +791,7 @@ impl Engine {
         };
         let progress = observer.stage_started(&stage.name);
         progress.start(1, "job on Slurm");
-        self.submit(stage, &stage.name, vec![task], progress.as_ref())?;
+        self.submit(stage, &stage.name, vec![task], progress.as_ref(), observer)?;
         drop(progress);
         let mut meta = self
             .store
@@ -813,6 +813,7 @@ impl Engine {
         what: &str,
         tasks: Vec<crate::task::StageTask>,
         progress: &dyn Progress,
+        observer: &dyn RunObserver,
     ) -> Result<(), EngineError> {
         let stage_err = |message: String| EngineError::Stage {
             stage: stage.name.clone(),
@@ -853,8 +854,12 @@ impl Engine {
             },
             progress: &|done, _| {
                 let before = seen.swap(done as u64, std::sync::atomic::Ordering::Relaxed);
-                progress.inc((done as u64).saturating_sub(before));
+                // Only news: a poll that changed nothing draws nothing.
+                if done as u64 > before {
+                    progress.inc(done as u64 - before);
+                }
             },
+            note: &|text| observer.store_warning(&format!("stage {}: {text}", stage.name)),
         };
         let decl = &self.pipeline.stages[stage.index];
         let settings = decl.resources.over(&self.pipeline.executor.slurm);
@@ -1001,6 +1006,13 @@ impl Engine {
                     }
                 }
             }
+        }
+        // A sharded stage's last shards: without them, adding ten images to the dataset would
+        // compute every shard again.
+        for (stage, key) in
+            crate::shards::remembered_keys(&self.store.bucket(crate::store::Bucket::Shards))
+        {
+            add(key, format!("{stage}: a shard of its last run"));
         }
         keep
     }
@@ -1204,6 +1216,7 @@ impl Engine {
                     &format!("{} shards", stage.name),
                     tasks,
                     progress.as_ref(),
+                    observer,
                 )?;
             }
             crate::config::ExecutorKind::Slurm => {}

@@ -70,8 +70,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status {
             set,
             exit_code,
+            executor,
             format,
-        } => status(global, &set, exit_code, format),
+        } => status(global, &set, exit_code, executor, format),
         Command::Dag { format } => dag(global, format),
         Command::Show { stage, format } => show(global, &stage, format),
         Command::Gc {
@@ -445,9 +446,13 @@ fn status(
     global: &GlobalArgs,
     set: &[String],
     exit_code: bool,
+    executor: Option<cli::args::ExecutorArg>,
     format: Format,
 ) -> Result<ExitCode> {
-    let engine = cli::open_engine(global, set)?;
+    let mut engine = cli::open_engine(global, set)?;
+    if let Some(kind) = executor {
+        engine.pipeline.executor.kind = kind.into();
+    }
     let planned = engine.plan(&plan::topological_order(&engine.pipeline))?;
     let (statuses, remote_error) = engine.status_with_remote(&planned);
     if let Some(e) = remote_error {

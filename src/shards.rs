@@ -26,10 +26,12 @@ pub struct Shard {
     pub key: CacheKey,
 }
 
-/// The remembered layout: each shard's item hashes.
+/// The remembered layout: each shard's item hashes, and the shards' keys (which `gc` keeps).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Layout {
     shards: Vec<Vec<String>>,
+    #[serde(default)]
+    keys: Vec<String>,
 }
 
 /// The kind recorded in a shard's key and metadata: `<kind>#shard`.
@@ -90,6 +92,7 @@ pub fn plan(
 pub fn remember(shards: &[Shard], layout_file: &Path) {
     let layout = Layout {
         shards: shards.iter().map(|s| s.hashes.clone()).collect(),
+        keys: shards.iter().map(|s| s.key.hex()).collect(),
     };
     if let Some(dir) = layout_file.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -98,6 +101,33 @@ pub fn remember(shards: &[Shard], layout_file: &Path) {
     if std::fs::write(&tmp, serde_json::to_vec(&layout).unwrap_or_default()).is_ok() {
         let _ = std::fs::rename(&tmp, layout_file);
     }
+}
+
+/// The keys of the shards each sharded stage's last run used (`<dir>/<stage>.json`), by stage.
+pub fn remembered_keys(dir: &Path) -> Vec<(String, CacheKey)> {
+    let mut keys = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Some(stage) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let layout: Layout = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        keys.extend(
+            layout
+                .keys
+                .iter()
+                .filter_map(|hex| CacheKey::from_hex(hex))
+                .map(|key| (stage.to_string(), key)),
+        );
+    }
+    keys
 }
 
 fn shard_key_inputs(stage: &KeyInputs, hashes: &[String]) -> KeyInputs {
@@ -164,6 +194,15 @@ mod tests {
         let new: Vec<&Shard> = second.iter().filter(|s| !old.contains(&s.key)).collect();
         assert_eq!(new.len(), 1, "only the ten new items make a new shard");
         assert_eq!(new[0].hashes.len(), 10);
+
+        let kept: Vec<CacheKey> = remembered_keys(&dir.path().join("shards"))
+            .into_iter()
+            .map(|(stage, key)| {
+                assert_eq!(stage, "features");
+                key
+            })
+            .collect();
+        assert_eq!(kept, first.iter().map(|s| s.key).collect::<Vec<_>>());
 
         // Without the layout, the same items give the same shards: the layout is history, the
         // key is content.

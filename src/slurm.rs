@@ -69,22 +69,27 @@ pub enum SlurmError {
     },
     #[error(
         "the executor is Slurm (`[executor]` in the pipeline file), and `{command}` failed: \
-         {stderr}. Is the controller up (`sinfo` says), and are `[executor]`'s partition and \
-         account right?"
+         {stderr}. Check that the controller answers (`sinfo`) and the job settings (`[executor]` \
+         and the stage's `[stages.NAME.resources]`: partition, account, time, cpus_per_task, \
+         mem, gpus, extra_args), or run with `--executor local`"
     )]
     Command { command: String, stderr: String },
     #[error(
-        "the executor is Slurm (`[executor]` in the pipeline file), and the queue could not be \
-         read for {seconds} s: {source}"
+        "the executor is Slurm, but SLURM_CONF names {}, which does not exist: point it at the \
+         cluster's slurm.conf, or run with `--executor local`",
+        path.display()
     )]
+    NoConf { path: PathBuf },
+    #[error("the Slurm queue could not be read for {seconds} s: {source}")]
     Unreachable {
         seconds: u64,
         #[source]
         source: Box<SlurmError>,
     },
     #[error(
-        "task {task} of {what} failed {attempts} time(s) (Slurm job {job}); its log: {}",
-        log.display()
+        "task {task} of {what} failed {attempts} time(s) (Slurm job {job}); its log: {}{}",
+        log.display(),
+        tail_text(tail)
     )]
     TaskFailed {
         what: String,
@@ -92,6 +97,8 @@ pub enum SlurmError {
         attempts: u32,
         job: String,
         log: PathBuf,
+        /// The log's last lines.
+        tail: String,
     },
     #[error("interrupted: cancelled Slurm job(s) {0}")]
     Interrupted(String),
@@ -133,6 +140,22 @@ impl Drop for Interrupted {
     }
 }
 
+/// `; it ends: <lines>` when a log's tail has something to say.
+fn tail_text(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; it ends:\n{}", tail.trim_end())
+    }
+}
+
+/// The last `lines` lines of a file (empty if unreadable).
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// How long the queue may be unreadable (the controller down) before the run gives up.
 const UNREACHABLE_LIMIT: Duration = Duration::from_secs(300);
 
@@ -148,6 +171,8 @@ pub struct ArrayJob<'a> {
     pub done: &'a (dyn Fn(usize) -> bool + Sync),
     /// Called with (tasks done, tasks) after each poll.
     pub progress: &'a dyn Fn(usize, usize),
+    /// Told of each task resubmitted, in a sentence.
+    pub note: &'a dyn Fn(&str),
 }
 
 /// Submits every task not yet done as one array job and waits until each is done, resubmitting
@@ -158,6 +183,12 @@ pub fn run_array(job: &ArrayJob, settings: &SlurmSettings) -> Result<usize, Slur
         let path = path.to_path_buf();
         move |source| SlurmError::Io { path, source }
     };
+    if let Some(conf) = std::env::var_os("SLURM_CONF") {
+        let path = PathBuf::from(conf);
+        if !path.is_file() {
+            return Err(SlurmError::NoConf { path });
+        }
+    }
     std::fs::create_dir_all(&job.log_dir).map_err(io(&job.log_dir))?;
     let script = job.log_dir.join("array.sh");
     let mut text = String::from(
@@ -189,7 +220,9 @@ pub fn run_array(job: &ArrayJob, settings: &SlurmSettings) -> Result<usize, Slur
         }
         let done = (0..total).filter(|&i| (job.done)(i)).count();
         (job.progress)(done, total);
-        if live.is_empty() {
+        // Success is what the store holds: once every task's output is there, the queue has
+        // nothing more to say.
+        if live.is_empty() || done == total {
             return Ok(submitted);
         }
         let wait_until = Instant::now() + Duration::from_secs_f64(settings.poll_seconds.max(0.1));
@@ -201,6 +234,10 @@ pub fn run_array(job: &ArrayJob, settings: &SlurmSettings) -> Result<usize, Slur
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        if (0..total).all(|i| (job.done)(i)) {
+            (job.progress)(total, total);
+            return Ok(submitted);
+        }
         let queued = match queued_tasks(&live.keys().cloned().collect::<Vec<_>>()) {
             Ok(queued) => {
                 unreachable_since = None;
@@ -208,6 +245,11 @@ pub fn run_array(job: &ArrayJob, settings: &SlurmSettings) -> Result<usize, Slur
             }
             // A controller busy or restarting for a moment: ask again at the next poll, but
             // not for ever (the jobs may still run; a later run finds what they committed).
+            // A missing `squeue` does not come back by waiting.
+            Err(e @ SlurmError::Spawn { .. }) => {
+                cancel(&live.keys().cloned().collect::<Vec<_>>());
+                return Err(e);
+            }
             Err(e) => {
                 let since = *unreachable_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > UNREACHABLE_LIMIT {
@@ -234,6 +276,13 @@ pub fn run_array(job: &ArrayJob, settings: &SlurmSettings) -> Result<usize, Slur
                 if tries > settings.retries {
                     failed.get_or_insert((task, tries, id.clone()));
                 } else {
+                    (job.note)(&format!(
+                        "task {task} of {} (Slurm job {id}) ended without its output; \
+                         submitting it again (retry {tries} of {}); its log: {}",
+                        job.what,
+                        settings.retries,
+                        attempt_log(&job.log_dir, task, id).display()
+                    ));
                     todo.push(task);
                 }
             }
@@ -241,16 +290,23 @@ pub fn run_array(job: &ArrayJob, settings: &SlurmSettings) -> Result<usize, Slur
         }
         if let Some((task, attempts, job_id)) = failed {
             cancel(&live.keys().cloned().collect::<Vec<_>>());
+            let log = attempt_log(&job.log_dir, task, &job_id);
             return Err(SlurmError::TaskFailed {
                 what: job.what.clone(),
                 task,
                 attempts,
+                tail: log_tail(&log, 5),
                 job: job_id,
-                log: job.log_dir.join(format!("{task}.err")),
+                log,
             });
         }
         live.retain(|_, tasks| !tasks.is_empty());
     }
+}
+
+/// The stderr log of task `task`'s attempt in array job `job` (each attempt keeps its own).
+fn attempt_log(dir: &Path, task: usize, job: &str) -> PathBuf {
+    dir.join(format!("{task}.{job}.err"))
 }
 
 /// `sbatch --parsable --array=…` of `tasks`; returns the job id.
@@ -269,8 +325,8 @@ fn submit(
         "--parsable".into(),
         format!("--array={array}"),
         format!("--job-name=onenet-{}", job.what.replace(' ', "-")),
-        format!("--output={}/%a.out", job.log_dir.display()),
-        format!("--error={}/%a.err", job.log_dir.display()),
+        format!("--output={}/%a.%A.out", job.log_dir.display()),
+        format!("--error={}/%a.%A.err", job.log_dir.display()),
     ];
     let mut push = |flag: &str, value: Option<String>| {
         if let Some(value) = value {

@@ -887,6 +887,18 @@ impl ArtifactStore {
                 }
             }
         }
+        // A job's logs go with its object (kept while a run is computing it).
+        if let Ok(entries) = fs::read_dir(self.bucket(Bucket::Logs)) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(key) = CacheKey::from_hex(&name) {
+                    if !keep.contains(&key) && !self.is_locked(&key) {
+                        doomed.push(entry.path());
+                        report.leftovers_removed += 1;
+                    }
+                }
+            }
+        }
         for path in &doomed {
             report.bytes += dir_bytes(path);
             if !dry_run {

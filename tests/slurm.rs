@@ -123,6 +123,14 @@ fn shards_on_slurm_give_the_bytes_of_a_whole_local_run_and_new_images_make_one_s
     let logs = fs::read_dir(sharded.store().join("logs")).unwrap().count();
     assert_eq!(logs, 1, "one log folder for the array job");
 
+    // gc keeps the last run's shards (and the logs of what it keeps).
+    let out = onenet(&sharded, &cluster, &["gc"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        fs::read_dir(sharded.store().join("logs")).unwrap().count(),
+        1
+    );
+
     // Ten more images: one new shard, the four others reused.
     fs::write(sharded.path().join("pipeline.toml"), pipeline(50, true)).unwrap();
     let run = run_json(&sharded, &cluster, &[], &[]);
@@ -170,8 +178,14 @@ fn a_failed_task_is_resubmitted_and_one_that_keeps_failing_names_its_log() {
         said.contains("failed 1 time(s)") && said.contains(".err"),
         "{said}"
     );
+    // The error quotes the end of the log, which says why.
+    assert!(
+        said.contains("it ends:") && said.contains("on purpose"),
+        "{said}"
+    );
     let log = said
         .split_whitespace()
+        .map(|w| w.trim_end_matches(';'))
         .find(|w| w.ends_with(".err"))
         .expect("a log path");
     let log_text = fs::read_to_string(log).unwrap_or_default();
@@ -331,8 +345,20 @@ fn a_sweep_of_two_train_variants_as_slurm_jobs_equals_the_local_sweep() {
     // Each variant's train ran as a job of its own, with its log where the store keeps logs;
     // a table stage, and `order` (`local = true`), ran here.
     for (key, _) in &jobs {
-        let log = on_slurm.store().join("logs").join(key).join("0.out");
-        assert!(log.is_file(), "no job log at {}", log.display());
+        let dir = on_slurm.store().join("logs").join(key);
+        let out_logs = fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                let name = e
+                    .as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned();
+                name.starts_with("0.") && name.ends_with(".out")
+            })
+            .count();
+        assert_eq!(out_logs, 1, "one job log in {}", dir.display());
     }
     let key_of = |stage: &str| {
         sweep["variants"][0]["stages"]
@@ -431,5 +457,63 @@ fn a_missing_sbatch_or_a_controller_that_is_down_names_the_executor_setting() {
     assert!(
         said.contains("`[executor]`") && said.contains("sbatch") && said.contains("controller"),
         "{said}"
+    );
+}
+
+#[test]
+fn status_takes_the_executor_a_run_would_use() {
+    // Asking for a GPU puts `cuda` in a Slurm job's key; here (no GPU) it is `cpu`.
+    let project = Project::new(&format!(
+        "{}\n[stages.train.resources]\ngpus = 1\n",
+        training_pipeline()
+    ));
+    let key = |args: &[&str]| {
+        let mut all = vec!["status"];
+        all.extend_from_slice(args);
+        let status = project.json(&all);
+        status["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "train")
+            .unwrap()["key"]
+            .clone()
+    };
+    let as_file = key(&[]);
+    assert_eq!(as_file, key(&["--executor", "slurm"]));
+    assert_ne!(as_file, key(&["--executor", "local"]));
+}
+
+#[test]
+fn a_missing_squeue_fails_the_run_at_once_naming_it() {
+    let cluster = SlurmCluster::start();
+    // sbatch and scancel, but no squeue; each shard task waits 20 s, so the queue is needed.
+    let bin = tempfile::tempdir().unwrap();
+    for program in ["sbatch", "scancel"] {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .output()
+            .unwrap();
+        let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        std::os::unix::fs::symlink(&path, bin.path().join(program)).unwrap();
+    }
+    let project = Project::new(&pipeline(20, true));
+    let start = std::time::Instant::now();
+    let out = onenet(
+        &project,
+        &cluster,
+        &["run"],
+        &[
+            ("PATH", bin.path().to_str().unwrap()),
+            ("ONENET_TEST_STAGE_DELAY", "features#shard:20000"),
+        ],
+    );
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(said.contains("`squeue` cannot be run"), "{said}");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(15),
+        "took {:?}",
+        start.elapsed()
     );
 }

@@ -95,6 +95,10 @@ pub enum Command {
         /// Exit with status 1 when any stage is stale or missing (0 when all are fresh).
         #[arg(long)]
         exit_code: bool,
+        /// The executor the run would use (`run --executor`): a Slurm job's key names the device
+        /// its resources ask for.
+        #[arg(long, value_enum)]
+        executor: Option<ExecutorArg>,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -261,7 +265,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// Where libtorch stages compute: here, or as Slurm jobs (a sharded stage's shards as one
-    /// array job, other libtorch stages as one job each; table stages always run here).
+    /// array job, other libtorch stages as one job each, except those whose
+    /// `[stages.NAME.resources]` say `local = true`; table stages always run here).
     /// Default: `[executor] kind` in the pipeline file, else local.
     #[arg(long, value_enum)]
     pub executor: Option<ExecutorArg>,
