@@ -766,14 +766,14 @@ fn training_keeps_the_best_dev_epoch_and_stops_where_patience_says() {
 #[test]
 fn a_killed_training_resumes_from_its_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    // Dropout, a learning-rate schedule and best-epoch selection are all part of what a resumed
-    // training must reproduce.
+    // Dropout, a learning-rate schedule, best-epoch selection and length-bucketed batches are
+    // all part of what a resumed training must reproduce.
     std::fs::write(
         dir.path().join("pipeline.toml"),
         random_weights_pipeline_with(
             60,
             40,
-            "dev_images = 5, dropout = 0.3, lr_decay = 0.5, lr_patience = 1",
+            "dev_images = 5, dropout = 0.3, lr_decay = 0.5, lr_patience = 1, bucket = 4",
         ),
     )
     .unwrap();

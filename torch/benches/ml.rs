@@ -457,8 +457,8 @@ fn training_conditions() -> Vec<TrainingCondition> {
         counts.swap(i, (rng.next() % (i as u64 + 1)) as usize);
     }
     counts.truncate(rows);
-    // The same captions in the batches the `train` stage's default length bucketing makes
-    // (`bucket` = 50 batches a pool: here the 8 batches are one pool).
+    // The same captions in the batches the `train` stage makes with `bucket = 50` (50 batches a
+    // pool: here the 8 batches are one pool).
     let bucketed: Vec<usize> = onenet_torch::train::epoch_batches(
         &counts,
         TRAIN_BATCH as usize,

@@ -115,12 +115,12 @@ const PARAMS: &[ParamSpec] = &[
             min: 0,
             max: 1 << 20,
         },
-        default: ParamDefault::Int(50),
+        default: ParamDefault::Int(0),
         effect: Effect::Output,
         help: "Length bucketing: each epoch's shuffled pairs are taken `bucket` batches at a \
-               time, sorted by caption length and cut into batches, and the batches shuffled, so \
-               a batch is padded to the length of its own captions (seeded; 0 or 1: plain \
-               shuffled batches)",
+               time (e.g. 50), sorted by caption length and cut into batches, and the batches \
+               shuffled, so a batch is padded to the length of its own captions: faster where \
+               lengths vary (seeded; 0 or 1: plain shuffled batches)",
     },
     ParamSpec {
         name: "learning_rate",
