@@ -331,10 +331,9 @@ pub fn parse(
         }
     };
     let raw: RawPipeline = toml::from_str(text).map_err(|e| {
-        at(
-            e.span().unwrap_or(0..0),
-            e.message().trim_end().replace('\n', " "),
-        )
+        let message = e.message().trim_end().replace('\n', " ");
+        let hint = unknown_field_hint(&message);
+        at(e.span().unwrap_or(0..0), message + &hint)
     })?;
     let base_dir = path
         .parent()
@@ -686,6 +685,19 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// ", did you mean `x`?" when a known name is close to `given`.
+/// A did-you-mean for serde's "unknown field `x`, expected one of `a`, `b`, …" (a misspelt key
+/// of `[executor]`, `[store]`, a stage table or its resources); empty for other messages.
+fn unknown_field_hint(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return String::new();
+    };
+    let Some((given, expected)) = rest.split_once('`') else {
+        return String::new();
+    };
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    did_you_mean(given, known.into_iter())
+}
+
 pub fn did_you_mean<'a>(given: &str, known: impl Iterator<Item = &'a str>) -> String {
     known
         .map(|k| (strsim::jaro_winkler(given, k), k))
@@ -799,6 +811,8 @@ params = { min_count = 2 }
         );
         let e = err(&with("kind = \"slurmm\""));
         assert!(e.contains("unknown executor `slurmm`"), "{e}");
+        let e = err(&with("kind = \"slurm\"\npartiton = \"gpu\""));
+        assert!(e.contains("did you mean `partition`?"), "{e}");
         let e = err(&format!(
             "{GOOD}\n[stages.demo.resources]\ncpus_per_task = 0\n"
         ));
