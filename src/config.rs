@@ -529,6 +529,17 @@ pub fn parse(
             params: Params::with_defaults(kind.params, given),
             resources: raw_stage.resources.clone(),
         });
+        if !kind.device.uses_libtorch() && raw_stage.resources != Resources::default() {
+            return Err(at(
+                stage_span,
+                format!(
+                    "[stages.{name}.resources]: stage `{name}` ({}) runs in the submitting \
+                     process whatever the executor (only libtorch stages become cluster jobs), so \
+                     its resources would have no effect; remove them",
+                    kind.name
+                ),
+            ));
+        }
         if raw_stage.resources.cpus_per_task == Some(0) {
             return Err(at(
                 stage_span,
@@ -814,9 +825,19 @@ params = { min_count = 2 }
         let e = err(&with("kind = \"slurm\"\npartiton = \"gpu\""));
         assert!(e.contains("did you mean `partition`?"), "{e}");
         let e = err(&format!(
-            "{GOOD}\n[stages.demo.resources]\ncpus_per_task = 0\n"
+            "{GOOD}\n[stages.demo.resources]\ncpus_per_task = 2\n"
         ));
-        assert!(e.contains("[stages.demo.resources] cpus_per_task"), "{e}");
+        assert!(e.contains("would have no effect"), "{e}");
+        let e = err(&format!(
+            "{GOOD}\n[stages.images]\nkind = \"images\"\ninputs = [\"demo\"]\n\n\
+             [stages.features]\nkind = \"features\"\ninputs = [\"images\"]\n\
+             params = {{ weights = \"random\" }}\n\n[stages.features.resources]\n\
+             cpus_per_task = 0\n"
+        ));
+        assert!(
+            e.contains("[stages.features.resources] cpus_per_task"),
+            "{e}"
+        );
         let p = parse(
             Path::new("p.toml"),
             &with("kind = \"slurm\"\npoll_seconds = 0.5\ncpus_per_task = 2"),
