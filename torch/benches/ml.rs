@@ -283,6 +283,8 @@ fn bench_features(
     let mut stage_rates = Vec::new();
     let mut in_process = Vec::new();
     let mut pytorch = Vec::new();
+    let mut pytorch_channels_last = Vec::new();
+    let mut pytorch_frozen = Vec::new();
     let mut import_secs = f64::NAN;
     for rep in 1..=FEATURE_REPS {
         println!("repetition {rep}/{FEATURE_REPS}");
@@ -327,29 +329,45 @@ fn bench_features(
         println!("  onenet_torch::features::run:        {took:6.2} s = {rate:6.1} images/s");
         in_process.push(rate);
 
-        let result = python_json(
-            python,
-            reference,
-            &[
-                "features",
-                "--files",
-                &list.display().to_string(),
-                "--batch-size",
-                &FEATURE_BATCH.to_string(),
-                "--threads",
-                &threads().to_string(),
-                "--reps",
-                "1",
-            ],
-        );
-        let secs = result["seconds"][0]
-            .as_f64()
-            .expect("seconds in the reference's output");
-        assert_eq!(result["images"].as_u64(), Some(FEATURE_IMAGES as u64));
-        import_secs = result["import_seconds"].as_f64().unwrap_or(f64::NAN);
-        let rate = FEATURE_IMAGES as f64 / secs;
-        println!("  PyTorch eager loop:                 {secs:6.2} s = {rate:6.1} images/s");
-        pytorch.push(rate);
+        for (mode, label, rates) in [
+            ("eager", "PyTorch eager loop", &mut pytorch),
+            (
+                "channels_last",
+                "PyTorch channels-last",
+                &mut pytorch_channels_last,
+            ),
+            (
+                "frozen",
+                "PyTorch channels-last, frozen",
+                &mut pytorch_frozen,
+            ),
+        ] {
+            let result = python_json(
+                python,
+                reference,
+                &[
+                    "features",
+                    "--files",
+                    &list.display().to_string(),
+                    "--batch-size",
+                    &FEATURE_BATCH.to_string(),
+                    "--threads",
+                    &threads().to_string(),
+                    "--reps",
+                    "1",
+                    "--mode",
+                    mode,
+                ],
+            );
+            let secs = result["seconds"][0]
+                .as_f64()
+                .expect("seconds in the reference's output");
+            assert_eq!(result["images"].as_u64(), Some(FEATURE_IMAGES as u64));
+            import_secs = result["import_seconds"].as_f64().unwrap_or(f64::NAN);
+            let rate = FEATURE_IMAGES as f64 / secs;
+            println!("  {label:<34}{secs:6.2} s = {rate:6.1} images/s");
+            rates.push(rate);
+        }
     }
     println!(
         "(PyTorch's figure leaves out starting Python and `import torch`, {import_secs:.1} s here, \
@@ -380,6 +398,20 @@ fn bench_features(
             max(&stage_rates),
             best_pytorch,
             None,
+        ),
+        Row::higher(
+            "features, onenet in-process vs PyTorch channels-last",
+            "images/s",
+            max(&in_process),
+            max(&pytorch_channels_last),
+            None,
+        ),
+        Row::higher(
+            "features, onenet in-process vs PyTorch channels-last + frozen TorchScript",
+            "images/s",
+            max(&in_process),
+            max(&pytorch_frozen),
+            Some(1.2),
         ),
     ]
 }
