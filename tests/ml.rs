@@ -55,8 +55,11 @@ params = {{ {train} }}
 fn pipeline(images: u32, epochs: u32) -> String {
     pipeline_to_train(
         &format!("images = {images}, seed = 11, image_size = 96"),
-        &format!("weights = \"{}\", batch_size = 8", weights().display()),
-        &format!("epochs = {epochs}, dev_images = 20"),
+        &format!(
+            "weights = \"{}\", batch_size = 8, pooling = \"multiscale\"",
+            weights().display()
+        ),
+        &format!("epochs = {epochs}, dev_images = 20, hidden_dim = 256, dropout = 0.1"),
     ) + r#"
 [stages.embed]
 kind = "embed"
@@ -161,12 +164,13 @@ fn the_demo_model_captions_well_and_inversion_finds_the_picture() {
     let queries = metric(&metrics, "queries", "invert");
     assert!(queries >= 100.0, "only {queries} retrieval queries");
     assert!(bleu4 >= 0.5, "greedy BLEU-4 {bleu4} < 0.5");
-    // Measured 0.587 and 3.21 on this smaller demo (500 pictures, 12 epochs).
+    // Measured 0.653 and 3.62 on this smaller demo (500 pictures, 12 epochs, multi-scale
+    // pooling); with the final map's pooling it was 0.587 and 3.21.
     assert!(
-        truth >= 0.45,
-        "greedy captions true of their picture: {truth} < 0.45"
+        truth >= 0.6,
+        "greedy captions true of their picture: {truth} < 0.6"
     );
-    assert!(cider >= 2.5, "greedy CIDEr-D {cider} < 2.5");
+    assert!(cider >= 3.0, "greedy CIDEr-D {cider} < 3.0");
     assert!(r1 >= 0.5, "inversion R@1 {r1} < 0.5");
     assert!(r5 >= 0.8, "inversion R@5 {r5} < 0.8");
     for name in ["bleu1", "bleu2", "bleu3", "bleu4"] {

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::backbone::{Backbone, BackboneKind};
+use crate::backbone::{Backbone, BackboneKind, Pooling};
 use crate::runtime::Runtime;
 use onenet_stages::image_file;
 use onenet_stages::images::IMAGES_TABLE;
@@ -87,7 +87,14 @@ struct Extractor {
     backbone: String,
     /// BLAKE3 of the weights file, or "random, seed N".
     weights: String,
+    /// Absent from the files of versions before pooling was a choice: they pooled the final map.
+    #[serde(default = "final_pooling")]
+    pooling: String,
     version: u32,
+}
+
+fn final_pooling() -> String {
+    Pooling::Final.name().to_string()
 }
 
 /// One image to run through the backbone.
@@ -104,6 +111,8 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         name: "backbone".into(),
         message: e.to_string(),
     })?;
+    let pooling = Pooling::from_name(p.str("pooling")?)?;
+    let dim = kind.pooled_dim(pooling)?;
     let weights = weights_path(p, &ctx.base_dir)?;
     let extractor = Extractor {
         backbone: kind.name().to_string(),
@@ -111,6 +120,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             Some(path) => onenet_stages::hash_file(path)?,
             None => format!("random, seed {}", p.int("seed")?),
         },
+        pooling: pooling.name().to_string(),
         version: KIND.version,
     };
     let batch_size = p.int("batch_size")? as usize;
@@ -136,7 +146,6 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         ));
     }
 
-    let dim = kind.feature_dim();
     let mut matrix = vec![0f32; rows.len() * dim as usize];
     let reused = reuse_previous(
         ctx.previous.as_deref(),
@@ -159,11 +168,12 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     if !pending.is_empty() {
         // Random weights (a baseline) come from the seed, so a rerun draws the same ones.
         tch::manual_seed(p.int("seed")?);
-        let backbone =
-            Backbone::load(kind, weights.as_deref(), device).map_err(|e| StageError::Param {
+        let backbone = Backbone::load(kind, weights.as_deref(), device)
+            .map_err(|e| StageError::Param {
                 name: "weights".into(),
                 message: e.to_string(),
-            })?;
+            })?
+            .with_pooling(pooling)?;
         let start = Instant::now();
         ctx.progress
             .start(pending.len() as u64, "extracting features");
@@ -190,9 +200,11 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
 
     let reused_count = reused.iter().filter(|r| **r).count();
     let mut notes = vec![format!(
-        "{} images × {dim} ({}): {} computed, {reused_count} reused from the previous output",
+        "{} images × {dim} ({}, {} pooling): {} computed, {reused_count} reused from the previous \
+         output",
         rows.len(),
         kind.name(),
+        pooling.name(),
         pending.len()
     )];
     if rate.is_finite() {

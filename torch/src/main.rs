@@ -393,9 +393,14 @@ fn load_extractor(engine: &Engine) -> Result<onenet_torch::tasks::FeatureExtract
         Some(path) => Some(engine.pipeline.base_dir.join(path)),
         None => bail!("stage `{}` sets no weights", decl.name),
     };
+    let pooling = decl
+        .params
+        .opt_str("pooling")
+        .unwrap_or(onenet_torch::backbone::Pooling::Final.name());
     Ok(onenet_torch::tasks::FeatureExtractor::load(
         backbone,
         weights.as_deref(),
+        pooling,
     )?)
 }
 

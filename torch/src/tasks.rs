@@ -8,7 +8,7 @@ use image::RgbImage;
 use serde::Serialize;
 use tch::{Device, Tensor};
 
-use crate::backbone::{Backbone, BackboneKind};
+use crate::backbone::{Backbone, BackboneKind, Pooling};
 use crate::embed::{flatten, mean_word_embedding, word_matrix};
 use crate::features::resized;
 use crate::model::{invert, rank_by_likelihood_batch};
@@ -147,14 +147,22 @@ pub struct FeatureExtractor {
 }
 
 impl FeatureExtractor {
-    /// Loads the backbone `kind` with `weights` (None: random).
-    pub fn load(kind: &str, weights: Option<&Path>) -> Result<FeatureExtractor, StageError> {
+    /// Loads the backbone `kind` with `weights` (None: random), pooling its maps as `pooling`
+    /// names (the `features` stage's param).
+    pub fn load(
+        kind: &str,
+        weights: Option<&Path>,
+        pooling: &str,
+    ) -> Result<FeatureExtractor, StageError> {
         let param_error = |e: crate::backbone::BackboneError| StageError::Param {
             name: "backbone".into(),
             message: e.to_string(),
         };
         let kind = BackboneKind::from_name(kind).map_err(param_error)?;
-        let backbone = Backbone::load(kind, weights, Device::Cpu).map_err(param_error)?;
+        let pooling = Pooling::from_name(pooling)?;
+        let backbone = Backbone::load(kind, weights, Device::Cpu)
+            .map_err(param_error)?
+            .with_pooling(pooling)?;
         Ok(FeatureExtractor { backbone })
     }
 

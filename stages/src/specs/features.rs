@@ -46,6 +46,15 @@ const PARAMS: &[ParamSpec] = &[
         help: "CNN: efficientnet_lite0 (224 px, 1280-d) or inception_v3 (299 px, 2048-d)",
     },
     ParamSpec {
+        name: "pooling",
+        ty: ParamType::Choice(&["final", "multiscale"]),
+        default: ParamDefault::Str("final"),
+        effect: Effect::Output,
+        help: "final: the last map, globally averaged (1280-d or 2048-d); multiscale \
+               (efficientnet_lite0 only): also the last map of each stage from 40 channels on, \
+               2024-d, which keeps the colours of objects the final map mostly discards",
+    },
+    ParamSpec {
         name: "weights",
         ty: ParamType::Path {
             what: PathKind::File,

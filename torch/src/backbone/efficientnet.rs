@@ -17,6 +17,22 @@ use super::layers::{BatchNorm, Conv2d, ConvBn, ConvSpec, Linear, Padding};
 pub const INPUT_SIZE: u32 = 224;
 /// Width of the pooled features (the head convolution's channels).
 pub const FEATURE_DIM: i64 = 1280;
+/// The first stage (index into `STAGES`) whose output multi-scale pooling keeps: the earlier
+/// ones (16 and 24 channels, at 112 and 56 px) describe edges more than objects.
+const MULTISCALE_FIRST_STAGE: usize = 2;
+/// Width of the multi-scale features: the outputs of stages 2–6 (40 + 80 + 112 + 192 + 320
+/// channels) and the head's 1280, each globally averaged.
+pub const MULTISCALE_DIM: i64 = multiscale_stage_channels() + FEATURE_DIM;
+
+const fn multiscale_stage_channels() -> i64 {
+    let mut sum = 0;
+    let mut stage = MULTISCALE_FIRST_STAGE;
+    while stage < STAGES.len() {
+        sum += STAGES[stage].out_channels;
+        stage += 1;
+    }
+    sum
+}
 /// ImageNet classes of `_fc`.
 pub const NUM_CLASSES: i64 = 1000;
 
@@ -117,6 +133,11 @@ impl MbConvBlock {
     }
 }
 
+/// `[N, C, H, W]` -> `[N, C]`, the mean over every position.
+fn global_average(xs: &Tensor) -> Tensor {
+    xs.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+}
+
 /// ReLU6 in place: the activation is the only user of its input, so no second map is allocated.
 fn relu6(mut xs: Tensor) -> Tensor {
     let _ = xs.clamp_(0.0, 6.0);
@@ -185,12 +206,34 @@ impl EfficientNetLite0 {
 
     /// `[N, 3, H, W]` normalised images -> `[N, 1280]` globally average-pooled features.
     pub fn features(&self, xs: &Tensor) -> Tensor {
+        global_average(&self.head_map(xs, |_| {}))
+    }
+
+    /// `[N, 3, H, W]` normalised images -> `[N, MULTISCALE_DIM]`: the global averages of the
+    /// last block of each stage from `MULTISCALE_FIRST_STAGE` on, then of the head (so the last
+    /// 1280 columns are [`EfficientNetLite0::features`]). The head's channels are tuned to
+    /// ImageNet's classes and keep little of an object's colour; the middle stages keep it.
+    pub fn multiscale_features(&self, xs: &Tensor) -> Tensor {
+        let mut parts = Vec::new();
+        let head = self.head_map(xs, |stage_output| parts.push(global_average(stage_output)));
+        parts.push(global_average(&head));
+        Tensor::cat(&parts, 1)
+    }
+
+    /// The head's `[N, 1280, H/32, W/32]` map; `stage_output` sees the output of each stage
+    /// multi-scale pooling keeps, in order.
+    fn head_map(&self, xs: &Tensor, mut stage_output: impl FnMut(&Tensor)) -> Tensor {
         let mut xs = relu6(self.stem.forward(xs));
-        for block in &self.blocks {
-            xs = block.forward(&xs);
+        let mut blocks = self.blocks.iter();
+        for (index, stage) in STAGES.iter().enumerate() {
+            for block in blocks.by_ref().take(stage.repeats) {
+                xs = block.forward(&xs);
+            }
+            if index >= MULTISCALE_FIRST_STAGE {
+                stage_output(&xs);
+            }
         }
-        let xs = relu6(self.head.forward(&xs));
-        xs.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+        relu6(self.head.forward(&xs))
     }
 
     /// `[N, 1280]` features -> `[N, 1000]` ImageNet logits (dropout is a no-op at inference).

@@ -50,6 +50,10 @@ pub enum BackboneError {
     },
     #[error("unknown backbone `{0}` (known: inception_v3, efficientnet_lite0)")]
     UnknownKind(String),
+    #[error("unknown pooling `{0}` (known: final, multiscale)")]
+    UnknownPooling(String),
+    #[error("pooling `{pooling}` is not available for {kind} (it is for efficientnet_lite0)")]
+    UnsupportedPooling { kind: String, pooling: String },
 }
 
 impl BackboneError {
@@ -85,6 +89,12 @@ impl From<BackboneError> for StageError {
                 name: "backbone".to_string(),
                 message: error.to_string(),
             },
+            BackboneError::UnknownPooling(_) | BackboneError::UnsupportedPooling { .. } => {
+                StageError::Param {
+                    name: "pooling".to_string(),
+                    message: error.to_string(),
+                }
+            }
             BackboneError::Format { ref path, .. }
             | BackboneError::MissingTensor { ref path, .. }
             | BackboneError::ShapeMismatch { ref path, .. }

@@ -77,6 +77,22 @@ impl BackboneKind {
         }
     }
 
+    /// Width of the feature vectors `pooling` gives; an error when this kind lacks it.
+    pub fn pooled_dim(self, pooling: Pooling) -> Result<i64, BackboneError> {
+        match (self, pooling) {
+            (_, Pooling::Final) => Ok(self.feature_dim()),
+            (BackboneKind::EfficientNetLite0, Pooling::Multiscale) => {
+                Ok(efficientnet::MULTISCALE_DIM)
+            }
+            (BackboneKind::InceptionV3, Pooling::Multiscale) => {
+                Err(BackboneError::UnsupportedPooling {
+                    kind: self.name().to_string(),
+                    pooling: pooling.name().to_string(),
+                })
+            }
+        }
+    }
+
     /// How pixel values must be scaled for this kind's weights.
     /// An RGB image of any size -> the `[3, S, S]` values the network takes, channel-major: the
     /// whole image resized (bilinear, aspect ratio not kept, nothing cropped away) and scaled as
@@ -116,6 +132,38 @@ impl FromStr for BackboneKind {
 impl fmt::Display for BackboneKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// Which maps of the network a feature vector averages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Pooling {
+    /// The final map, globally averaged: what the classifier reads, and what captioning models
+    /// built on ImageNet backbones usually take.
+    #[default]
+    Final,
+    /// The final map and the last map of each later stage, each globally averaged and
+    /// concatenated (EfficientNet-Lite0 only: 2024-d). The final map's channels keep little of
+    /// an object's colour; the middle stages keep it, which a captioner naming colours needs.
+    Multiscale,
+}
+
+impl Pooling {
+    pub const ALL: [Pooling; 2] = [Pooling::Final, Pooling::Multiscale];
+
+    /// The pooling called `name` (`final` or `multiscale`, the `features` param's values).
+    pub fn from_name(name: &str) -> Result<Pooling, BackboneError> {
+        Pooling::ALL
+            .into_iter()
+            .find(|pooling| pooling.name() == name)
+            .ok_or_else(|| BackboneError::UnknownPooling(name.to_string()))
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Final => "final",
+            Pooling::Multiscale => "multiscale",
+        }
     }
 }
 
@@ -177,6 +225,17 @@ impl Network {
         }
     }
 
+    /// Features pooled as `pooling` says; the kind supports it (checked by `with_pooling`).
+    fn pooled(&self, xs: &Tensor, pooling: Pooling) -> Tensor {
+        match (self, pooling) {
+            (_, Pooling::Final) => self.features(xs),
+            (Network::EfficientNetLite0(net), Pooling::Multiscale) => net.multiscale_features(xs),
+            (Network::InceptionV3(_), Pooling::Multiscale) => {
+                unreachable!("with_pooling refuses multiscale pooling for inception_v3")
+            }
+        }
+    }
+
     fn logits(&self, features: &Tensor) -> Tensor {
         match self {
             Network::InceptionV3(net) => net.logits(features),
@@ -188,6 +247,7 @@ impl Network {
 /// A frozen backbone in inference mode.
 pub struct Backbone {
     kind: BackboneKind,
+    pooling: Pooling,
     device: Device,
     network: Network,
     /// Owns the weights the network's tensors share.
@@ -219,6 +279,7 @@ impl Backbone {
         store.freeze();
         Ok(Backbone {
             kind,
+            pooling: Pooling::Final,
             device,
             network,
             _weights: store,
@@ -227,6 +288,18 @@ impl Backbone {
 
     pub fn kind(&self) -> BackboneKind {
         self.kind
+    }
+
+    /// This backbone giving features pooled as `pooling` says (`Final` when not called); an
+    /// error when its kind lacks that pooling.
+    pub fn with_pooling(mut self, pooling: Pooling) -> Result<Backbone, BackboneError> {
+        self.kind.pooled_dim(pooling)?;
+        self.pooling = pooling;
+        Ok(self)
+    }
+
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
     }
 
     pub fn device(&self) -> Device {
@@ -238,9 +311,12 @@ impl Backbone {
         self.kind.input_size()
     }
 
-    /// Width of the pooled features: 1280 or 2048.
+    /// Width of the features [`Backbone::features`] gives: 1280 or 2048 (`Final` pooling), 2024
+    /// (`Multiscale`).
     pub fn feature_dim(&self) -> i64 {
-        self.kind.feature_dim()
+        self.kind
+            .pooled_dim(self.pooling)
+            .unwrap_or_else(|_| self.kind.feature_dim())
     }
 
     /// An RGB image of any size -> the `[3, S, S]` f32 CPU tensor the network takes (see
@@ -256,25 +332,29 @@ impl Backbone {
         Tensor::from_slice(values).view([-1, 3, side, side])
     }
 
-    /// `[N, 3, S, S]` preprocessed images -> `[N, D]` pooled features, on the backbone's device.
+    /// `[N, 3, S, S]` preprocessed images -> `[N, D]` features pooled as [`Backbone::pooling`]
+    /// says, on the backbone's device.
     pub fn features(&self, batch: &Tensor) -> Tensor {
         self.check_batch(batch);
-        tch::no_grad(|| self.pooled_features(batch))
+        tch::no_grad(|| self.pooled_features(batch, self.pooling))
     }
 
     /// `[N, 3, S, S]` preprocessed images -> `[N, 1000]` ImageNet logits, on the backbone's device.
     pub fn classify(&self, batch: &Tensor) -> Tensor {
         self.check_batch(batch);
-        tch::no_grad(|| self.network.logits(&self.pooled_features(batch)))
+        tch::no_grad(|| {
+            self.network
+                .logits(&self.pooled_features(batch, Pooling::Final))
+        })
     }
 
     /// The network's features of `batch`, run channels-last: the convolution kernels libtorch
     /// picks for that layout (depthwise ones above all) are much faster on the CPU than those for
     /// the default layout, and every layer keeps the layout it is given. (The folded weights are
     /// channels-last too, see [`layers::ConvBn`].)
-    fn pooled_features(&self, batch: &Tensor) -> Tensor {
+    fn pooled_features(&self, batch: &Tensor, pooling: Pooling) -> Tensor {
         self.network
-            .features(&layers::channels_last(&self.to_device(batch)))
+            .pooled(&layers::channels_last(&self.to_device(batch)), pooling)
     }
 
     fn to_device(&self, batch: &Tensor) -> Tensor {

@@ -512,3 +512,103 @@ fn features_do_not_depend_on_the_input_layout() {
         );
     }
 }
+
+/// A 224-px picture of a `colour` square (`filled`: a full square, else a frame) on gray.
+fn coloured_shape(colour: [u8; 3], filled: bool) -> RgbImage {
+    RgbImage::from_fn(224, 224, |x, y| {
+        let inside = (60..164).contains(&x) && (60..164).contains(&y);
+        let hollow = (84..140).contains(&x) && (84..140).contains(&y);
+        if inside && (filled || !hollow) {
+            image::Rgb(colour)
+        } else {
+            image::Rgb([128, 128, 128])
+        }
+    })
+}
+
+#[test]
+fn multiscale_pooling_adds_middle_stages_and_keeps_colour_apart() {
+    let weights = efficientnet_weights();
+    let backbone = Backbone::load(BackboneKind::EfficientNetLite0, Some(&weights), Device::Cpu)
+        .unwrap()
+        .with_pooling(Pooling::Multiscale)
+        .unwrap();
+    assert_eq!(backbone.feature_dim(), 2024);
+    let colours = [
+        [35, 80, 235],
+        [150, 50, 195],
+        [250, 140, 20],
+        [250, 225, 30],
+    ];
+    let pictures: Vec<RgbImage> = [true, false]
+        .into_iter()
+        .flat_map(|filled| colours.map(|c| coloured_shape(c, filled)))
+        .collect();
+    let batch = Tensor::stack(
+        &pictures
+            .iter()
+            .map(|p| backbone.preprocess(p))
+            .collect::<Vec<_>>(),
+        0,
+    );
+    let multiscale = backbone.features(&batch);
+    assert_eq!(multiscale.size(), [8, 2024]);
+    // The last 1280 columns are the final pooling's features.
+    let plain = Backbone::load(BackboneKind::EfficientNetLite0, Some(&weights), Device::Cpu)
+        .unwrap()
+        .features(&batch);
+    let tail = multiscale.narrow(1, 2024 - 1280, 1280);
+    let error = (&tail - &plain).abs().max().double_value(&[]);
+    assert!(error <= 1e-5, "final columns differ by {error}");
+    // How far apart pictures differing in colour are, relative to pictures differing in shape.
+    let colour_over_shape = |features: &Tensor| {
+        let unit = features / features.norm_scalaropt_dim(2, [1], true);
+        let distance = |a: i64, b: i64| 1.0 - unit.get(a).dot(&unit.get(b)).double_value(&[]);
+        let (mut by_colour, mut by_shape) = (Vec::new(), Vec::new());
+        for a in 0..8i64 {
+            for b in a + 1..8 {
+                if a / 4 == b / 4 {
+                    by_colour.push(distance(a, b));
+                } else if a % 4 == b % 4 {
+                    by_shape.push(distance(a, b));
+                }
+            }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        mean(&by_colour) / mean(&by_shape)
+    };
+    let middle = multiscale.narrow(1, 0, 2024 - 1280);
+    let (in_middle, in_final) = (colour_over_shape(&middle), colour_over_shape(&plain));
+    eprintln!("colour/shape distance ratio: middle stages {in_middle:.3}, final map {in_final:.3}");
+    assert!(
+        in_middle > in_final,
+        "middle {in_middle} <= final {in_final}"
+    );
+}
+
+#[test]
+fn pooling_names_and_kinds_that_lack_one() {
+    assert_eq!(
+        Pooling::from_name("multiscale").unwrap(),
+        Pooling::Multiscale
+    );
+    assert_eq!(Pooling::from_name("final").unwrap(), Pooling::Final);
+    assert!(Pooling::from_name("max")
+        .unwrap_err()
+        .to_string()
+        .contains("final, multiscale"));
+    let inception = Backbone::load(BackboneKind::InceptionV3, None, Device::Cpu).unwrap();
+    let error = inception.with_pooling(Pooling::Multiscale).err().unwrap();
+    assert!(error.to_string().contains("inception_v3"), "{error}");
+    let as_stage_error = onenet_stages::StageError::from(error);
+    assert!(
+        matches!(&as_stage_error, onenet_stages::StageError::Param { name, .. } if name == "pooling"),
+        "{as_stage_error:?}"
+    );
+    assert_eq!(
+        BackboneKind::EfficientNetLite0
+            .pooled_dim(Pooling::Final)
+            .unwrap(),
+        1280
+    );
+}
