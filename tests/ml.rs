@@ -195,12 +195,8 @@ fn the_demo_model_captions_well_and_inversion_finds_the_picture() {
     let info: Value =
         serde_json::from_slice(&std::fs::read(train.join("model.json")).unwrap()).unwrap();
     assert_eq!(info["kept_epoch"], kept[0]);
-    // Re-ordering the nearest images by likelihood only moves pictures within the nearest ten.
+    // Re-ordering the nearest images by likelihood puts the right one first more often.
     assert!(r1 >= metric(&metrics, "r1", "invert_nearest"));
-    assert_eq!(
-        metric(&metrics, "r10", "invert"),
-        metric(&metrics, "r10", "invert_nearest")
-    );
 }
 
 /// The browser the report test drives: `$ONENET_CHROMIUM`, else `chromium` on the PATH.
@@ -435,7 +431,8 @@ fn find_images_takes_several_captions_at_once() {
         ids_and_scores(&t.json(&["find-images", caption, "-k", "5"])),
         reranked
     );
-    let nearest = ids_and_scores(&t.json(&["find-images", caption, "-k", "10", "--rerank", "0"]));
+    // The default `rerank`: the 30 nearest by cosine are re-ordered.
+    let nearest = ids_and_scores(&t.json(&["find-images", caption, "-k", "30", "--rerank", "0"]));
     for list in [&reranked, &nearest] {
         assert!(list.windows(2).all(|w| w[0].1 >= w[1].1), "{list:?}");
     }
