@@ -409,7 +409,7 @@ fn find_images_takes_several_captions_at_once() {
     for r in results {
         assert_eq!(r["matches"].as_array().unwrap().len(), 5);
     }
-    // By default the ten nearest images are re-ordered by the caption's likelihood (scores are
+    // By default the thirty nearest images are re-ordered by the caption's likelihood (scores are
     // mean log-likelihoods); `--rerank 0` keeps the nearest by cosine.
     let ids_and_scores = |out: &Value| -> Vec<(String, f64)> {
         out["results"][0]["matches"]
