@@ -271,7 +271,8 @@ fn bench_features(
     let listing: String = files.iter().map(|p| format!("{}\n", p.display())).collect();
     write_if_changed(&list, &listing);
 
-    let params = features_params("random");
+    let params = features_params("random", "f32");
+    let params_bf16 = features_params("random", "bf16");
     let inputs = [StageInput {
         name: "images".into(),
         kind: "images".into(),
@@ -282,9 +283,11 @@ fn bench_features(
     let mut cli = Vec::new();
     let mut stage_rates = Vec::new();
     let mut in_process = Vec::new();
+    let mut in_process_bf16 = Vec::new();
     let mut pytorch = Vec::new();
     let mut pytorch_channels_last = Vec::new();
     let mut pytorch_frozen = Vec::new();
+    let mut pytorch_frozen_bf16 = Vec::new();
     let mut import_secs = f64::NAN;
     for rep in 1..=FEATURE_REPS {
         println!("repetition {rep}/{FEATURE_REPS}");
@@ -310,24 +313,31 @@ fn bench_features(
         cli.push(rate);
         stage_rates.extend(stage_rate);
 
-        recreate_dir(&out_dir);
-        let job = StageJob::new(
-            "features",
-            "features",
-            params.clone(),
-            inputs.to_vec(),
-            &project,
-            &out_dir,
-        );
-        let ctx = StageContext::new(&job, &NoProgress);
-        let start = Instant::now();
-        let report = onenet_torch::features::run(&ctx)
-            .unwrap_or_else(|e| panic!("features::run failed: {e}"));
-        let took = start.elapsed().as_secs_f64();
-        expect_computed(&report.notes, FEATURE_IMAGES);
-        let rate = FEATURE_IMAGES as f64 / took;
-        println!("  onenet_torch::features::run:        {took:6.2} s = {rate:6.1} images/s");
-        in_process.push(rate);
+        for (params, label, rates) in [
+            (&params, "f32", &mut in_process),
+            (&params_bf16, "bf16", &mut in_process_bf16),
+        ] {
+            recreate_dir(&out_dir);
+            let job = StageJob::new(
+                "features",
+                "features",
+                params.clone(),
+                inputs.to_vec(),
+                &project,
+                &out_dir,
+            );
+            let ctx = StageContext::new(&job, &NoProgress);
+            let start = Instant::now();
+            let report = onenet_torch::features::run(&ctx)
+                .unwrap_or_else(|e| panic!("features::run failed: {e}"));
+            let took = start.elapsed().as_secs_f64();
+            expect_computed(&report.notes, FEATURE_IMAGES);
+            let rate = FEATURE_IMAGES as f64 / took;
+            println!(
+                "  onenet_torch::features::run, {label:<5}  {took:6.2} s = {rate:6.1} images/s"
+            );
+            rates.push(rate);
+        }
 
         for (mode, label, rates) in [
             ("eager", "PyTorch eager loop", &mut pytorch),
@@ -340,6 +350,11 @@ fn bench_features(
                 "frozen",
                 "PyTorch channels-last, frozen",
                 &mut pytorch_frozen,
+            ),
+            (
+                "frozen_bf16",
+                "PyTorch frozen, bf16",
+                &mut pytorch_frozen_bf16,
             ),
         ] {
             let result = python_json(
@@ -411,19 +426,34 @@ fn bench_features(
             "images/s",
             max(&in_process),
             max(&pytorch_frozen),
+            None,
+        ),
+        Row::higher(
+            "features, onenet in-process bf16 vs PyTorch channels-last + frozen TorchScript",
+            "images/s",
+            max(&in_process_bf16),
+            max(&pytorch_frozen),
             Some(1.2),
+        ),
+        Row::higher(
+            "features, onenet in-process bf16 vs PyTorch frozen TorchScript in bf16",
+            "images/s",
+            max(&in_process_bf16),
+            max(&pytorch_frozen_bf16),
+            None,
         ),
     ]
 }
 
 /// A `features` stage's params as the engine would fill them in.
-fn features_params(weights: &str) -> Params {
+fn features_params(weights: &str, precision: &str) -> Params {
     let given = BTreeMap::from([
         (
             "backbone".to_string(),
             ParamValue::Str("efficientnet_lite0".into()),
         ),
         ("weights".to_string(), ParamValue::Str(weights.into())),
+        ("precision".to_string(), ParamValue::Str(precision.into())),
         (
             "batch_size".to_string(),
             ParamValue::Int(FEATURE_BATCH as i64),

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::backbone::{Backbone, BackboneKind, Pooling};
+use crate::backbone::{Backbone, BackboneKind, Pooling, Precision};
 use crate::runtime::Runtime;
 use onenet_stages::image_file;
 use onenet_stages::images::IMAGES_TABLE;
@@ -90,11 +90,18 @@ struct Extractor {
     /// Absent from the files of versions before pooling was a choice: they pooled the final map.
     #[serde(default = "final_pooling")]
     pooling: String,
+    /// Absent from the files of versions before precision was a choice: they computed in f32.
+    #[serde(default = "f32_precision")]
+    precision: String,
     version: u32,
 }
 
 fn final_pooling() -> String {
     Pooling::Final.name().to_string()
+}
+
+fn f32_precision() -> String {
+    Precision::F32.name().to_string()
 }
 
 /// One image to run through the backbone.
@@ -112,6 +119,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         message: e.to_string(),
     })?;
     let pooling = Pooling::from_name(p.str("pooling")?)?;
+    let precision = Precision::from_name(p.str("precision")?)?;
     let dim = kind.pooled_dim(pooling)?;
     let weights = weights_path(p, &ctx.base_dir)?;
     let extractor = Extractor {
@@ -121,6 +129,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             None => format!("random, seed {}", p.int("seed")?),
         },
         pooling: pooling.name().to_string(),
+        precision: precision.name().to_string(),
         version: KIND.version,
     };
     let batch_size = p.int("batch_size")? as usize;
@@ -173,7 +182,8 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
                 name: "weights".into(),
                 message: e.to_string(),
             })?
-            .with_pooling(pooling)?;
+            .with_pooling(pooling)?
+            .with_precision(precision);
         let start = Instant::now();
         ctx.progress
             .start(pending.len() as u64, "extracting features");
@@ -200,11 +210,12 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
 
     let reused_count = reused.iter().filter(|r| **r).count();
     let mut notes = vec![format!(
-        "{} images × {dim} ({}, {} pooling): {} computed, {reused_count} reused from the previous \
-         output",
+        "{} images × {dim} ({}, {} pooling, {}): {} computed, {reused_count} reused from the \
+         previous output",
         rows.len(),
         kind.name(),
         pooling.name(),
+        precision.name(),
         pending.len()
     )];
     if rate.is_finite() {

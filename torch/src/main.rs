@@ -397,10 +397,15 @@ fn load_extractor(engine: &Engine) -> Result<onenet_torch::tasks::FeatureExtract
         .params
         .opt_str("pooling")
         .unwrap_or(onenet_torch::backbone::Pooling::Final.name());
+    let precision = decl
+        .params
+        .opt_str("precision")
+        .unwrap_or(onenet_torch::backbone::Precision::F32.name());
     Ok(onenet_torch::tasks::FeatureExtractor::load(
         backbone,
         weights.as_deref(),
         pooling,
+        precision,
     )?)
 }
 

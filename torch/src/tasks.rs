@@ -8,7 +8,7 @@ use image::RgbImage;
 use serde::Serialize;
 use tch::{Device, Tensor};
 
-use crate::backbone::{Backbone, BackboneKind, Pooling};
+use crate::backbone::{Backbone, BackboneKind, Pooling, Precision};
 use crate::embed::{flatten, mean_word_embedding, word_matrix};
 use crate::features::resized;
 use crate::model::{invert, rank_by_likelihood_batch};
@@ -148,11 +148,12 @@ pub struct FeatureExtractor {
 
 impl FeatureExtractor {
     /// Loads the backbone `kind` with `weights` (None: random), pooling its maps as `pooling`
-    /// names (the `features` stage's param).
+    /// names and computing in `precision` (the `features` stage's params).
     pub fn load(
         kind: &str,
         weights: Option<&Path>,
         pooling: &str,
+        precision: &str,
     ) -> Result<FeatureExtractor, StageError> {
         let param_error = |e: crate::backbone::BackboneError| StageError::Param {
             name: "backbone".into(),
@@ -162,7 +163,8 @@ impl FeatureExtractor {
         let pooling = Pooling::from_name(pooling)?;
         let backbone = Backbone::load(kind, weights, Device::Cpu)
             .map_err(param_error)?
-            .with_pooling(pooling)?;
+            .with_pooling(pooling)?
+            .with_precision(Precision::from_name(precision)?);
         Ok(FeatureExtractor { backbone })
     }
 

@@ -55,6 +55,14 @@ const PARAMS: &[ParamSpec] = &[
                2024-d, which keeps the colours of objects the final map mostly discards",
     },
     ParamSpec {
+        name: "precision",
+        ty: ParamType::Choice(&["f32", "bf16"]),
+        default: ParamDefault::Str("f32"),
+        effect: Effect::Output,
+        help: "f32, or bf16: about twice as fast on CPUs with AVX-512 BF16 or AMX (slow on others), \
+               features within a few per mille of cosine of the f32 ones",
+    },
+    ParamSpec {
         name: "weights",
         ty: ParamType::Path {
             what: PathKind::File,

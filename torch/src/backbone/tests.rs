@@ -612,3 +612,50 @@ fn pooling_names_and_kinds_that_lack_one() {
         1280
     );
 }
+
+/// The stated tolerance of bf16 features: each image's cosine with its f32 features is at least
+/// 0.995, for the final and the multi-scale pooling (measured: 0.998 on the photos).
+#[test]
+fn bf16_features_stay_close_to_f32_and_keep_the_classes() {
+    let weights = efficientnet_weights();
+    let load = |precision: Precision, pooling: Pooling| {
+        Backbone::load(BackboneKind::EfficientNetLite0, Some(&weights), Device::Cpu)
+            .unwrap()
+            .with_pooling(pooling)
+            .unwrap()
+            .with_precision(precision)
+    };
+    let bf16 = load(Precision::Bf16, Pooling::Final);
+    let (cat, coffee) = classify_photos(&bf16);
+    assert_recognised(&cat, &coffee);
+    let (cat_f32, coffee_f32) = classify_photos(&load(Precision::F32, Pooling::Final));
+    assert_eq!(cat[0].0, cat_f32[0].0, "{cat:?} vs {cat_f32:?}");
+    assert_eq!(coffee[0].0, coffee_f32[0].0, "{coffee:?} vs {coffee_f32:?}");
+
+    for pooling in Pooling::ALL {
+        let (exact, fast) = (
+            load(Precision::F32, pooling),
+            load(Precision::Bf16, pooling),
+        );
+        let batch = Tensor::stack(
+            &[
+                exact.preprocess(&photo("chelsea.png")),
+                exact.preprocess(&photo("coffee.png")),
+            ],
+            0,
+        );
+        let (a, b) = (exact.features(&batch), fast.features(&batch));
+        assert_eq!(b.kind(), Kind::Float);
+        assert_eq!(a.size(), b.size());
+        let cosine = (&a * &b).sum_dim_intlist(1, false, Kind::Float)
+            / (a.norm_scalaropt_dim(2, [1], false) * b.norm_scalaropt_dim(2, [1], false));
+        let worst = cosine.min().double_value(&[]);
+        assert!(worst >= 0.995, "{pooling:?}: cosine {worst}");
+    }
+    assert_eq!(Precision::from_name("bf16").unwrap(), Precision::Bf16);
+    let error = Precision::from_name("fp8").unwrap_err();
+    assert!(matches!(
+        onenet_stages::StageError::from(error),
+        onenet_stages::StageError::Param { name, .. } if name == "precision"
+    ));
+}
