@@ -21,7 +21,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::backbone::{Backbone, BackboneKind, Pooling, Precision};
+use crate::backbone::{Backbone, BackboneKind, Pooling};
+use crate::precision::Precision;
 use crate::runtime::Runtime;
 use onenet_stages::image_file;
 use onenet_stages::images::IMAGES_TABLE;
@@ -29,7 +30,7 @@ use onenet_stages::specs::features::{
     read_row_columns, read_rows, weights_path, write_matrix, FeatureRow, EXTRACTOR_FILE,
     FEATURES_FILE, FEATURES_TENSOR, KIND, ROWS_TABLE,
 };
-use onenet_stages::{StageContext, StageError, StageReport};
+use onenet_stages::{Params, StageContext, StageError, StageReport};
 
 /// The features of every image, in row order, as the stages that read a `features` output use
 /// them.
@@ -104,6 +105,59 @@ fn f32_precision() -> String {
     Precision::F32.name().to_string()
 }
 
+/// The backbone a `features` stage's params describe. The stage and the task commands (which
+/// compute features of new pictures as the pipeline did) both build theirs from it.
+#[derive(Debug, Clone)]
+pub struct BackboneSettings {
+    pub kind: BackboneKind,
+    /// The weights file, resolved against the project folder; `None`: random weights drawn
+    /// from the stage's `seed`.
+    pub weights: Option<PathBuf>,
+    pub seed: i64,
+    pub pooling: Pooling,
+    pub precision: Precision,
+}
+
+impl BackboneSettings {
+    /// Reads `backbone`, `weights`, `seed`, `pooling` and `precision` (each error names its
+    /// param; a missing weights file names the file).
+    pub fn of_params(params: &Params, base_dir: &Path) -> Result<BackboneSettings, StageError> {
+        let kind =
+            BackboneKind::from_name(params.str("backbone")?).map_err(|e| StageError::Param {
+                name: "backbone".into(),
+                message: e.to_string(),
+            })?;
+        let pooling = Pooling::from_name(params.str("pooling")?)?;
+        kind.pooled_dim(pooling)?;
+        Ok(BackboneSettings {
+            kind,
+            weights: weights_path(params, base_dir)?,
+            seed: params.int("seed")?,
+            pooling,
+            precision: Precision::of_params(params)?,
+        })
+    }
+
+    /// Width of the features this backbone computes.
+    pub fn dim(&self) -> i64 {
+        // `of_params` checked that the kind has this pooling.
+        self.kind.pooled_dim(self.pooling).unwrap_or(0)
+    }
+
+    /// The backbone, ready to run on `device`.
+    pub fn load(&self, device: Device) -> Result<Backbone, StageError> {
+        // Random weights (a baseline) come from the seed, so every load draws the same ones.
+        tch::manual_seed(self.seed);
+        Ok(Backbone::load(self.kind, self.weights.as_deref(), device)
+            .map_err(|e| StageError::Param {
+                name: "weights".into(),
+                message: e.to_string(),
+            })?
+            .with_pooling(self.pooling)?
+            .with_precision(self.precision))
+    }
+}
+
 /// One image to run through the backbone.
 struct Pending {
     /// Index in the output matrix.
@@ -114,22 +168,16 @@ struct Pending {
 pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let p = &ctx.params;
     let device = Runtime::for_stage(ctx)?.device;
-    let kind = BackboneKind::from_name(p.str("backbone")?).map_err(|e| StageError::Param {
-        name: "backbone".into(),
-        message: e.to_string(),
-    })?;
-    let pooling = Pooling::from_name(p.str("pooling")?)?;
-    let precision = Precision::from_name(p.str("precision")?)?;
-    let dim = kind.pooled_dim(pooling)?;
-    let weights = weights_path(p, &ctx.base_dir)?;
+    let settings = BackboneSettings::of_params(p, &ctx.base_dir)?;
+    let dim = settings.dim();
     let extractor = Extractor {
-        backbone: kind.name().to_string(),
-        weights: match &weights {
+        backbone: settings.kind.name().to_string(),
+        weights: match &settings.weights {
             Some(path) => onenet_stages::hash_file(path)?,
-            None => format!("random, seed {}", p.int("seed")?),
+            None => format!("random, seed {}", settings.seed),
         },
-        pooling: pooling.name().to_string(),
-        precision: precision.name().to_string(),
+        pooling: settings.pooling.name().to_string(),
+        precision: settings.precision.name().to_string(),
         version: KIND.version,
     };
     let batch_size = p.int("batch_size")? as usize;
@@ -175,15 +223,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
 
     let mut rate = f64::NAN;
     if !pending.is_empty() {
-        // Random weights (a baseline) come from the seed, so a rerun draws the same ones.
-        tch::manual_seed(p.int("seed")?);
-        let backbone = Backbone::load(kind, weights.as_deref(), device)
-            .map_err(|e| StageError::Param {
-                name: "weights".into(),
-                message: e.to_string(),
-            })?
-            .with_pooling(pooling)?
-            .with_precision(precision);
+        let backbone = settings.load(device)?;
         let start = Instant::now();
         ctx.progress
             .start(pending.len() as u64, "extracting features");
@@ -213,9 +253,9 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         "{} images × {dim} ({}, {} pooling, {}): {} computed, {reused_count} reused from the \
          previous output",
         rows.len(),
-        kind.name(),
-        pooling.name(),
-        precision.name(),
+        settings.kind.name(),
+        settings.pooling.name(),
+        settings.precision.name(),
         pending.len()
     )];
     if rate.is_finite() {

@@ -14,6 +14,7 @@ pub mod glove;
 pub mod model;
 pub mod optim;
 pub mod order;
+pub mod precision;
 pub mod runtime;
 pub mod tasks;
 pub mod train;

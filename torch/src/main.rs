@@ -387,25 +387,9 @@ fn load_extractor(engine: &Engine) -> Result<onenet_torch::tasks::FeatureExtract
         .pipeline
         .stage(&name)
         .context("the pipeline has no features stage")?;
-    let backbone = decl.params.str("backbone")?;
-    let weights = match decl.params.opt_str("weights") {
-        Some("random") => None,
-        Some(path) => Some(engine.pipeline.base_dir.join(path)),
-        None => bail!("stage `{}` sets no weights", decl.name),
-    };
-    let pooling = decl
-        .params
-        .opt_str("pooling")
-        .unwrap_or(onenet_torch::backbone::Pooling::Final.name());
-    let precision = decl
-        .params
-        .opt_str("precision")
-        .unwrap_or(onenet_torch::backbone::Precision::F32.name());
     Ok(onenet_torch::tasks::FeatureExtractor::load(
-        backbone,
-        weights.as_deref(),
-        pooling,
-        precision,
+        &decl.params,
+        &engine.pipeline.base_dir,
     )?)
 }
 

@@ -8,16 +8,16 @@ use image::RgbImage;
 use serde::Serialize;
 use tch::{Device, Tensor};
 
-use crate::backbone::{Backbone, BackboneKind, Pooling, Precision};
+use crate::backbone::Backbone;
 use crate::embed::{flatten, mean_word_embedding, word_matrix};
-use crate::features::resized;
+use crate::features::{resized, BackboneSettings};
 use crate::model::{invert, rank_by_likelihood_batch};
 use crate::train::TrainedModel;
 use onenet_stages::captions::Vocabulary;
 use onenet_stages::image_file;
 use onenet_stages::metrics::SimilarityIndex;
 use onenet_stages::specs::embed::{CaptionEmbeddings, ImageEmbeddings, WordEmbeddings};
-use onenet_stages::StageError;
+use onenet_stages::{Params, StageError};
 
 /// One retrieved item with its similarity.
 #[derive(Debug, Clone, Serialize)]
@@ -147,24 +147,10 @@ pub struct FeatureExtractor {
 }
 
 impl FeatureExtractor {
-    /// Loads the backbone `kind` with `weights` (None: random), pooling its maps as `pooling`
-    /// names and computing in `precision` (the `features` stage's params).
-    pub fn load(
-        kind: &str,
-        weights: Option<&Path>,
-        pooling: &str,
-        precision: &str,
-    ) -> Result<FeatureExtractor, StageError> {
-        let param_error = |e: crate::backbone::BackboneError| StageError::Param {
-            name: "backbone".into(),
-            message: e.to_string(),
-        };
-        let kind = BackboneKind::from_name(kind).map_err(param_error)?;
-        let pooling = Pooling::from_name(pooling)?;
-        let backbone = Backbone::load(kind, weights, Device::Cpu)
-            .map_err(param_error)?
-            .with_pooling(pooling)?
-            .with_precision(Precision::from_name(precision)?);
+    /// Loads the backbone a `features` stage's params describe (`base_dir`: the project
+    /// folder its weights path is relative to), as that stage loads it.
+    pub fn load(params: &Params, base_dir: &Path) -> Result<FeatureExtractor, StageError> {
+        let backbone = BackboneSettings::of_params(params, base_dir)?.load(Device::Cpu)?;
         Ok(FeatureExtractor { backbone })
     }
 

@@ -52,8 +52,6 @@ pub enum BackboneError {
     UnknownKind(String),
     #[error("unknown pooling `{0}` (known: final, multiscale)")]
     UnknownPooling(String),
-    #[error("unknown precision `{0}` (known: f32, bf16)")]
-    UnknownPrecision(String),
     #[error("pooling `{pooling}` is not available for {kind} (it is for efficientnet_lite0)")]
     UnsupportedPooling { kind: String, pooling: String },
 }
@@ -89,10 +87,6 @@ impl From<BackboneError> for StageError {
             BackboneError::Io { path, source } => StageError::Io { path, source },
             BackboneError::UnknownKind(_) => StageError::Param {
                 name: "backbone".to_string(),
-                message: error.to_string(),
-            },
-            BackboneError::UnknownPrecision(_) => StageError::Param {
-                name: "precision".to_string(),
                 message: error.to_string(),
             },
             BackboneError::UnknownPooling(_) | BackboneError::UnsupportedPooling { .. } => {

@@ -28,6 +28,8 @@ use image::imageops::{self, FilterType};
 use image::RgbImage;
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::precision::Precision;
+
 pub use checkpoint::{convert_to_safetensors, read_weights, NamedTensors};
 pub use efficientnet::EfficientNetLite0;
 pub use error::BackboneError;
@@ -163,44 +165,6 @@ impl Pooling {
         match self {
             Pooling::Final => "final",
             Pooling::Multiscale => "multiscale",
-        }
-    }
-}
-
-/// The number format a backbone computes in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Precision {
-    /// 32-bit floats, as the weights were trained.
-    #[default]
-    F32,
-    /// bfloat16 weights and activations (features returned as f32): about twice as fast on CPUs
-    /// with AVX-512 BF16 or AMX, whose matrix units oneDNN then uses; features within a few
-    /// per mille of cosine of the f32 ones (see the tests). Slow on CPUs without them.
-    Bf16,
-}
-
-impl Precision {
-    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Bf16];
-
-    /// The precision called `name` (`f32` or `bf16`, the `features` param's values).
-    pub fn from_name(name: &str) -> Result<Precision, BackboneError> {
-        Precision::ALL
-            .into_iter()
-            .find(|precision| precision.name() == name)
-            .ok_or_else(|| BackboneError::UnknownPrecision(name.to_string()))
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
-        }
-    }
-
-    fn kind(self) -> Kind {
-        match self {
-            Precision::F32 => Kind::Float,
-            Precision::Bf16 => Kind::BFloat16,
         }
     }
 }
