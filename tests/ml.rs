@@ -767,14 +767,16 @@ fn training_keeps_the_best_dev_epoch_and_stops_where_patience_says() {
 #[test]
 fn a_killed_training_resumes_from_its_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    // Dropout, a learning-rate schedule, best-epoch selection and length-bucketed batches are
-    // all part of what a resumed training must reproduce.
+    // Dropout, a learning-rate schedule, best-epoch selection, length-bucketed batches and
+    // mixed precision (whose path is f32's with bfloat16 copies of the weights) are all part of
+    // what a resumed training must reproduce.
     std::fs::write(
         dir.path().join("pipeline.toml"),
         random_weights_pipeline_with(
             60,
             40,
-            "dev_images = 5, dropout = 0.3, lr_decay = 0.5, lr_patience = 1, bucket = 4",
+            "dev_images = 5, dropout = 0.3, lr_decay = 0.5, lr_patience = 1, bucket = 4, \
+             precision = \"bf16\"",
         ),
     )
     .unwrap();
@@ -828,6 +830,11 @@ fn a_killed_training_resumes_from_its_last_checkpoint() {
     );
     let uninterrupted = model(dir.path());
     assert!(!resumed.is_empty());
+    let info: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("artifacts/latest/train/model.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(info["hyper_parameters"]["precision"], "\"bf16\"");
     for (name, bytes) in &resumed {
         let other = uninterrupted.get(name).cloned().unwrap_or_default();
         let largest_difference = bytes

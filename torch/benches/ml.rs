@@ -75,6 +75,7 @@ use onenet_stages::table::{read_parquet, strings};
 use onenet_stages::{NoProgress, ParamValue, Params, StageContext, StageInput, StageJob};
 use onenet_torch::model::{invert, CaptionModel, ModelConfig};
 use onenet_torch::optim::Adam;
+use onenet_torch::precision::Precision;
 
 /// libtorch threads on both sides (and the `threads` param of the compared `features` runs),
 /// unless `ONENET_BENCH_THREADS` says otherwise.
@@ -490,6 +491,9 @@ fn expect_computed(notes: &[String], images: usize) {
 struct TrainingCondition {
     label: &'static str,
     vocab: i64,
+    /// Both sides' precision: f32, or bf16 (onenet's `precision = "bf16"`, PyTorch's CPU
+    /// autocast to bfloat16).
+    precision: Precision,
     /// Words of each row (`TRAIN_BATCH × TRAIN_BATCHES` of them), without `<start>`/`<end>`.
     lengths: Vec<usize>,
 }
@@ -535,27 +539,36 @@ fn training_conditions() -> Vec<TrainingCondition> {
         TrainingCondition {
             label: "training (demo: vocab 50, 10-14 tokens)",
             vocab: VOCAB,
+            precision: Precision::F32,
             lengths: demo,
         },
         TrainingCondition {
             label: "training (Flickr8k: vocab 2000, its lengths, shuffled batches)",
             vocab: FLICKR8K_VOCAB,
+            precision: Precision::F32,
             lengths: counts,
         },
         TrainingCondition {
             label: "training (Flickr8k: vocab 2000, its lengths, length-bucketed batches)",
             vocab: FLICKR8K_VOCAB,
+            precision: Precision::F32,
+            lengths: bucketed.clone(),
+        },
+        TrainingCondition {
+            label: "training (Flickr8k, length-bucketed, bf16 both sides)",
+            vocab: FLICKR8K_VOCAB,
+            precision: Precision::Bf16,
             lengths: bucketed,
         },
     ]
 }
 
 fn bench_training(python: &Path, reference: &Path) -> Vec<Row> {
-    let rows: Vec<Row> = training_conditions()
+    let mut rows: Vec<Row> = training_conditions()
         .into_iter()
         .map(|condition| bench_training_condition(python, reference, &condition))
         .collect();
-    if let [_, shuffled, bucketed] = rows.as_slice() {
+    if let [_, shuffled, bucketed, bf16] = rows.as_slice() {
         println!(
             "\n   length bucketing at Flickr8k's lengths: onenet {:.1} vs {:.1} samples/s \
              (bucketed / shuffled = {:.2}x; PyTorch {:.2}x)",
@@ -564,6 +577,16 @@ fn bench_training(python: &Path, reference: &Path) -> Vec<Row> {
             bucketed.onenet / shuffled.onenet,
             bucketed.pytorch.unwrap_or(f64::NAN) / shuffled.pytorch.unwrap_or(f64::NAN)
         );
+        // The target row: onenet's fastest training against PyTorch's default f32 loop fed the
+        // same batches.
+        let row = Row::higher(
+            "training (Flickr8k, length-bucketed): onenet bf16 vs PyTorch f32",
+            "samples/s",
+            bf16.onenet,
+            bucketed.pytorch.unwrap_or(f64::NAN),
+            Some(1.2),
+        );
+        rows.push(row);
     }
     rows
 }
@@ -573,9 +596,11 @@ fn bench_training_condition(python: &Path, reference: &Path, condition: &Trainin
     let mean = condition.lengths.iter().sum::<usize>() as f64 / condition.lengths.len() as f64;
     println!(
         "\n== 2. {}: batch {TRAIN_BATCH}, GRU {HIDDEN_DIM}, vocabulary {}, words per caption \
-         {mean:.1} on average, {longest} at most (each batch padded to its longest), \
+         {mean:.1} on average, {longest} at most (each batch padded to its longest), {}, \
          {TRAIN_STEPS} timed steps per repetition after {TRAIN_WARMUP} warm-up steps",
-        condition.label, condition.vocab
+        condition.label,
+        condition.vocab,
+        condition.precision.name()
     );
     tch::manual_seed(0);
     let model = CaptionModel::new(
@@ -611,7 +636,12 @@ fn bench_training_condition(python: &Path, reference: &Path, condition: &Trainin
             0,
             batch_lengths[batch as usize],
         );
-        let loss = model.caption_loss(&model.encode_images(&images), &batch_tokens);
+        let loss = model.training_loss(
+            &model.encode_images(&images),
+            &batch_tokens,
+            0.0,
+            condition.precision,
+        );
         optimizer.backward_step_clip_norm(&loss, 5.0);
         // The stage reads every step's loss back, which also waits for the step to finish.
         loss.double_value(&[])
@@ -664,6 +694,8 @@ fn bench_training_condition(python: &Path, reference: &Path, condition: &Trainin
                 &HIDDEN_DIM.to_string(),
                 "--lengths",
                 &lengths_file.to_string_lossy(),
+                "--precision",
+                condition.precision.name(),
             ],
         );
         let secs = result["seconds"]

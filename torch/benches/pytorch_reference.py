@@ -282,7 +282,9 @@ def train(args):
         b = n % args.batches
         rows = slice(b * args.batch_size, (b + 1) * args.batch_size)
         optimizer.zero_grad()
-        loss = model.loss(feats[rows], tokens[rows, : batch_lengths[b]])
+        # bf16: CPU autocast, PyTorch's mixed precision (weights and optimiser state stay f32).
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = model.loss(feats[rows], tokens[rows, : batch_lengths[b]])
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
@@ -331,6 +333,12 @@ def main():
     t.add_argument("--hidden-dim", type=int, default=516)
     t.add_argument("--min-words", type=int, default=8)
     t.add_argument("--lengths", help="a file of words per token row, one count a line")
+    t.add_argument(
+        "--precision",
+        choices=["f32", "bf16"],
+        default="f32",
+        help="f32, or bf16 through CPU autocast (mixed precision)",
+    )
     for p in (f, t):
         p.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, RNN};
 use tch::{Device, Kind, Reduction, Tensor};
 
+use crate::precision::Precision;
 use onenet_stages::captions::{END_ID, PAD_ID, START_ID};
 use onenet_stages::StageError;
 
@@ -169,6 +170,10 @@ pub struct CaptionModel {
     image_encoder: nn::Linear,
     embedding: WordEmbedding,
     recurrent: Recurrent,
+    /// The recurrent cell's weights in libtorch's order (`weight_ih`, `weight_hh`, `bias_ih`,
+    /// `bias_hh`): the same tensors as the cell's, for the mixed-precision path, which passes
+    /// bfloat16 copies of them to libtorch's GRU/LSTM.
+    recurrent_weights: Vec<Tensor>,
     hidden_layer: nn::Linear,
     output_layer: nn::Linear,
 }
@@ -242,12 +247,25 @@ impl CaptionModel {
             config.vocab_size,
             Default::default(),
         );
+        let variables = vs.variables();
+        let recurrent_weights = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+            .iter()
+            .map(|name| {
+                variables
+                    .get(&format!("rnn.{name}"))
+                    .map(Tensor::shallow_clone)
+                    .ok_or_else(|| {
+                        StageError::Input(format!("the recurrent cell has no weight `{name}`"))
+                    })
+            })
+            .collect::<Result<Vec<Tensor>, StageError>>()?;
         Ok(CaptionModel {
             config,
             vs,
             image_encoder,
             embedding,
             recurrent,
+            recurrent_weights,
             hidden_layer,
             output_layer,
         })
@@ -310,17 +328,47 @@ impl CaptionModel {
     /// Logits [B, T, vocab] for each next word, given image embeddings [B, image_dim] and the
     /// input tokens [B, T] (teacher forcing); the state starts at zero.
     pub fn logits_from_embedding(&self, image_embedding: &Tensor, tokens: &Tensor) -> Tensor {
-        self.logits_with_dropout(image_embedding, tokens, 0.0)
+        self.logits_in(image_embedding, tokens, 0.0, Kind::Float)
+    }
+
+    /// Mean cross-entropy over the real (non-padding) next tokens of `captions` [B, L], each
+    /// `<start> … <end>` padded with 0, given image embeddings [B, image_dim].
+    pub fn caption_loss(&self, image_embedding: &Tensor, captions: &Tensor) -> Tensor {
+        self.caption_losses(image_embedding, captions, Reduction::Mean, 0.0, Kind::Float)
+    }
+
+    /// `caption_loss` as training computes it: with dropout of probability `dropout` (0: none)
+    /// and the decoder's matrix products in `precision`. With 0 and f32 it is exactly
+    /// `caption_loss`. With bf16 it is mixed-precision training: the weights (and so their
+    /// gradients and the optimiser's state) stay f32, each step computes with bfloat16 copies of
+    /// them, and the loss is taken on f32 logits, as PyTorch's CPU autocast does.
+    pub fn training_loss(
+        &self,
+        image_embedding: &Tensor,
+        captions: &Tensor,
+        dropout: f64,
+        precision: Precision,
+    ) -> Tensor {
+        self.caption_losses(
+            image_embedding,
+            captions,
+            Reduction::Mean,
+            dropout,
+            precision.kind(),
+        )
     }
 
     /// `logits_from_embedding` with dropout of probability `dropout` on the decoder's inputs
     /// (image and word embeddings) and on its recurrent output, as in training (Show and Tell's
-    /// placement). The masks come from libtorch's global generator.
-    fn logits_with_dropout(
+    /// placement; the masks come from libtorch's global generator), computed with the weights
+    /// and activations cast to `kind` (a no-op for f32; the weights themselves never change
+    /// type).
+    fn logits_in(
         &self,
         image_embedding: &Tensor,
         tokens: &Tensor,
         dropout: f64,
+        kind: Kind,
     ) -> Tensor {
         let drop = |t: Tensor| {
             if dropout > 0.0 {
@@ -329,35 +377,55 @@ impl CaptionModel {
                 t
             }
         };
+        let linear = |layer: &nn::Linear, x: &Tensor| {
+            x.linear(
+                &layer.ws.to_kind(kind),
+                layer.bs.as_ref().map(|b| b.to_kind(kind)).as_ref(),
+            )
+        };
         let steps = tokens.size()[1];
-        let words = drop(self.embed_words(tokens));
-        let image = drop(image_embedding.shallow_clone())
+        let batch = tokens.size()[0];
+        let words = drop(self.embed_words(tokens).to_kind(kind));
+        let image = drop(image_embedding.to_kind(kind))
             .unsqueeze(1)
             .expand([-1, steps, -1], false);
         let input = Tensor::cat(&[image, words], 2);
-        let hidden = match &self.recurrent {
-            Recurrent::Gru(g) => g.seq(&input).0,
-            Recurrent::Lstm(l) => l.seq(&input).0,
+        let weights: Vec<Tensor> = self
+            .recurrent_weights
+            .iter()
+            .map(|w| w.to_kind(kind))
+            .collect();
+        let zeros = || {
+            Tensor::zeros(
+                [1, batch, self.config.hidden_dim],
+                (kind, image_embedding.device()),
+            )
         };
-        self.output_layer
-            .forward(&self.hidden_layer.forward(&drop(hidden)))
-    }
-
-    /// Mean cross-entropy over the real (non-padding) next tokens of `captions` [B, L], each
-    /// `<start> … <end>` padded with 0, given image embeddings [B, image_dim].
-    pub fn caption_loss(&self, image_embedding: &Tensor, captions: &Tensor) -> Tensor {
-        self.caption_losses(image_embedding, captions, Reduction::Mean, 0.0)
-    }
-
-    /// `caption_loss` as training computes it: with dropout of probability `dropout` (0: none,
-    /// and then exactly `caption_loss`).
-    pub fn training_loss(
-        &self,
-        image_embedding: &Tensor,
-        captions: &Tensor,
-        dropout: f64,
-    ) -> Tensor {
-        self.caption_losses(image_embedding, captions, Reduction::Mean, dropout)
+        let hidden = match &self.recurrent {
+            Recurrent::Gru(_) => {
+                input
+                    .gru(&zeros(), &weights, true, 1, 0.0, true, false, true)
+                    .0
+            }
+            Recurrent::Lstm(_) => {
+                input
+                    .lstm(
+                        &[zeros(), zeros()],
+                        &weights,
+                        true,
+                        1,
+                        0.0,
+                        true,
+                        false,
+                        true,
+                    )
+                    .0
+            }
+        };
+        linear(
+            &self.output_layer,
+            &linear(&self.hidden_layer, &drop(hidden)),
+        )
     }
 
     /// Per-caption mean cross-entropy [B] (used by inversion to pick the best restart).
@@ -388,12 +456,13 @@ impl CaptionModel {
         captions: &Tensor,
         r: Reduction,
         dropout: f64,
+        kind: Kind,
     ) -> Tensor {
         let length = captions.size()[1];
         let input = captions.narrow(1, 0, length - 1);
         let target = captions.narrow(1, 1, length - 1);
-        let logits = self.logits_with_dropout(image_embedding, &input, dropout);
-        logits
+        self.logits_in(image_embedding, &input, dropout, kind)
+            .to_kind(Kind::Float)
             .reshape([-1, self.config.vocab_size])
             .cross_entropy_loss::<Tensor>(&target.reshape([-1]), None, r, PAD_ID as i64, 0.0)
     }
@@ -816,6 +885,56 @@ mod tests {
                     assert_eq!(x.0, y.0, "{rnn}: {ranked:?} {alone:?}");
                     assert!((x.1 - y.1).abs() < 1e-5, "{rnn}: {ranked:?} {alone:?}");
                 }
+            }
+        }
+    }
+
+    /// Mixed-precision training follows the f32 loss curve, keeps every weight f32, and is as
+    /// reproducible as f32 training (which needs libtorch's process-wide generator to itself:
+    /// the test runner gives each test its own process).
+    #[test]
+    fn bf16_training_follows_the_f32_loss_curve() {
+        let curve = |rnn: &str, precision: Precision| {
+            let model = tiny_model(rnn, 30, 5);
+            tch::manual_seed(9);
+            let features = Tensor::rand([16, 6], (Kind::Float, Device::Cpu));
+            let tokens = Tensor::randint_low(3, 30, [16, 9], (Kind::Int64, Device::Cpu));
+            let _ = tokens.narrow(1, 0, 1).fill_(START_ID as i64);
+            let _ = tokens.narrow(1, 8, 1).fill_(END_ID as i64);
+            let mut optimizer = crate::optim::Adam::new(&model.vs, 0.01);
+            let losses: Vec<f64> = (0..60)
+                .map(|_| {
+                    let loss = model.training_loss(
+                        &model.encode_images(&features),
+                        &tokens,
+                        0.1,
+                        precision,
+                    );
+                    assert_eq!(loss.kind(), Kind::Float);
+                    optimizer.backward_step_clip_norm(&loss, 5.0);
+                    loss.double_value(&[])
+                })
+                .collect();
+            for (name, weight) in model.vs.variables() {
+                assert_eq!(weight.kind(), Kind::Float, "{rnn}: {name}");
+            }
+            losses
+        };
+        for rnn in ["gru", "lstm"] {
+            let exact = curve(rnn, Precision::F32);
+            let mixed = curve(rnn, Precision::Bf16);
+            assert_eq!(
+                mixed,
+                curve(rnn, Precision::Bf16),
+                "{rnn}: not reproducible"
+            );
+            // Learning happened, and the two curves stay together all the way.
+            assert!(exact[59] < 0.6 * exact[0], "{rnn}: {exact:?}");
+            for (step, (a, b)) in exact.iter().zip(&mixed).enumerate() {
+                assert!(
+                    (a - b).abs() <= 0.05 * a,
+                    "{rnn}, step {step}: f32 {a} vs bf16 {b}"
+                );
             }
         }
     }

@@ -17,6 +17,7 @@ use crate::features::FeatureMatrix;
 use crate::input_dir;
 use crate::model::{pad_tokens, CaptionModel, ModelConfig};
 use crate::optim::Adam;
+use crate::precision::Precision;
 use onenet_stages::captions::{
     self, read_reference_words, CaptionWord, Vocabulary, CAPTIONS_TABLE, VOCAB_TABLE,
 };
@@ -204,6 +205,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     };
     let schedule = Schedule::from_params(p)?;
     let dropout = p.float("dropout")?;
+    let precision = Precision::of_params(p)?;
 
     let train: Vec<&Pair> = pairs.iter().filter(|p| p.split == "train").collect();
     let dev: Vec<&Pair> = pairs.iter().filter(|p| p.split == "dev").collect();
@@ -249,7 +251,8 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             let batch: Vec<&Pair> = chunk.iter().map(|&i| train[i]).collect();
             samples += batch.len();
             let (images, tokens) = tensors_of(&batch, &features, device);
-            let loss = model.training_loss(&model.encode_images(&images), &tokens, dropout);
+            let loss =
+                model.training_loss(&model.encode_images(&images), &tokens, dropout, precision);
             optimizer.backward_step_clip_norm(&loss, 5.0);
             loss_sum += loss.double_value(&[]);
             token_batches += 1;
