@@ -92,18 +92,16 @@ impl Adam {
                 if clip < 1.0 {
                     let _ = gradient.g_mul_scalar_(clip);
                 }
-                // In place, as PyTorch's single-tensor Adam: two temporaries per weight (the
-                // squared gradient and the denominator) instead of one per operation.
                 let first = &mut self.first[i];
-                let _ = first.lerp_(&gradient, 1.0 - BETA1);
+                let _ = first.g_mul_scalar_(BETA1);
+                let _ = first.g_add_(&(&gradient * (1.0 - BETA1)));
                 let second = &mut self.second[i];
-                let _ = second.lerp_(&gradient.square(), 1.0 - BETA2);
-                // weight -= step_size · first / (sqrt(second) / sqrt(correction2) + ε)
-                let mut denominator = second.sqrt();
-                let _ = denominator.g_div_scalar_(correction2.sqrt());
-                let _ = denominator.g_add_scalar_(EPSILON);
-                let _ = denominator.g_div_scalar_(-step_size);
-                let _ = self.weights[i].1.addcdiv_(first, &denominator);
+                let _ = second.g_mul_scalar_(BETA2);
+                let _ = second.g_add_(&(&gradient * &gradient * (1.0 - BETA2)));
+                let denominator = second.sqrt() / correction2.sqrt() + EPSILON;
+                let _ = self.weights[i]
+                    .1
+                    .g_sub_(&(&*first / denominator * step_size));
             }
         });
     }
