@@ -97,6 +97,9 @@ struct Extractor {
     version: u32,
 }
 
+/// How `extractor.json` names random weights, before their seed.
+const RANDOM_WEIGHTS: &str = "random, seed ";
+
 fn final_pooling() -> String {
     Pooling::Final.name().to_string()
 }
@@ -138,6 +141,56 @@ impl BackboneSettings {
         })
     }
 
+    /// The backbone that computed the features in `dir` (a `features` output): the kind, pooling
+    /// and precision its `extractor.json` records, with the weights `params` name (resolved
+    /// against `base_dir`) when they are the recorded ones. A task command computing features of
+    /// new pictures so uses the run it reads (a variant chosen with `--exp` or `--key` included),
+    /// not whatever the pipeline file says now. Errors: the file unreadable, or the weights
+    /// file's content not the one the features were computed with.
+    pub fn of_output(
+        dir: &Path,
+        params: &Params,
+        base_dir: &Path,
+    ) -> Result<BackboneSettings, StageError> {
+        let path = dir.join(EXTRACTOR_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| StageError::io(&path, e))?;
+        let recorded: Extractor = serde_json::from_slice(&bytes)
+            .map_err(|e| StageError::file(&path, format!("not a backbone description: {e}")))?;
+        let to_file_error = |e: StageError| StageError::file(&path, e.to_string());
+        let mut settings = BackboneSettings::of_params(params, base_dir)?;
+        settings.kind = BackboneKind::from_name(&recorded.backbone)
+            .map_err(|e| StageError::file(&path, e.to_string()))?;
+        settings.pooling = Pooling::from_name(&recorded.pooling)
+            .map_err(|e| StageError::file(&path, StageError::from(e).to_string()))?;
+        settings.precision = Precision::from_name(&recorded.precision).map_err(to_file_error)?;
+        if let Some(seed) = recorded.weights.strip_prefix(RANDOM_WEIGHTS) {
+            settings.weights = None;
+            settings.seed = seed.parse().map_err(|_| {
+                StageError::file(&path, format!("unreadable seed in {:?}", recorded.weights))
+            })?;
+        } else if settings.weights_id()? != recorded.weights {
+            return Err(StageError::Input(format!(
+                "the features in {} were computed with other weights than {}: give the \
+                 `features` stage the weights file it ran with",
+                dir.display(),
+                settings
+                    .weights
+                    .as_deref()
+                    .map_or("random ones".into(), |w| w.display().to_string())
+            )));
+        }
+        Ok(settings)
+    }
+
+    /// What identifies the weights in `extractor.json`: the BLAKE3 of the file, or
+    /// "random, seed N".
+    fn weights_id(&self) -> Result<String, StageError> {
+        match &self.weights {
+            Some(path) => onenet_stages::hash_file(path),
+            None => Ok(format!("{RANDOM_WEIGHTS}{}", self.seed)),
+        }
+    }
+
     /// Width of the features this backbone computes.
     pub fn dim(&self) -> i64 {
         // `of_params` checked that the kind has this pooling.
@@ -172,10 +225,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let dim = settings.dim();
     let extractor = Extractor {
         backbone: settings.kind.name().to_string(),
-        weights: match &settings.weights {
-            Some(path) => onenet_stages::hash_file(path)?,
-            None => format!("random, seed {}", settings.seed),
-        },
+        weights: settings.weights_id()?,
         pooling: settings.pooling.name().to_string(),
         precision: settings.precision.name().to_string(),
         version: KIND.version,
@@ -383,5 +433,104 @@ pub fn resized(image: RgbImage, size: u32) -> RgbImage {
         image
     } else {
         imageops::resize(&image, size, size, FilterType::Triangle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onenet_stages::ParamValue;
+    use std::collections::BTreeMap;
+
+    fn params(given: &[(&str, &str)]) -> Params {
+        let given: BTreeMap<String, ParamValue> = given
+            .iter()
+            .map(|(k, v)| (k.to_string(), ParamValue::Str(v.to_string())))
+            .collect();
+        Params::with_defaults(KIND.params, given)
+    }
+
+    fn record(dir: &Path, extractor: &Extractor) {
+        std::fs::write(
+            dir.join(EXTRACTOR_FILE),
+            serde_json::to_vec(extractor).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// A task command rebuilds the backbone its run used, whatever the pipeline file says now.
+    #[test]
+    fn the_backbone_of_an_output_is_the_recorded_one() {
+        let out = tempfile::tempdir().unwrap();
+        let project = tempfile::tempdir().unwrap();
+        // The file now says f32 and the final map; the run was bf16, multi-scale, random seed 3.
+        let file_params = params(&[("weights", "random")]);
+        record(
+            out.path(),
+            &Extractor {
+                backbone: "efficientnet_lite0".into(),
+                weights: "random, seed 3".into(),
+                pooling: "multiscale".into(),
+                precision: "bf16".into(),
+                version: KIND.version,
+            },
+        );
+        let settings =
+            BackboneSettings::of_output(out.path(), &file_params, project.path()).unwrap();
+        assert_eq!(settings.kind, BackboneKind::EfficientNetLite0);
+        assert_eq!(settings.pooling, Pooling::Multiscale);
+        assert_eq!(settings.precision, Precision::Bf16);
+        assert_eq!((settings.weights.clone(), settings.seed), (None, 3));
+        assert_eq!(settings.dim(), 2024);
+
+        // A weights file whose content is not the recorded one is an error naming it.
+        std::fs::write(project.path().join("w.pth"), b"other weights").unwrap();
+        record(
+            out.path(),
+            &Extractor {
+                backbone: "efficientnet_lite0".into(),
+                weights: "0123abcd".into(),
+                pooling: "final".into(),
+                precision: "f32".into(),
+                version: KIND.version,
+            },
+        );
+        let error = BackboneSettings::of_output(
+            out.path(),
+            &params(&[("weights", "w.pth")]),
+            project.path(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("other weights") && error.contains("w.pth"),
+            "{error}"
+        );
+        // The recorded hash of that very file: accepted, with the file's path.
+        record(
+            out.path(),
+            &Extractor {
+                backbone: "efficientnet_lite0".into(),
+                weights: onenet_stages::hash_file(&project.path().join("w.pth")).unwrap(),
+                pooling: "final".into(),
+                precision: "f32".into(),
+                version: KIND.version,
+            },
+        );
+        let settings = BackboneSettings::of_output(
+            out.path(),
+            &params(&[("weights", "w.pth")]),
+            project.path(),
+        )
+        .unwrap();
+        assert_eq!(settings.weights, Some(project.path().join("w.pth")));
+        assert_eq!(settings.precision, Precision::F32);
+
+        // An unreadable description names its file.
+        std::fs::write(out.path().join(EXTRACTOR_FILE), b"{").unwrap();
+        let error = BackboneSettings::of_output(out.path(), &file_params, project.path())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(EXTRACTOR_FILE), "{error}");
     }
 }

@@ -377,10 +377,11 @@ fn load_trained(engine: &Engine) -> Result<onenet_torch::train::TrainedModel> {
     Ok(onenet_torch::train::TrainedModel::load(&dir, tch_cpu())?)
 }
 
-/// The backbone of the pipeline's `features` stage, with the same weights.
+/// The backbone that computed the features the task reads (the chosen run's), with the same
+/// weights.
 fn load_extractor(engine: &Engine) -> Result<onenet_torch::tasks::FeatureExtractor> {
     let (stage, choice) = chosen();
-    let (name, _, _) = engine
+    let (name, dir, _) = engine
         .task_output(specs::features::KIND.name, stage.as_deref(), &choice)
         .map_err(anyhow::Error::msg)?;
     let decl = engine
@@ -388,6 +389,7 @@ fn load_extractor(engine: &Engine) -> Result<onenet_torch::tasks::FeatureExtract
         .stage(&name)
         .context("the pipeline has no features stage")?;
     Ok(onenet_torch::tasks::FeatureExtractor::load(
+        &dir,
         &decl.params,
         &engine.pipeline.base_dir,
     )?)

@@ -147,10 +147,15 @@ pub struct FeatureExtractor {
 }
 
 impl FeatureExtractor {
-    /// Loads the backbone a `features` stage's params describe (`base_dir`: the project
-    /// folder its weights path is relative to), as that stage loads it.
-    pub fn load(params: &Params, base_dir: &Path) -> Result<FeatureExtractor, StageError> {
-        let backbone = BackboneSettings::of_params(params, base_dir)?.load(Device::Cpu)?;
+    /// Loads the backbone that computed the `features` output in `dir`, with the weights file
+    /// its stage's `params` name (`base_dir`: the project folder that path is relative to); see
+    /// [`BackboneSettings::of_output`].
+    pub fn load(
+        dir: &Path,
+        params: &Params,
+        base_dir: &Path,
+    ) -> Result<FeatureExtractor, StageError> {
+        let backbone = BackboneSettings::of_output(dir, params, base_dir)?.load(Device::Cpu)?;
         Ok(FeatureExtractor { backbone })
     }
 

@@ -257,7 +257,8 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             loss_sum += loss.double_value(&[]);
             token_batches += 1;
             ctx.progress.inc(1);
-            if step % 10 == 0 {
+            // Every tenth batch, and the last, so the bar ends on the epoch's mean loss.
+            if step % 10 == 0 || step + 1 == batches.len() {
                 let rate = samples as f64 / start.elapsed().as_secs_f64();
                 ctx.progress.set_message(&format!(
                     "epoch {epoch}/{epochs} loss {:.3} {rate:.0} samples/s",
