@@ -1491,7 +1491,19 @@ impl Engine {
         let planned = match self.plan(&order) {
             Ok(planned) => planned,
             // Not allowed to ask the worker and nothing cached: the pipeline's view holds what
-            // its last run without `--set` made.
+            // its last run without `--set` made; a variant's key cannot be known.
+            Err(e)
+                if !self.worker_allowed
+                    && e.to_string().contains(DEVICE_UNKNOWN)
+                    && !self.pipeline.overrides.is_empty() =>
+            {
+                return Err(format!(
+                    "stage `{}` of this variant cannot be found before the device is known on \
+                     this machine: run `{}` (it computes only what is missing)",
+                    decl.name,
+                    self.run_command(&decl.name)
+                ));
+            }
             Err(e) if !self.worker_allowed && e.to_string().contains(DEVICE_UNKNOWN) => {
                 return latest_dir(&self.store, &decl.name)
                     .map(|dir| (decl.name.clone(), dir))
@@ -1522,9 +1534,30 @@ impl Engine {
             }
         };
         Err(format!(
-            "stage `{}` {state}: run `onenet run {}` first",
-            decl.name, decl.name
+            "stage `{}` {state}: run `{}` first",
+            decl.name,
+            self.run_command(&decl.name)
         ))
+    }
+
+    /// The command that computes `stage` as this engine sees it: with the same overrides, so
+    /// that it computes what was asked for.
+    fn run_command(&self, stage: &str) -> String {
+        let sets: String = self
+            .pipeline
+            .overrides
+            .iter()
+            .map(|o| {
+                if o.chars()
+                    .all(|c| c.is_alphanumeric() || "._=-+/:,".contains(c))
+                {
+                    format!(" --set {o}")
+                } else {
+                    format!(" --set {}", shell_quote(o))
+                }
+            })
+            .collect();
+        format!("onenet run {stage}{sets}")
     }
 
     /// The stage of kind `kind` a task command reads, given the stage the user chose with

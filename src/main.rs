@@ -246,7 +246,11 @@ fn run_stages(global: &GlobalArgs, args: &RunArgs) -> Result<ExitCode> {
     let view = render::RunView {
         outcomes: &outcomes,
         seconds: start.elapsed().as_secs_f64(),
-        latest: engine.store.root().join(engine.store.view()),
+        latest: engine
+            .pipeline
+            .overrides
+            .is_empty()
+            .then(|| engine.store.root().join(engine.store.view())),
     };
     out::ignore_closed(emit(&view, args.format))?;
     Ok(ok_if(view.failed() == 0))

@@ -1478,6 +1478,25 @@ params = {{ weights = "{}", batch_size = 8 }}
 /// the upright one's caption; in a batch, every readable file is captioned, a truncated one
 /// with a warning, and the unreadable one is reported with exit status 1; `--id` captions a
 /// dataset image.
+/// A task command asked for a variant that was never run says how to compute that variant,
+/// never answers with the pipeline's own outputs.
+#[test]
+fn a_task_command_on_a_variant_not_run_says_how_to_run_it() {
+    let t = trained();
+    let out = t.onenet(&["metrics", "--set", "train.epochs=99"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        said.contains("`onenet run evaluate --set train.epochs=99`"),
+        "{said}"
+    );
+}
+
 #[test]
 fn caption_reads_files_as_the_stages_do() {
     use onenet_stages::image_file::{self, samples};

@@ -16,6 +16,15 @@ fn a_variant_run_then_gc_loses_nothing_the_pipeline_needs() {
 
     let variant = p.run(&["--set", "captions.min_count=2"]);
     assert_eq!(variant["captions"], "computed");
+    // Its summary does not point at `latest/`, which does not hold its outputs.
+    let again = p.onenet(&["run", "--set", "captions.min_count=2"]);
+    let summary = text(&again);
+    assert!(
+        again.status.success()
+            && summary.contains("a variant: its outputs are in the store by key")
+            && !summary.contains("newest outputs in"),
+        "{summary}"
+    );
     // The variant's output is in the store, but the pipeline's view still shows its own.
     let latest = fs::read_link(p.store().join("latest/captions")).unwrap();
     assert!(latest.ends_with(&own["captions"]), "{latest:?}");

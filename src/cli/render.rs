@@ -263,8 +263,9 @@ impl Render for ShowView<'_> {
 pub struct RunView<'a> {
     pub outcomes: &'a [StageOutcome],
     pub seconds: f64,
-    /// Where the newest outputs are (`latest/`).
-    pub latest: PathBuf,
+    /// Where the newest outputs are (`latest/`); `None` for a variant (`--set`) run, whose
+    /// outputs never become the view's.
+    pub latest: Option<PathBuf>,
 }
 
 impl RunView<'_> {
@@ -283,7 +284,7 @@ impl RunView<'_> {
 impl Render for RunView<'_> {
     fn text(&self) -> io::Result<()> {
         out!(
-            "{} stage(s): {} computed, {} cached, {}{} failed, in {:.2}s; newest outputs in {}",
+            "{} stage(s): {} computed, {} cached, {}{} failed, in {:.2}s; {}",
             self.outcomes.len(),
             self.count(&[Action::Computed]),
             self.count(&[Action::Cached]),
@@ -293,7 +294,12 @@ impl Render for RunView<'_> {
             },
             self.failed(),
             self.seconds,
-            self.latest.display()
+            match &self.latest {
+                Some(latest) => format!("newest outputs in {}", latest.display()),
+                None => "a variant: its outputs are in the store by key, the pipeline's newest \
+                         outputs are unchanged"
+                    .to_string(),
+            }
         )
     }
 
