@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
-use onenet_contract::{ParamValue, Params, RawValue, StageKind};
+use onenet_contract::{ParamType, ParamValue, Params, RawValue, StageKind};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -252,7 +252,14 @@ impl Pipeline {
                         did_you_mean(param, stage.kind.params.iter().map(|p| p.name))
                     ))
                 })?;
-            let checked = spec.ty.check(&spec.ty.parse_cli(value)).map_err(err)?;
+            // A string param's value may be quoted as the file would write it ("bf16").
+            let value = match spec.ty {
+                ParamType::Str | ParamType::Choice(_) | ParamType::Path { .. } => {
+                    toml_string(value).unwrap_or_else(|| value.to_string())
+                }
+                _ => value.to_string(),
+            };
+            let checked = spec.ty.check(&spec.ty.parse_cli(&value)).map_err(err)?;
             let mut given: BTreeMap<String, ParamValue> = stage
                 .params
                 .iter()
@@ -707,6 +714,19 @@ fn unknown_field_hint(message: &str) -> String {
     };
     let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
     did_you_mean(given, known.into_iter())
+}
+
+/// The string a TOML string literal (`"…"` or `'…'`, escapes and all) denotes; `None` for any
+/// other text.
+fn toml_string(text: &str) -> Option<String> {
+    if !text.starts_with(['"', '\'']) {
+        return None;
+    }
+    let mut table: toml::Table = toml::from_str(&format!("value = {text}")).ok()?;
+    match table.remove("value")? {
+        toml::Value::String(s) => Some(s),
+        _ => None,
+    }
 }
 
 pub fn did_you_mean<'a>(given: &str, known: impl Iterator<Item = &'a str>) -> String {

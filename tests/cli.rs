@@ -252,6 +252,17 @@ fn malformed_pipelines_name_file_line_and_column() {
         );
     }
     let p = Project::new(SMALL_DEMO);
+    // A string value may be quoted as the file would write it; a number may not.
+    let unquoted = p.keys(&["--set", "captions.variant=lemma"]);
+    assert_eq!(p.keys(&["--set", "captions.variant=\"lemma\""]), unquoted);
+    assert_eq!(p.keys(&["--set", "captions.variant='lemma'"]), unquoted);
+    assert_ne!(p.keys(&[])["captions"], unquoted["captions"]);
+    let out = p.onenet(&["status", "--set", "captions.min_count=\"2\""]);
+    assert!(
+        out.status.code() == Some(2) && text(&out).contains("found string"),
+        "{}",
+        text(&out)
+    );
     let out = p.onenet(&["run", "--set", "captions.min_cont=2"]);
     assert!(
         text(&out).contains("did you mean `min_count`"),
