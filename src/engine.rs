@@ -1492,25 +1492,22 @@ impl Engine {
             Ok(planned) => planned,
             // Not allowed to ask the worker and nothing cached: the pipeline's view holds what
             // its last run without `--set` made; a variant's key cannot be known.
-            Err(e)
-                if !self.worker_allowed
-                    && e.to_string().contains(DEVICE_UNKNOWN)
-                    && !self.pipeline.overrides.is_empty() =>
-            {
-                return Err(format!(
-                    "stage `{}` of this variant cannot be found before the device is known on \
-                     this machine: run `{}` (it computes only what is missing)",
-                    decl.name,
-                    self.run_command(&decl.name)
-                ));
-            }
             Err(e) if !self.worker_allowed && e.to_string().contains(DEVICE_UNKNOWN) => {
+                if !self.pipeline.overrides.is_empty() {
+                    return Err(format!(
+                        "stage `{}` of this variant cannot be found before the device is known \
+                         on this machine: run `{}` (it computes only what is missing)",
+                        decl.name,
+                        self.run_command(&decl.name)
+                    ));
+                }
                 return latest_dir(&self.store, &decl.name)
                     .map(|dir| (decl.name.clone(), dir))
                     .ok_or_else(|| {
                         format!(
-                            "stage `{}` has not been run yet: run `onenet run {}` first",
-                            decl.name, decl.name
+                            "stage `{}` has not been run yet: run `{}` first",
+                            decl.name,
+                            self.run_command(&decl.name)
                         )
                     });
             }

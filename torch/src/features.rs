@@ -156,18 +156,18 @@ impl BackboneSettings {
         let bytes = std::fs::read(&path).map_err(|e| StageError::io(&path, e))?;
         let recorded: Extractor = serde_json::from_slice(&bytes)
             .map_err(|e| StageError::file(&path, format!("not a backbone description: {e}")))?;
-        let to_file_error = |e: StageError| StageError::file(&path, e.to_string());
+        let bad = |message: String| StageError::file(&path, message);
         let mut settings = BackboneSettings::of_params(params, base_dir)?;
-        settings.kind = BackboneKind::from_name(&recorded.backbone)
-            .map_err(|e| StageError::file(&path, e.to_string()))?;
-        settings.pooling = Pooling::from_name(&recorded.pooling)
-            .map_err(|e| StageError::file(&path, StageError::from(e).to_string()))?;
-        settings.precision = Precision::from_name(&recorded.precision).map_err(to_file_error)?;
+        settings.kind =
+            BackboneKind::from_name(&recorded.backbone).map_err(|e| bad(e.to_string()))?;
+        settings.pooling = Pooling::from_name(&recorded.pooling).map_err(|e| bad(e.to_string()))?;
+        settings.precision =
+            Precision::from_name(&recorded.precision).map_err(|e| bad(e.to_string()))?;
         if let Some(seed) = recorded.weights.strip_prefix(RANDOM_WEIGHTS) {
             settings.weights = None;
-            settings.seed = seed.parse().map_err(|_| {
-                StageError::file(&path, format!("unreadable seed in {:?}", recorded.weights))
-            })?;
+            settings.seed = seed
+                .parse()
+                .map_err(|_| bad(format!("unreadable seed in {:?}", recorded.weights)))?;
         } else if settings.weights_id()? != recorded.weights {
             return Err(StageError::Input(format!(
                 "the features in {} were computed with other weights than {}: give the \
@@ -458,6 +458,17 @@ mod tests {
         .unwrap();
     }
 
+    /// What an EfficientNet-Lite0 run with these settings records.
+    fn extractor(weights: &str, pooling: &str, precision: &str) -> Extractor {
+        Extractor {
+            backbone: "efficientnet_lite0".into(),
+            weights: weights.into(),
+            pooling: pooling.into(),
+            precision: precision.into(),
+            version: KIND.version,
+        }
+    }
+
     /// A task command rebuilds the backbone its run used, whatever the pipeline file says now.
     #[test]
     fn the_backbone_of_an_output_is_the_recorded_one() {
@@ -467,13 +478,7 @@ mod tests {
         let file_params = params(&[("weights", "random")]);
         record(
             out.path(),
-            &Extractor {
-                backbone: "efficientnet_lite0".into(),
-                weights: "random, seed 3".into(),
-                pooling: "multiscale".into(),
-                precision: "bf16".into(),
-                version: KIND.version,
-            },
+            &extractor("random, seed 3", "multiscale", "bf16"),
         );
         let settings =
             BackboneSettings::of_output(out.path(), &file_params, project.path()).unwrap();
@@ -485,16 +490,7 @@ mod tests {
 
         // A weights file whose content is not the recorded one is an error naming it.
         std::fs::write(project.path().join("w.pth"), b"other weights").unwrap();
-        record(
-            out.path(),
-            &Extractor {
-                backbone: "efficientnet_lite0".into(),
-                weights: "0123abcd".into(),
-                pooling: "final".into(),
-                precision: "f32".into(),
-                version: KIND.version,
-            },
-        );
+        record(out.path(), &extractor("0123abcd", "final", "f32"));
         let error = BackboneSettings::of_output(
             out.path(),
             &params(&[("weights", "w.pth")]),
@@ -509,13 +505,11 @@ mod tests {
         // The recorded hash of that very file: accepted, with the file's path.
         record(
             out.path(),
-            &Extractor {
-                backbone: "efficientnet_lite0".into(),
-                weights: onenet_stages::hash_file(&project.path().join("w.pth")).unwrap(),
-                pooling: "final".into(),
-                precision: "f32".into(),
-                version: KIND.version,
-            },
+            &extractor(
+                &onenet_stages::hash_file(&project.path().join("w.pth")).unwrap(),
+                "final",
+                "f32",
+            ),
         );
         let settings = BackboneSettings::of_output(
             out.path(),
