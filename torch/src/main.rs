@@ -259,8 +259,7 @@ fn similar_images(
 fn similar_words(engine: &Engine, word: String, k: usize, format: Format) -> Result<ExitCode> {
     let embed_dir = output_dir(engine, specs::embed::KIND.name)?;
     // The vocabulary beside the model, for its lemma table; the weights are not needed.
-    let model_dir = output_dir(engine, specs::train::KIND.name)
-        .map_err(|e| anyhow::anyhow!("the model is not trained yet: {e}"))?;
+    let model_dir = output_dir(engine, specs::train::KIND.name)?;
     let vocab = onenet_stages::captions::Vocabulary::read(
         &model_dir.join(onenet_stages::captions::VOCAB_TABLE),
     )?;
@@ -372,8 +371,9 @@ fn output_stage(engine: &Engine, kind: &str) -> Result<(String, PathBuf)> {
 }
 
 fn load_trained(engine: &Engine) -> Result<onenet_torch::train::TrainedModel> {
-    let dir = output_dir(engine, specs::train::KIND.name)
-        .map_err(|e| anyhow::anyhow!("the model is not trained yet: {e}"))?;
+    // Its error says what is missing or out of date and what to run; a prefix saying "not
+    // trained" would be wrong whenever the model exists and something upstream changed.
+    let dir = output_dir(engine, specs::train::KIND.name)?;
     Ok(onenet_torch::train::TrainedModel::load(&dir, tch_cpu())?)
 }
 
