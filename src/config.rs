@@ -37,6 +37,14 @@ pub enum ConfigError {
     Override { assignment: String, message: String },
 }
 
+impl ConfigError {
+    /// Whether the command line, not the file, is at fault (a malformed `--set`): command-line
+    /// tools give such errors exit status 2, as for any other usage error.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, ConfigError::Override { .. })
+    }
+}
+
 /// One stage as declared, checked and with every param default filled in.
 #[derive(Debug, Clone)]
 pub struct StageDecl {
@@ -259,7 +267,18 @@ impl Pipeline {
                 }
                 _ => value.to_string(),
             };
-            let checked = spec.ty.check(&spec.ty.parse_cli(&value)).map_err(err)?;
+            let check = |value: &str| spec.ty.check(&spec.ty.parse_cli(value));
+            let checked = check(&value).map_err(|message| {
+                // A list of good values is a sweep, which only `run` expands.
+                let sweep = value.contains(',') && value.split(',').all(|v| check(v).is_ok());
+                err(if sweep {
+                    "several values (a sweep) are run only by `onenet run`, which computes each; \
+                     give one value here"
+                        .to_string()
+                } else {
+                    message
+                })
+            })?;
             let mut given: BTreeMap<String, ParamValue> = stage
                 .params
                 .iter()

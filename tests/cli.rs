@@ -595,6 +595,11 @@ params = { root = "data" }
     assert!(results.contains("computed  demo"), "{results}");
     assert!(results.contains("1 failed"), "{results}");
     assert!(!results.contains("FAILED"), "{results}");
+    // latest/ holds the new output of demo only: the summary says so.
+    assert!(
+        results.contains("newest outputs of the stages that succeeded in"),
+        "{results}"
+    );
 }
 
 #[test]

@@ -1474,10 +1474,6 @@ params = {{ weights = "{}", batch_size = 8 }}
     }
 }
 
-/// `caption` reads files as the stages do: a photo stored sideways with EXIF orientation 6 gets
-/// the upright one's caption; in a batch, every readable file is captioned, a truncated one
-/// with a warning, and the unreadable one is reported with exit status 1; `--id` captions a
-/// dataset image.
 /// A task command asked for a variant that was never run says how to compute that variant,
 /// never answers with the pipeline's own outputs.
 #[test]
@@ -1497,6 +1493,10 @@ fn a_task_command_on_a_variant_not_run_says_how_to_run_it() {
     );
 }
 
+/// `caption` reads files as the stages do: a photo stored sideways with EXIF orientation 6 gets
+/// the upright one's caption; in a batch, every readable file is captioned, a truncated one
+/// with a warning, and the unreadable one is reported with exit status 1; `--id` captions a
+/// dataset image.
 #[test]
 fn caption_reads_files_as_the_stages_do() {
     use onenet_stages::image_file::{self, samples};

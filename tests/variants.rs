@@ -271,6 +271,19 @@ fn a_malformed_sweep_is_refused_before_anything_runs() {
         ),
         (vec!["run", "--set", "captions.min_count=1,x"], "min_count"),
         (vec!["run", "--sweep", "nope"], "no [sweeps.nope]"),
+        (
+            vec!["metrics", "--set", "captions.min_count=1,2"],
+            "several values (a sweep) are run only by `onenet run`",
+        ),
+        // The task commands, answered by the libtorch worker, say it the same way.
+        (
+            vec!["caption", "--set", "captions.min_cont=1", "picture.jpg"],
+            "has no param `min_cont`",
+        ),
+        (
+            vec!["similar-words", "--set", "captions.min_count=x", "red"],
+            "min_count",
+        ),
     ] {
         let out = p.onenet(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));

@@ -141,10 +141,8 @@ pub fn usage(e: impl std::fmt::Display) -> anyhow::Error {
 pub fn is_usage_error(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.is::<UsageError>()
-            || matches!(
-                c.downcast_ref::<onenet::config::ConfigError>(),
-                Some(onenet::config::ConfigError::Override { .. })
-            )
+            || c.downcast_ref::<onenet::config::ConfigError>()
+                .is_some_and(onenet::config::ConfigError::is_usage)
     })
 }
 

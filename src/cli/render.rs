@@ -295,6 +295,11 @@ impl Render for RunView<'_> {
             self.failed(),
             self.seconds,
             match &self.latest {
+                // A failed or skipped stage leaves its link at the earlier output, if any.
+                Some(latest) if self.failed() > 0 => format!(
+                    "newest outputs of the stages that succeeded in {}",
+                    latest.display()
+                ),
                 Some(latest) => format!("newest outputs in {}", latest.display()),
                 None => "a variant: its outputs are in the store by key, the pipeline's newest \
                          outputs are unchanged"

@@ -60,7 +60,12 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            // A malformed `--set` is a usage error, as `onenet`'s own commands report it.
+            let usage = e.chain().any(|c| {
+                c.downcast_ref::<config::ConfigError>()
+                    .is_some_and(config::ConfigError::is_usage)
+            });
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }
