@@ -723,6 +723,7 @@ fn default_config() -> ModelConfig {
         vocab_size: VOCAB,
         feature_dim: FEATURE_DIM,
         image_dim: IMAGE_DIM,
+        image_regions: 1,
         embed_dim: EMBED_DIM,
         hidden_dim: HIDDEN_DIM,
         rnn: "gru".into(),

@@ -1,7 +1,8 @@
 //! The one network: an image encoder, a word embedding and a recurrent decoder that, at every
 //! step, reads the image embedding concatenated with the previous word's embedding.
 //!
-//! `features [B, D] → Linear(D→image_dim) + ReLU`; `word → Embedding(vocab, embed_dim)`;
+//! `features [B, D] → Linear(D→image_dim) + ReLU` (or, for features of R regions, the same of
+//! each region's vector, then the maximum over the regions); `word → Embedding(vocab, embed_dim)`;
 //! `concat → GRU|LSTM(hidden) → Linear(hidden→hidden) → Linear(hidden→vocab)` logits. The
 //! recurrent state starts from zero for every caption (the original never reset it). Besides
 //! training, the model decodes (greedy and beam search) and is inverted: with its weights frozen,
@@ -23,6 +24,11 @@ pub struct ModelConfig {
     pub vocab_size: i64,
     pub feature_dim: i64,
     pub image_dim: i64,
+    /// Regions each feature vector holds (`feature_dim` divided evenly): 1 for a pooled vector,
+    /// read through one linear layer; more for per-region vectors (grid pooling), each read by
+    /// one shared linear layer and combined by their maximum. Absent (1) in older models.
+    #[serde(default = "one_region")]
+    pub image_regions: i64,
     pub embed_dim: i64,
     pub hidden_dim: i64,
     /// "gru" or "lstm".
@@ -31,6 +37,71 @@ pub struct ModelConfig {
     /// embedding is learned from scratch.
     #[serde(default)]
     pub pretrained_dim: i64,
+}
+
+fn one_region() -> i64 {
+    1
+}
+
+/// How CNN features become the image embedding.
+enum ImageEncoder {
+    /// `ReLU(Linear(D → image_dim))` of a pooled vector.
+    Linear(nn::Linear),
+    /// Features [B, R·C] read as R region vectors of C channels (grid pooling):
+    /// `ReLU(Linear(C → image_dim))` of each region, then the maximum over the regions, unit by
+    /// unit (a Deep Sets encoder, Zaheer et al., 2017, with max as the symmetric function). A
+    /// unit that fires on "a red circle" fires in the region that holds it, and the maximum
+    /// keeps that without mixing in the other objects, which a global average of the features
+    /// does (red and blue channels averaged look like purple).
+    Regions { regions: i64, layer: nn::Linear },
+}
+
+impl ImageEncoder {
+    fn new(root: &nn::Path, config: &ModelConfig) -> Result<ImageEncoder, StageError> {
+        let path = root / "image_encoder";
+        let regions = config.image_regions;
+        if regions <= 1 {
+            return Ok(ImageEncoder::Linear(nn::linear(
+                path,
+                config.feature_dim,
+                config.image_dim,
+                Default::default(),
+            )));
+        }
+        if config.feature_dim % regions != 0 {
+            return Err(StageError::Param {
+                name: "image_regions".into(),
+                message: format!(
+                    "{regions} regions do not divide the {}-d feature vectors evenly (grid \
+                     pooling gives 16 regions)",
+                    config.feature_dim
+                ),
+            });
+        }
+        Ok(ImageEncoder::Regions {
+            regions,
+            layer: nn::linear(
+                path,
+                config.feature_dim / regions,
+                config.image_dim,
+                Default::default(),
+            ),
+        })
+    }
+
+    /// Features [B, D] -> image embeddings [B, image_dim].
+    fn forward(&self, features: &Tensor) -> Tensor {
+        match self {
+            ImageEncoder::Linear(linear) => linear.forward(features).relu(),
+            ImageEncoder::Regions { regions, layer } => {
+                let batch = features.size()[0];
+                layer
+                    .forward(&features.view([batch, *regions, -1]))
+                    .relu()
+                    .amax([1i64].as_slice(), false)
+            }
+        }
+    }
 }
 
 /// How words become embed_dim-wide vectors.
@@ -167,7 +238,7 @@ impl ImageBeams {
 pub struct CaptionModel {
     pub config: ModelConfig,
     pub vs: nn::VarStore,
-    image_encoder: nn::Linear,
+    image_encoder: ImageEncoder,
     embedding: WordEmbedding,
     recurrent: Recurrent,
     /// The recurrent cell's weights in libtorch's order (`weight_ih`, `weight_hh`, `bias_ih`,
@@ -183,12 +254,7 @@ impl CaptionModel {
     pub fn new(config: ModelConfig, device: Device) -> Result<CaptionModel, StageError> {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let image_encoder = nn::linear(
-            &root / "image_encoder",
-            config.feature_dim,
-            config.image_dim,
-            Default::default(),
-        );
+        let image_encoder = ImageEncoder::new(&root, &config)?;
         let embedding = if config.pretrained_dim > 0 {
             WordEmbedding::Pretrained {
                 table: root.zeros_no_train(
@@ -294,7 +360,7 @@ impl CaptionModel {
 
     /// Image embeddings [B, image_dim] of CNN features [B, D].
     pub fn encode_images(&self, features: &Tensor) -> Tensor {
-        self.image_encoder.forward(features).relu()
+        self.image_encoder.forward(features)
     }
 
     /// Word embeddings [.., embed_dim] of token ids.
@@ -786,6 +852,7 @@ mod tests {
                 vocab_size,
                 feature_dim: 6,
                 image_dim: 8,
+                image_regions: 1,
                 embed_dim: 8,
                 hidden_dim: 16,
                 rnn: rnn.into(),
@@ -817,6 +884,47 @@ mod tests {
                 assert!(distinct.len() > 5, "{rnn}: {distinct:?}");
             }
         }
+    }
+
+    /// The regions encoder reads each region through one layer and keeps the maximum: the
+    /// embedding does not depend on the order of the regions, equals the linear encoder's on a
+    /// single region, and a region count that does not divide the features is a param error.
+    #[test]
+    fn the_regions_encoder_takes_each_units_maximum_over_the_regions() {
+        tch::manual_seed(5);
+        let config = |feature_dim, image_regions| ModelConfig {
+            vocab_size: 12,
+            feature_dim,
+            image_dim: 8,
+            image_regions,
+            embed_dim: 8,
+            hidden_dim: 16,
+            rnn: "gru".into(),
+            pretrained_dim: 0,
+        };
+        let model = CaptionModel::new(config(4 * 6, 4), Device::Cpu).unwrap();
+        let regions = Tensor::randn([3, 4, 6], (Kind::Float, Device::Cpu));
+        let embedding = model.encode_images(&regions.flatten(1, -1));
+        assert_eq!(embedding.size(), [3, 8]);
+        let shuffled = regions.index_select(1, &Tensor::from_slice(&[2i64, 0, 3, 1]));
+        let again = model.encode_images(&shuffled.flatten(1, -1));
+        assert!(embedding.allclose(&again, 1e-6, 1e-6, false));
+        // Region by region, through the same weights, the maximum is the embedding.
+        let mut single = CaptionModel::new(config(6, 1), Device::Cpu).unwrap();
+        single.vs.copy(&model.vs).unwrap();
+        let by_hand = Tensor::stack(
+            &(0..4)
+                .map(|r| single.encode_images(&regions.select(1, r).contiguous()))
+                .collect::<Vec<_>>(),
+            1,
+        )
+        .amax([1i64].as_slice(), false);
+        assert!(embedding.allclose(&by_hand, 1e-6, 1e-6, false));
+        let error = CaptionModel::new(config(25, 4), Device::Cpu).err().unwrap();
+        assert!(
+            matches!(&error, StageError::Param { name, .. } if name == "image_regions"),
+            "{error:?}"
+        );
     }
 
     /// Two images, each with its own caption; a few hundred steps must fit them exactly.

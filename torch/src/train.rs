@@ -193,6 +193,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             vocab_size: vocab.len() as i64,
             feature_dim: features.features.size()[1],
             image_dim: p.int("image_dim")?,
+            image_regions: p.int("image_regions")?,
             embed_dim: p.int("embed_dim")?,
             hidden_dim: p.int("hidden_dim")?,
             rnn: p.str("rnn")?.to_string(),

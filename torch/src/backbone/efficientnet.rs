@@ -24,6 +24,11 @@ const MULTISCALE_FIRST_STAGE: usize = 2;
 /// channels) and the head's 1280, each globally averaged.
 pub const MULTISCALE_DIM: i64 = multiscale_stage_channels() + FEATURE_DIM;
 
+/// Side of the grid of regions grid pooling averages each kept map over.
+pub const GRID: i64 = 4;
+/// Width of the grid features: `GRID × GRID` regions of `MULTISCALE_DIM` channels each.
+pub const GRID_DIM: i64 = GRID * GRID * MULTISCALE_DIM;
+
 const fn multiscale_stage_channels() -> i64 {
     let mut sum = 0;
     let mut stage = MULTISCALE_FIRST_STAGE;
@@ -218,6 +223,20 @@ impl EfficientNetLite0 {
         let head = self.head_map(xs, |stage_output| parts.push(global_average(stage_output)));
         parts.push(global_average(&head));
         Tensor::cat(&parts, 1)
+    }
+
+    /// `[N, 3, H, W]` normalised images -> `[N, GRID_DIM]`: every map multi-scale pooling keeps,
+    /// averaged over each region of a `GRID × GRID` grid, region-major (row-major over the grid;
+    /// within a region, the channels in multi-scale order), so that `view([N, GRID², 2024])`
+    /// gives one multi-scale vector per region. A global average of a picture of two objects
+    /// mixes their colours and shapes (red and blue channels averaged look like purple); a
+    /// region mostly sees one object, whole.
+    pub fn grid_features(&self, xs: &Tensor) -> Tensor {
+        let mut maps = Vec::new();
+        let grid = |map: &Tensor| map.adaptive_avg_pool2d([GRID, GRID]);
+        let head = self.head_map(xs, |stage_output| maps.push(grid(stage_output)));
+        maps.push(grid(&head));
+        Tensor::cat(&maps, 1).permute([0, 2, 3, 1]).flatten(1, -1)
     }
 
     /// The head's `[N, 1280, H/32, W/32]` map; `stage_output` sees the output of each stage

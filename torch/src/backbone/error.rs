@@ -50,7 +50,7 @@ pub enum BackboneError {
     },
     #[error("unknown backbone `{0}` (known: inception_v3, efficientnet_lite0)")]
     UnknownKind(String),
-    #[error("unknown pooling `{0}` (known: final, multiscale)")]
+    #[error("unknown pooling `{0}` (known: final, multiscale, grid)")]
     UnknownPooling(String),
     #[error("pooling `{pooling}` is not available for {kind} (it is for efficientnet_lite0)")]
     UnsupportedPooling { kind: String, pooling: String },

@@ -86,7 +86,8 @@ impl BackboneKind {
             (BackboneKind::EfficientNetLite0, Pooling::Multiscale) => {
                 Ok(efficientnet::MULTISCALE_DIM)
             }
-            (BackboneKind::InceptionV3, Pooling::Multiscale) => {
+            (BackboneKind::EfficientNetLite0, Pooling::Grid) => Ok(efficientnet::GRID_DIM),
+            (BackboneKind::InceptionV3, Pooling::Multiscale | Pooling::Grid) => {
                 Err(BackboneError::UnsupportedPooling {
                     kind: self.name().to_string(),
                     pooling: pooling.name().to_string(),
@@ -148,12 +149,17 @@ pub enum Pooling {
     /// concatenated (EfficientNet-Lite0 only: 2024-d). The final map's channels keep little of
     /// an object's colour; the middle stages keep it, which a captioner naming colours needs.
     Multiscale,
+    /// The multi-scale maps averaged over each region of a 4×4 grid, one 2024-d vector per
+    /// region (EfficientNet-Lite0 only: 16 × 2024 = 32384-d), for a captioner that reads regions
+    /// (`train`'s `image_regions = 16`): a global average mixes the objects of a picture.
+    Grid,
 }
 
 impl Pooling {
-    pub const ALL: [Pooling; 2] = [Pooling::Final, Pooling::Multiscale];
+    pub const ALL: [Pooling; 3] = [Pooling::Final, Pooling::Multiscale, Pooling::Grid];
 
-    /// The pooling called `name` (`final` or `multiscale`, the `features` param's values).
+    /// The pooling called `name` (`final`, `multiscale` or `grid`, the `features` param's
+    /// values).
     pub fn from_name(name: &str) -> Result<Pooling, BackboneError> {
         Pooling::ALL
             .into_iter()
@@ -165,6 +171,7 @@ impl Pooling {
         match self {
             Pooling::Final => "final",
             Pooling::Multiscale => "multiscale",
+            Pooling::Grid => "grid",
         }
     }
 }
@@ -232,8 +239,9 @@ impl Network {
         match (self, pooling) {
             (_, Pooling::Final) => self.features(xs),
             (Network::EfficientNetLite0(net), Pooling::Multiscale) => net.multiscale_features(xs),
-            (Network::InceptionV3(_), Pooling::Multiscale) => {
-                unreachable!("with_pooling refuses multiscale pooling for inception_v3")
+            (Network::EfficientNetLite0(net), Pooling::Grid) => net.grid_features(xs),
+            (Network::InceptionV3(_), Pooling::Multiscale | Pooling::Grid) => {
+                unreachable!("with_pooling refuses multi-scale poolings for inception_v3")
             }
         }
     }

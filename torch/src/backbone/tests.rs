@@ -586,6 +586,70 @@ fn multiscale_pooling_adds_middle_stages_and_keeps_colour_apart() {
     );
 }
 
+/// Two squares side by side, `left` and `right` coloured, on grey.
+fn two_squares(left: [u8; 3], right: [u8; 3]) -> RgbImage {
+    RgbImage::from_fn(224, 224, |x, y| {
+        let square = |x0: u32| (x0..x0 + 72).contains(&x) && (76..148).contains(&y);
+        if square(20) {
+            image::Rgb(left)
+        } else if square(132) {
+            image::Rgb(right)
+        } else {
+            image::Rgb([128, 128, 128])
+        }
+    })
+}
+
+#[test]
+fn grid_pooling_gives_one_multiscale_vector_per_region() {
+    let weights = efficientnet_weights();
+    let load = |pooling: Pooling| {
+        Backbone::load(BackboneKind::EfficientNetLite0, Some(&weights), Device::Cpu)
+            .unwrap()
+            .with_pooling(pooling)
+            .unwrap()
+    };
+    let (grid, multiscale) = (load(Pooling::Grid), load(Pooling::Multiscale));
+    assert_eq!(grid.feature_dim(), 16 * 2024);
+    let (red, blue) = ([220, 30, 35], [35, 80, 235]);
+    let pictures = [two_squares(red, blue), two_squares(blue, red)];
+    let batch = Tensor::stack(
+        &pictures
+            .iter()
+            .map(|p| grid.preprocess(p))
+            .collect::<Vec<_>>(),
+        0,
+    );
+    let regions = grid.features(&batch).view([2, 16, 2024]);
+    let global = multiscale.features(&batch);
+    // The first kept map (40 channels, 28×28 at 224 px) splits into 7×7 cells: the mean of the
+    // regions is its global average, so the layout is region-major with multi-scale channels.
+    let first = regions
+        .narrow(2, 0, 40)
+        .mean_dim([1i64].as_slice(), false, Kind::Float);
+    let error = (&first - global.narrow(1, 0, 40))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(
+        error <= 1e-4,
+        "regions' mean differs from the average by {error}"
+    );
+    // Swapping the colours leaves the global averages almost unchanged; the regions see it.
+    let distance = |features: &Tensor| {
+        let unit = features / features.norm_scalaropt_dim(2, [1], true);
+        1.0 - unit.get(0).dot(&unit.get(1)).double_value(&[])
+    };
+    let (swap_global, swap_regions) = (distance(&global), distance(&regions.flatten(1, -1)));
+    eprintln!(
+        "colour swap: cosine distance {swap_global:.4} globally, {swap_regions:.4} by region"
+    );
+    assert!(
+        swap_regions > 5.0 * swap_global,
+        "regions {swap_regions} vs global {swap_global}"
+    );
+}
+
 #[test]
 fn pooling_names_and_kinds_that_lack_one() {
     assert_eq!(
@@ -600,6 +664,9 @@ fn pooling_names_and_kinds_that_lack_one() {
     let inception = Backbone::load(BackboneKind::InceptionV3, None, Device::Cpu).unwrap();
     let error = inception.with_pooling(Pooling::Multiscale).err().unwrap();
     assert!(error.to_string().contains("inception_v3"), "{error}");
+    let inception = Backbone::load(BackboneKind::InceptionV3, None, Device::Cpu).unwrap();
+    assert!(inception.with_pooling(Pooling::Grid).is_err());
+    assert_eq!(Pooling::from_name("grid").unwrap(), Pooling::Grid);
     let as_stage_error = onenet_stages::StageError::from(error);
     assert!(
         matches!(&as_stage_error, onenet_stages::StageError::Param { name, .. } if name == "pooling"),
