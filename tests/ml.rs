@@ -59,10 +59,7 @@ fn pipeline(images: u32, epochs: u32) -> String {
             "weights = \"{}\", batch_size = 8, pooling = \"grid\"",
             weights().display()
         ),
-        &format!(
-            "epochs = {epochs}, dev_images = 20, hidden_dim = 256, dropout = 0.1, \
-             image_regions = 16"
-        ),
+        &format!("epochs = {epochs}, dev_images = 20, hidden_dim = 256, dropout = 0.1"),
     ) + r#"
 [stages.embed]
 kind = "embed"
@@ -200,6 +197,9 @@ fn the_demo_model_captions_well_and_inversion_finds_the_picture() {
     let info: Value =
         serde_json::from_slice(&std::fs::read(train.join("model.json")).unwrap()).unwrap();
     assert_eq!(info["kept_epoch"], kept[0]);
+    // Grid-pooled features: the model reads their 16 regions one by one.
+    assert_eq!(info["config"]["image_regions"], 16, "{info}");
+    assert_eq!(info["config"]["feature_dim"], 16 * 2024, "{info}");
     // Re-ordering the nearest images by likelihood puts the right one first more often.
     assert!(r1 >= metric(&metrics, "r1", "invert_nearest"));
 }

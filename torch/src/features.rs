@@ -97,6 +97,29 @@ struct Extractor {
     version: u32,
 }
 
+impl Extractor {
+    /// The description a `features` stage wrote into its output `dir`, and the file's path.
+    fn read(dir: &Path) -> Result<(PathBuf, Extractor), StageError> {
+        let path = dir.join(EXTRACTOR_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| StageError::io(&path, e))?;
+        let recorded = serde_json::from_slice(&bytes)
+            .map_err(|e| StageError::file(&path, format!("not a backbone description: {e}")))?;
+        Ok((path, recorded))
+    }
+
+    /// The recorded pooling; `path` names the file in the error of an unknown one.
+    fn pooling(&self, path: &Path) -> Result<Pooling, StageError> {
+        Pooling::from_name(&self.pooling).map_err(|e| StageError::file(path, e.to_string()))
+    }
+}
+
+/// How the features a `features` stage wrote into `dir` were pooled (from its `extractor.json`):
+/// what tells the caption model how many region vectors each feature vector holds.
+pub fn pooling_of_output(dir: &Path) -> Result<Pooling, StageError> {
+    let (path, recorded) = Extractor::read(dir)?;
+    recorded.pooling(&path)
+}
+
 /// How `extractor.json` names random weights, before their seed.
 const RANDOM_WEIGHTS: &str = "random, seed ";
 
@@ -152,15 +175,12 @@ impl BackboneSettings {
         params: &Params,
         base_dir: &Path,
     ) -> Result<BackboneSettings, StageError> {
-        let path = dir.join(EXTRACTOR_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| StageError::io(&path, e))?;
-        let recorded: Extractor = serde_json::from_slice(&bytes)
-            .map_err(|e| StageError::file(&path, format!("not a backbone description: {e}")))?;
+        let (path, recorded) = Extractor::read(dir)?;
         let bad = |message: String| StageError::file(&path, message);
         let mut settings = BackboneSettings::of_params(params, base_dir)?;
         settings.kind =
             BackboneKind::from_name(&recorded.backbone).map_err(|e| bad(e.to_string()))?;
-        settings.pooling = Pooling::from_name(&recorded.pooling).map_err(|e| bad(e.to_string()))?;
+        settings.pooling = recorded.pooling(&path)?;
         settings.precision =
             Precision::from_name(&recorded.precision).map_err(|e| bad(e.to_string()))?;
         if let Some(seed) = recorded.weights.strip_prefix(RANDOM_WEIGHTS) {

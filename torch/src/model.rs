@@ -24,9 +24,10 @@ pub struct ModelConfig {
     pub vocab_size: i64,
     pub feature_dim: i64,
     pub image_dim: i64,
-    /// Regions each feature vector holds (`feature_dim` divided evenly): 1 for a pooled vector,
-    /// read through one linear layer; more for per-region vectors (grid pooling), each read by
-    /// one shared linear layer and combined by their maximum. Absent (1) in older models.
+    /// Regions each feature vector holds (`feature_dim` divided evenly; `train` takes it from
+    /// the features' pooling): 1 for a pooled vector, read through one linear layer; more for
+    /// per-region vectors (grid pooling), each read by one shared linear layer and combined by
+    /// their maximum. Absent (1) in older models.
     #[serde(default = "one_region")]
     pub image_regions: i64,
     pub embed_dim: i64,
@@ -69,14 +70,10 @@ impl ImageEncoder {
             )));
         }
         if config.feature_dim % regions != 0 {
-            return Err(StageError::Param {
-                name: "image_regions".into(),
-                message: format!(
-                    "{regions} regions do not divide the {}-d feature vectors evenly (grid \
-                     pooling gives 16 regions)",
-                    config.feature_dim
-                ),
-            });
+            return Err(StageError::Input(format!(
+                "{regions} regions do not divide the {}-d feature vectors evenly",
+                config.feature_dim
+            )));
         }
         Ok(ImageEncoder::Regions {
             regions,
@@ -888,7 +885,7 @@ mod tests {
 
     /// The regions encoder reads each region through one layer and keeps the maximum: the
     /// embedding does not depend on the order of the regions, equals the linear encoder's on a
-    /// single region, and a region count that does not divide the features is a param error.
+    /// single region, and a region count that does not divide the features is an error.
     #[test]
     fn the_regions_encoder_takes_each_units_maximum_over_the_regions() {
         tch::manual_seed(5);
@@ -922,7 +919,7 @@ mod tests {
         assert!(embedding.allclose(&by_hand, 1e-6, 1e-6, false));
         let error = CaptionModel::new(config(25, 4), Device::Cpu).err().unwrap();
         assert!(
-            matches!(&error, StageError::Param { name, .. } if name == "image_regions"),
+            matches!(&error, StageError::Input(message) if message.contains("4 regions")),
             "{error:?}"
         );
     }

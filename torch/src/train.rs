@@ -177,7 +177,10 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let max_length = p.int("max_length")? as usize;
 
     let pairs = read_pairs(input_dir(ctx, &specs::order::KIND)?)?;
-    let features = FeatureMatrix::read(input_dir(ctx, &specs::features::KIND)?, device)?;
+    let features_dir = input_dir(ctx, &specs::features::KIND)?;
+    let features = FeatureMatrix::read(features_dir, device)?;
+    // Grid-pooled features hold one vector per region, which the model reads one by one.
+    let image_regions = crate::features::pooling_of_output(features_dir)?.regions();
     let captions_dir = input_dir(ctx, &captions::KIND)?;
     let vocab_path = captions_dir.join(VOCAB_TABLE);
     let vocab = Vocabulary::read(&vocab_path)?;
@@ -193,7 +196,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             vocab_size: vocab.len() as i64,
             feature_dim: features.features.size()[1],
             image_dim: p.int("image_dim")?,
-            image_regions: p.int("image_regions")?,
+            image_regions,
             embed_dim: p.int("embed_dim")?,
             hidden_dim: p.int("hidden_dim")?,
             rnn: p.str("rnn")?.to_string(),

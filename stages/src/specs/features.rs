@@ -54,8 +54,8 @@ const PARAMS: &[ParamSpec] = &[
                (efficientnet_lite0 only): also the last map of each stage from 40 channels on, \
                2024-d, which keeps the colours of objects the final map mostly discards; grid \
                (efficientnet_lite0 only): the multiscale maps averaged over each region of a \
-               4x4 grid, 16 x 2024-d, region after region, for `train` with image_regions = 16, \
-               which keeps the objects of a picture apart",
+               4x4 grid, 16 x 2024-d, region after region, which `train` reads region by \
+               region, keeping the objects of a picture apart",
     },
     ParamSpec {
         name: "precision",

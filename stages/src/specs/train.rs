@@ -76,16 +76,6 @@ const PARAMS: &[ParamSpec] = &[
         help: "Width of the image embedding",
     },
     ParamSpec {
-        name: "image_regions",
-        ty: ParamType::Int { min: 1, max: 65536 },
-        default: ParamDefault::Int(1),
-        effect: Effect::Output,
-        help: "Regions per feature vector: 1 reads it whole through one linear layer; 16 (with \
-               the features' grid pooling) reads each region's vector through one shared layer \
-               and keeps each unit's maximum over the regions, so the objects of a picture are \
-               not averaged together",
-    },
-    ParamSpec {
         name: "embed_dim",
         ty: ParamType::Int { min: 1, max: 65536 },
         default: ParamDefault::Int(300),

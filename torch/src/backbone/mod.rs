@@ -150,8 +150,8 @@ pub enum Pooling {
     /// an object's colour; the middle stages keep it, which a captioner naming colours needs.
     Multiscale,
     /// The multi-scale maps averaged over each region of a 4×4 grid, one 2024-d vector per
-    /// region (EfficientNet-Lite0 only: 16 × 2024 = 32384-d), for a captioner that reads regions
-    /// (`train`'s `image_regions = 16`): a global average mixes the objects of a picture.
+    /// region (EfficientNet-Lite0 only: 16 × 2024 = 32384-d), for a captioner that reads them one
+    /// by one (`train` does, for grid features): a global average mixes the objects of a picture.
     Grid,
 }
 
@@ -165,6 +165,14 @@ impl Pooling {
             .into_iter()
             .find(|pooling| pooling.name() == name)
             .ok_or_else(|| BackboneError::UnknownPooling(name.to_string()))
+    }
+
+    /// Region vectors in each feature vector: 16 for `Grid` (4×4), 1 for the global poolings.
+    pub fn regions(self) -> i64 {
+        match self {
+            Pooling::Grid => efficientnet::GRID * efficientnet::GRID,
+            Pooling::Final | Pooling::Multiscale => 1,
+        }
     }
 
     pub fn name(self) -> &'static str {
