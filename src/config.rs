@@ -261,14 +261,14 @@ impl Pipeline {
                     ))
                 })?;
             // A string param's value may be quoted as the file would write it ("bf16").
-            let value = match spec.ty {
+            let unquote = |value: &str| match spec.ty {
                 ParamType::Str | ParamType::Choice(_) | ParamType::Path { .. } => {
                     toml_string(value).unwrap_or_else(|| value.to_string())
                 }
                 _ => value.to_string(),
             };
-            let check = |value: &str| spec.ty.check(&spec.ty.parse_cli(value));
-            let checked = check(&value).map_err(|message| {
+            let check = |value: &str| spec.ty.check(&spec.ty.parse_cli(&unquote(value)));
+            let checked = check(value).map_err(|message| {
                 // A list of good values is a sweep, which only `run` expands.
                 let sweep = value.contains(',') && value.split(',').all(|v| check(v).is_ok());
                 err(if sweep {

@@ -275,6 +275,10 @@ fn a_malformed_sweep_is_refused_before_anything_runs() {
             vec!["metrics", "--set", "captions.min_count=1,2"],
             "several values (a sweep) are run only by `onenet run`",
         ),
+        (
+            vec!["status", "--set", "captions.variant=\"raw\",'lemma'"],
+            "several values (a sweep) are run only by `onenet run`",
+        ),
         // The task commands, answered by the libtorch worker, say it the same way.
         (
             vec!["caption", "--set", "captions.min_cont=1", "picture.jpg"],

@@ -47,7 +47,10 @@ fn sources(
 pub const KIND: StageKind = StageKind {
     name: "train",
     version: 4,
-    about: "Train the caption network (image encoder, word embedding, GRU/LSTM decoder)",
+    about: "Train the caption network (image encoder, word embedding, GRU/LSTM decoder); the \
+            image encoder follows the features' pooling: one linear layer for a pooled vector, \
+            for grid features one shared layer per region and each unit's maximum over the \
+            regions",
     params: PARAMS,
     inputs: InputRule {
         kinds: &["order", "features", "captions"],
