@@ -33,6 +33,9 @@ pub struct PlannedStage {
     /// Each source file the key was computed from and its stamp then: checked again before the
     /// stage's output is committed.
     pub sources: Vec<(PathBuf, FileStamp)>,
+    /// The folder on this machine that the file names in its upstream tables are relative to
+    /// (`StageJob::files_root`); never part of the key, which covers the files by content.
+    pub files_root: Option<PathBuf>,
 }
 
 /// Whether a stage's output for its current key exists.
@@ -47,6 +50,9 @@ pub enum StageState {
     Missing,
     /// The output for the current key is not here but in the remote cache: `run` pulls it.
     Remote,
+    /// The key cannot be computed on this machine (a source file or folder is missing), so
+    /// whether the last output is fresh cannot be told.
+    Unknown,
 }
 
 /// A stage's state and the reasons for it.
@@ -138,6 +144,12 @@ pub struct Engine {
     worker_allowed: bool,
     /// The remote cache, if one is configured and not turned off (`--offline`).
     remote: Option<crate::remote::Remote>,
+    /// Whether this run already warned that the store cannot be written (said once, not once
+    /// per stage).
+    read_only_warned: std::sync::atomic::AtomicBool,
+    /// Warnings of commands that read outputs whose freshness could not be checked (see
+    /// `output_of_kind`); taken with `take_warnings`.
+    unchecked: std::sync::Mutex<Vec<String>>,
 }
 
 impl Engine {
@@ -153,6 +165,8 @@ impl Engine {
             best_device: std::sync::OnceLock::new(),
             worker_allowed: true,
             remote: None,
+            read_only_warned: Default::default(),
+            unchecked: Default::default(),
         })
     }
 
@@ -206,7 +220,16 @@ impl Engine {
 
     /// Keys for the stages at `indices` (in execution order, upstream included).
     pub fn plan(&self, indices: &[usize]) -> Result<Vec<PlannedStage>, EngineError> {
+        // In execution order, so the first error is the cause of any later one.
+        self.plan_each(indices).into_iter().collect()
+    }
+
+    /// As `plan`, but each stage planned or the error that stopped it, so that one stage whose
+    /// key cannot be computed (a dataset folder not mounted, a weights file gone) leaves the
+    /// others planned; a stage downstream of it cannot be planned either.
+    pub fn plan_each(&self, indices: &[usize]) -> Vec<Result<PlannedStage, EngineError>> {
         let mut keys: HashMap<&str, CacheKey> = HashMap::new();
+        let mut roots: HashMap<&str, Option<PathBuf>> = HashMap::new();
         let mut planned = Vec::with_capacity(indices.len());
         for &index in indices {
             let decl = &self.pipeline.stages[index];
@@ -214,73 +237,89 @@ impl Engine {
                 stage: decl.name.clone(),
                 message,
             };
-            let mut upstream = Vec::new();
-            let mut inputs = Vec::new();
-            for input in &decl.inputs {
-                let key = keys.get(input.as_str()).ok_or_else(|| {
-                    stage_err(format!("input `{input}` was not planned before it"))
-                })?;
-                upstream.push((input.clone(), key.hex()));
-                inputs.push(self.stage_input(input, key));
-            }
-            let (params, recorded) = split_params(decl);
-            let sources = (decl.kind.sources)(&decl.params, &inputs, &self.pipeline.base_dir)
-                .map_err(|e| stage_err(e.to_string()))?;
-            for (name, value) in &params {
-                if *value == KeyParam::Path && !sources.iter().any(|s| s.param == Some(name)) {
-                    return Err(stage_err(format!(
+            let mut plan_one = || -> Result<PlannedStage, EngineError> {
+                let mut upstream = Vec::new();
+                let mut inputs = Vec::new();
+                for input in &decl.inputs {
+                    let key = keys.get(input.as_str()).ok_or_else(|| {
+                        stage_err(format!("input `{input}` could not be planned"))
+                    })?;
+                    upstream.push((input.clone(), key.hex()));
+                    inputs.push(self.stage_input(input, key));
+                }
+                let (params, recorded) = split_params(decl);
+                let files_root = match decl.kind.files_root {
+                    Some(root) => Some(
+                        root(&decl.params, &inputs, &self.pipeline.base_dir)
+                            .map_err(|e| stage_err(e.to_string()))?,
+                    ),
+                    None => inherited_files_root(
+                        decl.inputs
+                            .iter()
+                            .filter_map(|input| roots.get(input.as_str()).cloned().flatten()),
+                    ),
+                };
+                roots.insert(decl.name.as_str(), files_root.clone());
+                let sources = (decl.kind.sources)(&decl.params, &inputs, &self.pipeline.base_dir)
+                    .map_err(|e| stage_err(e.to_string()))?;
+                for (name, value) in &params {
+                    if *value == KeyParam::Path && !sources.iter().any(|s| s.param == Some(name)) {
+                        return Err(stage_err(format!(
                         "param `{name}` names a path, but kind `{}` lists no file under it, so \
                          its content would not enter the key (a bug in the kind)",
                         decl.kind.name
                     )));
+                    }
                 }
-            }
-            let source_paths: Vec<PathBuf> = sources.iter().map(|s| s.path.clone()).collect();
-            let (hashes, _) = self
-                .stat_cache
-                .hash_files(&source_paths)
-                .map_err(|e| stage_err(format!("reading its source files: {e}")))?;
-            let mut environment = self.environment(decl.kind.device).map_err(stage_err)?;
-            // A cluster job runs on whatever node the scheduler picks: its device is the one
-            // its resources ask for, not this machine's.
-            if self.pipeline.executor.kind == crate::config::ExecutorKind::Slurm
-                && decl.kind.device == onenet_contract::DeviceUse::Best
-                && !decl.resources.local
-            {
-                let gpus = decl.resources.over(&self.pipeline.executor.slurm).gpus;
-                let device = if gpus.unwrap_or(0) > 0 { "cuda" } else { "cpu" };
-                environment.insert("device".into(), device.into());
-            }
-            let key_inputs = KeyInputs {
-                format: KEY_FORMAT,
-                kind: decl.kind.name.to_string(),
-                version: decl.kind.version,
-                params,
-                upstream,
-                sources: sources
-                    .iter()
-                    .map(onenet_contract::Source::label)
-                    .zip(hashes.iter().map(|h| h.hash.clone()))
-                    .collect(),
-                environment,
-                recorded,
+                let source_paths: Vec<PathBuf> = sources.iter().map(|s| s.path.clone()).collect();
+                let (hashes, _) = self
+                    .stat_cache
+                    .hash_files(&source_paths)
+                    .map_err(|e| stage_err(format!("reading its source files: {e}")))?;
+                let mut environment = self.environment(decl.kind.device).map_err(stage_err)?;
+                // A cluster job runs on whatever node the scheduler picks: its device is the one
+                // its resources ask for, not this machine's.
+                if self.pipeline.executor.kind == crate::config::ExecutorKind::Slurm
+                    && decl.kind.device == onenet_contract::DeviceUse::Best
+                    && !decl.resources.local
+                {
+                    let gpus = decl.resources.over(&self.pipeline.executor.slurm).gpus;
+                    let device = if gpus.unwrap_or(0) > 0 { "cuda" } else { "cpu" };
+                    environment.insert("device".into(), device.into());
+                }
+                let key_inputs = KeyInputs {
+                    format: KEY_FORMAT,
+                    kind: decl.kind.name.to_string(),
+                    version: decl.kind.version,
+                    params,
+                    upstream,
+                    sources: sources
+                        .iter()
+                        .map(onenet_contract::Source::label)
+                        .zip(hashes.iter().map(|h| h.hash.clone()))
+                        .collect(),
+                    environment,
+                    recorded,
+                };
+                let key = key_inputs.key();
+                keys.insert(decl.name.as_str(), key);
+                Ok(PlannedStage {
+                    index,
+                    name: decl.name.clone(),
+                    key_inputs,
+                    key,
+                    sources: source_paths
+                        .into_iter()
+                        .zip(hashes.iter().map(|h| h.stamp))
+                        .collect(),
+                    files_root,
+                })
             };
-            let key = key_inputs.key();
-            keys.insert(decl.name.as_str(), key);
-            planned.push(PlannedStage {
-                index,
-                name: decl.name.clone(),
-                key_inputs,
-                key,
-                sources: source_paths
-                    .into_iter()
-                    .zip(hashes.iter().map(|h| h.stamp))
-                    .collect(),
-            });
+            planned.push(plan_one());
         }
         // Only a cache: failing to save it costs a re-hash next time, nothing more.
         let _ = self.stat_cache.save();
-        Ok(planned)
+        planned
     }
 
     fn stage_input(&self, name: &str, key: &CacheKey) -> StageInput {
@@ -307,6 +346,37 @@ impl Engine {
                 }
             })
             .collect()
+    }
+
+    /// As `status` for every stage of `indices`, with a stage whose key cannot be computed here
+    /// (and each one downstream of it) `Unknown`, the error as its reason, instead of failing
+    /// whole; and the planned stages.
+    pub fn status_each(&self, indices: &[usize]) -> (Vec<StageStatus>, Vec<PlannedStage>) {
+        let mut statuses = Vec::new();
+        let mut planned = Vec::new();
+        for (&index, result) in indices.iter().zip(self.plan_each(indices)) {
+            match result {
+                Ok(p) => {
+                    statuses.extend(self.status(std::slice::from_ref(&p)));
+                    planned.push(p);
+                }
+                Err(e) => {
+                    let decl = &self.pipeline.stages[index];
+                    let why = match e {
+                        EngineError::Stage { message, .. } => message,
+                        other => other.to_string(),
+                    };
+                    statuses.push(StageStatus {
+                        name: decl.name.clone(),
+                        kind: decl.kind.name.to_string(),
+                        state: StageState::Unknown,
+                        key: String::new(),
+                        reasons: vec![Reason::Unchecked { why }],
+                    });
+                }
+            }
+        }
+        (statuses, planned)
     }
 
     /// As `status`, and a stage not fresh here whose output the remote cache has is `Remote`
@@ -515,9 +585,27 @@ impl Engine {
         match self.store.append_record(&record) {
             Ok(None) => {}
             Ok(Some(repaired)) => observer.store_warning(&repaired),
+            Err(e) if is_read_only(&e) => self.warn_read_only(&e, observer),
             Err(e) => observer.store_warning(&format!("could not record the run: {e}")),
         }
         outcome
+    }
+
+    /// Says once per run that the store cannot be written: a run whose stages are all in the
+    /// store still succeeds (a store shared read-only, another user's), but its view and run
+    /// records stay as they were.
+    fn warn_read_only(&self, error: &dyn std::fmt::Display, observer: &dyn RunObserver) {
+        if !self
+            .read_only_warned
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            observer.store_warning(&format!(
+                "the store {} cannot be written ({error}): outputs already in it are used, but \
+                 its view ({}) and run records are not updated",
+                self.store.root().display(),
+                self.store.view().display()
+            ));
+        }
     }
 
     fn compute_or_reuse(
@@ -529,7 +617,10 @@ impl Engine {
     ) -> Result<Done, EngineError> {
         let forced = options.force.contains(&stage.name);
         let reuse = |meta: Option<crate::store::ObjectMeta>| {
-            self.set_newest(stage)?;
+            match self.set_newest(stage) {
+                Err(e) if is_read_only(&e) => self.warn_read_only(&e, observer),
+                other => other?,
+            }
             let (warnings, notes) = meta.map(|m| (m.warnings, m.notes)).unwrap_or_default();
             Ok::<_, EngineError>(Done {
                 action: Action::Cached,
@@ -642,6 +733,7 @@ impl Engine {
             previous,
             lineage,
             shard: None,
+            files_root: stage.files_root.clone(),
         };
         let ctx = StageContext::new(&job, progress.as_ref());
         let stage_err = |message: String| EngineError::Stage {
@@ -785,6 +877,7 @@ impl Engine {
                 },
                 lineage: self.lineage(stage, history),
                 shard: None,
+                files_root: stage.files_root.clone(),
             },
             replace: forced,
             lock_held: true,
@@ -1183,6 +1276,7 @@ impl Engine {
                 previous: None,
                 lineage: Vec::new(),
                 shard: Some(shard.hashes.clone()),
+                files_root: stage.files_root.clone(),
             },
             replace: forced,
             lock_held: false,
@@ -1264,6 +1358,7 @@ impl Engine {
             previous: None,
             lineage: self.lineage(stage, history),
             shard: None,
+            files_root: stage.files_root.clone(),
         };
         let progress = observer.stage_started(&stage.name);
         let ctx = StageContext::new(&job, progress.as_ref());
@@ -1511,6 +1606,24 @@ impl Engine {
                         )
                     });
             }
+            // The dataset folder is not mounted, the weights file is gone: the key cannot be
+            // computed, but the outputs the pipeline file last resolved to can still be read.
+            Err(e) if self.pipeline.overrides.is_empty() => {
+                return match latest_dir(&self.store, &decl.name) {
+                    Some(dir) => {
+                        self.unchecked
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(format!(
+                            "using the outputs of stage `{}` from the last run, whose freshness \
+                             could not be checked: {e}",
+                            decl.name
+                        ));
+                        Ok((decl.name.clone(), dir))
+                    }
+                    None => Err(e.to_string()),
+                };
+            }
             Err(e) => return Err(e.to_string()),
         };
         let current = planned
@@ -1535,6 +1648,16 @@ impl Engine {
             decl.name,
             self.run_command(&decl.name)
         ))
+    }
+
+    /// The warnings `output_of_kind` gathered since the last call (each said once): a command
+    /// that read outputs prints them.
+    pub fn take_warnings(&self) -> Vec<String> {
+        let mut taken =
+            std::mem::take(&mut *self.unchecked.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut seen = HashSet::new();
+        taken.retain(|w| seen.insert(w.clone()));
+        taken
     }
 
     /// The command that computes `stage` as this engine sees it: with the same overrides, so
@@ -1611,6 +1734,106 @@ impl Engine {
         let (stage, dir) = self.output_of_kind(kind, stage.as_deref(), choice)?;
         Ok((stage, dir, note))
     }
+}
+
+impl Engine {
+    /// The folder on this machine that the file names in the tables of object `dir` (an object
+    /// of this store) are relative to: found by walking the object's recorded lineage up to the
+    /// kind that names files (`StageKind::files_root`) and resolving it, against this pipeline
+    /// file's folder, with the inputs recorded there and the params of this pipeline's stage of
+    /// that name and kind (`--set` included) — or, for an object chosen by `--exp`/`--key`
+    /// (`from_record`) or one this pipeline has no such stage for, the params recorded with it.
+    /// The store may be shared, so the record holds the spelling of whoever computed the object
+    /// first: this folder's own spelling wins. Needs neither the dataset nor the weights to be
+    /// here. None when nothing upstream names files or the record is unreadable.
+    pub fn files_root_of_object(&self, dir: &Path, from_record: bool) -> Option<PathBuf> {
+        let key = CacheKey::from_hex(&dir.file_name()?.to_string_lossy())?;
+        let mut stack = vec![key];
+        let mut seen = HashSet::new();
+        let mut roots = Vec::new();
+        while let Some(key) = stack.pop() {
+            if !seen.insert(key) {
+                continue;
+            }
+            let meta = self.store.meta(&key)?;
+            let inputs = &meta.key_inputs;
+            let kind = self.pipeline.kinds.iter().find(|k| k.name == inputs.kind)?;
+            let upstream: Vec<(String, CacheKey)> = inputs
+                .upstream
+                .iter()
+                .filter_map(|(name, hex)| Some((name.clone(), CacheKey::from_hex(hex)?)))
+                .collect();
+            match kind.files_root {
+                Some(files_root) => {
+                    let declared = self
+                        .pipeline
+                        .stage(&meta.stage)
+                        .filter(|decl| !from_record && decl.kind.name == kind.name);
+                    let given = inputs
+                        .params
+                        .iter()
+                        .chain(&inputs.recorded)
+                        .filter_map(|(name, value)| {
+                            let value = match value {
+                                KeyParam::Int(v) => onenet_contract::ParamValue::Int(*v),
+                                KeyParam::Float(v) => onenet_contract::ParamValue::Float(*v),
+                                KeyParam::Bool(v) => onenet_contract::ParamValue::Bool(*v),
+                                KeyParam::Str(v) => onenet_contract::ParamValue::Str(v.clone()),
+                                KeyParam::Path => return None,
+                            };
+                            Some((name.clone(), value))
+                        })
+                        .collect();
+                    let params = match declared {
+                        Some(decl) => decl.params.clone(),
+                        None => onenet_contract::Params::with_defaults(kind.params, given),
+                    };
+                    let stage_inputs: Vec<StageInput> = upstream
+                        .iter()
+                        .map(|(name, key)| StageInput {
+                            name: name.clone(),
+                            kind: self
+                                .store
+                                .meta(key)
+                                .map(|m| m.key_inputs.kind)
+                                .unwrap_or_default(),
+                            dir: self.store.object_dir(key),
+                        })
+                        .collect();
+                    roots.push(files_root(&params, &stage_inputs, &self.pipeline.base_dir).ok()?);
+                }
+                None => stack.extend(upstream.into_iter().map(|(_, key)| key)),
+            }
+        }
+        inherited_files_root(roots.into_iter())
+    }
+}
+
+/// Whether a store error means the store cannot be written here (permissions, a read-only
+/// mount), rather than that something is wrong with it.
+fn is_read_only(error: &StoreError) -> bool {
+    let io = match error {
+        StoreError::Io { source, .. } | StoreError::RunLog { source, .. } => source,
+        _ => return false,
+    };
+    matches!(
+        io.kind(),
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+    )
+}
+
+/// The files root a stage inherits from its inputs' (`PlannedStage::files_root`): theirs when
+/// they agree, None when none has one or when two name different folders (two datasets: a stage
+/// that then opens a file says no single folder holds it).
+fn inherited_files_root(roots: impl Iterator<Item = PathBuf>) -> Option<PathBuf> {
+    let mut found: Option<PathBuf> = None;
+    for root in roots {
+        match &found {
+            Some(known) if *known != root => return None,
+            _ => found = Some(root),
+        }
+    }
+    found
 }
 
 /// Why a key could not be computed without the worker.

@@ -305,6 +305,9 @@ pub enum Reason {
     OutputMissing,
     /// Fresh: the output for these inputs is in the store, from an earlier run than the newest.
     EarlierOutput,
+    /// Unknown: the key cannot be computed here (a source file or folder is missing); `why`
+    /// is the error.
+    Unchecked { why: String },
 }
 
 impl fmt::Display for Reason {
@@ -378,6 +381,7 @@ impl fmt::Display for Reason {
             Reason::EarlierOutput => {
                 f.write_str("output for these inputs already in the store (an earlier run)")
             }
+            Reason::Unchecked { why } => write!(f, "freshness cannot be checked: {why}"),
         }
     }
 }

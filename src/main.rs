@@ -457,8 +457,15 @@ fn status(
     if let Some(kind) = executor {
         engine.pipeline.executor.kind = kind.into();
     }
-    let planned = engine.plan(&plan::topological_order(&engine.pipeline))?;
-    let (statuses, remote_error) = engine.status_with_remote(&planned);
+    // A stage whose key cannot be computed here (its dataset folder not mounted) is `unknown`,
+    // with the reason, and the others are still told.
+    let (mut statuses, planned) = engine.status_each(&plan::topological_order(&engine.pipeline));
+    let (known, remote_error) = engine.status_with_remote(&planned);
+    for status in known {
+        if let Some(slot) = statuses.iter_mut().find(|s| s.name == status.name) {
+            *slot = status;
+        }
+    }
     if let Some(e) = remote_error {
         diag!("warning: the remote cache was not asked: {e}");
     }
@@ -826,6 +833,9 @@ fn metrics(global: &GlobalArgs, pick: &Pick, format: Format) -> Result<ExitCode>
         .map_err(anyhow::Error::msg)?;
     if let Some(note) = note {
         out::note(&format!("note: {note}"));
+    }
+    for warning in engine.take_warnings() {
+        diag!("warning: {warning}");
     }
     let metrics = onenet_stages::specs::evaluate::read_metrics(&dir)?;
     emit(&render::MetricsView(metrics), format)?;

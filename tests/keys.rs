@@ -24,7 +24,8 @@ fn a_project_copied_to_another_folder_is_fresh_and_computes_nothing() {
 
     let b = tempfile::tempdir().unwrap();
     copy_tree(a.path(), b.path());
-    let b = Project { dir: b };
+    let b_dir = b;
+    let b = Project::at(b_dir.path());
     for (name, (state, reasons)) in b.status(&[]) {
         assert_eq!(state, "fresh", "{name}: {reasons:?}");
     }

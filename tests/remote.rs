@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::s3::{free_ports, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
-use support::{actions, text, Project, SMALL_DEMO};
+use support::{actions, copy_tree, project_with_data_folder, text, Project, SMALL_DEMO};
 
 /// A project whose commands see the server's endpoint and credentials in the standard AWS
 /// variables, and the remote in `ONENET_REMOTE` (under `prefix` of the bucket).
@@ -25,8 +25,12 @@ struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     fn new(server: &'a S3Server, prefix: &str) -> Machine<'a> {
+        Machine::with_project(server, prefix, Project::new(SMALL_DEMO))
+    }
+
+    fn with_project(server: &'a S3Server, prefix: &str, project: Project) -> Machine<'a> {
         Machine {
-            project: Project::new(SMALL_DEMO),
+            project,
             server,
             prefix: prefix.to_string(),
             env: Vec::new(),
@@ -160,6 +164,58 @@ fn a_second_machine_pulls_what_the_first_computed_byte_for_byte() {
     // Another prefix of the same bucket is another cache.
     let c = Machine::new(&server, "elsewhere");
     assert!(all_are(&c.states(&[]), "missing"));
+}
+
+/// Images and features (random backbone weights) of the dataset folder `root`.
+fn features_pipeline(root: &str) -> String {
+    format!(
+        r#"
+[stages.images]
+kind = "images"
+params = {{ root = "{root}" }}
+
+[stages.features]
+kind = "features"
+inputs = ["images"]
+params = {{ weights = "random", batch_size = 4 }}
+"#
+    )
+}
+
+#[test]
+fn a_machine_whose_dataset_is_elsewhere_pulls_and_then_reads_its_own_pictures() {
+    let server = S3Server::start();
+    let a = Machine::with_project(
+        &server,
+        "moved",
+        project_with_data_folder(&features_pipeline("data")),
+    );
+    assert!(all_are(&a.run(&[]), "computed"));
+    let b = Machine::with_project(&server, "moved", Project::new(&features_pipeline("otherdata")));
+    copy_tree(
+        &a.project.path().join("data"),
+        &b.project.path().join("otherdata"),
+    );
+    let pulled = b.run(&[]);
+    assert!(all_are(&pulled, "pulled"), "{pulled:?}");
+    // No table of the second machine names the first one's folder.
+    for (stage, table) in [("images", "images.parquet"), ("features", "rows.parquet")] {
+        let path = b.store().join("latest").join(stage).join(table);
+        let read = onenet_stages::table::read_parquet(&path).unwrap();
+        let names = onenet_stages::table::strings(&path, &read, "path").unwrap();
+        assert!(!names.is_empty());
+        for name in names {
+            assert!(name.starts_with("Flicker8k_Dataset/"), "{stage}: {name}");
+        }
+    }
+    let features = b.object("features");
+    fs::remove_dir_all(a.project.path()).unwrap();
+    let forced = b.run(&["--force", "features"]);
+    assert_eq!(forced["features"], "computed", "{forced:?}");
+    let again = b.object("features");
+    for file in ["features.safetensors", "rows.parquet"] {
+        assert_eq!(again[file], features[file], "{file} differs");
+    }
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! (libtorch).
 
 pub mod error;
+pub mod files;
 pub mod params;
 pub mod worker;
 
@@ -106,6 +107,12 @@ pub struct StageJob {
     /// for the whole stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Vec<String>>,
+    /// The folder on this machine that the file names in its upstream tables are relative to
+    /// (the dataset folder of the `images` stage upstream: its `root` param, or a `demo_data`
+    /// output), resolved by the engine from the pipeline's params; None when no stage upstream
+    /// names files. Open such files through [`StageJob::file_path`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_root: Option<PathBuf>,
 }
 
 impl StageJob {
@@ -130,7 +137,20 @@ impl StageJob {
             previous: None,
             lineage: Vec::new(),
             shard: None,
+            files_root: None,
         }
+    }
+
+    /// The path on this machine of a file an upstream table names `name` (relative to its
+    /// root): the one place a stage turns a table's file name into a path.
+    pub fn file_path(&self, name: &str) -> Result<PathBuf, StageError> {
+        let root = self.files_root.as_deref().ok_or_else(|| {
+            StageError::Input(format!(
+                "the tables upstream name the file {name:?}, but no stage upstream gives the \
+                 folder it is in (an `images` stage)"
+            ))
+        })?;
+        files::resolve(root, name)
     }
 }
 
@@ -257,6 +277,10 @@ impl DeviceUse {
     }
 }
 
+/// The folder the file names in a kind's tables are relative to, given its params, inputs and
+/// the pipeline file's folder (absolute; need not exist).
+pub type FilesRootFn = fn(&Params, &[StageInput], &Path) -> Result<PathBuf, StageError>;
+
 /// Runs a stage: writes its outputs into `&ctx.out_dir`.
 pub type RunFn = fn(&StageContext) -> Result<StageReport, StageError>;
 
@@ -278,6 +302,11 @@ pub struct StageKind {
     pub run: RunFn,
     /// How it splits into shards, if it is data-parallel (None: it runs whole).
     pub shards: Option<&'static ShardSpec>,
+    /// For a kind whose tables name files (the `images` kind): the folder they are relative to.
+    /// The engine resolves it on each machine and hands it to every stage downstream as
+    /// `StageJob::files_root`. None: the kind's tables name no files of their own (a stage
+    /// downstream of one that does inherits that one's root).
+    pub files_root: Option<FilesRootFn>,
 }
 
 /// How a data-parallel stage splits its work into shards, each a cached object of its own keyed

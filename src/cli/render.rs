@@ -39,6 +39,7 @@ pub fn state_word(state: StageState) -> &'static str {
         StageState::Stale => "stale",
         StageState::Missing => "missing",
         StageState::Remote => "remote",
+        StageState::Unknown => "unknown",
     }
 }
 

@@ -70,8 +70,9 @@ pub fn external_root(
     }
 }
 
-/// `dataset_root` without the check that the folder exists.
-fn resolve_root(
+/// `dataset_root` without the check that the folder exists: the folder the `images` table's file
+/// names are relative to (`StageKind::files_root` of the kinds that read a dataset).
+pub fn resolve_root(
     params: &Params,
     inputs: &[StageInput],
     base_dir: &Path,

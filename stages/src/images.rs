@@ -22,7 +22,8 @@ use crate::{
 
 pub const KIND: StageKind = StageKind {
     name: "images",
-    version: 2,
+    // 3: `path` is relative to the dataset folder, never this machine's path.
+    version: 3,
     about: "Hash, measure and check every image of a dataset (Flickr8k, Karpathy or COCO format)",
     params: PARAMS,
     inputs: flickr::DATASET_INPUTS,
@@ -30,6 +31,7 @@ pub const KIND: StageKind = StageKind {
     device: crate::DeviceUse::NoLibtorch,
     run,
     shards: None,
+    files_root: Some(flickr::resolve_root),
 };
 
 const PARAMS: &[ParamSpec] = &[
@@ -223,7 +225,7 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         match facts {
             Ok(facts) => rows.push(ImageRow {
                 image_id: name.clone(),
-                path: path.display().to_string(),
+                path: crate::files::relative_name(&root, path)?,
                 facts: facts.clone(),
                 split: dataset.split_of(name),
             }),
@@ -532,10 +534,9 @@ mod tests {
         assert_eq!(u32s(&images, "width"), [32, 20, 7]);
         assert_eq!(u32s(&images, "height"), [24, 10, 5]);
         assert_eq!(strings(&images, "split"), ["train", "dev", "train"]);
+        // Named relative to the dataset folder, never by this machine's path.
         for (path, (name, _, _, _)) in strings(&images, "path").iter().zip(&f.valid) {
-            let path = Path::new(path);
-            assert!(path.is_absolute());
-            assert_eq!(path, f.root.join(flickr::IMAGE_DIR).join(name));
+            assert_eq!(*path, format!("{}/{name}", flickr::IMAGE_DIR));
         }
 
         let problems = read_parquet(&f.out.join(PROBLEMS_TABLE));

@@ -12,9 +12,11 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// A temporary project folder holding a pipeline file and its store.
+/// A project folder holding a pipeline file and its store: temporary (removed when dropped), or
+/// one a test made itself.
 pub struct Project {
-    pub dir: tempfile::TempDir,
+    path: PathBuf,
+    _temporary: Option<tempfile::TempDir>,
 }
 
 /// A demo dataset and the two stages that read it.
@@ -47,11 +49,22 @@ impl Project {
     pub fn new(pipeline: &str) -> Project {
         let dir = tempfile::tempdir().expect("temp dir");
         fs::write(dir.path().join("pipeline.toml"), pipeline).expect("write pipeline");
-        Project { dir }
+        Project {
+            path: dir.path().to_path_buf(),
+            _temporary: Some(dir),
+        }
+    }
+
+    /// The project in `dir`, which the test made (and removes).
+    pub fn at(dir: &Path) -> Project {
+        Project {
+            path: dir.to_path_buf(),
+            _temporary: None,
+        }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     pub fn command(&self, args: &[&str]) -> Command {

@@ -26,6 +26,7 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         image_ids: rows.iter().map(|r| r.image_id.clone()).collect(),
         splits: rows.iter().map(|r| r.split.clone()).collect(),
         paths: rows.iter().map(|r| r.path.clone()).collect(),
+        hashes: rows.iter().map(|r| r.hash.clone()).collect(),
         vectors: Vectors {
             values: flatten(&images),
             dim: images.size()[1] as usize,

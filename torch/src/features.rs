@@ -235,7 +235,10 @@ impl BackboneSettings {
 struct Pending {
     /// Index in the output matrix.
     row: usize,
+    /// Where the file is on this machine.
     path: PathBuf,
+    /// The content hash the images table recorded: the bytes read must match it.
+    hash: String,
 }
 
 pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
@@ -285,11 +288,14 @@ pub fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
         .iter()
         .enumerate()
         .filter(|(i, _)| !reused[*i])
-        .map(|(row, r)| Pending {
-            row,
-            path: PathBuf::from(&r.path),
+        .map(|(row, r)| {
+            Ok(Pending {
+                row,
+                path: ctx.file_path(&r.path)?,
+                hash: r.hash.clone(),
+            })
         })
-        .collect();
+        .collect::<Result<_, StageError>>()?;
 
     let mut rate = f64::NAN;
     if !pending.is_empty() {
@@ -403,7 +409,10 @@ fn extract(
             for chunk in pending.chunks(batch_size) {
                 let decoded: Result<Vec<Vec<f32>>, StageError> = chunk
                     .par_iter()
-                    .map(|p| decode_resized(&p.path, size).map(|image| kind.input_values(&image)))
+                    .map(|p| {
+                        decode_resized(&p.path, &p.hash, size)
+                            .map(|image| kind.input_values(&image))
+                    })
                     .collect();
                 // Every batch runs at full size (a short last batch is padded with copies of
                 // its last image): libtorch picks its kernels by batch shape, so an image's
@@ -440,9 +449,11 @@ fn extract(
 }
 
 /// An image file read with the project's reader (`onenet_stages::image_file`: format from the
-/// content, EXIF orientation applied, alpha on white) and resized to `size`×`size`.
-pub fn decode_resized(path: &Path, size: u32) -> Result<RgbImage, StageError> {
-    let picture = image_file::read(path)
+/// content, EXIF orientation applied, alpha on white) and resized to `size`×`size`. Its bytes
+/// must hash to `hash` (what the images table recorded), or nothing is computed from them.
+pub fn decode_resized(path: &Path, hash: &str, size: u32) -> Result<RgbImage, StageError> {
+    let bytes = onenet_stages::files::read_checked(path, hash)?;
+    let picture = image_file::decode(&bytes)
         .map_err(|e| StageError::file(path, format!("cannot read image: {e}")))?;
     Ok(resized(picture.rgb, size))
 }

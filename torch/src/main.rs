@@ -166,6 +166,7 @@ fn caption(
         // The features the pipeline computed: the same reader read the same file.
         let features_dir = output_dir(engine, specs::features::KIND.name)?;
         let matrix = onenet_torch::features::FeatureMatrix::read(&features_dir, tch_cpu())?;
+        let files_root = files_root_of(engine, &features_dir);
         let row_of = matrix.row_of();
         let rows = ids
             .iter()
@@ -183,7 +184,7 @@ fn caption(
         results.extend(rows.iter().zip(captions).map(|(&row, caption)| {
             let row = &matrix.rows[row as usize];
             onenet_torch::tasks::Captioned {
-                path: row.path.clone(),
+                path: onenet_torch::tasks::shown_path(files_root.as_deref(), &row.path),
                 id: Some(row.image_id.clone()),
                 caption,
             }
@@ -225,7 +226,8 @@ fn similar_images(
     format: Format,
 ) -> Result<ExitCode> {
     let embed_dir = output_dir(engine, specs::embed::KIND.name)?;
-    let index = onenet_torch::tasks::ImageIndex::read(&embed_dir)?;
+    let files_root = files_root_of(engine, &embed_dir);
+    let index = onenet_torch::tasks::ImageIndex::read(&embed_dir, files_root.as_deref())?;
     let (query, exclude, label) = match (image, id) {
         (_, Some(id)) => {
             let row = index
@@ -298,7 +300,8 @@ fn find_images(
 ) -> Result<ExitCode> {
     let trained = load_trained(engine)?;
     let embed_dir = output_dir(engine, specs::embed::KIND.name)?;
-    let index = onenet_torch::tasks::ImageIndex::read(&embed_dir)?;
+    let files_root = files_root_of(engine, &embed_dir);
+    let index = onenet_torch::tasks::ImageIndex::read(&embed_dir, files_root.as_deref())?;
     tch::manual_seed(inversion.seed);
     let results = onenet_torch::tasks::find_images(
         &trained,
@@ -372,7 +375,18 @@ fn output_stage(engine: &Engine, kind: &str) -> Result<(String, PathBuf)> {
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
+    for warning in engine.take_warnings() {
+        eprintln!("warning: {warning}");
+    }
     Ok((stage, dir))
+}
+
+/// Where the files the tables of output `dir` name are on this machine (see
+/// `Engine::files_root_of_object`): a run chosen by `--exp` or `--key` resolves them with its
+/// own recorded params.
+fn files_root_of(engine: &Engine, dir: &Path) -> Option<PathBuf> {
+    let (_, choice) = chosen();
+    engine.files_root_of_object(dir, !matches!(choice, Choice::File))
 }
 
 fn load_trained(engine: &Engine) -> Result<onenet_torch::train::TrainedModel> {

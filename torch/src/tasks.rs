@@ -97,22 +97,38 @@ fn matches(
         .collect()
 }
 
+/// A file a table names `name` as the user should see it: its path on this machine when the
+/// folder it is relative to is known, else the name itself.
+pub fn shown_path(files_root: Option<&Path>, name: &str) -> String {
+    files_root
+        .and_then(|root| onenet_stages::files::resolve(root, name).ok())
+        .map_or_else(|| name.to_string(), |path| path.display().to_string())
+}
+
 /// The image embeddings of every image, searchable by cosine, with ids and paths.
 pub struct ImageIndex {
     /// By image id.
     pub index: SimilarityIndex,
+    /// Each image's file as shown to the user: on this machine when the files root is known,
+    /// else as the table names it (relative to the dataset folder).
     pub paths: Vec<String>,
     /// The embeddings as the model made them (not normalised): what the captioner reads.
     pub raw: Vec<f32>,
 }
 
 impl ImageIndex {
-    pub fn read(embed_dir: &Path) -> Result<ImageIndex, StageError> {
+    /// The image embeddings an `embed` stage wrote into `embed_dir`; `files_root` is the folder
+    /// its file names are relative to on this machine, if known.
+    pub fn read(embed_dir: &Path, files_root: Option<&Path>) -> Result<ImageIndex, StageError> {
         let table = ImageEmbeddings::read(embed_dir)?;
         let raw = table.vectors.values.clone();
         Ok(ImageIndex {
             index: table.vectors.into_index(table.image_ids),
-            paths: table.paths,
+            paths: table
+                .paths
+                .iter()
+                .map(|name| shown_path(files_root, name))
+                .collect(),
             raw,
         })
     }

@@ -48,6 +48,7 @@ pub const KIND: StageKind = StageKind {
     device: crate::DeviceUse::NoLibtorch,
     run,
     shards: None,
+    files_root: None,
 };
 
 const PARAMS: &[ParamSpec] = &[

@@ -46,6 +46,7 @@ pub const KIND: StageKind = StageKind {
     device: crate::DeviceUse::NoLibtorch,
     run,
     shards: None,
+    files_root: None,
 };
 
 const PARAMS: &[ParamSpec] = &[
@@ -152,8 +153,9 @@ impl Settings {
 
 /// Inlined thumbnails of the pictures the page shows, made once per picture.
 struct Thumbnails<'a> {
-    paths: HashMap<&'a str, &'a str>,
-    base_dir: &'a Path,
+    /// Each picture's file (as the tables name it) and content hash, by image id.
+    files: HashMap<&'a str, (&'a str, &'a str)>,
+    job: &'a crate::StageJob,
     size: u32,
     made: HashMap<String, Option<String>>,
     /// (image id, why it could not be shown).
@@ -189,14 +191,15 @@ impl<'a> Thumbnails<'a> {
     }
 
     fn make(&self, id: &str) -> Result<String, String> {
-        let path = self
-            .paths
+        let (name, hash) = self
+            .files
             .get(id)
             .ok_or_else(|| "not in the image embeddings table".to_string())?;
-        let file = self.base_dir.join(path);
+        let file = self.job.file_path(name).map_err(|e| e.to_string())?;
+        let bytes = crate::files::read_checked(&file, hash).map_err(|e| e.to_string())?;
         // The project's reader: the thumbnail shows what the network was fed, as displayed.
         let picture =
-            crate::image_file::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            crate::image_file::decode(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
         let small = image::DynamicImage::ImageRgb8(picture.rgb)
             .thumbnail(self.size, self.size)
             .into_rgb8();
@@ -231,6 +234,7 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     };
     let image_table = ImageEmbeddings::read(embed_dir)?;
     let image_files = image_table.paths;
+    let image_hashes = image_table.hashes;
     let images = image_table.vectors.into_index(image_table.image_ids);
     let word_table = WordEmbeddings::read(embed_dir)?;
     let word_counts = word_table.counts;
@@ -238,13 +242,18 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
 
     let mut warnings = Vec::new();
     let mut thumbnails = Thumbnails {
-        paths: images
+        files: images
             .ids()
             .iter()
             .map(String::as_str)
-            .zip(image_files.iter().map(String::as_str))
+            .zip(
+                image_files
+                    .iter()
+                    .map(String::as_str)
+                    .zip(image_hashes.iter().map(String::as_str)),
+            )
             .collect(),
-        base_dir: &ctx.base_dir,
+        job: ctx.job,
         size: settings.thumbnail_size,
         made: HashMap::new(),
         failures: Vec::new(),
@@ -283,11 +292,13 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     find_images_section(&queries, &settings, &mut thumbnails, &mut body);
     ctx.progress.inc(1);
 
+    // Every picture was decoded by the `images` stage: one that cannot be read now is missing or
+    // changed since, and a page made without it would be stored under a key that promises it.
     if let Some((id, why)) = thumbnails.failures.first() {
-        warnings.push(format!(
-            "{} picture(s) could not be shown and have a placeholder; first: {id}: {why}",
+        return Err(StageError::Input(format!(
+            "{} picture(s) could not be read, so no report was written; first: {id}: {why}",
             thumbnails.failures.len()
-        ));
+        )));
     }
     let path = ctx.out_dir.join(REPORT_FILE);
     let page = html::page(&settings.title, &body);

@@ -1,6 +1,6 @@
 //! The report stage on small hand-made upstream outputs: every section is there, every picture is
 //! inlined and decodes, neighbours and found pictures are the right ones, text is escaped, and a
-//! picture that cannot be read becomes a visible placeholder and a warning.
+//! picture whose file changed since it was recorded fails the stage, naming the file.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,7 +30,8 @@ fn vectors(rows: &[[f32; 3]]) -> Vectors {
     }
 }
 
-/// Upstream outputs of a tiny pipeline: five readable pictures and one corrupt file.
+/// Upstream outputs of a tiny pipeline: six pictures under `pictures/`, named relative to the
+/// temporary folder (the files root).
 struct Upstream {
     _root: tempfile::TempDir,
     train: PathBuf,
@@ -58,17 +59,15 @@ fn upstream(ranks_have_found: bool) -> Upstream {
         dir("tsne"),
     );
     let mut paths = Vec::new();
+    let mut hashes = Vec::new();
     for (i, id) in IDS.iter().enumerate() {
         let path = pictures.join(format!("{id}.png"));
-        if *id == "broken" {
-            std::fs::write(&path, b"not a picture").unwrap();
-        } else {
-            let shade = 40 * i as u8;
-            image::RgbImage::from_pixel(40, 30, image::Rgb([shade, 200 - shade, 90]))
-                .save(&path)
-                .unwrap();
-        }
-        paths.push(path.to_string_lossy().into_owned());
+        let shade = 40 * i as u8;
+        image::RgbImage::from_pixel(40, 30, image::Rgb([shade, 200 - shade, 90]))
+            .save(&path)
+            .unwrap();
+        hashes.push(crate::hash_file(&path).unwrap());
+        paths.push(format!("pictures/{id}.png"));
     }
     for plot in [IMAGE_PLOT, WORD_PLOT] {
         image::RgbImage::from_pixel(20, 20, image::Rgb([10, 20, 30]))
@@ -81,6 +80,7 @@ fn upstream(ranks_have_found: bool) -> Upstream {
         image_ids: strings_of(&IDS),
         splits: strings_of(&["test"; 6]),
         paths: paths.clone(),
+        hashes,
         vectors: vectors(&[
             [1.0, 0.0, 0.0],
             [0.9, 0.2, 0.0],
@@ -284,6 +284,7 @@ fn make_report(
         out.path(),
     );
     job.lineage = records;
+    job.files_root = Some(up._root.path().to_path_buf());
     let ctx = StageContext::new(&job, &NoProgress);
     let report = run(&ctx)?;
     let page = std::fs::read_to_string(out.path().join(REPORT_FILE)).unwrap();
@@ -352,17 +353,21 @@ fn every_section_is_there_in_order_and_every_picture_is_inlined() {
 }
 
 #[test]
-fn an_unreadable_picture_is_a_placeholder_and_a_warning() {
+fn a_picture_that_changed_since_it_was_recorded_fails_the_stage() {
     let up = upstream(true);
-    let (page, report, _out) = make_report(&up, true, &params(&[])).unwrap();
-    assert!(page.contains("broken could not be read"));
+    let (_, report, _out) = make_report(&up, true, &params(&[])).unwrap();
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    std::fs::write(
+        up._root.path().join("pictures/broken.png"),
+        b"not a picture",
+    )
+    .unwrap();
+    let err = make_report(&up, true, &params(&[]))
+        .unwrap_err()
+        .to_string();
     assert!(
-        report
-            .warnings
-            .iter()
-            .any(|w| w.contains("could not be shown") && w.contains("broken.png")),
-        "{:?}",
-        report.warnings
+        err.contains("broken.png") && err.contains("content differs"),
+        "{err}"
     );
 }
 

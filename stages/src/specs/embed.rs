@@ -18,7 +18,8 @@ use crate::{InputRule, ParamSpec, StageError, StageKind};
 
 pub const KIND: StageKind = StageKind {
     name: "embed",
-    version: 1,
+    // 2: the image table holds each picture's content hash.
+    version: 2,
     about: "Export image, word and caption embeddings of the trained network as Parquet",
     params: &[ParamSpec::threads(crate::params::LIBTORCH_THREADS_HELP)],
     inputs: InputRule {
@@ -30,6 +31,7 @@ pub const KIND: StageKind = StageKind {
     device: crate::DeviceUse::Cpu,
     run: crate::worker::run_in_worker,
     shards: None,
+    files_root: None,
 };
 
 /// Every image's embedding.
@@ -46,7 +48,11 @@ pub const EMBEDDING: &str = "embedding";
 pub mod image_columns {
     pub const IMAGE_ID: &str = "image_id";
     pub const SPLIT: &str = "split";
+    /// The picture's file, relative to the dataset folder (as the images table names it).
     pub const PATH: &str = "path";
+    /// BLAKE3 of the picture's file (as the images table records it): whoever opens the file
+    /// checks its bytes against it.
+    pub const HASH: &str = "hash";
     pub use super::EMBEDDING;
 }
 
@@ -123,7 +129,10 @@ impl Vectors {
 pub struct ImageEmbeddings {
     pub image_ids: Vec<String>,
     pub splits: Vec<String>,
+    /// Each picture's file, relative to the dataset folder.
     pub paths: Vec<String>,
+    /// Each picture's content hash.
+    pub hashes: Vec<String>,
     pub vectors: Vectors,
 }
 
@@ -137,6 +146,7 @@ impl ImageEmbeddings {
             image_ids: strings(&path, &table, IMAGE_ID)?,
             splits: strings(&path, &table, SPLIT)?,
             paths: strings(&path, &table, PATH)?,
+            hashes: strings(&path, &table, HASH)?,
             vectors: Vectors::read(&path, &table)?,
         })
     }
@@ -151,6 +161,7 @@ impl ImageEmbeddings {
                 required(IMAGE_ID, string_column(&self.image_ids)),
                 required(SPLIT, string_column(&self.splits)),
                 required(PATH, string_column(&self.paths)),
+                required(HASH, string_column(&self.hashes)),
                 self.vectors.column(&path)?,
             ],
         )
@@ -251,6 +262,7 @@ mod tests {
             image_ids: vec!["a.jpg".into(), "b.jpg".into()],
             splits: vec!["train".into(), "test".into()],
             paths: vec!["pics/a.jpg".into(), "pics/b.jpg".into()],
+            hashes: vec!["11".into(), "22".into()],
             vectors: Vectors {
                 values: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
                 dim: 3,
@@ -293,6 +305,7 @@ mod tests {
             image_ids: vec!["a.jpg".into(), "b.jpg".into()],
             splits: vec!["train".into(), "test".into()],
             paths: vec!["a.jpg".into(), "b.jpg".into()],
+            hashes: vec!["11".into(), "22".into()],
             vectors: Vectors {
                 values: vec![1.0, 2.0, 3.0, 4.0, 5.0],
                 dim: 3,

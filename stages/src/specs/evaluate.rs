@@ -29,6 +29,7 @@ pub const KIND: StageKind = StageKind {
     device: crate::DeviceUse::Best,
     run: crate::worker::run_in_worker,
     shards: None,
+    files_root: None,
 };
 
 const PARAMS: &[ParamSpec] = &[

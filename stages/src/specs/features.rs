@@ -25,6 +25,7 @@ pub const KIND: StageKind = StageKind {
     device: crate::DeviceUse::Best,
     run: crate::worker::run_in_worker,
     shards: Some(&SHARDS),
+    files_root: None,
 };
 
 /// Sharded by image content: each shard computes the features of its images, and the merge puts

@@ -24,6 +24,7 @@ pub const KIND: StageKind = StageKind {
     device: crate::DeviceUse::Cpu,
     run: crate::worker::run_in_worker,
     shards: None,
+    files_root: None,
 };
 
 /// Every caption with its image's feature row, split by split, the train split shuffled.

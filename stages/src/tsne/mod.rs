@@ -14,7 +14,7 @@ mod plot;
 mod quadtree;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float32Array, StringArray};
@@ -48,6 +48,7 @@ pub const KIND: StageKind = StageKind {
     device: crate::DeviceUse::NoLibtorch,
     run,
     shards: None,
+    files_root: None,
 };
 
 const PARAMS: &[ParamSpec] = &[
@@ -299,23 +300,16 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
             message: format!("cannot start the thread pool: {e}"),
         })?;
     pool.install(|| {
-        let mut warnings = Vec::new();
         let mut notes = Vec::new();
         if settings.images {
-            let images = map_images(
-                ctx,
-                &settings,
-                embed_dir,
-                scene_labels.as_ref(),
-                &mut warnings,
-            )?;
+            let images = map_images(ctx, &settings, embed_dir, scene_labels.as_ref())?;
             notes.push(images.note("images"));
         }
         if settings.words {
             notes.push(map_words(ctx, &settings, embed_dir)?.note("words"));
         }
         Ok(StageReport {
-            warnings,
+            warnings: Vec::new(),
             notes,
             device: None,
             metrics: Default::default(),
@@ -383,22 +377,17 @@ fn write_map(
     write_parquet(path, &batch(path, schema, columns)?)
 }
 
-/// An image path from the embeddings table, relative ones taken from the pipeline's folder.
-fn resolve(base_dir: &Path, path: &str) -> PathBuf {
-    base_dir.join(path)
-}
-
 fn map_images(
     ctx: &StageContext,
     settings: &Settings,
     embed_dir: &Path,
     scene_labels: Option<&HashMap<String, String>>,
-    warnings: &mut Vec<String>,
 ) -> Result<MapSummary, StageError> {
     let ImageEmbeddings {
         image_ids: ids,
         splits,
         paths: image_paths,
+        hashes,
         vectors: Vectors {
             values: vectors,
             dim,
@@ -437,25 +426,17 @@ fn map_images(
     )?;
 
     ctx.progress.start(rows.len() as u64, "loading thumbnails");
-    let loaded: Vec<Result<plot::Thumbnail, String>> = rows
+    // Every picture was decoded by the `images` stage: one that cannot be read now is missing or
+    // changed since, and a map drawn without it would be stored under a key that promises it.
+    let thumbnails: Vec<Option<plot::Thumbnail>> = rows
         .par_iter()
         .map(|&r| {
-            let file = resolve(&ctx.base_dir, &image_paths[r]);
-            let thumbnail =
-                plot::load_thumbnail(&file).map_err(|e| format!("{}: {e}", file.display()));
+            let file = ctx.file_path(&image_paths[r])?;
+            let thumbnail = plot::load_thumbnail(&file, &hashes[r]);
             ctx.progress.inc(1);
-            thumbnail
+            thumbnail.map(Some)
         })
-        .collect();
-    let failures: Vec<&String> = loaded.iter().filter_map(|t| t.as_ref().err()).collect();
-    if let Some(first) = failures.first() {
-        warnings.push(format!(
-            "{} of {} images could not be read and are dots in {IMAGE_PLOT}; first: {first}",
-            failures.len(),
-            rows.len()
-        ));
-    }
-    let thumbnails: Vec<Option<plot::Thumbnail>> = loaded.into_iter().map(Result::ok).collect();
+        .collect::<Result<_, StageError>>()?;
     plot::image_plot(
         &ctx.out_dir.join(IMAGE_PLOT),
         &format!(
@@ -577,25 +558,26 @@ mod tests {
     use crate::{NoProgress, ParamValue, StageInput};
 
     /// Writes a small embed output: `images` image rows in three clusters whose files are real
-    /// JPEGs (but the last, which is missing), and a vocabulary with the special tokens.
+    /// JPEGs under `dir/pictures`, named relative to `dir` (the files root of `run_stage`), and a
+    /// vocabulary with the special tokens.
     fn write_embed_dir(dir: &Path, images: usize) -> Vec<String> {
         std::fs::create_dir_all(dir).unwrap();
         let dim = 6;
         let ids: Vec<String> = (0..images).map(|i| format!("img_{i:03}.jpg")).collect();
         let picture_dir = dir.join("pictures");
         std::fs::create_dir_all(&picture_dir).unwrap();
+        let mut hashes = Vec::new();
         let paths: Vec<String> = ids
             .iter()
             .enumerate()
             .map(|(i, id)| {
                 let file = picture_dir.join(id);
-                if i + 1 < images {
-                    let shade = (i * 40 % 256) as u8;
-                    image::RgbImage::from_pixel(40, 30, image::Rgb([shade, 90, 200]))
-                        .save(&file)
-                        .unwrap();
-                }
-                file.display().to_string()
+                let shade = (i * 40 % 256) as u8;
+                image::RgbImage::from_pixel(40, 30, image::Rgb([shade, 90, 200]))
+                    .save(&file)
+                    .unwrap();
+                hashes.push(crate::hash_file(&file).unwrap());
+                format!("pictures/{id}")
             })
             .collect();
         let vectors: Vec<f32> = (0..images)
@@ -606,6 +588,7 @@ mod tests {
             image_ids: ids.clone(),
             splits: splits.map(String::from).collect(),
             paths,
+            hashes,
             vectors: Vectors {
                 values: vectors,
                 dim,
@@ -672,7 +655,13 @@ mod tests {
     ) -> Result<StageReport, StageError> {
         std::fs::create_dir_all(out_dir).unwrap();
         let params = params(overrides);
-        let job = crate::StageJob::new("tsne", "tsne", params, inputs.to_vec(), out_dir, out_dir);
+        let mut job =
+            crate::StageJob::new("tsne", "tsne", params, inputs.to_vec(), out_dir, out_dir);
+        // The pictures' names are relative to the embed output (see `write_embed_dir`).
+        job.files_root = inputs
+            .iter()
+            .find(|i| i.kind == "embed")
+            .map(|i| i.dir.clone());
         let ctx = StageContext::new(&job, &NoProgress);
         (KIND.run)(&ctx)
     }
@@ -739,10 +728,35 @@ mod tests {
             let inked = rgb.pixels().filter(|p| p.0 != [255, 255, 255]).count();
             assert!(inked > 1000, "{plot}: only {inked} non-white pixels");
         }
-        // The one missing picture file is reported, and drawn as a dot.
-        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
-        assert!(report.warnings[0].starts_with("1 of 45 images"));
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
         assert!(report.notes[0].starts_with("45 images mapped at perplexity 14.67"));
+    }
+
+    #[test]
+    fn a_missing_or_changed_picture_fails_the_stage_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let embed = dir.path().join("embed");
+        write_embed_dir(&embed, 30);
+        let inputs = [input("embed", &embed)];
+        let changed = embed.join("pictures").join("img_007.jpg");
+        image::RgbImage::from_pixel(40, 30, image::Rgb([1, 2, 3]))
+            .save(&changed)
+            .unwrap();
+        let err = run_stage(&inputs, &dir.path().join("a"), &fast())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("img_007.jpg") && err.contains("content differs"),
+            "{err}"
+        );
+        std::fs::remove_file(&changed).unwrap();
+        let err = run_stage(&inputs, &dir.path().join("b"), &fast())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("img_007.jpg") && err.contains("not found"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -50,8 +50,10 @@ pub struct Thumbnail {
 
 /// Reads (with the project's reader, so as displayed) and scales down the image at `path`; the
 /// error says why it could not be read.
-pub fn load_thumbnail(path: &Path) -> Result<Thumbnail, String> {
-    let picture = crate::image_file::read(path).map_err(|e| e.to_string())?;
+pub fn load_thumbnail(path: &Path, hash: &str) -> Result<Thumbnail, StageError> {
+    let bytes = crate::files::read_checked(path, hash)?;
+    let picture = crate::image_file::decode(&bytes)
+        .map_err(|e| StageError::file(path, format!("cannot read image: {e}")))?;
     let small = image::DynamicImage::ImageRgb8(picture.rgb)
         .thumbnail(THUMBNAIL_SIZE, THUMBNAIL_SIZE)
         .into_rgb8();
