@@ -114,15 +114,7 @@ fn a_source_changed_while_its_stage_runs_is_not_committed() {
         .unwrap();
     // The run plans (and hashes the file), opens the stage's temporary output, then waits
     // before computing: change the file once that output folder exists.
-    let tmp = p.store().join("tmp");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while fs::read_dir(&tmp).map_or(true, |mut d| d.next().is_none()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the run never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::wait_for_pending_output(&p.store());
     let mut captions = fs::read_to_string(&token).unwrap();
     captions.push_str(&captions.lines().next().unwrap().replace("#0", "#9"));
     captions.push('\n');

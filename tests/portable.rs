@@ -10,9 +10,8 @@ mod support;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
-use support::{actions, copy_tree, text, Project, SMALL_DEMO};
+use support::{actions, copy_tree, text, weights, Project, SMALL_DEMO};
 
 /// The whole pipeline (random backbone weights, tiny sizes) reading the dataset folder `root`,
 /// with its store at `store` (relative to the pipeline file).
@@ -255,12 +254,7 @@ fn a_picture_that_changes_while_features_runs_is_not_committed() {
         .unwrap();
     // The run plans (hashing the pictures into the images key), opens the stage's temporary
     // output, then waits: change the picture once that folder exists.
-    let tmp = p.store().join("tmp");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while fs::read_dir(&tmp).map_or(true, |mut d| d.next().is_none()) {
-        assert!(Instant::now() < deadline, "the run never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::wait_for_pending_output(&p.store());
     let other = fs::read(p.path().join("data/Flicker8k_Dataset/demo_000005.jpg")).unwrap();
     fs::write(&picture, other).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -277,18 +271,6 @@ fn a_picture_that_changes_while_features_runs_is_not_committed() {
     let rerun = p.run(&["features"]);
     assert_eq!(rerun["images"], "computed");
     assert_eq!(rerun["features"], "computed");
-}
-
-/// The EfficientNet-Lite0 weights `make setup` installs.
-fn weights() -> PathBuf {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/efficientnet-lite0-57934424.pth");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `make setup`",
-        path.display()
-    );
-    path
 }
 
 #[test]
@@ -323,24 +305,14 @@ fn finished_results_are_readable_without_the_dataset_or_the_weights() {
 /// `status` succeeds, saying each of `unknown` (stage, part of the reason) is unknown and each of
 /// `fresh` is fresh.
 fn assert_unknown(p: &Project, unknown: &[(&str, &str)], fresh: &[&str]) {
-    let status = p.onenet(&["status", "--format", "json"]);
-    assert!(status.status.success(), "{}", text(&status));
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let stages = status["stages"].as_array().unwrap();
-    let state = |name: &str| {
-        stages
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap_or_else(|| panic!("{name} in {status}"))
-            .clone()
-    };
+    let status = p.status(&[]);
     for (stage, why) in unknown {
-        assert_eq!(state(stage)["state"], "unknown", "{status}");
-        let reason = state(stage)["reasons"][0]["text"].as_str().unwrap().to_string();
-        assert!(reason.contains(why), "{stage}: {reason}");
+        let (state, reasons) = &status[*stage];
+        assert_eq!(state, "unknown", "{stage}: {status:?}");
+        assert!(reasons[0].contains(why), "{stage}: {reasons:?}");
     }
     for stage in fresh {
-        assert_eq!(state(stage)["state"], "fresh", "{status}");
+        assert_eq!(status[*stage].0, "fresh", "{stage}: {status:?}");
     }
 }
 
@@ -355,7 +327,10 @@ fn answers_with_a_warning(p: &Project) {
         let out = p.onenet(&args);
         let said = text(&out);
         assert!(out.status.success(), "{args:?}: {said}");
-        assert!(said.contains("freshness could not be checked"), "{args:?}: {said}");
+        assert!(
+            said.contains("freshness could not be checked"),
+            "{args:?}: {said}"
+        );
     }
     for args in [
         vec!["query", "SELECT count(*) AS n FROM images.images"],

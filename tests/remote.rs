@@ -191,7 +191,11 @@ fn a_machine_whose_dataset_is_elsewhere_pulls_and_then_reads_its_own_pictures() 
         project_with_data_folder(&features_pipeline("data")),
     );
     assert!(all_are(&a.run(&[]), "computed"));
-    let b = Machine::with_project(&server, "moved", Project::new(&features_pipeline("otherdata")));
+    let b = Machine::with_project(
+        &server,
+        "moved",
+        Project::new(&features_pipeline("otherdata")),
+    );
     copy_tree(
         &a.project.path().join("data"),
         &b.project.path().join("otherdata"),

@@ -89,7 +89,9 @@ impl Render for StatusView<'_> {
             } else {
                 format!("  {}", reasons.join("; "))
             };
-            out!("{:width$}  {word:<13}  {}{reasons}", s.name, &s.key[..12])?;
+            // An unknown stage has no key: its column stays blank.
+            let key = s.key.get(..12).unwrap_or("");
+            out!("{:width$}  {word:<13}  {key:<12}{reasons}", s.name)?;
         }
         Ok(())
     }

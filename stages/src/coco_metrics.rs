@@ -125,7 +125,14 @@ pub fn cider_d<T: Eq + Hash>(
 
 /// A caption's TF-IDF n-gram weights, one map per order, with their Euclidean norms and the
 /// caption's bigram count (CIDEr-D's length).
+///
+/// Every sum runs over the n-grams in the order they first occur in the caption (`grams`), never
+/// in a hash map's order, which differs from process to process: floating-point addition is not
+/// associative, so the same captions would otherwise score differently in their last bits from
+/// one run to the next, and a stage's output would not be the same bytes twice.
 struct TfIdf<'a, T> {
+    /// Per order, each distinct n-gram in order of first occurrence, with its weight.
+    grams: Vec<Vec<(&'a [T], f64)>>,
     weights: Vec<HashMap<&'a [T], f64>>,
     norms: Vec<f64>,
     bigrams: u64,
@@ -133,25 +140,31 @@ struct TfIdf<'a, T> {
 
 impl<'a, T: Eq + Hash> TfIdf<'a, T> {
     fn new(tokens: &'a [T], document_frequency: &HashMap<&[T], f64>, log_images: f64) -> Self {
+        let mut grams = Vec::with_capacity(CIDER_MAX_N);
         let mut weights = Vec::with_capacity(CIDER_MAX_N);
         let mut norms = Vec::with_capacity(CIDER_MAX_N);
         let mut bigrams = 0;
         for n in 1..=CIDER_MAX_N {
             let counts = ngram_counts(tokens, n);
             if n == 2 {
-                bigrams = counts.values().sum();
+                bigrams = tokens.windows(n).count() as u64;
             }
-            let order: HashMap<&[T], f64> = counts
-                .into_iter()
-                .map(|(gram, count)| {
+            let mut seen = HashSet::new();
+            let ordered: Vec<(&[T], f64)> = tokens
+                .windows(n)
+                .filter(|gram| seen.insert(*gram))
+                .map(|gram| {
+                    let count = counts.get(gram).copied().unwrap_or(0);
                     let df = document_frequency.get(gram).copied().unwrap_or(0.0);
                     (gram, count as f64 * (log_images - df.max(1.0).ln()))
                 })
                 .collect();
-            norms.push(order.values().map(|w| w * w).sum::<f64>().sqrt());
-            weights.push(order);
+            norms.push(ordered.iter().map(|(_, w)| w * w).sum::<f64>().sqrt());
+            weights.push(ordered.iter().copied().collect());
+            grams.push(ordered);
         }
         TfIdf {
+            grams,
             weights,
             norms,
             bigrams,
@@ -166,9 +179,9 @@ impl<'a, T: Eq + Hash> TfIdf<'a, T> {
         (0..CIDER_MAX_N)
             .map(|order| {
                 let reference_weights = &reference.weights[order];
-                let mut value: f64 = self.weights[order]
+                let mut value: f64 = self.grams[order]
                     .iter()
-                    .map(|(gram, &weight)| {
+                    .map(|(gram, weight)| {
                         let theirs = reference_weights.get(gram).copied().unwrap_or(0.0);
                         // Clipping: a hypothesis n-gram counts no more than the reference has it.
                         weight.min(theirs) * theirs
@@ -435,5 +448,28 @@ json.dump(out, sys.stdout)
             cider_d(&[vec![]], &[words("a dog")]),
             Err(CorpusError::NoReferences { index: 0 })
         );
+    }
+
+    /// Hash maps iterate in another order in every instance; the scores must not follow it.
+    #[test]
+    fn cider_d_gives_the_same_bits_every_time() {
+        // Long captions of many distinct words: many terms in every sum.
+        let caption = |seed: usize| -> Vec<String> {
+            (0..40)
+                .map(|i| format!("w{}", (i * 7 + seed * 13) % 97))
+                .collect()
+        };
+        let references: Vec<Vec<Vec<String>>> = (0..6)
+            .map(|image| (0..5).map(|r| caption(image * 5 + r)).collect())
+            .collect();
+        let hypotheses: Vec<Vec<String>> = (0..6).map(|image| caption(image * 5 + 2)).collect();
+        let first = cider_d(&references, &hypotheses).unwrap();
+        for _ in 0..50 {
+            let again = cider_d(&references, &hypotheses).unwrap();
+            assert_eq!(again.corpus.to_bits(), first.corpus.to_bits());
+            for (a, b) in again.per_image.iter().zip(&first.per_image) {
+                assert_eq!(a.to_bits(), b.to_bits());
+            }
+        }
     }
 }

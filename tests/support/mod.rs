@@ -214,3 +214,29 @@ pub fn text(out: &Output) -> String {
 pub fn all(actions: &HashMap<String, String>, what: &str) -> bool {
     actions.values().all(|a| a == what)
 }
+
+/// The EfficientNet-Lite0 weights `make setup` installs.
+pub fn weights() -> PathBuf {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/efficientnet-lite0-57934424.pth");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make setup` (it installs the EfficientNet-Lite0 weights)",
+        path.display()
+    );
+    path
+}
+
+/// Waits (at most a minute) until a run has opened a stage's temporary output in `store`: the
+/// stage is about to compute (or, with `ONENET_TEST_STAGE_DELAY`, waiting to).
+pub fn wait_for_pending_output(store: &Path) {
+    let tmp = store.join("tmp");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while fs::read_dir(&tmp).map_or(true, |mut d| d.next().is_none()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
