@@ -10,7 +10,8 @@ use onenet_contract::{Effect, Progress, StageContext, StageInput, StageJob, Upst
 use serde::Serialize;
 
 use crate::config::Pipeline;
-use crate::hashing::{stamp_of, FileStamp, StatCache};
+use crate::execute::{ExecuteError, Executed, Execution, PlannedSource};
+use crate::hashing::StatCache;
 use crate::key::{CacheKey, KeyInputs, KeyParam, Reason, ReasonJson, KEY_FORMAT};
 use crate::store::{now_unix, ArtifactStore, RunRecord, StoreError};
 
@@ -30,9 +31,9 @@ pub struct PlannedStage {
     pub name: String,
     pub key_inputs: KeyInputs,
     pub key: CacheKey,
-    /// Each source file the key was computed from and its stamp then: checked again before the
+    /// Each source file the key was computed from, as it was then: checked again before the
     /// stage's output is committed.
-    pub sources: Vec<(PathBuf, FileStamp)>,
+    pub sources: Vec<PlannedSource>,
     /// The folder on this machine that the file names in its upstream tables are relative to
     /// (`StageJob::files_root`); never part of the key, which covers the files by content.
     pub files_root: Option<PathBuf>,
@@ -147,9 +148,10 @@ pub struct Engine {
     /// Whether this run already warned that the store cannot be written (said once, not once
     /// per stage).
     read_only_warned: std::sync::atomic::AtomicBool,
-    /// Warnings of commands that read outputs whose freshness could not be checked (see
-    /// `output_of_kind`); taken with `take_warnings`.
-    unchecked: std::sync::Mutex<Vec<String>>,
+    /// The stages whose outputs a reading command took from the last run because their
+    /// freshness could not be checked, each with why (see `output_of_kind`); said by
+    /// `take_warnings`.
+    unchecked: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl Engine {
@@ -310,7 +312,12 @@ impl Engine {
                     key,
                     sources: source_paths
                         .into_iter()
-                        .zip(hashes.iter().map(|h| h.stamp))
+                        .zip(&hashes)
+                        .map(|(path, h)| PlannedSource {
+                            path,
+                            stamp: h.stamp,
+                            hash: h.hash.clone(),
+                        })
                         .collect(),
                     files_root,
                 })
@@ -707,79 +714,90 @@ impl Engine {
                 remote_warnings,
             );
         }
-        let pending = self.store.begin(&stage.key)?;
         // A forced stage starts from scratch: no checkpoint of a killed run and nothing of its
         // earlier output is reused.
         if forced {
             let _ = std::fs::remove_dir_all(self.store.scratch_dir(&stage.key)?);
         }
-        let scratch_dir = self.store.scratch_dir(&stage.key)?;
         let previous = if forced {
             None
         } else {
             latest_dir(&self.store, &stage.name)
         };
-        let lineage = self.lineage(stage, history);
-        let progress = observer.stage_started(&stage.name);
-        let start = Instant::now();
         let job = StageJob {
+            previous,
+            lineage: self.lineage(stage, history),
+            ..self.job_of(stage, inputs)
+        };
+        let progress = observer.stage_started(&stage.name);
+        let executed =
+            self.execution(stage, &stage.name, forced)
+                .run(job, decl.kind.run, progress.as_ref());
+        drop(progress);
+        match self.executed(stage, executed)? {
+            Some(meta) => self.finish_computed(stage, meta, remote_warnings, options, observer),
+            None => reuse(self.store.meta(&stage.key)),
+        }
+    }
+
+    /// The job of `stage` reading `inputs`, with no earlier output, lineage or shard, and no
+    /// folders yet (`Execution::run` sets them).
+    fn job_of(&self, stage: &PlannedStage, inputs: Vec<StageInput>) -> StageJob {
+        let decl = &self.pipeline.stages[stage.index];
+        StageJob {
             kind: decl.kind.name.to_string(),
             name: stage.name.clone(),
             params: decl.params.clone(),
             inputs,
             base_dir: self.pipeline.base_dir.clone(),
-            out_dir: pending.dir.clone(),
-            scratch_dir: scratch_dir.clone(),
-            previous,
-            lineage,
+            out_dir: PathBuf::new(),
+            scratch_dir: PathBuf::new(),
+            previous: None,
+            lineage: Vec::new(),
             shard: None,
             files_root: stage.files_root.clone(),
-        };
-        let ctx = StageContext::new(&job, progress.as_ref());
-        let stage_err = |message: String| EngineError::Stage {
-            stage: stage.name.clone(),
-            message,
-        };
-        test_delay(&stage.name);
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (decl.kind.run)(&ctx)));
-        drop(progress);
-        let report = match outcome {
-            Ok(Ok(report)) => report,
-            Ok(Err(e)) => {
-                let _ = std::fs::remove_dir_all(&pending.dir);
-                return Err(stage_err(e.to_string()));
-            }
-            Err(panic) => {
-                let _ = std::fs::remove_dir_all(&pending.dir);
-                let text = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                return Err(stage_err(format!(
-                    "internal error (a bug, please report it): {text}"
-                )));
-            }
-        };
-        let seconds = start.elapsed().as_secs_f64();
-        if let Err(message) = self.check_before_commit(stage, report.device.as_deref()) {
-            let _ = std::fs::remove_dir_all(&pending.dir);
-            return Err(stage_err(message));
         }
-        let meta = self.store.commit(
-            pending,
-            &stage.name,
-            &stage.key_inputs,
-            crate::store::CommitInfo {
-                warnings: report.warnings,
-                notes: report.notes,
-                seconds,
-                device: report.device.clone(),
-                metrics: report.metrics,
-            },
-        )?;
-        self.finish_computed(stage, meta, remote_warnings, options, observer)
+    }
+
+    /// How a job of `stage` (or of one of its shards, committed as `name`) is run and
+    /// committed: into this store, checked against the stage's planned sources.
+    fn execution<'a>(
+        &'a self,
+        stage: &'a PlannedStage,
+        name: &'a str,
+        replace: bool,
+    ) -> Execution<'a> {
+        Execution {
+            store: &self.store,
+            name,
+            key_inputs: &stage.key_inputs,
+            sources: &stage.sources,
+            replace,
+        }
+    }
+
+    /// The committed object's metadata, None when another process committed the key first, or
+    /// the error as the stage's. A job that ran on another device than its key names makes
+    /// this machine ask the worker for its device again next time.
+    fn executed(
+        &self,
+        stage: &PlannedStage,
+        executed: Result<Executed, ExecuteError>,
+    ) -> Result<Option<crate::store::ObjectMeta>, EngineError> {
+        match executed {
+            Ok(Executed::Committed(meta)) => Ok(Some(*meta)),
+            Ok(Executed::AlreadyCommitted) => Ok(None),
+            Err(ExecuteError::Store(e)) => Err(e.into()),
+            Err(e) => {
+                if matches!(e, ExecuteError::Device { .. }) {
+                    crate::environment::forget(&self.device_cache_file());
+                }
+                Err(EngineError::Stage {
+                    stage: stage.name.clone(),
+                    message: e.to_string(),
+                })
+            }
+        }
     }
 
     /// The end of computing a stage whose output (`meta`) is committed: the pipeline's view
@@ -854,7 +872,6 @@ impl Engine {
         history: &RunHistory,
         warnings: Vec<String>,
     ) -> Result<Done, EngineError> {
-        let decl = &self.pipeline.stages[stage.index];
         if forced {
             let _ = std::fs::remove_dir_all(self.store.scratch_dir(&stage.key)?);
         }
@@ -863,22 +880,15 @@ impl Engine {
             stage: stage.name.clone(),
             key_inputs: stage.key_inputs.clone(),
             job: StageJob {
-                kind: decl.kind.name.to_string(),
-                name: stage.name.clone(),
-                params: decl.params.clone(),
-                inputs,
-                base_dir: self.pipeline.base_dir.clone(),
-                out_dir: PathBuf::new(),
-                scratch_dir: PathBuf::new(),
                 previous: if forced {
                     None
                 } else {
                     latest_dir(&self.store, &stage.name)
                 },
                 lineage: self.lineage(stage, history),
-                shard: None,
-                files_root: stage.files_root.clone(),
+                ..self.job_of(stage, inputs)
             },
+            sources: stage.sources.clone(),
             replace: forced,
             lock_held: true,
         };
@@ -1164,44 +1174,6 @@ impl Engine {
         let planned = self.plan(&order).ok()?;
         Some(planned.into_iter().map(|p| (p.name, p.key)).collect())
     }
-
-    /// What must still hold for a stage's output to be committed under its planned key: every
-    /// source file is as it was when the key was computed, and a libtorch stage ran on the
-    /// device its key names. The error says what differs.
-    fn check_before_commit(
-        &self,
-        stage: &PlannedStage,
-        device: Option<&str>,
-    ) -> Result<(), String> {
-        let changed: Vec<String> = stage
-            .sources
-            .iter()
-            .filter(|(path, planned)| stamp_of(path).ok() != Some(*planned))
-            .map(|(path, _)| path.display().to_string())
-            .collect();
-        if !changed.is_empty() {
-            let more = if changed.len() > 5 {
-                format!(" and {} more", changed.len() - 5)
-            } else {
-                String::new()
-            };
-            return Err(format!(
-                "{} changed while the stage ran; nothing was committed: run again",
-                changed[..changed.len().min(5)].join(", ") + &more
-            ));
-        }
-        let keyed = stage.key_inputs.environment.get("device");
-        if let (Some(ran), Some(keyed)) = (device, keyed) {
-            if ran != keyed {
-                crate::environment::forget(&self.device_cache_file());
-                return Err(format!(
-                    "ran on {ran}, but its key was computed for {keyed}; nothing was committed: \
-                     run again"
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Engine {
@@ -1266,18 +1238,10 @@ impl Engine {
             stage: shard_name.clone(),
             key_inputs: shard.key_inputs.clone(),
             job: StageJob {
-                kind: decl.kind.name.to_string(),
-                name: stage.name.clone(),
-                params: decl.params.clone(),
-                inputs: inputs.clone(),
-                base_dir: self.pipeline.base_dir.clone(),
-                out_dir: PathBuf::new(),
-                scratch_dir: PathBuf::new(),
-                previous: None,
-                lineage: Vec::new(),
                 shard: Some(shard.hashes.clone()),
-                files_root: stage.files_root.clone(),
+                ..self.job_of(stage, inputs.clone())
             },
+            sources: stage.sources.clone(),
             replace: forced,
             lock_held: false,
         };
@@ -1346,63 +1310,44 @@ impl Engine {
         }
         crate::shards::remember(&shards, &layout);
 
-        let pending = self.store.begin(&stage.key)?;
         let job = StageJob {
-            kind: decl.kind.name.to_string(),
-            name: stage.name.clone(),
-            params: decl.params.clone(),
-            inputs,
-            base_dir: self.pipeline.base_dir.clone(),
-            out_dir: pending.dir.clone(),
-            scratch_dir: self.store.scratch_dir(&stage.key)?,
-            previous: None,
             lineage: self.lineage(stage, history),
-            shard: None,
-            files_root: stage.files_root.clone(),
+            ..self.job_of(stage, inputs)
         };
         let progress = observer.stage_started(&stage.name);
-        let ctx = StageContext::new(&job, progress.as_ref());
         let shard_dirs: Vec<PathBuf> = shards
             .iter()
             .map(|s| self.store.object_dir(&s.key))
             .collect();
-        let merged = (spec.merge)(&ctx, &shard_dirs);
-        drop(progress);
-        let report = match merged {
-            Ok(report) => report,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&pending.dir);
-                return Err(stage_err(e.to_string()));
-            }
+        let merge = |ctx: &StageContext| {
+            let mut report = (spec.merge)(ctx, &shard_dirs)?;
+            report.notes.push(format!(
+                "{} shard(s) of at most {per_shard} item(s): {} computed{}, {pulled} pulled, {} \
+                 reused",
+                shards.len(),
+                missing.len(),
+                match executor {
+                    crate::config::ExecutorKind::Slurm if !missing.is_empty() => " on Slurm",
+                    _ => "",
+                },
+                shards.len() - missing.len() - pulled
+            ));
+            Ok(report)
         };
-        if let Err(message) = self.check_before_commit(stage, report.device.as_deref()) {
-            let _ = std::fs::remove_dir_all(&pending.dir);
-            return Err(stage_err(message));
+        let executed =
+            self.execution(stage, &stage.name, forced)
+                .run(job, merge, progress.as_ref());
+        drop(progress);
+        match self.executed(stage, executed)? {
+            Some(meta) => self.finish_computed(stage, meta, warnings, options, observer),
+            // Another process merged it first: its copy is as good.
+            None => Ok(Done {
+                action: Action::Cached,
+                warnings,
+                notes: Vec::new(),
+                device: None,
+            }),
         }
-        let mut notes = report.notes;
-        notes.push(format!(
-            "{} shard(s) of at most {per_shard} item(s): {} computed{}, {pulled} pulled, {} reused",
-            shards.len(),
-            missing.len(),
-            match executor {
-                crate::config::ExecutorKind::Slurm if !missing.is_empty() => " on Slurm",
-                _ => "",
-            },
-            shards.len() - missing.len() - pulled
-        ));
-        let meta = self.store.commit(
-            pending,
-            &stage.name,
-            &stage.key_inputs,
-            crate::store::CommitInfo {
-                warnings: report.warnings,
-                notes,
-                seconds: start.elapsed().as_secs_f64(),
-                device: report.device,
-                metrics: report.metrics,
-            },
-        )?;
-        self.finish_computed(stage, meta, warnings, options, observer)
     }
 }
 
@@ -1614,11 +1559,7 @@ impl Engine {
                         self.unchecked
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .push(format!(
-                            "using the outputs of stage `{}` from the last run, whose freshness \
-                             could not be checked: {e}",
-                            decl.name
-                        ));
+                            .push((decl.name.clone(), e.to_string()));
                         Ok((decl.name.clone(), dir))
                     }
                     None => Err(e.to_string()),
@@ -1650,14 +1591,29 @@ impl Engine {
         ))
     }
 
-    /// The warnings `output_of_kind` gathered since the last call (each said once): a command
-    /// that read outputs prints them.
+    /// The warnings `output_of_kind` gathered since the last call: one per cause, naming the
+    /// stages it affected. A command that read outputs prints them.
     pub fn take_warnings(&self) -> Vec<String> {
-        let mut taken =
-            std::mem::take(&mut *self.unchecked.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut seen = HashSet::new();
-        taken.retain(|w| seen.insert(w.clone()));
-        taken
+        let taken = std::mem::take(&mut *self.unchecked.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut by_cause: Vec<(String, Vec<String>)> = Vec::new();
+        for (stage, why) in taken {
+            match by_cause.iter_mut().find(|(cause, _)| *cause == why) {
+                Some((_, stages)) if !stages.contains(&stage) => stages.push(stage),
+                Some(_) => {}
+                None => by_cause.push((why, vec![stage])),
+            }
+        }
+        by_cause
+            .into_iter()
+            .map(|(why, stages)| {
+                let stages: Vec<String> = stages.iter().map(|s| format!("`{s}`")).collect();
+                format!(
+                    "freshness could not be checked ({why}): using the outputs of {} from the \
+                     last run",
+                    stages.join(", ")
+                )
+            })
+            .collect()
     }
 
     /// The command that computes `stage` as this engine sees it: with the same overrides, so

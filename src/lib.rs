@@ -6,6 +6,7 @@
 pub mod config;
 pub mod engine;
 pub mod environment;
+pub mod execute;
 pub mod experiments;
 pub mod formats;
 pub mod hashing;

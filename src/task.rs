@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::key::KeyInputs;
-use crate::store::{ArtifactStore, CommitInfo};
+use crate::store::ArtifactStore;
 
 /// What a cluster job needs to compute one stage (or one shard of one) and commit it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -21,6 +21,10 @@ pub struct StageTask {
     pub key_inputs: KeyInputs,
     /// The stage's job; its `out_dir` and `scratch_dir` are replaced on the node.
     pub job: onenet_contract::StageJob,
+    /// The files the key was computed from, as the submitter planned them: checked again on
+    /// the node before its output is committed.
+    #[serde(default)]
+    pub sources: Vec<crate::execute::PlannedSource>,
     /// Compute even if the store has the key (`--force`); the old output is swapped out only
     /// once the new one is complete.
     #[serde(default)]
@@ -67,52 +71,17 @@ pub fn run_task(
         .iter()
         .find(|k| k.name == task.job.kind)
         .ok_or_else(|| TaskError::Stage(format!("unknown stage kind `{}`", task.job.kind)))?;
-    let pending = store.begin(&key)?;
-    let mut job = task.job.clone();
-    job.out_dir = pending.dir.clone();
-    job.scratch_dir = store.scratch_dir(&key)?;
-    crate::engine::test_delay(&task.stage);
-    let start = std::time::Instant::now();
-    let ctx = onenet_contract::StageContext::new(&job, progress);
-    let report = match (kind.run)(&ctx) {
-        Ok(report) => report,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&pending.dir);
-            return Err(TaskError::Stage(e.to_string()));
-        }
+    let execution = crate::execute::Execution {
+        store: &store,
+        name: &task.stage,
+        key_inputs: &task.key_inputs,
+        sources: &task.sources,
+        replace: task.replace,
     };
-    // The key names the device the submitter expected (a GPU partition: cuda); an output
-    // computed elsewhere would be filed under a key that does not describe it.
-    if let (Some(ran), Some(keyed)) = (
-        report.device.as_deref(),
-        task.key_inputs.environment.get("device"),
-    ) {
-        if ran != keyed {
-            let _ = std::fs::remove_dir_all(&pending.dir);
-            return Err(TaskError::Stage(format!(
-                "ran on {ran}, but its key was computed for {keyed} (does the job's partition \
-                 have the GPU its `gpus` setting asks for?); nothing was committed"
-            )));
-        }
+    match execution.run(task.job.clone(), kind.run, progress) {
+        Ok(crate::execute::Executed::Committed(_)) => Ok(true),
+        Ok(crate::execute::Executed::AlreadyCommitted) => Ok(false),
+        Err(crate::execute::ExecuteError::Store(e)) => Err(e.into()),
+        Err(e) => Err(TaskError::Stage(e.to_string())),
     }
-    // Where locks are not honoured another process may have committed it meanwhile: its copy
-    // is as good, and replacing it would pull it from under a reader.
-    if !task.replace && store.has(&key) {
-        let _ = std::fs::remove_dir_all(&pending.dir);
-        return Ok(false);
-    }
-    store.commit(
-        pending,
-        &task.stage,
-        &task.key_inputs,
-        CommitInfo {
-            warnings: report.warnings,
-            notes: report.notes,
-            seconds: start.elapsed().as_secs_f64(),
-            device: report.device,
-            metrics: report.metrics,
-        },
-    )?;
-    let _ = std::fs::remove_dir_all(&job.scratch_dir);
-    Ok(true)
 }

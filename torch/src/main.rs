@@ -88,6 +88,16 @@ fn real_main() -> Result<ExitCode> {
     };
     let _ = CHOSEN.set(task.pick().clone());
     let engine = open_engine(&cli.pipeline, &task.pick().set)?;
+    let result = run_task(&engine, task);
+    // Said once, after the answer: which outputs were read without checking their freshness.
+    for warning in engine.take_warnings() {
+        eprintln!("warning: {warning}");
+    }
+    result
+}
+
+/// Runs one task command on the outputs `engine` resolves to.
+fn run_task(engine: &Engine, task: TaskCommand) -> Result<ExitCode> {
     match task {
         TaskCommand::Caption {
             images,
@@ -95,20 +105,20 @@ fn real_main() -> Result<ExitCode> {
             beam,
             format,
             ..
-        } => caption(&engine, &images, &id, beam, format),
+        } => caption(engine, &images, &id, beam, format),
         TaskCommand::SimilarImages {
             image,
             id,
             k,
             format,
             ..
-        } => similar_images(&engine, image, id, k, format),
+        } => similar_images(engine, image, id, k, format),
         TaskCommand::SimilarWords {
             word, k, format, ..
-        } => similar_words(&engine, word, k, format),
+        } => similar_words(engine, word, k, format),
         TaskCommand::SimilarCaptions {
             text, k, format, ..
-        } => similar_captions(&engine, text, k, format),
+        } => similar_captions(engine, text, k, format),
         TaskCommand::FindImages {
             texts,
             k,
@@ -125,7 +135,7 @@ fn real_main() -> Result<ExitCode> {
                 rerank: rerank.unwrap_or(specs::evaluate::DEFAULT_RERANK as usize),
                 seed: seed.unwrap_or(specs::evaluate::DEFAULT_INVERT_SEED),
             };
-            find_images(&engine, texts, k, &inversion, format)
+            find_images(engine, texts, k, &inversion, format)
         }
         // `onenet` answers `metrics` itself, from the table, without starting this worker.
         TaskCommand::Metrics { .. } => bail!("`metrics` is answered by `onenet` itself"),
@@ -374,9 +384,6 @@ fn output_stage(engine: &Engine, kind: &str) -> Result<(String, PathBuf)> {
         .map_err(anyhow::Error::msg)?;
     if let Some(note) = note {
         eprintln!("note: {note}");
-    }
-    for warning in engine.take_warnings() {
-        eprintln!("warning: {warning}");
     }
     Ok((stage, dir))
 }
