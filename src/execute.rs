@@ -100,7 +100,7 @@ impl Execution<'_> {
             let _ = std::fs::remove_dir_all(&pending.dir);
             Err(error)
         };
-        crate::engine::test_delay(self.name);
+        test_delay(self.name);
         let start = std::time::Instant::now();
         let ctx = StageContext::new(&job, progress);
         let report = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&ctx))) {
@@ -158,6 +158,22 @@ impl Execution<'_> {
         )?;
         let _ = std::fs::remove_dir_all(&job.scratch_dir);
         Ok(Executed::Committed(Box::new(meta)))
+    }
+}
+
+/// Tests make a stage slow to change its inputs while it runs: `ONENET_TEST_STAGE_DELAY` =
+/// `stage:milliseconds` sleeps that long before the stage named starts computing (a shard task:
+/// `<stage>#shard`).
+pub(crate) fn test_delay(stage: &str) {
+    let Ok(spec) = std::env::var("ONENET_TEST_STAGE_DELAY") else {
+        return;
+    };
+    if let Some((name, ms)) = spec.split_once(':') {
+        if name == stage {
+            if let Ok(ms) = ms.parse::<u64>() {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+        }
     }
 }
 

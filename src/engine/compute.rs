@@ -1,0 +1,293 @@
+//! Computing one stage here: the remote asked first, then the job run and committed through
+//! `Execution` (every guard in one place), the view moved and the output pushed.
+
+use std::path::PathBuf;
+
+use onenet_contract::{StageInput, StageJob};
+
+use super::*;
+use crate::execute::{ExecuteError, Executed, Execution};
+use crate::key::CacheKey;
+use crate::store::{now_unix, StoreError};
+
+impl Engine {
+    pub(super) fn compute_or_reuse(
+        &self,
+        stage: &PlannedStage,
+        options: &RunOptions,
+        observer: &dyn RunObserver,
+        history: &RunHistory,
+    ) -> Result<Done, EngineError> {
+        let forced = options.force.contains(&stage.name);
+        let reuse = |meta: Option<crate::store::ObjectMeta>| {
+            match self.set_newest(stage) {
+                Err(e) if is_read_only(&e) => self.warn_read_only(&e, observer),
+                other => other?,
+            }
+            let (warnings, notes) = meta.map(|m| (m.warnings, m.notes)).unwrap_or_default();
+            Ok::<_, EngineError>(Done {
+                action: Action::Cached,
+                warnings,
+                notes,
+                device: None,
+            })
+        };
+        if !forced && self.store.has(&stage.key) {
+            return reuse(self.store.meta(&stage.key));
+        }
+        let what = format!("stage {} (key {})", stage.name, stage.key.short());
+        let _lock = self
+            .store
+            .lock(&stage.key, &what, options.lock_timeout, &|lock| {
+                observer.waiting_for_lock(&stage.name, lock)
+            })?;
+        // Another process may have computed it while we waited.
+        if !forced && self.store.has(&stage.key) {
+            return reuse(self.store.meta(&stage.key));
+        }
+        let mut remote_warnings = Vec::new();
+        if let (false, Some(remote)) = (forced, &self.remote) {
+            let on_bytes = |done: u64, total: u64| {
+                observer.transfer(&stage.name, "pulling", done, total);
+            };
+            let stage_err = |e: crate::remote::RemoteError| EngineError::Stage {
+                stage: stage.name.clone(),
+                message: e.to_string(),
+            };
+            match remote
+                .pull(&stage.key, &self.store, &on_bytes)
+                .map_err(stage_err)?
+            {
+                crate::remote::Pulled::Done { meta, .. } => {
+                    self.set_newest(stage)?;
+                    return Ok(Done {
+                        action: Action::Pulled,
+                        warnings: meta.warnings,
+                        notes: meta.notes,
+                        device: None,
+                    });
+                }
+                crate::remote::Pulled::Missing => {}
+                crate::remote::Pulled::Unusable(reason) => remote_warnings.push(format!(
+                    "the remote's copy ({}) cannot be used, so it was computed: {reason}",
+                    remote.url()
+                )),
+            }
+        }
+        let decl = &self.pipeline.stages[stage.index];
+        let inputs: Vec<StageInput> = stage
+            .key_inputs
+            .upstream
+            .iter()
+            .filter_map(|(name, hex)| CacheKey::from_hex(hex).map(|k| self.stage_input(name, &k)))
+            .collect();
+        if let Some(spec) = decl.kind.shards {
+            let per_shard = decl.params.int(spec.param).unwrap_or(0);
+            if per_shard > 0 {
+                return self.compute_sharded(
+                    stage,
+                    spec,
+                    per_shard as usize,
+                    inputs,
+                    options,
+                    observer,
+                    history,
+                    remote_warnings,
+                );
+            }
+        }
+        if self.pipeline.executor.kind == crate::config::ExecutorKind::Slurm
+            && decl.kind.device.uses_libtorch()
+            && !decl.resources.local
+        {
+            return self.compute_on_slurm(
+                stage,
+                inputs,
+                forced,
+                options,
+                observer,
+                history,
+                remote_warnings,
+            );
+        }
+        // A forced stage starts from scratch: no checkpoint of a killed run and nothing of its
+        // earlier output is reused.
+        if forced {
+            let _ = std::fs::remove_dir_all(self.store.scratch_dir(&stage.key)?);
+        }
+        let previous = if forced {
+            None
+        } else {
+            latest_dir(&self.store, &stage.name)
+        };
+        let job = StageJob {
+            previous,
+            lineage: self.lineage(stage, history),
+            ..self.job_of(stage, inputs)
+        };
+        let progress = observer.stage_started(&stage.name);
+        let executed =
+            self.execution(stage, &stage.name, forced)
+                .run(job, decl.kind.run, progress.as_ref());
+        drop(progress);
+        match self.executed(stage, executed)? {
+            Some(meta) => self.finish_computed(stage, meta, remote_warnings, options, observer),
+            None => reuse(self.store.meta(&stage.key)),
+        }
+    }
+
+    /// The job of `stage` reading `inputs`, with no earlier output, lineage or shard, and no
+    /// folders yet (`Execution::run` sets them).
+    pub(super) fn job_of(&self, stage: &PlannedStage, inputs: Vec<StageInput>) -> StageJob {
+        let decl = &self.pipeline.stages[stage.index];
+        StageJob {
+            kind: decl.kind.name.to_string(),
+            name: stage.name.clone(),
+            params: decl.params.clone(),
+            inputs,
+            base_dir: self.pipeline.base_dir.clone(),
+            out_dir: PathBuf::new(),
+            scratch_dir: PathBuf::new(),
+            previous: None,
+            lineage: Vec::new(),
+            shard: None,
+            files_root: stage.files_root.clone(),
+        }
+    }
+
+    /// How a job of `stage` (or of one of its shards, committed as `name`) is run and
+    /// committed: into this store, checked against the stage's planned sources.
+    pub(super) fn execution<'a>(
+        &'a self,
+        stage: &'a PlannedStage,
+        name: &'a str,
+        replace: bool,
+    ) -> Execution<'a> {
+        Execution {
+            store: &self.store,
+            name,
+            key_inputs: &stage.key_inputs,
+            sources: &stage.sources,
+            replace,
+        }
+    }
+
+    /// The committed object's metadata, None when another process committed the key first, or
+    /// the error as the stage's. A job that ran on another device than its key names makes
+    /// this machine ask the worker for its device again next time.
+    pub(super) fn executed(
+        &self,
+        stage: &PlannedStage,
+        executed: Result<Executed, ExecuteError>,
+    ) -> Result<Option<crate::store::ObjectMeta>, EngineError> {
+        match executed {
+            Ok(Executed::Committed(meta)) => Ok(Some(*meta)),
+            Ok(Executed::AlreadyCommitted) => Ok(None),
+            Err(ExecuteError::Store(e)) => Err(e.into()),
+            Err(e) => {
+                if matches!(e, ExecuteError::Device { .. }) {
+                    crate::environment::forget(&self.device_cache_file());
+                }
+                Err(EngineError::Stage {
+                    stage: stage.name.clone(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// The end of computing a stage whose output (`meta`) is committed: the pipeline's view
+    /// follows it, its checkpoints go (they are only worth keeping until the output they lead
+    /// to exists), the remote gets it, and the run reports it with `warnings` of its own.
+    pub(super) fn finish_computed(
+        &self,
+        stage: &PlannedStage,
+        meta: crate::store::ObjectMeta,
+        mut warnings: Vec<String>,
+        options: &RunOptions,
+        observer: &dyn RunObserver,
+    ) -> Result<Done, EngineError> {
+        self.set_newest(stage)?;
+        let _ = std::fs::remove_dir_all(self.store.scratch_dir(&stage.key)?);
+        warnings.extend(meta.warnings);
+        let mut notes = meta.notes;
+        self.push_computed(
+            &stage.name,
+            &stage.key,
+            options,
+            observer,
+            &mut warnings,
+            &mut notes,
+        );
+        Ok(Done {
+            action: Action::Computed,
+            warnings,
+            notes,
+            device: meta.device,
+        })
+    }
+
+    /// Uploads an object this run computed, unless `--no-push` or no remote. The output is
+    /// committed here whatever happens to the upload: a failed push is a warning, not fatal
+    /// (`onenet push` retries it).
+    pub(super) fn push_computed(
+        &self,
+        stage: &str,
+        key: &CacheKey,
+        options: &RunOptions,
+        observer: &dyn RunObserver,
+        warnings: &mut Vec<String>,
+        notes: &mut Vec<String>,
+    ) {
+        let (true, Some(remote)) = (options.push, &self.remote) else {
+            return;
+        };
+        let on_bytes = |done: u64, total: u64| {
+            observer.transfer(stage, "pushing", done, total);
+        };
+        match remote.push(key, &self.store, &on_bytes) {
+            Ok(crate::remote::Pushed::AlreadyThere { .. }) => notes.push(
+                "already in the remote (another machine pushed it first): its copy is kept".into(),
+            ),
+            Ok(crate::remote::Pushed::Done { .. }) => {}
+            Err(e) => warnings.push(format!("not pushed: {e}")),
+        }
+    }
+
+    /// Points the pipeline's view at a stage's output, unless this run is a variant (`--set`):
+    /// a variant's outputs stay in the store, reachable by key, but never become what the
+    /// pipeline file's `latest` shows or what the task commands read.
+    pub(super) fn set_newest(&self, stage: &PlannedStage) -> Result<(), StoreError> {
+        if self.pipeline.overrides.is_empty() {
+            self.store.set_latest(&stage.name, &stage.key)?;
+        }
+        Ok(())
+    }
+
+    /// Records, for `gc`, what the pipeline file resolved to in a run without `--set`.
+    pub(super) fn record_pipeline(&self, planned: &[PlannedStage]) {
+        if !self.pipeline.overrides.is_empty() {
+            return;
+        }
+        let view = self.store.view().to_string_lossy().into_owned();
+        let mut keys = self
+            .store
+            .pipeline_records()
+            .into_iter()
+            .find(|r| r.view == view && r.path == self.pipeline.path)
+            .map(|r| r.keys)
+            .unwrap_or_default();
+        keys.retain(|name, _| self.pipeline.stage(name).is_some());
+        for p in planned {
+            keys.insert(p.name.clone(), p.key.hex());
+        }
+        // Only bookkeeping for gc: a failure to write it must not fail the run; gc then also
+        // keeps what the view's links point at.
+        let _ = self.store.record_pipeline(&crate::store::PipelineRecord {
+            path: self.pipeline.path.clone(),
+            view,
+            keys,
+            updated_unix: now_unix() as u64,
+        });
+    }
+}
