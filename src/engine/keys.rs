@@ -16,25 +16,30 @@ impl Engine {
     pub(super) fn environment(
         &self,
         device_use: onenet_contract::DeviceUse,
-    ) -> Result<BTreeMap<String, String>, String> {
-        crate::environment::for_stage(device_use, || {
+    ) -> Result<BTreeMap<String, String>, Option<String>> {
+        // None: the device is not known here and the worker may not be asked.
+        let mut unknown = false;
+        let environment = crate::environment::for_stage(device_use, || {
             self.best_device
                 .get_or_init(|| {
                     if self.worker_allowed {
                         crate::environment::best_device(&self.device_cache_file())
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| Some(e.to_string()))
                     } else {
                         crate::environment::cached_best_device(&self.device_cache_file())
-                            .ok_or_else(|| DEVICE_UNKNOWN.to_string())
+                            .ok_or(None)
                     }
                 })
                 .clone()
-                .map_err(|message| crate::environment::DeviceError {
-                    worker: onenet_contract::worker::worker_path(),
-                    message,
+                .map_err(|message| {
+                    unknown = message.is_none();
+                    crate::environment::DeviceError {
+                        worker: onenet_contract::worker::worker_path(),
+                        message: message.unwrap_or_default(),
+                    }
                 })
-        })
-        .map_err(|e| e.message)
+        });
+        environment.map_err(|e| (!unknown).then_some(e.message))
     }
 
     /// Keys for the stages at `indices` (in execution order, upstream included).
@@ -95,7 +100,12 @@ impl Engine {
                     .stat_cache
                     .hash_files(&source_paths)
                     .map_err(|e| stage_err(format!("reading its source files: {e}")))?;
-                let mut environment = self.environment(decl.kind.device).map_err(stage_err)?;
+                let mut environment = self.environment(decl.kind.device).map_err(|e| match e {
+                    None => EngineError::DeviceUnknown {
+                        stage: decl.name.clone(),
+                    },
+                    Some(message) => stage_err(message),
+                })?;
                 // A cluster job runs on whatever node the scheduler picks: its device is the one
                 // its resources ask for, not this machine's.
                 if self.pipeline.executor.kind == crate::config::ExecutorKind::Slurm

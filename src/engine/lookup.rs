@@ -53,7 +53,7 @@ impl Engine {
             Ok(planned) => planned,
             // Not allowed to ask the worker and nothing cached: the pipeline's view holds what
             // its last run without `--set` made; a variant's key cannot be known.
-            Err(e) if !self.worker_allowed && e.to_string().contains(DEVICE_UNKNOWN) => {
+            Err(EngineError::DeviceUnknown { .. }) if !self.worker_allowed => {
                 if !self.pipeline.overrides.is_empty() {
                     return Err(format!(
                         "stage `{}` of this variant cannot be found before the device is known \

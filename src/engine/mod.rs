@@ -42,6 +42,10 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("stage `{stage}`: {message}")]
     Stage { stage: String, message: String },
+    /// A command that may not start the libtorch worker (one that only reads outputs) needed
+    /// the device of a GPU-capable stage, and this machine has not recorded it yet.
+    #[error("stage `{stage}`: {DEVICE_UNKNOWN}")]
+    DeviceUnknown { stage: String },
 }
 
 /// A stage with its key worked out.
@@ -159,8 +163,9 @@ pub struct Engine {
     pub pipeline: Pipeline,
     pub store: ArtifactStore,
     stat_cache: StatCache,
-    /// The device a `DeviceUse::Best` stage runs on, asked of the worker at most once per run.
-    best_device: std::sync::OnceLock<Result<String, String>>,
+    /// The device a `DeviceUse::Best` stage runs on, asked of the worker at most once per run;
+    /// the worker's error, or None when it may not be asked and no answer is recorded.
+    best_device: std::sync::OnceLock<Result<String, Option<String>>>,
     /// Whether planning may start the worker to learn the device (commands that only read
     /// tables must not: they use the cached answer, or the view's links when there is none).
     worker_allowed: bool,
