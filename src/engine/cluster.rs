@@ -9,17 +9,19 @@ impl Engine {
     /// Computes a libtorch stage as one Slurm job (with its `[stages.NAME.resources]`): the
     /// job commits the output into the shared store; this run, which holds the key's lock
     /// throughout, then treats it as computed.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn compute_on_slurm(
         &self,
-        stage: &PlannedStage,
+        run: &StageRun,
         inputs: Vec<StageInput>,
         forced: bool,
-        options: &RunOptions,
-        observer: &dyn RunObserver,
-        history: &RunHistory,
         warnings: Vec<String>,
     ) -> Result<Done, EngineError> {
+        let StageRun {
+            stage,
+            options,
+            observer,
+            history,
+        } = *run;
         if forced {
             let _ = std::fs::remove_dir_all(self.store.scratch_dir(&stage.key)?);
         }

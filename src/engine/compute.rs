@@ -74,6 +74,12 @@ impl Engine {
                 )),
             }
         }
+        let run = StageRun {
+            stage,
+            options,
+            observer,
+            history,
+        };
         let decl = &self.pipeline.stages[stage.index];
         let inputs: Vec<StageInput> = stage
             .key_inputs
@@ -85,13 +91,10 @@ impl Engine {
             let per_shard = decl.params.int(spec.param).unwrap_or(0);
             if per_shard > 0 {
                 return self.compute_sharded(
-                    stage,
+                    &run,
                     spec,
                     per_shard as usize,
                     inputs,
-                    options,
-                    observer,
-                    history,
                     remote_warnings,
                 );
             }
@@ -100,15 +103,7 @@ impl Engine {
             && decl.kind.device.uses_libtorch()
             && !decl.resources.local
         {
-            return self.compute_on_slurm(
-                stage,
-                inputs,
-                forced,
-                options,
-                observer,
-                history,
-                remote_warnings,
-            );
+            return self.compute_on_slurm(&run, inputs, forced, remote_warnings);
         }
         // A forced stage starts from scratch: no checkpoint of a killed run and nothing of its
         // earlier output is reused.
@@ -290,4 +285,12 @@ impl Engine {
             updated_unix: now_unix() as u64,
         });
     }
+}
+
+/// One stage being computed in a run: what every way of computing it needs.
+pub(super) struct StageRun<'a> {
+    pub(super) stage: &'a PlannedStage,
+    pub(super) options: &'a RunOptions,
+    pub(super) observer: &'a dyn RunObserver,
+    pub(super) history: &'a RunHistory<'a>,
 }

@@ -33,6 +33,7 @@ mod transfer;
 pub use transfer::PullOutcome;
 // Shared by the sibling modules (through their `use super::*`).
 use cluster::shell_quote;
+use compute::StageRun;
 use keys::{inherited_files_root, DEVICE_UNKNOWN};
 use schedule::{is_read_only, Done, RunHistory};
 

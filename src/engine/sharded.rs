@@ -14,18 +14,20 @@ impl Engine {
     /// here one after another, or as one Slurm array job — and committed as an object of its
     /// own; then the merge puts the shards' outputs together, computing nothing, and is
     /// committed under the stage's key. `--force` recomputes every shard too.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn compute_sharded(
         &self,
-        stage: &PlannedStage,
+        run: &StageRun,
         spec: &onenet_contract::ShardSpec,
         per_shard: usize,
         inputs: Vec<StageInput>,
-        options: &RunOptions,
-        observer: &dyn RunObserver,
-        history: &RunHistory,
         mut warnings: Vec<String>,
     ) -> Result<Done, EngineError> {
+        let StageRun {
+            stage,
+            options,
+            observer,
+            history,
+        } = *run;
         use crate::shards::Shard;
         let decl = &self.pipeline.stages[stage.index];
         let forced = options.force.contains(&stage.name);
