@@ -85,3 +85,100 @@ pub fn run_task(
         Err(e) => Err(TaskError::Stage(e.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onenet_contract::{
+        InputRule, NoProgress, ParamValue, Params, StageContext, StageError, StageJob, StageKind,
+        StageReport,
+    };
+    use std::collections::BTreeMap;
+
+    /// Writes its output, then rewrites the file its `touch` param names with `with`'s text.
+    fn touching(ctx: &StageContext) -> Result<StageReport, StageError> {
+        std::fs::write(ctx.out_dir.join("out.txt"), b"output").unwrap();
+        std::fs::write(ctx.params.str("touch")?, ctx.params.str("with")?).unwrap();
+        Ok(StageReport::default())
+    }
+
+    const TOUCHING: StageKind = StageKind {
+        name: "touching",
+        version: 1,
+        about: "test",
+        params: &[],
+        inputs: InputRule {
+            kinds: &[],
+            min: 0,
+            max: 0,
+        },
+        sources: |_, _, _| Ok(Vec::new()),
+        device: onenet_contract::DeviceUse::NoLibtorch,
+        run: touching,
+        shards: None,
+        files_root: None,
+    };
+
+    /// A cluster task of kind `touching` whose key was planned from `source` (as it is now);
+    /// the task writes `with` into it while it runs.
+    fn task(store: &std::path::Path, source: &std::path::Path, with: &str) -> StageTask {
+        let params = Params::with_defaults(
+            &[],
+            BTreeMap::from([
+                (
+                    "touch".to_string(),
+                    ParamValue::Str(source.display().to_string()),
+                ),
+                ("with".to_string(), ParamValue::Str(with.to_string())),
+            ]),
+        );
+        let planned = crate::execute::PlannedSource {
+            path: source.to_path_buf(),
+            stamp: crate::hashing::stamp_of(source).unwrap(),
+            hash: onenet_contract::hash_file(source).unwrap(),
+        };
+        StageTask {
+            store: store.to_path_buf(),
+            stage: "touching".into(),
+            key_inputs: crate::key::KeyInputs {
+                format: crate::key::KEY_FORMAT,
+                kind: "touching".into(),
+                version: 1,
+                params: BTreeMap::new(),
+                upstream: Vec::new(),
+                sources: BTreeMap::from([("./source.txt".to_string(), planned.hash.clone())]),
+                environment: BTreeMap::new(),
+                recorded: BTreeMap::new(),
+            },
+            job: StageJob::new("touching", "touching", params, Vec::new(), store, store),
+            sources: vec![planned],
+            replace: false,
+            lock_held: false,
+        }
+    }
+
+    #[test]
+    fn a_source_changed_while_a_cluster_task_runs_is_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let source = dir.path().join("source.txt");
+        std::fs::write(&source, "planned").unwrap();
+        let changing = task(&store, &source, "changed");
+        let err = run_task(&changing, &[TOUCHING], Duration::from_secs(5), &NoProgress)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("source.txt") && err.contains("changed while"),
+            "{err}"
+        );
+        let key = changing.key_inputs.key();
+        assert!(!ArtifactStore::open(&store).unwrap().has(&key));
+
+        // Rewritten with the same bytes: the content the key names, so it is committed.
+        std::fs::write(&source, "planned").unwrap();
+        let same = task(&store, &source, "planned");
+        assert!(run_task(&same, &[TOUCHING], Duration::from_secs(5), &NoProgress).unwrap());
+        // A second task of the same key finds it committed.
+        assert!(!run_task(&same, &[TOUCHING], Duration::from_secs(5), &NoProgress).unwrap());
+    }
+}
