@@ -522,6 +522,24 @@ impl ArtifactStore {
         }
     }
 
+    /// The lock for making `key`'s object, or None when the object is in the store — before
+    /// the lock was asked for or once it was granted (another process made it meanwhile).
+    /// `replace` (a forced recompute) takes the lock whether or not the object is there.
+    pub fn lock_to_make(
+        &self,
+        key: &CacheKey,
+        what: &str,
+        replace: bool,
+        timeout: Duration,
+        on_wait: &dyn Fn(&Path),
+    ) -> Result<Option<KeyLock>, StoreError> {
+        if !replace && self.has(key) {
+            return Ok(None);
+        }
+        let lock = self.lock(key, what, timeout, on_wait)?;
+        Ok((replace || !self.has(key)).then_some(lock))
+    }
+
     /// Whether this store's locks keep another process out. Some cluster file systems accept
     /// `flock` and ignore it (Lustre mounted without `flock`, some NFS set-ups); there, two runs
     /// may compute the same object at once (harmless: each commit is one rename of a whole

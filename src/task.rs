@@ -55,18 +55,18 @@ pub fn run_task(
 ) -> Result<bool, TaskError> {
     let store = ArtifactStore::open(&task.store)?;
     let key = task.key_inputs.key();
-    if !task.replace && store.has(&key) {
-        return Ok(false);
-    }
     let what = format!("{} (key {})", task.stage, key.short());
     let _lock = if task.lock_held {
+        if !task.replace && store.has(&key) {
+            return Ok(false);
+        }
         None
     } else {
-        Some(store.lock(&key, &what, lock_timeout, &|_| {})?)
+        match store.lock_to_make(&key, &what, task.replace, lock_timeout, &|_| {})? {
+            Some(lock) => Some(lock),
+            None => return Ok(false),
+        }
     };
-    if !task.replace && store.has(&key) {
-        return Ok(false);
-    }
     let kind = kinds
         .iter()
         .find(|k| k.name == task.job.kind)

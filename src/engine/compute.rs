@@ -32,19 +32,14 @@ impl Engine {
                 device: None,
             })
         };
-        if !forced && self.store.has(&stage.key) {
-            return reuse(self.store.meta(&stage.key));
-        }
         let what = format!("stage {} (key {})", stage.name, stage.key.short());
-        let _lock = self
-            .store
-            .lock(&stage.key, &what, options.lock_timeout, &|lock| {
-                observer.waiting_for_lock(&stage.name, lock)
-            })?;
-        // Another process may have computed it while we waited.
-        if !forced && self.store.has(&stage.key) {
+        let on_wait = |lock: &Path| observer.waiting_for_lock(&stage.name, lock);
+        let lock =
+            self.store
+                .lock_to_make(&stage.key, &what, forced, options.lock_timeout, &on_wait)?;
+        let Some(_lock) = lock else {
             return reuse(self.store.meta(&stage.key));
-        }
+        };
         let mut remote_warnings = Vec::new();
         if let (false, Some(remote)) = (forced, &self.remote) {
             let on_bytes = |done: u64, total: u64| {

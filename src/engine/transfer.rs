@@ -31,16 +31,14 @@ impl Engine {
             }
             Ok(())
         };
-        if self.store.has(key) {
-            set_newest(self)?;
-            return Ok(PullOutcome::Local);
-        }
         let what = format!("stage {name} (key {})", key.short());
-        let _lock = self.store.lock(key, &what, lock_timeout, &|_| {})?;
-        if self.store.has(key) {
+        let Some(_lock) = self
+            .store
+            .lock_to_make(key, &what, false, lock_timeout, &|_| {})?
+        else {
             set_newest(self)?;
             return Ok(PullOutcome::Local);
-        }
+        };
         let pulled = remote
             .pull(key, &self.store, on_bytes)
             .map_err(|e| stage_err(e.to_string()))?;
