@@ -41,32 +41,17 @@ impl Engine {
             return reuse(self.store.meta(&stage.key));
         };
         let mut remote_warnings = Vec::new();
-        if let (false, Some(remote)) = (forced, &self.remote) {
-            let on_bytes = |done: u64, total: u64| {
-                observer.transfer(&stage.name, "pulling", done, total);
-            };
-            let stage_err = |e: crate::remote::RemoteError| EngineError::Stage {
-                stage: stage.name.clone(),
-                message: e.to_string(),
-            };
-            match remote
-                .pull(&stage.key, &self.store, &on_bytes)
-                .map_err(stage_err)?
+        if !forced {
+            if let Some(meta) =
+                self.try_pull(stage, &stage.key, "pulling", observer, &mut remote_warnings)?
             {
-                crate::remote::Pulled::Done { meta, .. } => {
-                    self.set_newest(stage)?;
-                    return Ok(Done {
-                        action: Action::Pulled,
-                        warnings: meta.warnings,
-                        notes: meta.notes,
-                        device: None,
-                    });
-                }
-                crate::remote::Pulled::Missing => {}
-                crate::remote::Pulled::Unusable(reason) => remote_warnings.push(format!(
-                    "the remote's copy ({}) cannot be used, so it was computed: {reason}",
-                    remote.url()
-                )),
+                self.set_newest(stage)?;
+                return Ok(Done {
+                    action: Action::Pulled,
+                    warnings: meta.warnings,
+                    notes: meta.notes,
+                    device: None,
+                });
             }
         }
         let run = StageRun {
@@ -124,6 +109,41 @@ impl Engine {
             Some(meta) => self.finish_computed(stage, meta, remote_warnings, options, observer),
             None => reuse(self.store.meta(&stage.key)),
         }
+    }
+
+    /// Brings object `key` (the stage's output, or one of its shards) from the remote cache,
+    /// if there is one and it has the object: its metadata, or None (no remote, not there, or
+    /// a copy that cannot be used, which adds a warning saying why it is computed instead).
+    /// `what` names the transfer in the progress line.
+    pub(super) fn try_pull(
+        &self,
+        stage: &PlannedStage,
+        key: &CacheKey,
+        what: &str,
+        observer: &dyn RunObserver,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<crate::store::ObjectMeta>, EngineError> {
+        let Some(remote) = &self.remote else {
+            return Ok(None);
+        };
+        let on_bytes = |done: u64, total: u64| observer.transfer(&stage.name, what, done, total);
+        let pulled = remote
+            .pull(key, &self.store, &on_bytes)
+            .map_err(|e| EngineError::Stage {
+                stage: stage.name.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(match pulled {
+            crate::remote::Pulled::Done { meta, .. } => Some(*meta),
+            crate::remote::Pulled::Missing => None,
+            crate::remote::Pulled::Unusable(reason) => {
+                warnings.push(format!(
+                    "the remote's copy ({}) cannot be used, so it was computed: {reason}",
+                    remote.url()
+                ));
+                None
+            }
+        })
     }
 
     /// The job of `stage` reading `inputs`, with no earlier output, lineage or shard, and no

@@ -48,23 +48,19 @@ impl Engine {
             if !forced && self.store.has(&shard.key) {
                 continue;
             }
-            if let (false, Some(remote)) = (forced, &self.remote) {
-                let on_bytes = |done: u64, total: u64| {
-                    observer.transfer(&stage.name, "pulling a shard", done, total);
-                };
-                match remote
-                    .pull(&shard.key, &self.store, &on_bytes)
-                    .map_err(|e| stage_err(e.to_string()))?
-                {
-                    crate::remote::Pulled::Done { .. } => {
-                        pulled += 1;
-                        continue;
-                    }
-                    crate::remote::Pulled::Missing => {}
-                    crate::remote::Pulled::Unusable(reason) => warnings.push(format!(
-                        "a shard's copy in the remote cannot be used, so it was computed: {reason}"
-                    )),
-                }
+            if !forced
+                && self
+                    .try_pull(
+                        stage,
+                        &shard.key,
+                        "pulling a shard",
+                        observer,
+                        &mut warnings,
+                    )?
+                    .is_some()
+            {
+                pulled += 1;
+                continue;
             }
             missing.push(shard);
         }
