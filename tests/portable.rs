@@ -173,6 +173,22 @@ fn two_folders_sharing_a_store_read_their_own_pictures_and_outlive_each_other() 
     );
     assert!(!shown.contains(&*a.path().to_string_lossy()), "{shown}");
 
+    // So do they for a variant run chosen by name, whoever computed its `images` first.
+    b.json(&["run", "--set", "tsne.iterations=260", "--name", "longer"]);
+    let found = b.onenet(&[
+        "similar-images",
+        "--id",
+        "demo_000003.jpg",
+        "--exp",
+        "longer",
+    ]);
+    let shown = text(&found);
+    assert!(found.status.success(), "{shown}");
+    assert!(
+        shown.contains(&*b.path().join("otherdata").to_string_lossy()),
+        "{shown}"
+    );
+
     fs::remove_dir_all(a.path()).unwrap();
     let forced = b.json(&[
         "run", "--force", "features", "--force", "tsne", "--force", "report",
@@ -335,10 +351,15 @@ fn answers_with_a_warning(p: &Project) {
     for args in [
         vec!["query", "SELECT count(*) AS n FROM images.images"],
         vec!["show", "train"],
+        vec!["exp", "show"],
     ] {
         let out = p.onenet(&args);
         assert!(out.status.success(), "{args:?}: {}", text(&out));
     }
+    let show = p.json(&["show", "features"]);
+    assert_eq!(show["state"], "unknown", "{show}");
+    let reason = show["reasons"][0]["text"].as_str().unwrap();
+    assert!(reason.contains("freshness"), "{show}");
 }
 
 /// Runs `args` as a user who cannot write the store: as another user when the tests run as
@@ -403,10 +424,17 @@ fn a_store_that_cannot_be_written_serves_a_run_with_nothing_to_compute() {
         for args in [
             &["status"][..],
             &["query", "SELECT count(*) AS n FROM images.images"][..],
+            &["show", "images", "--format", "json"][..],
         ] {
             let out = run_without_write_access(&p, top.path(), args);
             assert!(out.status.success(), "{args:?}: {}", text(&out));
         }
+        // A stage that must be computed says why it cannot be.
+        let out =
+            run_without_write_access(&p, top.path(), &["run", "--set", "captions.min_count=2"]);
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(said.contains("cannot be written here"), "{said}");
     });
     chmod(&["-R", "u+w"], &store);
     result.unwrap();

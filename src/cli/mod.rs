@@ -79,12 +79,12 @@ pub fn open_store(global: &GlobalArgs) -> Result<ArtifactStore> {
 /// cached (any earlier `run` or `status` leaves it).
 pub fn current_status(engine: &Engine, stage: &str) -> Result<StageStatus, String> {
     let selection = plan::select(&engine.pipeline, &[stage.to_string()])?;
-    let planned = engine.plan(&selection).map_err(|e| e.to_string())?;
-    let current = planned
+    // A stage whose key cannot be computed here is `unknown`, with the reason.
+    let (statuses, _) = engine.status_each(&selection);
+    statuses
         .into_iter()
-        .find(|p| p.name == stage)
-        .ok_or("stage missing from its own plan")?;
-    Ok(engine.status(std::slice::from_ref(&current)).remove(0))
+        .find(|s| s.name == stage)
+        .ok_or_else(|| "stage missing from its own plan".to_string())
 }
 
 /// Where `--version` keeps the worker's answer about the device when there is no store at hand:

@@ -248,13 +248,23 @@ impl Render for ShowView<'_> {
             })
             .collect();
         let meta = &self.meta;
-        let state = match &self.status {
-            Ok(status) => json!(status.state),
-            Err(_) => Value::Null,
+        let (state, reasons) = match &self.status {
+            Ok(status) => (
+                json!(status.state),
+                json!(status
+                    .reasons
+                    .iter()
+                    .map(onenet::key::ReasonJson::from)
+                    .collect::<Vec<_>>()),
+            ),
+            Err(why) => (
+                json!("unknown"),
+                json!([{ "kind": "unchecked", "why": why, "text": why }]),
+            ),
         };
         json!({
             "name": self.stage, "kind": self.kind, "key": meta.key,
-            "state": state, "path": self.latest, "object": self.object,
+            "state": state, "reasons": reasons, "path": self.latest, "object": self.object,
             "seconds": meta.seconds, "warnings": meta.warnings, "notes": meta.notes,
             "files": files,
         })

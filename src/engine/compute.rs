@@ -35,8 +35,22 @@ impl Engine {
         let what = format!("stage {} (key {})", stage.name, stage.key.short());
         let on_wait = |lock: &Path| observer.waiting_for_lock(&stage.name, lock);
         let lock =
-            self.store
-                .lock_to_make(&stage.key, &what, forced, options.lock_timeout, &on_wait)?;
+            match self
+                .store
+                .lock_to_make(&stage.key, &what, forced, options.lock_timeout, &on_wait)
+            {
+                Err(e) if is_read_only(&e) => {
+                    return Err(EngineError::Stage {
+                        stage: stage.name.clone(),
+                        message: format!(
+                            "must be computed, but the store {} cannot be written here ({e}); run \
+                         where it can be, or give this project a store of its own ([store] path)",
+                            self.store.root().display()
+                        ),
+                    })
+                }
+                lock => lock?,
+            };
         let Some(_lock) = lock else {
             return reuse(self.store.meta(&stage.key));
         };

@@ -213,15 +213,40 @@ impl Engine {
     }
 
     /// The folder on this machine that the file names in the tables of object `dir` (an object
-    /// of this store) are relative to: found by walking the object's recorded lineage up to the
-    /// kind that names files (`StageKind::files_root`) and resolving it, against this pipeline
-    /// file's folder, with the inputs recorded there and the params of this pipeline's stage of
-    /// that name and kind (`--set` included) — or, for an object chosen by `--exp`/`--key`
-    /// (`from_record`) or one this pipeline has no such stage for, the params recorded with it.
-    /// The store may be shared, so the record holds the spelling of whoever computed the object
-    /// first: this folder's own spelling wins. Needs neither the dataset nor the weights to be
-    /// here. None when nothing upstream names files or the record is unreadable.
-    pub fn files_root_of_object(&self, dir: &Path, from_record: bool) -> Option<PathBuf> {
+    /// of this store) are relative to. The object's recorded lineage leads to the stage that
+    /// names files (`StageKind::files_root`, the `images` stage) and to its inputs' objects; the
+    /// folder is then resolved, against this pipeline file's folder, with the params of this
+    /// pipeline's stage of that name and kind — with `--set`'s overrides, and for `--exp` the
+    /// experiment's own — so that it is this folder's dataset, whoever computed the object. The
+    /// params recorded with the object (the spelling of whoever computed it first, in a shared
+    /// store) serve only when this pipeline has no such stage. Needs neither the dataset nor the
+    /// weights to be here. None when nothing upstream names files or a record is unreadable.
+    pub fn files_root_of_object(
+        &self,
+        dir: &Path,
+        choice: &crate::experiments::Choice,
+    ) -> Option<PathBuf> {
+        let with_experiment;
+        let pipeline = match choice {
+            crate::experiments::Choice::Exp(name) => {
+                let overrides = self
+                    .store
+                    .named(crate::store::Bucket::Experiments)
+                    .into_iter()
+                    .find(|e| e.name == *name)
+                    .map(|e| e.overrides)
+                    .unwrap_or_default();
+                let mut pipeline = self.pipeline.clone();
+                match pipeline.apply_overrides(&overrides) {
+                    Ok(()) => {
+                        with_experiment = pipeline;
+                        &with_experiment
+                    }
+                    Err(_) => &self.pipeline,
+                }
+            }
+            _ => &self.pipeline,
+        };
         let key = CacheKey::from_hex(&dir.file_name()?.to_string_lossy())?;
         let mut stack = vec![key];
         let mut seen = HashSet::new();
@@ -240,10 +265,9 @@ impl Engine {
                 .collect();
             match kind.files_root {
                 Some(files_root) => {
-                    let declared = self
-                        .pipeline
+                    let declared = pipeline
                         .stage(&meta.stage)
-                        .filter(|decl| !from_record && decl.kind.name == kind.name);
+                        .filter(|decl| decl.kind.name == kind.name);
                     let given = inputs
                         .params
                         .iter()

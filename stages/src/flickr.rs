@@ -122,7 +122,27 @@ pub fn resolve_root(
             )))
         }
     };
-    std::path::absolute(&root).map_err(|e| StageError::io(&root, e))
+    std::path::absolute(&root)
+        .map(|root| normalise(&root))
+        .map_err(|e| StageError::io(&root, e))
+}
+
+/// `path` without `.` components and with each `..` taking off the name before it (by the
+/// text, not following links), so `root/./train2014`, `root/x/../train2014` and
+/// `root/train2014` are one folder, and a folder named by climbing out of the dataset folder is
+/// seen to lie outside it.
+pub fn normalise(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// The folder of images under a dataset root.

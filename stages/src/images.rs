@@ -167,6 +167,18 @@ fn run(ctx: &StageContext) -> Result<StageReport, StageError> {
     let options = Options::from_params(&ctx.params, &ctx.base_dir)?;
     let dataset = Dataset::read(&root, &options, ctx.progress)?;
     let folders = dataset.folders();
+    // The table names each picture relative to the dataset folder: say so before reading any.
+    if let Some(outside) = folders.iter().find(|f| !f.starts_with(&root)) {
+        return Err(StageError::file(
+            outside,
+            format!(
+                "this image folder is outside the dataset folder {}: tables name pictures \
+                 relative to the dataset folder, so `image_dir` (and Karpathy's `filepath`) must \
+                 stay inside it",
+                root.display()
+            ),
+        ));
+    }
     let folder_names: Vec<String> = folders.iter().map(|f| dataset.folder_label(f)).collect();
     let folder_names = folder_names.join(", ");
     let mut report = StageReport::default();
@@ -510,6 +522,26 @@ mod tests {
             out,
             valid,
         }
+    }
+
+    #[test]
+    fn an_image_folder_is_named_inside_the_dataset_folder_or_refused_before_reading() {
+        let f = fixture();
+        let dir = |d: &str| ("image_dir", ParamValue::Str(d.to_string()));
+        // Climbing out and back in is the same folder, and the same table.
+        run_on_root(&KIND, &f.root, &[dir("sub/../Flicker8k_Dataset")], &f.out).unwrap();
+        let images = read_parquet(&f.out.join(IMAGES_TABLE));
+        assert_eq!(strings(&images, "path")[0], "Flicker8k_Dataset/a.jpg");
+        // Out of it: refused by name, whatever is there.
+        fs::create_dir_all(f.root.parent().unwrap().join("elsewhere")).unwrap();
+        let out = f.out.with_file_name("out2");
+        let err = run_on_root(&KIND, &f.root, &[dir("../elsewhere")], &out)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("elsewhere") && err.contains("outside the dataset folder"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -389,11 +389,10 @@ fn output_stage(engine: &Engine, kind: &str) -> Result<(String, PathBuf)> {
 }
 
 /// Where the files the tables of output `dir` name are on this machine (see
-/// `Engine::files_root_of_object`): a run chosen by `--exp` or `--key` resolves them with its
-/// own recorded params.
+/// `Engine::files_root_of_object`), for the run `--exp`/`--key`/`--set` chose.
 fn files_root_of(engine: &Engine, dir: &Path) -> Option<PathBuf> {
     let (_, choice) = chosen();
-    engine.files_root_of_object(dir, !matches!(choice, Choice::File))
+    engine.files_root_of_object(dir, &choice)
 }
 
 fn load_trained(engine: &Engine) -> Result<onenet_torch::train::TrainedModel> {

@@ -525,7 +525,7 @@ impl Layout {
             root: root.to_path_buf(),
             captions,
             split,
-            image_dir: normalise(&image_dir),
+            image_dir: flickr::normalise(&image_dir),
             karpathy_param: options.karpathy.clone(),
         })
     }
@@ -563,11 +563,11 @@ impl Layout {
             CaptionSource::Coco(files) => files
                 .iter()
                 .filter_map(|file| coco::set_of(&flickr::file_label(file)).map(str::to_string))
-                .map(|set| normalise(&self.image_dir.join(set)))
+                .map(|set| flickr::normalise(&self.image_dir.join(set)))
                 .collect(),
             CaptionSource::Karpathy(file) => karpathy::read(file, options.restval)?
                 .iter()
-                .map(|image| normalise(&self.image_dir.join(&image.filepath)))
+                .map(|image| flickr::normalise(&self.image_dir.join(&image.filepath)))
                 .collect(),
         };
         folders.sort();
@@ -637,13 +637,6 @@ impl Layout {
         };
         format!("format {}{how}: {captions}, {split}", self.format)
     }
-}
-
-/// `path` without `.` components, so `root/./train2014` and `root/train2014` are one folder.
-fn normalise(path: &Path) -> PathBuf {
-    path.components()
-        .filter(|c| !matches!(c, std::path::Component::CurDir))
-        .collect()
 }
 
 /// `path` relative to `root`, `/`-separated, for messages; the file name if it lies elsewhere.
@@ -955,7 +948,7 @@ impl Builder {
                 self.images.push(DatasetImage {
                     name: name.to_string(),
                     split: NO_SPLIT,
-                    folder: normalise(&self.image_dir.join(folder)),
+                    folder: flickr::normalise(&self.image_dir.join(folder)),
                     named_in: Vec::new(),
                     captions: 0,
                 });
@@ -968,7 +961,7 @@ impl Builder {
 
     /// Adds `folder` (relative to the image folder) to the folders the caption source uses.
     fn folder(&mut self, folder: &str) {
-        let folder = normalise(&self.image_dir.join(folder));
+        let folder = flickr::normalise(&self.image_dir.join(folder));
         if !self.folders.contains(&folder) {
             self.folders.push(folder);
         }

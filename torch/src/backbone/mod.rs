@@ -446,8 +446,10 @@ fn load_weights_cached(path: &Path) -> Result<(NamedTensors, WeightsSource), Bac
         return Ok((checkpoint::read_safetensors(path)?, WeightsSource::Given));
     }
     let cache = cache_path(path, &short_hash(path)?);
-    if cache.is_file() {
-        // An unreadable cache (say, from a full disk) is rebuilt rather than trusted.
+    // The cache is read only when its bytes are those it was written with (its sidecar records
+    // their hash): the key covers the checkpoint, not this derived file, so a damaged or edited
+    // cache must not change the features. An unverified or unreadable one is rebuilt.
+    if cache_is_intact(&cache) {
         if let Ok(tensors) = checkpoint::read_safetensors(&cache) {
             return Ok((tensors, WeightsSource::Cache(cache)));
         }
@@ -460,8 +462,25 @@ fn load_weights_cached(path: &Path) -> Result<(NamedTensors, WeightsSource), Bac
     }
 }
 
+/// The file beside cache file `cache` that records the BLAKE3 hex of its bytes.
+fn cache_hash_path(cache: &Path) -> PathBuf {
+    let mut name = cache.as_os_str().to_owned();
+    name.push(".blake3");
+    PathBuf::from(name)
+}
+
+/// Whether `cache` exists and hashes to what its sidecar recorded when it was written.
+fn cache_is_intact(cache: &Path) -> bool {
+    let Ok(recorded) = std::fs::read_to_string(cache_hash_path(cache)) else {
+        return false;
+    };
+    onenet_stages::hash_file(cache).is_ok_and(|hash| hash == recorded.trim())
+}
+
 /// Writes the cache file through a temporary file and a rename, so that a concurrent reader
-/// never sees half a file. Failure (a read-only folder) only means no cache: returns false.
+/// never sees half a file, and then the sidecar with its hash (a cache without one is not
+/// trusted, so a crash in between only costs a rebuild). Failure (a read-only folder) only
+/// means no cache: returns false.
 fn write_cache(tensors: &[(String, Tensor)], cache: &Path) -> bool {
     let Some(name) = cache.file_name() else {
         return false;
@@ -474,10 +493,16 @@ fn write_cache(tensors: &[(String, Tensor)], cache: &Path) -> bool {
         std::process::id(),
         WRITES.fetch_add(1, Ordering::Relaxed)
     ));
+    let hash_file = cache_hash_path(cache);
+    let hash_temp = temp.with_extension("blake3.tmp");
     let written = checkpoint::write_safetensors(tensors, &temp).is_ok()
-        && std::fs::rename(&temp, cache).is_ok();
+        && onenet_stages::hash_file(&temp)
+            .is_ok_and(|hash| std::fs::write(&hash_temp, hash).is_ok())
+        && std::fs::rename(&temp, cache).is_ok()
+        && std::fs::rename(&hash_temp, &hash_file).is_ok();
     if !written {
         let _ = std::fs::remove_file(&temp);
+        let _ = std::fs::remove_file(&hash_temp);
     }
     written
 }

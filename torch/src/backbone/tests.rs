@@ -443,15 +443,29 @@ fn checkpoints_are_cached_as_safetensors_by_content_hash() {
         let original = &first.iter().find(|(n, _)| n == name).unwrap().1;
         assert!(original.to_kind(Kind::Float).equal(tensor), "{name}");
     }
-    // No temporary files are left behind.
+    // No temporary files are left behind: the checkpoint, the cache and its hash.
     let files = std::fs::read_dir(dir.path()).unwrap().count();
-    assert_eq!(files, 2);
+    assert_eq!(files, 3);
 
     // A corrupt cache is rebuilt.
     std::fs::write(&cache, b"garbage").unwrap();
     let (_, source) = load_weights_cached(&pth).unwrap();
     assert_eq!(source, WeightsSource::Converted(cache.clone()));
     assert!(checkpoint::read_safetensors(&cache).is_ok());
+
+    // So is one that still parses but whose values were changed: the key covers the
+    // checkpoint, not the cache, so the cache is read only as it was written.
+    let mut bytes = std::fs::read(&cache).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&cache, &bytes).unwrap();
+    assert!(checkpoint::read_safetensors(&cache).is_ok(), "still parses");
+    let (third, source) = load_weights_cached(&pth).unwrap();
+    assert_eq!(source, WeightsSource::Converted(cache.clone()));
+    for (name, tensor) in &second {
+        let rebuilt = &third.iter().find(|(n, _)| n == name).unwrap().1;
+        assert!(rebuilt.equal(tensor), "{name}");
+    }
 }
 
 /// Reports images per second of `features` at several batch sizes on one and two threads:
