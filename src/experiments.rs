@@ -14,6 +14,9 @@ use serde_json::Value;
 use crate::key::{CacheKey, KeyParam};
 use crate::store::{ArtifactStore, ObjectMeta};
 
+/// How the reading commands choose the objects they read (it lives with the engine's lookup).
+pub use crate::engine::Choice;
+
 /// One object of the experiments table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExpRow {
@@ -239,118 +242,6 @@ pub fn row_json(row: &ExpRow, params: &[String]) -> Value {
         "params": params,
         "metrics": row.metrics,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(key: u8, params: &[(&str, KeyParam)], metrics: &[(&str, f64)]) -> ExpRow {
-        let hex: String = std::iter::repeat_n(format!("{key:02x}"), 32).collect();
-        ExpRow {
-            key: CacheKey::from_hex(&hex).unwrap(),
-            stage: "evaluate".into(),
-            kind: "evaluate".into(),
-            created_unix: u64::from(key),
-            params: params
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.clone()))
-                .collect(),
-            metrics: metrics.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
-            marks: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn only_params_that_differ_are_columns() {
-        let rows = vec![
-            row(
-                1,
-                &[
-                    ("train.epochs", KeyParam::Int(3)),
-                    ("train.rnn", KeyParam::Str("gru".into())),
-                ],
-                &[("bleu4_beam", 0.5)],
-            ),
-            row(
-                2,
-                &[
-                    ("train.epochs", KeyParam::Int(5)),
-                    ("train.rnn", KeyParam::Str("gru".into())),
-                ],
-                &[("bleu4_beam", 0.6)],
-            ),
-            row(3, &[("train.epochs", KeyParam::Int(3))], &[]),
-        ];
-        assert_eq!(differing_params(&rows), ["train.epochs", "train.rnn"]);
-        assert_eq!(differing_params(&rows[..1]), Vec::<String>::new());
-        let d = diff(&rows[0], &rows[1]);
-        assert_eq!(
-            d.params,
-            [(
-                "train.epochs".to_string(),
-                Some(KeyParam::Int(3)),
-                Some(KeyParam::Int(5))
-            )]
-        );
-        assert_eq!(
-            d.metrics,
-            [("bleu4_beam".to_string(), Some(0.5), Some(0.6))]
-        );
-    }
-
-    #[test]
-    fn sweep_variants_sort_by_number() {
-        assert!(natural_key("grid-9") < natural_key("grid-10"));
-        assert!(natural_key("a-2") < natural_key("b-1"));
-    }
-
-    #[test]
-    fn filters_and_sorts() {
-        let rows = vec![
-            row(
-                1,
-                &[("train.rnn", KeyParam::Str("gru".into()))],
-                &[("m", 0.2)],
-            ),
-            row(
-                2,
-                &[("train.rnn", KeyParam::Str("lstm".into()))],
-                &[("m", 0.9)],
-            ),
-            row(3, &[("train.rnn", KeyParam::Str("lstm".into()))], &[]),
-        ];
-        let lstm = filter(rows.clone(), &["train.rnn=lstm".into()]).unwrap();
-        assert_eq!(lstm.len(), 2);
-        assert!(matches!(
-            filter(rows.clone(), &["rnn".into()]),
-            Err(ExpError::BadFilter(_))
-        ));
-        let mut sorted = rows.clone();
-        sort_by_metric(&mut sorted, "m", false).unwrap();
-        assert_eq!(
-            sorted.iter().map(|r| r.created_unix).collect::<Vec<_>>(),
-            [2, 1, 3]
-        );
-        sort_by_metric(&mut sorted, "m", true).unwrap();
-        assert_eq!(
-            sorted.iter().map(|r| r.created_unix).collect::<Vec<_>>(),
-            [1, 2, 3]
-        );
-        let err = sort_by_metric(&mut sorted, "cider_d", false).unwrap_err();
-        assert!(err.to_string().contains("the rows have: m"), "{err}");
-    }
-}
-
-/// How the task commands and `metrics` choose the objects they read: what the pipeline file
-/// (with any `--set`) resolves to, a recorded variant run (`--exp NAME`), or one object by key
-/// (`--key PREFIX`; the other objects the command needs are taken from its lineage).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Choice {
-    #[default]
-    File,
-    Exp(String),
-    Key(String),
 }
 
 impl crate::engine::Engine {
@@ -581,87 +472,105 @@ impl crate::engine::Engine {
             .map_err(|e| e.to_string())?;
         Ok(set)
     }
+}
 
-    /// The object a task command reads for the stage `stage` of kind `kind`, when `choice` names
-    /// one explicitly: the experiment's object of that stage, or the object `--key` names if it
-    /// is of that kind, else the object of that kind upstream of it. None for `Choice::File`.
-    pub fn chosen_object(
-        &self,
-        stage: &str,
-        kind: &str,
-        choice: &Choice,
-    ) -> Result<Option<std::path::PathBuf>, String> {
-        let key = match choice {
-            Choice::File => return Ok(None),
-            Choice::Exp(name) => {
-                let set = self
-                    .store
-                    .named(crate::store::Bucket::Experiments)
-                    .into_iter()
-                    .find(|s| s.name == *name)
-                    .ok_or_else(|| {
-                        let known: Vec<String> = self
-                            .store
-                            .named(crate::store::Bucket::Experiments)
-                            .into_iter()
-                            .map(|s| s.name)
-                            .collect();
-                        format!(
-                            "--exp {name}: no such experiment (known: {})",
-                            if known.is_empty() {
-                                "none".to_string()
-                            } else {
-                                known.join(", ")
-                            }
-                        )
-                    })?;
-                let hex = set
-                    .keys
-                    .get(stage)
-                    .ok_or_else(|| format!("experiment `{name}` did not run stage `{stage}`"))?;
-                CacheKey::from_hex(hex)
-                    .ok_or_else(|| format!("experiment `{name}`: bad key {hex}"))?
-            }
-            Choice::Key(prefix) => {
-                let key = self
-                    .store
-                    .key_by_prefix(prefix)
-                    .map_err(|e| e.to_string())?;
-                let mut stack = vec![key];
-                let mut seen = BTreeSet::new();
-                let mut found = None;
-                while let Some(k) = stack.pop() {
-                    if !seen.insert(k) {
-                        continue;
-                    }
-                    let Some(meta) = self.store.meta(&k) else {
-                        continue;
-                    };
-                    if meta.key_inputs.kind == kind {
-                        found = Some(k);
-                        break;
-                    }
-                    stack.extend(
-                        meta.key_inputs
-                            .upstream
-                            .iter()
-                            .filter_map(|(_, hex)| CacheKey::from_hex(hex)),
-                    );
-                }
-                found.ok_or_else(|| {
-                    format!(
-                        "--key {prefix}: neither that object nor anything upstream of it is a \
-                         `{kind}` output; give the key of a later stage"
-                    )
-                })?
-            }
-        };
-        if !self.store.has(&key) {
-            return Err(format!(
-                "the {kind} object {} is no longer in the store (removed by gc?)",
-                key.short()
-            ));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(key: u8, params: &[(&str, KeyParam)], metrics: &[(&str, f64)]) -> ExpRow {
+        let hex: String = std::iter::repeat_n(format!("{key:02x}"), 32).collect();
+        ExpRow {
+            key: CacheKey::from_hex(&hex).unwrap(),
+            stage: "evaluate".into(),
+            kind: "evaluate".into(),
+            created_unix: u64::from(key),
+            params: params
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.clone()))
+                .collect(),
+            metrics: metrics.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            marks: Vec::new(),
         }
-        Ok(Some(self.store.object_dir(&key)))
+    }
+
+    #[test]
+    fn only_params_that_differ_are_columns() {
+        let rows = vec![
+            row(
+                1,
+                &[
+                    ("train.epochs", KeyParam::Int(3)),
+                    ("train.rnn", KeyParam::Str("gru".into())),
+                ],
+                &[("bleu4_beam", 0.5)],
+            ),
+            row(
+                2,
+                &[
+                    ("train.epochs", KeyParam::Int(5)),
+                    ("train.rnn", KeyParam::Str("gru".into())),
+                ],
+                &[("bleu4_beam", 0.6)],
+            ),
+            row(3, &[("train.epochs", KeyParam::Int(3))], &[]),
+        ];
+        assert_eq!(differing_params(&rows), ["train.epochs", "train.rnn"]);
+        assert_eq!(differing_params(&rows[..1]), Vec::<String>::new());
+        let d = diff(&rows[0], &rows[1]);
+        assert_eq!(
+            d.params,
+            [(
+                "train.epochs".to_string(),
+                Some(KeyParam::Int(3)),
+                Some(KeyParam::Int(5))
+            )]
+        );
+        assert_eq!(
+            d.metrics,
+            [("bleu4_beam".to_string(), Some(0.5), Some(0.6))]
+        );
+    }
+
+    #[test]
+    fn sweep_variants_sort_by_number() {
+        assert!(natural_key("grid-9") < natural_key("grid-10"));
+        assert!(natural_key("a-2") < natural_key("b-1"));
+    }
+
+    #[test]
+    fn filters_and_sorts() {
+        let rows = vec![
+            row(
+                1,
+                &[("train.rnn", KeyParam::Str("gru".into()))],
+                &[("m", 0.2)],
+            ),
+            row(
+                2,
+                &[("train.rnn", KeyParam::Str("lstm".into()))],
+                &[("m", 0.9)],
+            ),
+            row(3, &[("train.rnn", KeyParam::Str("lstm".into()))], &[]),
+        ];
+        let lstm = filter(rows.clone(), &["train.rnn=lstm".into()]).unwrap();
+        assert_eq!(lstm.len(), 2);
+        assert!(matches!(
+            filter(rows.clone(), &["rnn".into()]),
+            Err(ExpError::BadFilter(_))
+        ));
+        let mut sorted = rows.clone();
+        sort_by_metric(&mut sorted, "m", false).unwrap();
+        assert_eq!(
+            sorted.iter().map(|r| r.created_unix).collect::<Vec<_>>(),
+            [2, 1, 3]
+        );
+        sort_by_metric(&mut sorted, "m", true).unwrap();
+        assert_eq!(
+            sorted.iter().map(|r| r.created_unix).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        let err = sort_by_metric(&mut sorted, "cider_d", false).unwrap_err();
+        assert!(err.to_string().contains("the rows have: m"), "{err}");
     }
 }

@@ -19,7 +19,7 @@ impl Engine {
         &self,
         kind: &str,
         stage: Option<&str>,
-        choice: &crate::experiments::Choice,
+        choice: &Choice,
     ) -> Result<(String, PathBuf), String> {
         let of_kind: Vec<&crate::config::StageDecl> = self
             .pipeline
@@ -164,7 +164,7 @@ impl Engine {
         &self,
         kind: &str,
         chosen: Option<&str>,
-        choice: &crate::experiments::Choice,
+        choice: &Choice,
     ) -> Result<(String, PathBuf, Option<String>), String> {
         let of_kind: Vec<usize> = (0..self.pipeline.stages.len())
             .filter(|&i| self.pipeline.stages[i].kind.name == kind)
@@ -221,14 +221,10 @@ impl Engine {
     /// params recorded with the object (the spelling of whoever computed it first, in a shared
     /// store) serve only when this pipeline has no such stage. Needs neither the dataset nor the
     /// weights to be here. None when nothing upstream names files or a record is unreadable.
-    pub fn files_root_of_object(
-        &self,
-        dir: &Path,
-        choice: &crate::experiments::Choice,
-    ) -> Option<PathBuf> {
+    pub fn files_root_of_object(&self, dir: &Path, choice: &Choice) -> Option<PathBuf> {
         let with_experiment;
         let pipeline = match choice {
-            crate::experiments::Choice::Exp(name) => {
+            Choice::Exp(name) => {
                 let overrides = self
                     .store
                     .named(crate::store::Bucket::Experiments)
@@ -306,4 +302,98 @@ impl Engine {
         }
         inherited_files_root(roots.into_iter())
     }
+
+    /// The object a task command reads for the stage `stage` of kind `kind`, when `choice` names
+    /// one explicitly: the experiment's object of that stage, or the object `--key` names if it
+    /// is of that kind, else the object of that kind upstream of it. None for `Choice::File`.
+    pub fn chosen_object(
+        &self,
+        stage: &str,
+        kind: &str,
+        choice: &Choice,
+    ) -> Result<Option<std::path::PathBuf>, String> {
+        let key = match choice {
+            Choice::File => return Ok(None),
+            Choice::Exp(name) => {
+                let set = self
+                    .store
+                    .named(crate::store::Bucket::Experiments)
+                    .into_iter()
+                    .find(|s| s.name == *name)
+                    .ok_or_else(|| {
+                        let known: Vec<String> = self
+                            .store
+                            .named(crate::store::Bucket::Experiments)
+                            .into_iter()
+                            .map(|s| s.name)
+                            .collect();
+                        format!(
+                            "--exp {name}: no such experiment (known: {})",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        )
+                    })?;
+                let hex = set
+                    .keys
+                    .get(stage)
+                    .ok_or_else(|| format!("experiment `{name}` did not run stage `{stage}`"))?;
+                CacheKey::from_hex(hex)
+                    .ok_or_else(|| format!("experiment `{name}`: bad key {hex}"))?
+            }
+            Choice::Key(prefix) => {
+                let key = self
+                    .store
+                    .key_by_prefix(prefix)
+                    .map_err(|e| e.to_string())?;
+                let mut stack = vec![key];
+                let mut seen = std::collections::BTreeSet::new();
+                let mut found = None;
+                while let Some(k) = stack.pop() {
+                    if !seen.insert(k) {
+                        continue;
+                    }
+                    let Some(meta) = self.store.meta(&k) else {
+                        continue;
+                    };
+                    if meta.key_inputs.kind == kind {
+                        found = Some(k);
+                        break;
+                    }
+                    stack.extend(
+                        meta.key_inputs
+                            .upstream
+                            .iter()
+                            .filter_map(|(_, hex)| CacheKey::from_hex(hex)),
+                    );
+                }
+                found.ok_or_else(|| {
+                    format!(
+                        "--key {prefix}: neither that object nor anything upstream of it is a \
+                         `{kind}` output; give the key of a later stage"
+                    )
+                })?
+            }
+        };
+        if !self.store.has(&key) {
+            return Err(format!(
+                "the {kind} object {} is no longer in the store (removed by gc?)",
+                key.short()
+            ));
+        }
+        Ok(Some(self.store.object_dir(&key)))
+    }
+}
+
+/// How the task commands and `metrics` choose the objects they read: what the pipeline file
+/// (with any `--set`) resolves to, a recorded variant run (`--exp NAME`), or one object by key
+/// (`--key PREFIX`; the other objects the command needs are taken from its lineage).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Choice {
+    #[default]
+    File,
+    Exp(String),
+    Key(String),
 }

@@ -30,6 +30,7 @@ mod schedule;
 mod sharded;
 mod transfer;
 
+pub use lookup::Choice;
 pub use transfer::PullOutcome;
 // Shared by the sibling modules (through their `use super::*`).
 use cluster::shell_quote;
