@@ -480,12 +480,11 @@ fn status(
 
 fn dag(global: &GlobalArgs, format: Format) -> Result<ExitCode> {
     let engine = cli::open_engine(global, &[])?;
-    let planned = engine.plan(&plan::topological_order(&engine.pipeline))?;
-    let statuses = engine.status(&planned);
-    let rows = planned
+    // A stage whose key cannot be computed here is shown `unknown`, as `status` does.
+    let (statuses, _) = engine.status_each(&plan::topological_order(&engine.pipeline));
+    let rows = statuses
         .iter()
-        .zip(&statuses)
-        .map(|(p, s)| (&engine.pipeline.stages[p.index], p, s))
+        .filter_map(|s| Some((engine.pipeline.stage(&s.name)?, s)))
         .collect();
     emit(&render::DagView { rows }, format)?;
     Ok(ExitCode::SUCCESS)

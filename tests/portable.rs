@@ -352,6 +352,7 @@ fn answers_with_a_warning(p: &Project) {
         vec!["query", "SELECT count(*) AS n FROM images.images"],
         vec!["show", "train"],
         vec!["exp", "show"],
+        vec!["dag"],
     ] {
         let out = p.onenet(&args);
         assert!(out.status.success(), "{args:?}: {}", text(&out));

@@ -5,7 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 use onenet::config::StageDecl;
-use onenet::engine::{Action, PlannedStage, StageOutcome, StageState, StageStatus};
+use onenet::engine::{Action, StageOutcome, StageState, StageStatus};
 use onenet::experiments::{self, ExpDiff, ExpRow};
 use onenet::formats::FileSummary;
 use onenet::store::{GcReport, NamedKeys, ObjectMeta, VerifyReport};
@@ -115,7 +115,8 @@ impl Render for StatusView<'_> {
 
 /// `dag`: each stage's kind, inputs, key and state, in execution order.
 pub struct DagView<'a> {
-    pub rows: Vec<(&'a StageDecl, &'a PlannedStage, &'a StageStatus)>,
+    /// Each stage and its status (an `unknown` one has no key).
+    pub rows: Vec<(&'a StageDecl, &'a StageStatus)>,
 }
 
 impl Render for DagView<'_> {
@@ -123,20 +124,20 @@ impl Render for DagView<'_> {
         let width = self
             .rows
             .iter()
-            .map(|(d, _, _)| d.name.len())
+            .map(|(d, _)| d.name.len())
             .max()
             .unwrap_or(0);
-        for (d, p, s) in &self.rows {
+        for (d, s) in &self.rows {
             let inputs = if d.inputs.is_empty() {
                 String::new()
             } else {
                 format!(" ← {}", d.inputs.join(", "))
             };
             out!(
-                "{:width$}  {:7}  {}  {}{inputs}",
+                "{:width$}  {:7}  {:12}  {}{inputs}",
                 d.name,
                 state_word(s.state),
-                p.key.short(),
+                s.key.get(..12).unwrap_or(""),
                 d.kind.name,
             )?;
         }
@@ -147,9 +148,10 @@ impl Render for DagView<'_> {
         let stages: Vec<Value> = self
             .rows
             .iter()
-            .map(|(d, p, s)| {
+            .map(|(d, s)| {
+                let key = (!s.key.is_empty()).then_some(&s.key);
                 json!({"name": d.name, "kind": d.kind.name, "inputs": d.inputs,
-                       "key": p.key.hex(), "state": s.state})
+                       "key": key, "state": s.state})
             })
             .collect();
         json!({ "stages": stages })
