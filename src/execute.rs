@@ -240,6 +240,21 @@ mod tests {
         }
     }
 
+    /// A job committed as `test` into `s`'s store, checked against `sources`.
+    fn execution<'a>(
+        s: &'a Setup,
+        key_inputs: &'a KeyInputs,
+        sources: &'a [PlannedSource],
+    ) -> Execution<'a> {
+        Execution {
+            store: &s.store,
+            name: "test",
+            key_inputs,
+            sources,
+            replace: false,
+        }
+    }
+
     /// Nothing pending is left behind.
     fn tmp_is_empty(store: &ArtifactStore) -> bool {
         std::fs::read_dir(store.bucket(crate::store::Bucket::Tmp))
@@ -251,13 +266,7 @@ mod tests {
         let s = setup();
         let inputs = key_inputs(None);
         let sources = [source(s.input.clone())];
-        let execution = Execution {
-            store: &s.store,
-            name: "test",
-            key_inputs: &inputs,
-            sources: &sources,
-            replace: false,
-        };
+        let execution = execution(&s, &inputs, &sources);
         let Executed::Committed(meta) = execution.run(job(), writes, &NoProgress).unwrap() else {
             panic!("not committed");
         };
@@ -273,13 +282,7 @@ mod tests {
     fn a_failing_or_panicking_stage_commits_nothing() {
         let s = setup();
         let inputs = key_inputs(None);
-        let execution = Execution {
-            store: &s.store,
-            name: "test",
-            key_inputs: &inputs,
-            sources: &[],
-            replace: false,
-        };
+        let execution = execution(&s, &inputs, &[]);
         let failed = execution.run(job(), |_| Err(StageError::Input("no".into())), &NoProgress);
         assert!(matches!(failed, Err(ExecuteError::Stage(_))));
         let panicked = execution.run(
@@ -303,13 +306,7 @@ mod tests {
         let s = setup();
         let inputs = key_inputs(None);
         let sources = [source(s.input.clone())];
-        let execution = Execution {
-            store: &s.store,
-            name: "test",
-            key_inputs: &inputs,
-            sources: &sources,
-            replace: false,
-        };
+        let execution = execution(&s, &inputs, &sources);
         let input = s.input.clone();
         let changed = execution.run(
             job(),
@@ -343,13 +340,7 @@ mod tests {
     fn an_output_from_another_device_than_its_key_names_is_not_committed() {
         let s = setup();
         let inputs = key_inputs(Some("cuda"));
-        let execution = Execution {
-            store: &s.store,
-            name: "test",
-            key_inputs: &inputs,
-            sources: &[],
-            replace: false,
-        };
+        let execution = execution(&s, &inputs, &[]);
         let ran_on_cpu = |ctx: &StageContext| {
             writes(ctx)?;
             Ok(StageReport {
@@ -369,13 +360,7 @@ mod tests {
     fn a_forced_job_replaces_the_committed_object() {
         let s = setup();
         let inputs = key_inputs(None);
-        let mut execution = Execution {
-            store: &s.store,
-            name: "test",
-            key_inputs: &inputs,
-            sources: &[],
-            replace: false,
-        };
+        let mut execution = execution(&s, &inputs, &[]);
         execution.run(job(), writes, &NoProgress).unwrap();
         execution.replace = true;
         let replaced = execution.run(

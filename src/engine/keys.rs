@@ -44,14 +44,24 @@ impl Engine {
 
     /// Keys for the stages at `indices` (in execution order, upstream included).
     pub fn plan(&self, indices: &[usize]) -> Result<Vec<PlannedStage>, EngineError> {
-        // In execution order, so the first error is the cause of any later one.
-        self.plan_each(indices).into_iter().collect()
+        // Stops at the first stage that cannot be planned: nothing after it is hashed.
+        self.plan_stages(indices, false).into_iter().collect()
     }
 
     /// As `plan`, but each stage planned or the error that stopped it, so that one stage whose
     /// key cannot be computed (a dataset folder not mounted, a weights file gone) leaves the
     /// others planned; a stage downstream of it cannot be planned either.
     pub fn plan_each(&self, indices: &[usize]) -> Vec<Result<PlannedStage, EngineError>> {
+        self.plan_stages(indices, true)
+    }
+
+    /// Plans the stages at `indices` in order; after a stage that cannot be planned, goes on
+    /// with the others only if `keep_going`.
+    fn plan_stages(
+        &self,
+        indices: &[usize],
+        keep_going: bool,
+    ) -> Vec<Result<PlannedStage, EngineError>> {
         let mut keys: HashMap<&str, CacheKey> = HashMap::new();
         let mut roots: HashMap<&str, Option<PathBuf>> = HashMap::new();
         let mut planned = Vec::with_capacity(indices.len());
@@ -149,7 +159,12 @@ impl Engine {
                     files_root,
                 })
             };
-            planned.push(plan_one());
+            let result = plan_one();
+            let failed = result.is_err();
+            planned.push(result);
+            if failed && !keep_going {
+                break;
+            }
         }
         // Only a cache: failing to save it costs a re-hash next time, nothing more.
         let _ = self.stat_cache.save();
